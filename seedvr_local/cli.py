@@ -1,0 +1,91 @@
+"""`seedvr-local`: upscale images, download weights, serve the fal-compatible API."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from seedvr_local.sizes import TARGET_SHORT_SIDE
+
+OUTPUT_FORMATS = ("png", "jpg", "webp")
+
+
+class CliError(Exception):
+    """A user mistake, reported as one line."""
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--weights-dir", type=Path, help="directory with the DiT, VAE and pos_emb.pt files")
+    group.add_argument("--model", choices=("3b", "7b"), help="a model fetched with `seedvr-local download`")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seedvr-local", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    up = commands.add_parser("upscale", help="upscale an image or a directory of images")
+    up.add_argument("input", type=Path, help="an image file or a directory of images")
+    up.add_argument("-o", "--output", type=Path, help="output file (or directory when INPUT is a directory)")
+    _add_model_arguments(up)
+    size = up.add_mutually_exclusive_group()
+    size.add_argument("--upscale-factor", type=float, default=None, help="multiply both sides (default 2)")
+    size.add_argument("--target-resolution", choices=tuple(TARGET_SHORT_SIDE), help="short side of the output")
+    up.add_argument("--seed", type=int, default=None, help="makes the output reproducible")
+    up.add_argument("--noise-scale", type=float, default=0.1, help="condition noise augmentation (default 0.1)")
+    up.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
+                    help="default: the output file's extension, else png")
+    up.add_argument("--color-fix", choices=("wavelet", "adain", "lab", "none"), default="wavelet")
+
+    dl = commands.add_parser("download", help="download SeedVR2 weights from Hugging Face")
+    dl.add_argument("--model", choices=("3b", "7b"), required=True)
+    dl.add_argument("--variant", choices=("official", "fp16", "fp8"), default="official")
+    dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
+
+    serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
+    from server.cli import add_serve_arguments
+
+    add_serve_arguments(serve)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "upscale":
+            from seedvr_local.cli_upscale import run_upscale
+
+            return run_upscale(args)
+        if args.command == "download":
+            return _run_download(args)
+        from server.cli import run_serve
+
+        return run_serve(args)
+    except KeyboardInterrupt:
+        print("seedvr-local: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a user sees one line; SEEDVR_DEBUG=1 shows the traceback
+        if os.environ.get("SEEDVR_DEBUG"):
+            raise
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"seedvr-local: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from weights.download import download
+    from seedvr_local.model_home import default_weights_dir
+
+    dest = args.dir or default_weights_dir(args.model, args.variant)
+    path = download(args.model, args.variant, dest)
+    print(f"SeedVR2 {args.model.upper()} ({args.variant}) is in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The SeedVR2 one-step restoration core, on tensors.
+
+`RestorationPipeline.restore` takes a video `[3, T, H, W]` in [-1, 1] whose H and W are multiples of
+16 and returns the restored video at the same size, with every intermediate of the official
+`generation_step` kept for inspection. Image decoding, resizing and padding live in `upscaler.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from seedvr_local.colorfix import apply_color_fix
+from seedvr_local.diffusion import NUM_TIMESTEPS, condition_timestep, lerp_noise, v_lerp_to_x0
+
+PhaseCallback = Callable[[str], None]
+
+
+@dataclass
+class RestoreNoises:
+    """The three random tensors of one restoration, channels-first `[C, t, h, w]`, in draw order."""
+
+    posterior_eps: torch.Tensor
+    noise: torch.Tensor
+    aug_noise: torch.Tensor
+
+    @classmethod
+    def draw(cls, latent_shape: tuple[int, ...], seed: int) -> "RestoreNoises":
+        """Draw on the CPU in float32 from one generator seeded with `seed`, in the official order
+        (posterior eps, then the starting noise x_T, then the condition augmentation noise), so a
+        seed gives the same result on every device."""
+        generator = torch.Generator("cpu").manual_seed(seed)
+        eps, noise, aug = (torch.randn(latent_shape, generator=generator, dtype=torch.float32) for _ in range(3))
+        return cls(eps, noise, aug)
+
+
+@dataclass
+class RestoreOutput:
+    cond_latent: torch.Tensor  # [16, t, h, w] DiT-space latent of the input
+    cond_timestep: float  # noise level of the condition
+    condition: torch.Tensor  # [17, t, h, w]
+    dit_out: torch.Tensor  # [16, t, h, w] the v prediction
+    latent_out: torch.Tensor  # [16, t, h, w] the restored latent x_0
+    decoded: torch.Tensor  # [3, T, H, W] VAE output, not clipped
+    colorfixed: torch.Tensor  # [3, T, H, W]
+
+
+def pad_frames(video: torch.Tensor) -> torch.Tensor:
+    """Repeat the last frame up to 4n+1 frames (at least 5 for videos), as the causal VAE needs."""
+    frames = video.shape[1]
+    if frames == 1:
+        return video
+    target = 5 if frames <= 4 else frames + (-(frames - 1)) % 4
+    return torch.cat([video, video[:, -1:].expand(-1, target - frames, -1, -1)], dim=1)
+
+
+class RestorationPipeline:
+    """VAE encode -> condition -> one DiT step at t = 1000 -> Euler endpoint -> VAE decode -> colour fix."""
+
+    def __init__(
+        self,
+        dit: torch.nn.Module,
+        vae: torch.nn.Module,
+        text_embedding: torch.Tensor,
+        scaling_factor: float = 0.9152,
+        shifting_factor: float = 0.0,
+        sample_posterior: bool = True,
+    ):
+        self.dit = dit
+        self.vae = vae
+        self.text_embedding = text_embedding
+        self.scaling_factor = scaling_factor
+        self.shifting_factor = shifting_factor
+        self.sample_posterior = sample_posterior
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.dit.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.dit.parameters()).dtype
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`[C, t, h, w]` of the latent of a `[3, frames, height, width]` input (after frame padding)."""
+        padded = pad_frames(torch.empty(0, frames, 0, 0)).shape[1]
+        return (16, (padded - 1) // 4 + 1, height // 8, width // 8)
+
+    @torch.no_grad()
+    def restore(
+        self,
+        video: torch.Tensor,
+        noises: RestoreNoises,
+        cond_noise_scale: float = 0.0,
+        color_fix: str = "wavelet",
+        on_phase: PhaseCallback | None = None,
+    ) -> RestoreOutput:
+        on_phase = on_phase or (lambda phase: None)
+        frames, height, width = video.shape[1:]
+        if height % 16 or width % 16:
+            raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+        device, dtype = self.device, self.dtype
+        f32 = lambda x: x.to(device=device, dtype=torch.float32)  # noqa: E731
+
+        on_phase("encode")
+        x = pad_frames(video).to(device=device, dtype=dtype)
+        mean, logvar = self.vae.encode(x[None])
+        mean, logvar = f32(mean[0]), f32(logvar[0])
+        latent = mean + torch.exp(0.5 * logvar) * f32(noises.posterior_eps) if self.sample_posterior else mean
+        cond_latent = (latent - self.shifting_factor) * self.scaling_factor
+
+        cond_timestep = condition_timestep(cond_noise_scale, tuple(cond_latent.shape[1:]), cond_latent.shape[0])
+        cond = lerp_noise(cond_latent, f32(noises.aug_noise), cond_timestep)
+        condition = torch.cat([cond, torch.ones_like(cond[:1])])  # channel 16: the "sr" task mask
+
+        on_phase("dit")
+        noise = f32(noises.noise)
+        dit_in = torch.cat([noise, condition]).to(dtype)
+        timestep = torch.full((1,), NUM_TIMESTEPS, device=device)
+        text = self.text_embedding.to(device=device, dtype=dtype)
+        (dit_out,) = self.dit.forward_samples([dit_in], [text], timestep)
+        dit_out = dit_out.float()
+        latent_out = v_lerp_to_x0(noise, dit_out, NUM_TIMESTEPS)
+
+        on_phase("vae_decode")
+        z = latent_out / self.scaling_factor + self.shifting_factor
+        decoded = self.vae.decode(z[None].to(dtype))[0, :, :frames].float()
+
+        on_phase("color_fix")
+        style = video.to(device=device, dtype=torch.float32)
+        colorfixed = apply_color_fix(color_fix, decoded.transpose(0, 1), style.transpose(0, 1)).transpose(0, 1)
+        return RestoreOutput(cond_latent, cond_timestep, condition, dit_out, latent_out, decoded, colorfixed)
+
+
+def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """`[3, T, H, W]` in [-1, 1] -> `[T, H, W, 3]` uint8, rounding half to even like the official script."""
+    return ((video.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8).permute(1, 2, 3, 0)

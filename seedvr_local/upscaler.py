@@ -1,0 +1,162 @@
+"""The one object to use from Python: load SeedVR2 once, upscale many images.
+
+Both the CLI and the server use this (and nothing below it)::
+
+    upscaler = Upscaler.from_weights_dir("weights/seedvr2-3b")
+    result = upscaler.upscale(Image.open("in.png"), UpscaleOptions(upscale_factor=2, seed=42))
+    Path("out.png").write_bytes(result.encode("png"))
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+from PIL import Image
+
+from seedvr_local.colorfix import COLOR_FIX_METHODS
+from seedvr_local.devices import resolve_device, resolve_dtype
+from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil, upscale_alpha
+from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
+from seedvr_local.preprocess import crop_to, pad_to_multiple, resize_bicubic_antialias
+from seedvr_local.sizes import output_size
+from weights.bundle import load_models
+
+UpscaleMode = Literal["factor", "target"]
+TargetResolution = Literal["720p", "1080p", "1440p", "2160p"]
+ColorFix = Literal["wavelet", "adain", "lab", "none"]
+
+#: Called when a phase starts: "resize", "encode", "dit", "vae_decode", "color_fix", "finish".
+#: Raising from it (a cancellation, say) aborts the run between phases.
+ProgressCallback = Callable[[str], None]
+
+MAX_SEED = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class UpscaleOptions:
+    """fal's `fal-ai/seedvr/upscale/image` input semantics (minus the image and the output format)."""
+
+    upscale_mode: UpscaleMode = "factor"
+    upscale_factor: float = 2.0
+    target_resolution: TargetResolution = "1080p"
+    seed: int | None = None
+    noise_scale: float = 0.1
+    color_fix: ColorFix = "wavelet"
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line message for options no run could honour."""
+        output_size(64, 64, self.upscale_mode, self.upscale_factor, self.target_resolution)
+        if not 0.0 <= self.noise_scale <= 1.0:
+            raise ValueError(f"noise_scale must be between 0 and 1, got {self.noise_scale:g}")
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.color_fix not in COLOR_FIX_METHODS:
+            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIX_METHODS)}, got {self.color_fix!r}")
+
+
+@dataclass
+class UpscaleResult:
+    rgb: torch.Tensor  # [3, H, W] float in [0, 1], on the CPU
+    alpha: torch.Tensor | None  # [1, H, W] float in [0, 1] when the input had alpha
+    seed: int  # the seed used (drawn when the options had none)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+
+    @property
+    def image(self) -> Image.Image:
+        """RGB, or RGBA when the input had alpha."""
+        return to_pil(self.rgb, self.alpha)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[-1], self.rgb.shape[-2]
+
+    def encode(self, fmt: str, quality: int = 95) -> bytes:
+        """PNG/WebP keep the alpha channel; JPEG drops it."""
+        return encode_image(self.rgb, self.alpha, fmt, quality=quality)
+
+
+class Upscaler:
+    """SeedVR2 loaded on one device. Not thread-safe: run one upscale at a time."""
+
+    def __init__(self, pipeline: RestorationPipeline, description: str = "SeedVR2"):
+        self.pipeline = pipeline
+        self.description = description
+
+    @classmethod
+    def from_weights_dir(
+        cls, weights_dir: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None
+    ) -> "Upscaler":
+        """Load the DiT, the VAE and the text embedding of a weights directory (see README)."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        models = load_models(weights_dir, device=torch_device, dtype=torch_dtype)
+        info = models.weights_dir
+        pipeline = RestorationPipeline(
+            models.dit,
+            models.vae,
+            models.pos_emb,
+            scaling_factor=info.scaling_factor,
+            shifting_factor=info.shifting_factor,
+        )
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        return cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
+
+    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
+        """(width, height) of the result for an input of this size."""
+        return output_size(width, height, options.upscale_mode, options.upscale_factor, options.target_resolution)
+
+    def upscale(
+        self,
+        image: Image.Image | DecodedImage,
+        options: UpscaleOptions = UpscaleOptions(),
+        progress: ProgressCallback | None = None,
+    ) -> UpscaleResult:
+        options.validate()
+        source = image if isinstance(image, DecodedImage) else from_pil(image)
+        width, height = self.output_size(source.width, source.height, options)
+        seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        timings: dict[str, float] = {}
+        clock = _PhaseClock(timings, progress)
+
+        clock.start("resize")
+        rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
+        video = (rgb * 2 - 1).transpose(0, 1)  # [3, 1, H, W] in [-1, 1]
+        padded, _ = pad_to_multiple(video, 16)
+        latent_shape = self.pipeline.latent_shape(1, padded.shape[-2], padded.shape[-1])
+        noises = RestoreNoises.draw(latent_shape, seed)
+
+        out = self.pipeline.restore(
+            padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix, on_phase=clock.start
+        )
+
+        clock.start("finish")
+        restored = crop_to(out.colorfixed, (height, width))[:, 0].cpu()  # [3, H, W] in [-1, 1]
+        alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
+        clock.stop()
+        return UpscaleResult(rgb=(restored.clamp(-1, 1) + 1) / 2, alpha=alpha, seed=seed, timings=timings)
+
+
+class _PhaseClock:
+    """Times consecutive phases and reports each start to the caller's progress callback."""
+
+    def __init__(self, timings: dict[str, float], progress: ProgressCallback | None):
+        self.timings = timings
+        self.progress = progress
+        self.phase: str | None = None
+        self.started = 0.0
+
+    def start(self, phase: str) -> None:
+        self.stop()
+        if self.progress is not None:
+            self.progress(phase)
+        self.phase, self.started = phase, time.perf_counter()
+
+    def stop(self) -> None:
+        if self.phase is not None:
+            self.timings[self.phase] = time.perf_counter() - self.started
+            self.phase = None

@@ -1,0 +1,38 @@
+import torch
+
+from seedvr_local.diffusion import condition_timestep, lerp_noise, resolution_shift, v_lerp_to_x0
+from seedvr_local.pipeline import pad_frames
+
+
+def test_zero_noise_scale_leaves_the_condition_clean():
+    assert condition_timestep(0.0, (1, 64, 64), 16) == 0.0
+
+
+def test_shift_keeps_the_end_points_and_grows_with_resolution():
+    assert abs(resolution_shift(1000.0, (1, 90, 160)) - 1000.0) < 1e-9
+    small, large = resolution_shift(100.0, (1, 32, 32)), resolution_shift(100.0, (1, 128, 128))
+    assert small < large
+    # 256x256 pixels is the identity point of the image line.
+    assert abs(resolution_shift(100.0, (1, 32, 32)) - 100.0) < 1e-9
+
+
+def test_condition_timestep_reads_the_official_shape_argument():
+    # The official scripts pass (h, w, C) where (t, h, w) is meant: h plays the frame count.
+    assert condition_timestep(0.1, (1, 12, 10), 16) == resolution_shift(100.0, (12, 10, 16))
+    assert condition_timestep(0.1, (1, 12, 10), 16) != resolution_shift(100.0, (1, 12, 10))
+
+
+def test_v_lerp_round_trip():
+    x0, noise = torch.randn(4, 5), torch.randn(4, 5)
+    for t in (1000.0, 437.5, 1.0):
+        x_t = lerp_noise(x0, noise, t)
+        assert torch.allclose(v_lerp_to_x0(x_t, noise - x0, t), x0, atol=1e-5)
+
+
+def test_frames_are_padded_to_4n_plus_1_by_repeating_the_last():
+    video = torch.arange(3 * 7 * 2 * 2, dtype=torch.float32).reshape(3, 7, 2, 2)
+    for frames, padded in [(1, 1), (2, 5), (4, 5), (5, 5), (6, 9), (7, 9), (9, 9)]:
+        out = pad_frames(video[:, :frames])
+        assert out.shape[1] == padded
+        assert torch.equal(out[:, :frames], video[:, :frames])
+        assert torch.equal(out[:, frames - 1 :], video[:, frames - 1 : frames].expand_as(out[:, frames - 1 :]))

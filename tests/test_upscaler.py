@@ -1,0 +1,105 @@
+"""The Python API end to end with the tiny bundle: sizes, alpha, determinism, progress."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from seedvr_local.upscaler import UpscaleOptions
+
+
+def _image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = rng.integers(0, 256, size=(height, width, channels), dtype=np.uint8)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+
+
+@pytest.mark.parametrize(
+    "size, options, expected",
+    [
+        ((50, 37), UpscaleOptions(upscale_factor=2), (100, 74)),
+        ((51, 37), UpscaleOptions(upscale_factor=1.5), (76, 56)),
+        ((21, 13), UpscaleOptions(upscale_factor=3), (63, 39)),
+        ((40, 30), UpscaleOptions(upscale_mode="target", target_resolution="720p"), (960, 720)),
+        ((30, 40), UpscaleOptions(upscale_mode="target", target_resolution="720p"), (720, 960)),
+    ],
+)
+def test_output_has_exactly_the_requested_size(tiny_upscaler, size, options, expected):
+    result = tiny_upscaler.upscale(_image(*size), options)
+    assert result.image.size == expected
+    assert result.image.mode == "RGB"
+
+
+def test_same_seed_gives_identical_bytes(tiny_upscaler):
+    image = _image(24, 20)
+    first = tiny_upscaler.upscale(image, UpscaleOptions(seed=7)).encode("png")
+    second = tiny_upscaler.upscale(image, UpscaleOptions(seed=7)).encode("png")
+    other = tiny_upscaler.upscale(image, UpscaleOptions(seed=8)).encode("png")
+    assert first == second
+    assert first != other
+
+
+def test_a_drawn_seed_is_reported_and_reproduces(tiny_upscaler):
+    image = _image(24, 20)
+    drawn = tiny_upscaler.upscale(image, UpscaleOptions())
+    again = tiny_upscaler.upscale(image, UpscaleOptions(seed=drawn.seed))
+    assert drawn.encode("png") == again.encode("png")
+
+
+def test_rgba_keeps_its_alpha(tiny_upscaler):
+    image = _image(50, 37, "RGBA")
+    alpha = np.zeros((37, 50), dtype=np.uint8)
+    alpha[:, 25:] = 255  # left half transparent, right half opaque
+    image.putalpha(Image.fromarray(alpha))
+    result = tiny_upscaler.upscale(image, UpscaleOptions(seed=1))
+    assert result.image.mode == "RGBA" and result.image.size == (100, 74)
+    out_alpha = np.asarray(result.image)[..., 3]
+    assert out_alpha[:, :40].max() <= 5 and out_alpha[:, 60:].min() >= 250
+    for fmt, mode in (("png", "RGBA"), ("webp", "RGBA"), ("jpg", "RGB")):
+        import io
+
+        assert Image.open(io.BytesIO(result.encode(fmt))).mode == mode
+
+
+def test_greyscale_input_gives_rgb(tiny_upscaler):
+    result = tiny_upscaler.upscale(_image(20, 16, "L"), UpscaleOptions(seed=3))
+    assert result.image.mode == "RGB" and result.image.size == (40, 32)
+
+
+def test_progress_reports_phases_and_can_abort(tiny_upscaler):
+    phases: list[str] = []
+    result = tiny_upscaler.upscale(_image(20, 16), UpscaleOptions(seed=3), progress=phases.append)
+    assert phases == ["resize", "encode", "dit", "vae_decode", "color_fix", "finish"]
+    assert set(result.timings) == set(phases)
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel_at_dit(phase: str) -> None:
+        if phase == "dit":
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        tiny_upscaler.upscale(_image(20, 16), UpscaleOptions(seed=3), progress=cancel_at_dit)
+
+
+@pytest.mark.parametrize("method", ["wavelet", "adain", "lab", "none"])
+def test_every_colour_fix_runs(tiny_upscaler, method):
+    result = tiny_upscaler.upscale(_image(20, 16), UpscaleOptions(seed=3, color_fix=method))
+    assert result.image.size == (40, 32)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (UpscaleOptions(upscale_factor=0), "upscale_factor"),
+        (UpscaleOptions(noise_scale=-1), "noise_scale"),
+        (UpscaleOptions(seed=-5), "seed"),
+        (UpscaleOptions(color_fix="sepia"), "color_fix"),
+    ],
+)
+def test_bad_options_are_refused_before_running(tiny_upscaler, options, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_upscaler.upscale(_image(8, 8), options)
