@@ -30,7 +30,7 @@ def test_v_lerp_round_trip():
 
 
 def test_frames_are_padded_to_4n_plus_1_by_repeating_the_last():
-    video = torch.arange(3 * 7 * 2 * 2, dtype=torch.float32).reshape(3, 7, 2, 2)
+    video = torch.arange(3 * 9 * 2 * 2, dtype=torch.float32).reshape(3, 9, 2, 2)
     for frames, padded in [(1, 1), (2, 5), (4, 5), (5, 5), (6, 9), (7, 9), (9, 9)]:
         out = pad_frames(video[:, :frames])
         assert out.shape[1] == padded
