@@ -10,7 +10,7 @@ import torch
 
 from seedvr_local.models.nadit import DiTConfig, NaDiT
 from seedvr_local.models.rope import rotate_pairs
-from seedvr_local.models.window_attention import TokenLayout
+from seedvr_local.models.window_attention import TokenLayout, resolve_attention_backend
 from seedvr_local.models.windows import window_boxes, window_size
 from tests.parity.dit import build_case_model
 from tests.reference_data import discover_cases
@@ -152,6 +152,28 @@ def test_batch_equals_per_sample(variant):
             (single,) = model.forward_samples([vids[i]], [txts[i]], timestep[i : i + 1])
             assert out.shape == (16, *latents[i])
             torch.testing.assert_close(out, single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["3b", "7b"])
+def test_attention_backends_give_the_same_numbers(variant):
+    model = random_model(variant)
+    vids, txts = random_inputs([(1, 42, 50), (3, 16, 20)], [6, 9])
+    outputs = {}
+    with torch.no_grad():
+        for backend in ("per_window", "sdpa", "auto"):
+            model.set_attention_backend(backend)
+            outputs[backend] = torch.cat([o.flatten() for o in model.forward_samples(vids, txts, 1000.0)])
+    torch.testing.assert_close(outputs["sdpa"], outputs["per_window"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(outputs["auto"], outputs["sdpa"], atol=0, rtol=0)
+
+
+def test_attention_backend_choice():
+    q = torch.zeros(2, 5, 2, 16)
+    assert resolve_attention_backend("auto", q) == "sdpa"  # no CUDA here
+    with pytest.raises(ValueError, match="cannot run"):
+        resolve_attention_backend("torch_varlen", q)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        random_model("7b").set_attention_backend("fast")
 
 
 @pytest.mark.parametrize("variant", ["3b", "7b"])

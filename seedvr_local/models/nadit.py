@@ -19,7 +19,7 @@ from torch import nn
 from seedvr_local.models.dit_blocks import MMSRBlock
 from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, PatchIn, PatchOut, RMSNorm, TimeEmbedding
 from seedvr_local.models.rope import MMRope3d, PixelRope3d
-from seedvr_local.models.window_attention import TokenLayout
+from seedvr_local.models.window_attention import ATTENTION_BACKENDS, TokenLayout, WindowAttention
 from seedvr_local.models.windows import WINDOW_METHODS
 
 Variant = Literal["3b", "7b"]
@@ -290,6 +290,14 @@ class NaDiT(ModelMixin, ConfigMixin):
             text_passthrough=text_passthrough,
             **shared,
         )
+
+    def set_attention_backend(self, name: str) -> None:
+        """`auto` (default) or one of `ATTENTION_BACKENDS`; all are exact, they differ only in speed."""
+        if name != "auto" and name not in ATTENTION_BACKENDS:
+            raise ValueError(f"unknown attention backend {name!r}; known: auto, {', '.join(ATTENTION_BACKENDS)}")
+        for module in self.modules():
+            if isinstance(module, WindowAttention):
+                module.attention_backend = name
 
     @classmethod
     def from_dit_config(cls, cfg: DiTConfig) -> "NaDiT":

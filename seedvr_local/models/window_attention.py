@@ -6,6 +6,8 @@ is evaluated once per window of its sample and its outputs are averaged over tho
 
 Windows of equal shape (and equal text length) are gathered into one `(n, S, heads, head_dim)` batch and run
 through one attention call, so the cost is a handful of kernel launches per layer instead of a loop over windows.
+That call goes through the fastest exact path available (`ATTENTION_BACKENDS`): flash-attn's or torch's varlen
+kernels on CUDA in half precision, else `scaled_dot_product_attention`.
 """
 
 from __future__ import annotations
@@ -120,17 +122,75 @@ def _flash_attn_varlen() -> Callable | None:
     return flash_attn_varlen_func
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Full softmax attention per sequence, scale 1/sqrt(head_dim): `(n, S, heads, d)` -> `(n, S, heads, d)`."""
+@functools.cache
+def _torch_varlen() -> Callable | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return varlen_attn
+
+
+def _packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, varlen: Callable) -> torch.Tensor:
+    # Every window of a group is one sequence of the same length in a packed (tokens, heads, d) batch.
+    n, seq = q.shape[:2]
+    cu_seqlens = torch.arange(0, (n + 1) * seq, seq, dtype=torch.int32, device=q.device)
+    out = varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens, cu_seqlens, seq, seq)
+    return out.unflatten(0, (n, seq))
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One `scaled_dot_product_attention` call over all windows of a group (torch picks its fastest kernel)."""
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
+
+
+def flash_attn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _packed(q, k, v, _flash_attn_varlen())
+
+
+def torch_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return _packed(q, k, v, _torch_varlen())
+
+
+def per_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """One attention call per window, as a direct port of the official loop would do. The baseline that the
+    grouped paths are measured and checked against."""
+    return torch.cat([sdpa_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(q.shape[0])])
+
+
+#: Exact attention paths over a group of equal-length windows `(n, S, heads, d)` -> `(n, S, heads, d)`.
+ATTENTION_BACKENDS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "flash_attn": flash_attn_attention,
+    "torch_varlen": torch_varlen_attention,
+    "sdpa": sdpa_attention,
+    "per_window": per_window_attention,
+}
+
+
+def attention_backend_available(name: str, q: torch.Tensor) -> bool:
+    """Whether backend `name` can run on tensors like `q` (device, dtype, head size)."""
+    if name in ("sdpa", "per_window"):
+        return True
     flash_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
-    flash = _flash_attn_varlen() if flash_ok else None
-    if flash is not None:
-        n, seq = q.shape[:2]
-        cu_seqlens = torch.arange(0, (n + 1) * seq, seq, dtype=torch.int32, device=q.device)
-        out = flash(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens, cu_seqlens, seq, seq)
-        return out.unflatten(0, (n, seq))
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-    return out.transpose(1, 2)
+    if name == "flash_attn":
+        return flash_ok and _flash_attn_varlen() is not None
+    if name == "torch_varlen":
+        return flash_ok and _torch_varlen() is not None
+    raise ValueError(f"unknown attention backend {name!r}; known: auto, {', '.join(ATTENTION_BACKENDS)}")
+
+
+def resolve_attention_backend(name: str, q: torch.Tensor) -> str:
+    """`auto` -> the first available of flash_attn, torch_varlen, sdpa; a named backend must be available."""
+    if name == "auto":
+        return next(b for b in ATTENTION_BACKENDS if attention_backend_available(b, q))
+    if not attention_backend_available(name, q):
+        raise ValueError(f"attention backend {name!r} cannot run {q.dtype} on {q.device}")
+    return name
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Full softmax attention per sequence, scale 1/sqrt(head_dim): `(n, S, heads, d)` -> `(n, S, heads, d)`."""
+    return ATTENTION_BACKENDS[resolve_attention_backend(backend, q)](q, k, v)
 
 
 def _per_head(table: RopeTable) -> RopeTable:
@@ -167,6 +227,7 @@ class WindowAttention(nn.Module):
         self.norm_q = MMPair(make_norm, vid_dim, txt_dim, shared_qk_norm)
         self.norm_k = MMPair(make_norm, vid_dim, txt_dim, shared_qk_norm)
         self.rope = rope
+        self.attention_backend = "auto"  # see ATTENTION_BACKENDS; set for a whole model by NaDiT
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
         vid_qkv, txt_qkv = self.proj_qkv(vid, txt)
@@ -194,6 +255,7 @@ class WindowAttention(nn.Module):
                 torch.cat((q, txt_q[group.txt_idx]), dim=1),
                 torch.cat((k, txt_k[group.txt_idx]), dim=1),
                 torch.cat((vid_v[group.vid_idx], txt_v[group.txt_idx]), dim=1),
+                self.attention_backend,
             )
             window_len = group.vid_idx.shape[1]
             vid_out.index_copy_(0, group.vid_idx.flatten(), out[:, :window_len].flatten(0, 1))
