@@ -1,0 +1,13 @@
+"""SeedVR2 checkpoints: manifests and validation, reading every file format, weights directories, downloads.
+
+- `weights.manifest`: the shipped key/shape manifests of the official checkpoints, `validate_state_dict`.
+- `weights.checkpoint`: `read_state_dict` / `read_shapes` for `.pth` and `.safetensors` (fp32/fp16/bf16/fp8).
+- `weights.bundle`: `inspect_weights_dir` and `load_models` for a weights directory.
+- `weights.download`: `download` from Hugging Face.
+
+Submodules are imported on use, so `import weights` stays cheap.
+"""
+
+from weights.manifest import CheckpointMismatchError, Manifest, load_manifest, validate_state_dict
+
+__all__ = ["CheckpointMismatchError", "Manifest", "load_manifest", "validate_state_dict"]
