@@ -38,18 +38,12 @@ def _plan(args: argparse.Namespace) -> list[tuple[Path, Path, str]]:
 
 
 def _options(args: argparse.Namespace) -> UpscaleOptions:
-    if args.target_resolution:
-        options = UpscaleOptions(upscale_mode="target", target_resolution=args.target_resolution)
-    else:
-        options = UpscaleOptions(upscale_mode="factor", upscale_factor=args.upscale_factor or 2.0)
-    options = UpscaleOptions(
-        upscale_mode=options.upscale_mode,
-        upscale_factor=options.upscale_factor,
-        target_resolution=options.target_resolution,
-        seed=args.seed,
-        noise_scale=args.noise_scale,
-        color_fix=args.color_fix,
+    size = (
+        dict(upscale_mode="target", target_resolution=args.target_resolution)
+        if args.target_resolution
+        else dict(upscale_mode="factor", upscale_factor=2.0 if args.upscale_factor is None else args.upscale_factor)
     )
+    options = UpscaleOptions(**size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix)
     options.validate()
     return options
 
@@ -71,27 +65,38 @@ class _PhaseBar:
         print(f"[{index}/{self.total}] {name}: {message}", file=sys.stderr)
 
 
+def _read(source: Path):
+    try:
+        return decode_image(source.read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
 def run_upscale(args: argparse.Namespace) -> int:
     options = _options(args)
     jobs = _plan(args)
-    # Read and check every input before spending time on loading the model.
-    images = []
-    for source, _, _ in jobs:
-        try:
-            images.append(decode_image(source.read_bytes()))
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+    single = len(jobs) == 1 and not args.input.is_dir()
+    first = _read(jobs[0][0]) if single else None  # a bad single input fails before the model loads
     weights_dir = args.weights_dir or find_installed_weights(args.model or "3b")
     upscaler = Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype)
     print(f"loaded {upscaler.description}", file=sys.stderr)
 
     bar = _PhaseBar(len(jobs))
-    for index, ((source, target, fmt), image) in enumerate(zip(jobs, images), start=1):
+    failed = 0
+    for index, (source, target, fmt) in enumerate(jobs, start=1):
         started = time.perf_counter()
+        try:
+            image = first if single else _read(source)
+        except ValueError as exc:  # in a directory, one bad file does not stop the others
+            failed += 1
+            bar.done(index, source.name, f"skipped: {exc}")
+            continue
         result = upscaler.upscale(image, options, progress=lambda phase: bar.show(index, source.name, phase))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(result.encode(fmt))
         width, height = result.size
-        bar.done(index, source.name, f"{width}x{height} -> {target} (seed {result.seed}, "
-                 f"{time.perf_counter() - started:.1f}s)")
+        seconds = time.perf_counter() - started
+        bar.done(index, source.name, f"{width}x{height} -> {target} (seed {result.seed}, {seconds:.1f}s)")
+    if failed:
+        raise ValueError(f"{failed} of {len(jobs)} images could not be read")
     return 0

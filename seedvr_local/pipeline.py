@@ -14,6 +14,7 @@ import torch
 
 from seedvr_local.colorfix import apply_color_fix
 from seedvr_local.diffusion import NUM_TIMESTEPS, condition_timestep, lerp_noise, v_lerp_to_x0
+from seedvr_local.preprocess import crop_to
 
 PhaseCallback = Callable[[str], None]
 
@@ -96,7 +97,10 @@ class RestorationPipeline:
         cond_noise_scale: float = 0.0,
         color_fix: str = "wavelet",
         on_phase: PhaseCallback | None = None,
+        crop: tuple[int, int] | None = None,
     ) -> RestoreOutput:
+        """`crop=(height, width)` cuts the decoded video back to the top-left region of the input that was
+        not padding before the colour fix, so padding never influences the colours of the result."""
         on_phase = on_phase or (lambda phase: None)
         frames, height, width = video.shape[1:]
         if height % 16 or width % 16:
@@ -127,9 +131,12 @@ class RestorationPipeline:
         on_phase("vae_decode")
         z = latent_out / self.scaling_factor + self.shifting_factor
         decoded = self.vae.decode(z[None].to(dtype))[0, :, :frames].float()
+        style = video
+        if crop is not None:
+            decoded, style = crop_to(decoded, crop), crop_to(video, crop)
 
         on_phase("color_fix")
-        style = video.to(device=device, dtype=torch.float32)
+        style = style.to(device=device, dtype=torch.float32)
         colorfixed = apply_color_fix(color_fix, decoded.transpose(0, 1), style.transpose(0, 1)).transpose(0, 1)
         return RestoreOutput(cond_latent, cond_timestep, condition, dit_out, latent_out, decoded, colorfixed)
 

@@ -22,7 +22,7 @@ from seedvr_local.colorfix import COLOR_FIX_METHODS
 from seedvr_local.devices import resolve_device, resolve_dtype
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil, upscale_alpha
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
-from seedvr_local.preprocess import crop_to, pad_to_multiple, resize_bicubic_antialias
+from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
 from seedvr_local.sizes import output_size
 from weights.bundle import load_models
 
@@ -121,7 +121,7 @@ class Upscaler:
         width, height = self.output_size(source.width, source.height, options)
         seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
         timings: dict[str, float] = {}
-        clock = _PhaseClock(timings, progress)
+        clock = _PhaseClock(timings, progress, cuda=self.pipeline.device.type == "cuda")
 
         clock.start("resize")
         rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
@@ -131,11 +131,12 @@ class Upscaler:
         noises = RestoreNoises.draw(latent_shape, seed)
 
         out = self.pipeline.restore(
-            padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix, on_phase=clock.start
+            padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix, on_phase=clock.start,
+            crop=(height, width),
         )
 
         clock.start("finish")
-        restored = crop_to(out.colorfixed, (height, width))[:, 0].cpu()  # [3, H, W] in [-1, 1]
+        restored = out.colorfixed[:, 0].cpu()  # [3, H, W] in [-1, 1]
         alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
         clock.stop()
         return UpscaleResult(rgb=(restored.clamp(-1, 1) + 1) / 2, alpha=alpha, seed=seed, timings=timings)
@@ -144,9 +145,10 @@ class Upscaler:
 class _PhaseClock:
     """Times consecutive phases and reports each start to the caller's progress callback."""
 
-    def __init__(self, timings: dict[str, float], progress: ProgressCallback | None):
+    def __init__(self, timings: dict[str, float], progress: ProgressCallback | None, cuda: bool):
         self.timings = timings
         self.progress = progress
+        self.cuda = cuda  # CUDA work is asynchronous: wait for it so each phase gets its own time
         self.phase: str | None = None
         self.started = 0.0
 
@@ -158,5 +160,7 @@ class _PhaseClock:
 
     def stop(self) -> None:
         if self.phase is not None:
+            if self.cuda:
+                torch.cuda.synchronize()
             self.timings[self.phase] = time.perf_counter() - self.started
             self.phase = None

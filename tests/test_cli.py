@@ -42,7 +42,7 @@ def test_directory_input_writes_a_sibling_folder(tmp_path, tiny_bundle, capsys):
                  "--target-resolution", "720p", "--seed", "2"]) == 0
     out = tmp_path / "photos_upscaled"
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.jpg"]
-    assert Image.open(out / "a.jpg").size == (960, 720)
+    assert Image.open(out / "a.jpg").size == (900, 720)  # 20x16 scaled by 720/16
     assert Image.open(out / "b.jpg").size == (720, 1080)
 
 
