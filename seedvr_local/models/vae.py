@@ -1,0 +1,346 @@
+"""The SeedVR2 causal video VAE (official `models/video_vae_v3`, `VideoAutoencoderKLWrapper`; spec section 3).
+
+An SD3-style 16-channel KL autoencoder inflated to causal 3-D: 8x spatial and 4x temporal compression, a clip of
+`T = 4n + 1` frames maps to `n + 1` latent frames (an image, T = 1, to one). State dict keys and shapes are exactly
+the official ones (diffusers' current attention names), so `ema_vae.pth` loads with `strict=True` once
+`convert_deprecated_attention_keys` has renamed old attention keys.
+
+Clips longer than `slicing_sample_min_size + 1` frames are processed in temporal chunks like the official pipeline
+(`split_size = 4`), carrying each causal conv's last input frames across chunks: the result is the same as one
+pass, with far less memory. Runs in the dtype of its weights; GroupNorm is computed in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from seedvr_local.models.vae_blocks import (
+    CausalConv3d,
+    ChunkMemory,
+    DownEncoderBlock3D,
+    FrameGroupNorm,
+    MidBlock3D,
+    UpDecoderBlock3D,
+)
+
+LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution
+
+# Official config fields that have no effect at inference (training switches, the diffusers parent's defaults).
+_IGNORED_FIELDS = {"sample_size", "scaling_factor", "shifting_factor", "force_upcast", "gradient_checkpoint"}
+# Official fields accepted only with the value SeedVR2 uses, because other values change the architecture.
+_FIXED_FIELDS = {"slicing_up_num": 0, "extra_cond_dim": None}
+
+
+@dataclass
+class VAEConfig:
+    """The VAE architecture, with the official field names (`s8_c16_t4_inflation_sd3.yaml` + `freeze_encoder`).
+
+    The defaults are SeedVR2's. `inflation_mode` and `freeze_encoder` are kept for round trips only: the released
+    weights are already 3-D and nothing is trained here.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 16
+    block_out_channels: Sequence[int] = (128, 256, 512, 512)
+    layers_per_block: int = 2
+    norm_num_groups: int = 32
+    act_fn: str = "silu"
+    down_block_types: Sequence[str] = ("DownEncoderBlock3D",) * 4
+    up_block_types: Sequence[str] = ("UpDecoderBlock3D",) * 4
+    temporal_scale_num: int = 2
+    spatial_downsample_factor: int = 8
+    temporal_downsample_factor: int = 4
+    slicing_sample_min_size: int = 4  # frames per temporal chunk after the first (the pipeline's split_size)
+    time_receptive_field: str = "full"  # "half": the ResNets' first conv is 1x3x3
+    attention: bool = True  # mid-block attention
+    use_quant_conv: bool = False
+    use_post_quant_conv: bool = False
+    inflation_mode: str = "pad"
+    freeze_encoder: bool = False
+
+    def __post_init__(self):
+        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
+        self.down_block_types = tuple(self.down_block_types)
+        self.up_block_types = tuple(self.up_block_types)
+        levels = len(self.block_out_channels)
+        if levels < 1:
+            raise ValueError("block_out_channels must list at least one channel count")
+        if self.down_block_types != ("DownEncoderBlock3D",) * levels:
+            raise ValueError(f"down_block_types must be {levels} x 'DownEncoderBlock3D', got {self.down_block_types}")
+        if self.up_block_types != ("UpDecoderBlock3D",) * levels:
+            raise ValueError(f"up_block_types must be {levels} x 'UpDecoderBlock3D', got {self.up_block_types}")
+        if self.act_fn not in ("silu", "swish"):
+            raise ValueError(f"act_fn must be 'silu', got {self.act_fn!r}")
+        if self.time_receptive_field not in ("full", "half"):
+            raise ValueError(f"time_receptive_field must be 'full' or 'half', got {self.time_receptive_field!r}")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide every block_out_channels entry")
+        if not 0 <= self.temporal_scale_num < levels:
+            raise ValueError(f"temporal_scale_num must be in [0, {levels - 1}], got {self.temporal_scale_num}")
+        if self.spatial_downsample_factor != 2 ** (levels - 1):
+            raise ValueError(f"spatial_downsample_factor must be {2 ** (levels - 1)} for {levels} blocks")
+        if self.temporal_downsample_factor != 2**self.temporal_scale_num:
+            raise ValueError(f"temporal_downsample_factor must be 2**temporal_scale_num = {2**self.temporal_scale_num}")
+        split = self.slicing_sample_min_size
+        if split < 1 or split % self.temporal_downsample_factor:
+            raise ValueError(
+                f"slicing_sample_min_size must be a positive multiple of {self.temporal_downsample_factor}, got {split}"
+            )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VAEConfig":
+        """From an official yaml-style dict (the yaml, case.json, manifests, tiny_model/config.json) or `to_dict()`.
+
+        Keys starting with `__` (yaml object markers) and official fields without effect at inference are ignored.
+        """
+        d = {k: v for k, v in d.items() if not k.startswith("__") and k not in _IGNORED_FIELDS}
+        for name, value in _FIXED_FIELDS.items():
+            given = d.pop(name, value)
+            if given != value:
+                raise ValueError(f"VAE config field {name} must be {value!r} (SeedVR2), got {given!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown field(s) in the VAE config: {', '.join(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field under its official name, JSON-friendly."""
+        return {
+            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
+        }
+
+    @classmethod
+    def seedvr2(cls) -> "VAEConfig":
+        """The released SeedVR2 VAE (3B and 7B share it): 250 tensors, 250,648,227 parameters."""
+        return cls()
+
+    @property
+    def levels(self) -> int:
+        return len(self.block_out_channels)
+
+
+def _is_temporal_level(cfg: VAEConfig, level: int) -> bool:
+    """Whether the downsampler of encoder level `level` is temporal too: the official encoder makes its *last*
+    `temporal_scale_num` downsamplers temporal; the decoder mirrors this with its *first* upsamplers."""
+    return level >= cfg.levels - 1 - cfg.temporal_scale_num
+
+
+class Encoder3D(nn.Module):
+    """conv_in, down blocks (the last without downsampler), mid block, GroupNorm, SiLU, conv_out to 2 x latent."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        channels = cfg.block_out_channels
+        full = cfg.time_receptive_field == "full"
+        groups = cfg.norm_num_groups
+        self.conv_in = CausalConv3d(cfg.in_channels, channels[0], 3, padding=1)
+        self.down_blocks = nn.ModuleList(
+            DownEncoderBlock3D(
+                in_channels=channels[max(i - 1, 0)],
+                out_channels=channels[i],
+                num_layers=cfg.layers_per_block,
+                groups=groups,
+                downsample=i < cfg.levels - 1,
+                temporal_down=_is_temporal_level(cfg, i),
+                full_time_field=full,
+            )
+            for i in range(cfg.levels)
+        )
+        self.mid_block = MidBlock3D(channels[-1], groups, cfg.attention, full)
+        self.conv_norm_out = FrameGroupNorm(groups, channels[-1], eps=1e-6)
+        self.conv_out = CausalConv3d(channels[-1], 2 * cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        x = self.conv_in(x, memory)
+        for block in self.down_blocks:
+            x = block(x, memory)
+        x = self.mid_block(x, memory)
+        return self.conv_out(F.silu(self.conv_norm_out(x)), memory)
+
+
+class Decoder3D(nn.Module):
+    """conv_in, mid block, up blocks (`layers_per_block + 1` ResNets each), GroupNorm, SiLU, conv_out."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        channels = cfg.block_out_channels[::-1]
+        full = cfg.time_receptive_field == "full"
+        groups = cfg.norm_num_groups
+        self.conv_in = CausalConv3d(cfg.latent_channels, channels[0], 3, padding=1)
+        # Registered before the mid block, as in the official state_dict order.
+        self.up_blocks = nn.ModuleList(
+            UpDecoderBlock3D(
+                in_channels=channels[max(i - 1, 0)],
+                out_channels=channels[i],
+                num_layers=cfg.layers_per_block + 1,
+                groups=groups,
+                upsample=i < cfg.levels - 1,
+                temporal_up=i < cfg.temporal_scale_num,
+                full_time_field=full,
+            )
+            for i in range(cfg.levels)
+        )
+        self.mid_block = MidBlock3D(channels[0], groups, cfg.attention, full)
+        self.conv_norm_out = FrameGroupNorm(groups, channels[-1], eps=1e-6)
+        self.conv_out = CausalConv3d(channels[-1], cfg.out_channels, 3, padding=1)
+
+    def forward(self, z: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        x = self.conv_in(z, memory)
+        x = self.mid_block(x, memory)
+        for block in self.up_blocks:
+            x = block(x, memory)
+        return self.conv_out(F.silu(self.conv_norm_out(x)), memory)
+
+
+#: One pass of the encoder or decoder over a clip or temporal chunk.
+Stage = Callable[[torch.Tensor, ChunkMemory | None], torch.Tensor]
+
+
+class VideoAutoencoder(ModelMixin, ConfigMixin):
+    """The SeedVR2 video VAE. The constructor arguments are the `VAEConfig` fields (see `from_vae_config`).
+
+    `encode` returns the posterior `(mean, logvar)`; sampling and latent scaling (0.9152) are the pipeline's job.
+    Set `temporal_slicing = False` to process long clips in one pass (same result, more memory).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        in_channels: int = VAEConfig.in_channels,
+        out_channels: int = VAEConfig.out_channels,
+        latent_channels: int = VAEConfig.latent_channels,
+        block_out_channels: Sequence[int] = VAEConfig.block_out_channels,
+        layers_per_block: int = VAEConfig.layers_per_block,
+        norm_num_groups: int = VAEConfig.norm_num_groups,
+        act_fn: str = VAEConfig.act_fn,
+        down_block_types: Sequence[str] = VAEConfig.down_block_types,
+        up_block_types: Sequence[str] = VAEConfig.up_block_types,
+        temporal_scale_num: int = VAEConfig.temporal_scale_num,
+        spatial_downsample_factor: int = VAEConfig.spatial_downsample_factor,
+        temporal_downsample_factor: int = VAEConfig.temporal_downsample_factor,
+        slicing_sample_min_size: int = VAEConfig.slicing_sample_min_size,
+        time_receptive_field: str = VAEConfig.time_receptive_field,
+        attention: bool = VAEConfig.attention,
+        use_quant_conv: bool = VAEConfig.use_quant_conv,
+        use_post_quant_conv: bool = VAEConfig.use_post_quant_conv,
+        inflation_mode: str = VAEConfig.inflation_mode,
+        freeze_encoder: bool = VAEConfig.freeze_encoder,
+    ):
+        super().__init__()
+        cfg = VAEConfig(**{f.name: self.config[f.name] for f in dataclasses.fields(VAEConfig)})
+        self.vae_config = cfg
+        self.encoder = Encoder3D(cfg)
+        self.decoder = Decoder3D(cfg)
+        latent = cfg.latent_channels
+        self.quant_conv = CausalConv3d(2 * latent, 2 * latent, 1) if cfg.use_quant_conv else None
+        self.post_quant_conv = CausalConv3d(latent, latent, 1) if cfg.use_post_quant_conv else None
+        self.temporal_slicing = True
+
+    @classmethod
+    def from_vae_config(cls, cfg: VAEConfig) -> "VideoAutoencoder":
+        return cls(**cfg.to_dict())
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.vae_config.temporal_downsample_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.vae_config.spatial_downsample_factor
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`x (B, 3, T, H, W)` in [-1, 1] -> posterior `(mean, logvar)`, each `(B, 16, (T-1)/4 + 1, H/8, W/8)`.
+
+        T must be 4n + 1 (1 for an image) and H, W multiples of 8. logvar is clamped to [-30, 20].
+        """
+        cfg = self.vae_config
+        _check_shape(x, "x", cfg.in_channels)
+        frames, height, width = x.shape[2:]
+        if (frames - 1) % self.temporal_factor:
+            raise ValueError(
+                f"the causal VAE encodes {self.temporal_factor}n+1 frames (1 for an image), got {frames}: "
+                "pad the clip, e.g. by repeating its last frame"
+            )
+        if height % self.spatial_factor or width % self.spatial_factor:
+            raise ValueError(f"height and width must be multiples of {self.spatial_factor}, got {height}x{width}")
+        x = x.to(device=self.device, dtype=self.dtype)
+        moments = self._sliced(self._encode, x, cfg.slicing_sample_min_size)
+        mean, logvar = moments.chunk(2, dim=1)
+        return mean, logvar.clamp(*LOGVAR_RANGE)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1]."""
+        cfg = self.vae_config
+        _check_shape(z, "z", cfg.latent_channels)
+        split = cfg.slicing_sample_min_size // self.temporal_factor
+        return self._sliced(self._decode, z.to(device=self.device, dtype=self.dtype), split)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction through the posterior mean."""
+        return self.decode(self.encode(x)[0])
+
+    def _encode(self, x: torch.Tensor, memory: ChunkMemory | None) -> torch.Tensor:
+        h = self.encoder(x, memory)
+        return h if self.quant_conv is None else self.quant_conv(h, memory)
+
+    def _decode(self, z: torch.Tensor, memory: ChunkMemory | None) -> torch.Tensor:
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z, memory)
+        return self.decoder(z, memory)
+
+    def _sliced(self, stage: Stage, x: torch.Tensor, split: int) -> torch.Tensor:
+        """Run `stage` over frames `[0, split]`, then over chunks of `split` frames, carrying the causal state
+        (the official `slicing_encode` / `slicing_decode`); in one pass when the clip is short or slicing is off."""
+        if not self.temporal_slicing or x.shape[2] - 1 <= split:
+            return stage(x, None)
+        chunks = [x[:, :, : split + 1], *x[:, :, split + 1 :].split(split, dim=2)]
+        memory = ChunkMemory()
+        outputs = []
+        for chunk in chunks:
+            outputs.append(stage(chunk, memory))
+            memory.first = False
+        return torch.cat(outputs, dim=2)
+
+
+def _check_shape(x: torch.Tensor, name: str, channels: int) -> None:
+    if x.ndim != 5 or x.shape[1] != channels:
+        raise ValueError(
+            f"{name} must be (B, {channels}, T, H, W), got shape {tuple(x.shape)}"
+            + (" (add the time axis for images: x[:, :, None])" if x.ndim == 4 and x.shape[1] == channels else "")
+        )
+    if min(x.shape[2:]) < 1:
+        raise ValueError(f"{name} has an empty dimension: shape {tuple(x.shape)}")
+
+
+# `<path>.mid_block.attentions.<i>.<old name>.<weight|bias>`: the attention names of old diffusers versions.
+_DEPRECATED_ATTENTION_KEY = re.compile(
+    r"^((?:.*\.)?mid_block\.attentions\.\d+\.)(query|key|value|proj_attn)\.(weight|bias)$"
+)
+_RENAMED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def convert_deprecated_attention_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Rename old diffusers attention keys of the VAE (`query`, `key`, `value`, `proj_attn` under
+    `*.mid_block.attentions.N`) to the current ones (`to_q`, `to_k`, `to_v`, `to_out.0`), keeping the order.
+
+    Only keys change; values are passed through untouched. Other keys are kept as they are.
+    """
+    converted = {}
+    for key, value in state_dict.items():
+        match = _DEPRECATED_ATTENTION_KEY.match(key)
+        if match:
+            prefix, old, param = match.groups()
+            key = f"{prefix}{_RENAMED_ATTENTION[old]}.{param}"
+        converted[key] = value
+    return converted

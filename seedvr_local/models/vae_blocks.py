@@ -1,0 +1,257 @@
+"""Building blocks of the SeedVR2 causal video VAE (spec section 3): causal 3-D conv, per-frame GroupNorm,
+ResNet block, down/up-samplers and the mid-block attention.
+
+Every block works on `(B, C, T, H, W)` and is causal in time: output frame k depends only on input frames <= k.
+Normalisation and attention never mix frames, and each causal conv looks back a fixed number of frames, so a clip
+can be processed in temporal chunks with exactly the same result when the convs carry their last input frames
+from one chunk to the next (`ChunkMemory`, spec 3.8).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.utils import _triple
+
+#: Largest float32 copy (bytes) a half-precision GroupNorm makes at once; bigger frames are normalised a few
+#: groups at a time (exact: every group has its own statistics).
+_NORM_CHUNK_BYTES = 512 * 1024**2
+
+
+@dataclass
+class ChunkMemory:
+    """What the causal convs carry from one temporal chunk of a clip to the next.
+
+    Run the chunks in order with one `ChunkMemory`, setting `first = False` after the first chunk. Each causal
+    conv stores the last `kernel_t - stride_t` frames of its (padded) input and prepends them to its next input,
+    in place of the replicated first frame.
+    """
+
+    first: bool = True
+    tails: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
+
+
+class CausalConv3d(nn.Conv3d):
+    """The official `InflatedCausalConv3d`: a Conv3d that pads time on the past side only.
+
+    The temporal padding `p_t` is taken out of the conv; instead `2 * p_t` copies of the first frame are put in
+    front of the clip (or, for a continuation chunk, the previous chunk's last input frames), so a `k_t = 3`,
+    `p_t = 1`, stride 1 conv keeps the frame count. Spatial padding is the usual zero padding.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int, int],
+        stride: int | tuple[int, int, int] = 1,
+        padding: int | tuple[int, int, int] = 0,
+        bias: bool = True,
+    ):
+        kernel_size, stride, padding = _triple(kernel_size), _triple(stride), _triple(padding)
+        super().__init__(in_channels, out_channels, kernel_size, stride, (0, padding[1], padding[2]), bias=bias)
+        self.head_frames = 2 * padding[0]
+        self.tail_frames = kernel_size[0] - stride[0]
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        if memory is None and x.shape[2] == 1 and self.kernel_size[0] == self.head_frames + 1:
+            return self._single_frame(x)
+        if memory is None or memory.first:
+            if self.head_frames:
+                x = torch.cat([x[:, :, :1].expand(-1, -1, self.head_frames, -1, -1), x], dim=2)
+        elif self.tail_frames > 0:
+            x = torch.cat([memory.tails[self], x], dim=2)
+        if memory is not None and self.tail_frames > 0:
+            memory.tails[self] = x[:, :, x.shape[2] - self.tail_frames :].detach()
+        return super().forward(x)
+
+    def _single_frame(self, x: torch.Tensor) -> torch.Tensor:
+        # A lone frame is padded to k_t copies of itself, so every temporal tap sees the same frame: the conv is
+        # a 2-D conv with the taps summed (spec 3.7), a third of the work of the 3-D conv.
+        weight = self.weight.sum(dim=2)
+        out = F.conv2d(x[:, :, 0], weight, self.bias, self.stride[1:], self.padding[1:])
+        return out.unsqueeze(2)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm with statistics per frame (`(b c t h w) -> ((b t) c h w)`, spec 3.3), computed in float32.
+
+    The result is cast back to the input dtype. Per-frame statistics are what make temporal chunking exact.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"FrameGroupNorm expects (B, C, T, H, W), got shape {tuple(x.shape)}")
+        out = torch.empty_like(x)
+        for t in range(x.shape[2]):  # one frame at a time bounds the float32 copies
+            self._normalize_frame(x[:, :, t], out[:, :, t])
+        return out
+
+    def _normalize_frame(self, frame: torch.Tensor, out: torch.Tensor) -> None:
+        group_channels = self.num_channels // self.num_groups
+        groups_at_once = self.num_groups
+        if frame.dtype in (torch.float16, torch.bfloat16):
+            float32_bytes = 4 * frame.numel()
+            # Halving keeps it a divisor of num_groups.
+            while groups_at_once % 2 == 0 and float32_bytes * groups_at_once // self.num_groups > _NORM_CHUNK_BYTES:
+                groups_at_once //= 2
+        step = groups_at_once * group_channels
+        for start in range(0, self.num_channels, step):
+            channels = slice(start, start + step)
+            out[:, channels] = F.group_norm(
+                frame[:, channels].float(),
+                groups_at_once,
+                self.weight[channels].float(),
+                self.bias[channels].float(),
+                self.eps,
+            )
+
+
+class ResnetBlock3D(nn.Module):
+    """`out = shortcut(x) + conv2(SiLU(norm2(conv1(SiLU(norm1(x))))))`; the shortcut is a 1x1x1 conv when the
+    channel count changes. `conv1` is 1x3x3 with `time_receptive_field="half"`, else 3x3x3 (SeedVR2)."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int, full_time_field: bool = True):
+        super().__init__()
+        self.norm1 = FrameGroupNorm(groups, in_channels, eps=1e-6)
+        conv1_kernel = (3, 3, 3) if full_time_field else (1, 3, 3)
+        self.conv1 = CausalConv3d(in_channels, out_channels, conv1_kernel, padding=tuple(k // 2 for k in conv1_kernel))
+        self.norm2 = FrameGroupNorm(groups, out_channels, eps=1e-6)
+        self.conv2 = CausalConv3d(out_channels, out_channels, 3, padding=1)
+        self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)), memory)
+        h = self.conv2(F.silu(self.norm2(h)), memory)
+        shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x, memory)
+        return shortcut + h
+
+
+class Downsample3D(nn.Module):
+    """Zero-pad right and bottom by one, then a stride-2 causal conv (also stride 2 in time when temporal).
+
+    Spatial sizes halve (rounding up); in time `T -> (T - 1) / 2 + 1`.
+    """
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.conv = CausalConv3d(
+            channels,
+            channels,
+            kernel_size=(3 if temporal else 1, 3, 3),
+            stride=(2 if temporal else 1, 2, 2),
+            padding=(1 if temporal else 0, 0, 0),
+        )
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)), memory)
+
+
+class Upsample3D(nn.Module):
+    """A 1x1x1 conv to `C * r` channels, a pixel shuffle to `(2T or T, 2H, 2W)`, then a causal 3x3x3 conv.
+
+    The shuffle is `"b (x y z c) f h w -> b c (f z) (h x) (w y)"`. When temporal, the second copy of the clip's
+    first frame is dropped (`2T -> 2T - 1`), except in continuation chunks, whose first frame is not the clip's.
+    """
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.temporal_ratio = 2 if temporal else 1
+        self.conv = CausalConv3d(channels, channels, 3, padding=1)
+        self.upscale_conv = nn.Conv3d(channels, channels * 4 * self.temporal_ratio, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        z = self.temporal_ratio
+        x = self.upscale_conv(x)
+        x = x.view(b, 2, 2, z, c, t, h, w).permute(0, 4, 5, 3, 6, 1, 7, 2).reshape(b, c, t * z, h * 2, w * 2)
+        if z == 2 and (memory is None or memory.first):
+            x = torch.cat([x[:, :, :1], x[:, :, 2:]], dim=2)
+        return self.conv(x, memory)
+
+
+class FrameAttention(nn.Module):
+    """The mid-block self-attention (diffusers `Attention`, one head of width C, residual), applied to each frame
+    separately over its `h * w` positions. Key names are diffusers' current ones (`to_q`, ..., `to_out.0`)."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.group_norm = FrameGroupNorm(groups, channels, eps=1e-6)
+        self.to_q = nn.Linear(channels, channels)
+        self.to_k = nn.Linear(channels, channels)
+        self.to_v = nn.Linear(channels, channels)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, t, h, w = x.shape
+        tokens = self.group_norm(x).permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, c)  # one head
+        out = F.scaled_dot_product_attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens))
+        out = self.to_out[0](out)
+        return x + out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+
+
+class MidBlock3D(nn.Module):
+    """ResNet, attention, ResNet at the lowest resolution (the attention is optional: `attention=False`)."""
+
+    def __init__(self, channels: int, groups: int, attention: bool = True, full_time_field: bool = True):
+        super().__init__()
+        # Registered before the ResNets, as in the official state_dict order.
+        self.attentions = nn.ModuleList([FrameAttention(channels, groups)] if attention else [])
+        self.resnets = nn.ModuleList(ResnetBlock3D(channels, channels, groups, full_time_field) for _ in range(2))
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        x = self.resnets[0](x, memory)
+        for attention in self.attentions:
+            x = attention(x)
+        return self.resnets[1](x, memory)
+
+
+class DownEncoderBlock3D(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_layers: int,
+        groups: int,
+        downsample: bool,
+        temporal_down: bool,
+        full_time_field: bool = True,
+    ):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, groups, full_time_field)
+            for i in range(num_layers)
+        )
+        self.downsamplers = nn.ModuleList([Downsample3D(out_channels, temporal_down)] if downsample else [])
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        for layer in (*self.resnets, *self.downsamplers):
+            x = layer(x, memory)
+        return x
+
+
+class UpDecoderBlock3D(nn.Module):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        num_layers: int,
+        groups: int,
+        upsample: bool,
+        temporal_up: bool,
+        full_time_field: bool = True,
+    ):
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, groups, full_time_field)
+            for i in range(num_layers)
+        )
+        self.upsamplers = nn.ModuleList([Upsample3D(out_channels, temporal_up)] if upsample else [])
+
+    def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        for layer in (*self.resnets, *self.upsamplers):
+            x = layer(x, memory)
+        return x
