@@ -1,0 +1,52 @@
+"""Fused fp16/bf16 kernels (Triton, fp32 accumulation) for the memory-bound hot spots, each with a PyTorch
+reference that computes the same numbers:
+
+- `rms_norm_modulate`, `gated_residual`, `gated_residual_rms_norm_modulate`, `rms_norm`: the DiT's RMSNorm and
+  AdaSingle modulation, and the gated residual add fused with the next norm;
+- `rotate_pairs`: RoPE on q/k (adjacent pairs, partial rotary dims, optional fused window gather);
+- `group_norm_silu`, `group_norm_stats`, `group_norm_moments`, `merge_moments`: the VAE's per-frame GroupNorm
+  fused with SiLU, from statistics that may come from the whole frame while the tensor is one tile of it.
+
+Backend: `select("auto" | "triton" | "torch")`, `active_backend()`; auto uses Triton when it is installed and
+a CUDA GPU is present. Triton is optional: without it everything runs the references.
+"""
+
+from kernels.backend import (
+    MODES,
+    KernelBackendError,
+    active_backend,
+    interpreter_enabled,
+    select,
+    triton_available,
+)
+from kernels.group_stats import GroupMoments, GroupStats, merge_moments
+from kernels.ops import (
+    gated_residual,
+    gated_residual_rms_norm_modulate,
+    group_norm_moments,
+    group_norm_silu,
+    group_norm_stats,
+    rms_norm,
+    rms_norm_modulate,
+    rotate_pairs,
+)
+
+__all__ = [
+    "MODES",
+    "GroupMoments",
+    "GroupStats",
+    "KernelBackendError",
+    "active_backend",
+    "gated_residual",
+    "gated_residual_rms_norm_modulate",
+    "group_norm_moments",
+    "group_norm_silu",
+    "group_norm_stats",
+    "interpreter_enabled",
+    "merge_moments",
+    "rms_norm",
+    "rms_norm_modulate",
+    "rotate_pairs",
+    "select",
+    "triton_available",
+]
