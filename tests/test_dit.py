@@ -3,13 +3,18 @@ configs. Parity with the official forward itself is in test_reference_parity.py 
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from kernels.reference import rotate_pairs
 from seedvr_local.models.nadit import DiTConfig, NaDiT
-from seedvr_local.models.rope import rotate_pairs
 from seedvr_local.models.window_attention import TokenLayout, resolve_attention_backend
 from seedvr_local.models.windows import window_boxes, window_size
 from tests.parity.dit import build_case_model
@@ -103,14 +108,14 @@ def naive_window_attention(attn, vid, txt, grids, txt_lens):
         tq, tk, tv = txt_q[txt_rows], txt_k[txt_rows], txt_v[txt_rows]
         if rope is not None and rope.rotates_text:
             cos, sin = rope.text_table(torch.arange(n_txt))
-            tq, tk = rotate_pairs(tq, (cos[:, None], sin[:, None])), rotate_pairs(tk, (cos[:, None], sin[:, None]))
+            tq, tk = rotate_pairs(tq, cos[:, None], sin[:, None]), rotate_pairs(tk, cos[:, None], sin[:, None])
         boxes = window_boxes((t, h, w), attn.window, attn.window_method)
         for (t0, t1), (h0, h1), (w0, w1) in boxes:
             rows = vid_rows[t0:t1, h0:h1, w0:w1].flatten()
             q, k = vid_q[rows], vid_k[rows]
             if rope is not None:
                 cos, sin = rope.video_table((t1 - t0, h1 - h0, w1 - w0), n_txt, vid.device)
-                q, k = rotate_pairs(q, (cos[:, None], sin[:, None])), rotate_pairs(k, (cos[:, None], sin[:, None]))
+                q, k = rotate_pairs(q, cos[:, None], sin[:, None]), rotate_pairs(k, cos[:, None], sin[:, None])
             q, k, v = (torch.cat(pair).transpose(0, 1) for pair in ((q, tq), (k, tk), (vid_v[rows], tv)))
             out = ((q @ k.transpose(1, 2)) / math.sqrt(d)).softmax(-1) @ v
             out = out.transpose(0, 1)
@@ -284,3 +289,41 @@ def test_save_and_load_pretrained(tmp_path):
     assert loaded.dit_config == model.dit_config
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+# ------------------------------------------------------------------------------------------ kernel paths
+
+
+def run_models_with_triton(out_path: str) -> None:
+    """Subprocess entry (TRITON_INTERPRET=1): the tiny 3B and 7B forwards with the Triton kernels."""
+    import kernels
+
+    kernels.select("triton")
+    torch.save(_kernel_path_outputs(), out_path)
+
+
+def _kernel_path_outputs() -> dict[str, torch.Tensor]:
+    outputs = {}
+    for variant in ("3b", "7b"):
+        for dtype in (torch.float32, torch.float16):
+            model = random_model(variant).to(dtype)
+            vids, txts = random_inputs([(1, 8, 10), (1, 6, 4)], [3, 5])
+            with torch.no_grad():
+                out = model.forward_samples([v.to(dtype) for v in vids], [t.to(dtype) for t in txts], 1000.0)
+            outputs[f"{variant}-{dtype}"] = torch.cat([o.flatten() for o in out])
+    return outputs
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (optional)")
+def test_model_with_triton_kernels_matches_torch_path(tmp_path):
+    """The whole DiT with its norms, modulations, residuals and RoPE through the Triton kernels (run by Triton's
+    CPU interpreter in a subprocess, since TRITON_INTERPRET must be set before triton is imported)."""
+    out = tmp_path / "triton.pt"
+    code = "import sys; from tests.test_dit import run_models_with_triton as r; r(sys.argv[1])"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    triton_out = torch.load(out)
+    for name, expected in _kernel_path_outputs().items():
+        tol = 1e-5 if "float32" in name else 2e-2
+        torch.testing.assert_close(triton_out[name], expected, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")

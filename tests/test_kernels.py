@@ -139,65 +139,18 @@ def test_compiled_graphs_use_the_references(monkeypatch):
 # ----------------------------------------------------------------------- references vs the models' maths
 
 
-def _ada(dim: int, g: torch.Generator):
-    from seedvr_local.models.dit_layers import AdaSingle
-
-    ada = AdaSingle(dim)
-    with torch.no_grad():
-        for p in ada.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g))
-    return ada
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_rms_norm_modulate_reference_is_the_dit_maths(dtype):
-    from seedvr_local.models.dit_layers import rms_norm
-
-    g = torch.Generator().manual_seed(0)
-    lengths, dim = [5, 9], 24
-    ada = _ada(dim, g)
-    x = torch.randn(sum(lengths), dim, generator=g).to(dtype)
-    emb = torch.randn(len(lengths), dim, 3, generator=g).to(dtype)  # one layer's (shift, scale, gate) slot
-    index = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
-
-    def expand(v: torch.Tensor) -> torch.Tensor:
-        return v.repeat_interleave(torch.tensor(lengths), dim=0)
-
-    with torch.no_grad():
-        scale, shift = emb[..., 1].float() + ada.attn_scale, emb[..., 0].float() + ada.attn_shift
-        gate = emb[..., 2].float() + ada.attn_gate
-        model = ada.modulate(rms_norm(x, None, 1e-5), emb, "attn", expand)
-        ours = kernels.rms_norm_modulate(x, scale, shift, eps=1e-5, index=index)
-        assert torch.equal(ours, model)
-        h = torch.randn(x.shape, generator=g).to(dtype)
-        model_res = x + ada.gate(h, emb, "attn", expand)
-        assert torch.equal(kernels.gated_residual(x, h, gate, index=index), model_res)
-        new_res, normed = kernels.gated_residual_rms_norm_modulate(x, h, gate, scale, shift, eps=1e-5, index=index)
-        assert torch.equal(new_res, model_res)
-        assert torch.equal(normed, ada.modulate(rms_norm(model_res, None, 1e-5), emb, "attn", expand))
-        # One sample: the modulation broadcasts without an index.
-        one = kernels.rms_norm_modulate(x[:5], scale[:1], shift[:1], eps=1e-5)
-        assert torch.equal(one, ada.modulate(rms_norm(x[:5], None, 1e-5), emb[:1], "attn", lambda v: v))
-
-
-def test_affine_rms_norm_reference_is_the_dit_maths():
-    from seedvr_local.models.dit_layers import RMSNorm
-
-    g = torch.Generator().manual_seed(1)
-    norm = RMSNorm(16, eps=1e-5)
-    with torch.no_grad():
-        norm.weight.copy_(torch.randn(16, generator=g))
-    qkv = torch.randn(7, 3 * 4 * 16, generator=g).to(torch.bfloat16)
-    q = qkv.unflatten(-1, (3, 4, 16)).unbind(1)[0]  # the per-head view the attention normalises
-    with torch.no_grad():
-        assert torch.equal(kernels.rms_norm(q, norm.weight, 1e-5), norm(q))
+def rotate_as_complex(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE written independently: adjacent pairs as complex numbers times e^(i angle); the rest copied."""
+    pairs = cos.shape[-1]
+    z = torch.view_as_complex(x[..., : 2 * pairs].double().unflatten(-1, (-1, 2)).contiguous())
+    rotated = torch.view_as_real(z * torch.polar(torch.ones_like(cos.double()), torch.atan2(sin, cos).double()))
+    return torch.cat((rotated.flatten(-2).to(x.dtype), x[..., 2 * pairs :]), dim=-1)
 
 
 @pytest.mark.parametrize("rope_kind", ["mmrope3d", "pixel3d"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rotate_pairs_reference_is_the_model_rope(rope_kind, dtype):
+def test_rotate_pairs_with_the_model_rope_tables(rope_kind, dtype):
     from seedvr_local.models.rope import MMRope3d, PixelRope3d
-    from seedvr_local.models.rope import rotate_pairs as model_rotate
 
     head_dim, heads, window = 20, 3, (2, 3, 4)
     rope = MMRope3d(head_dim) if rope_kind == "mmrope3d" else PixelRope3d(head_dim // 2)
@@ -207,7 +160,10 @@ def test_rotate_pairs_reference_is_the_model_rope(rope_kind, dtype):
     g = torch.Generator().manual_seed(2)
     flat = torch.randn(60, heads, head_dim, generator=g).to(dtype)
     index = torch.randperm(60, generator=g)[: 2 * seq].view(2, seq)
-    expected = model_rotate(flat[index], (cos.unsqueeze(-2), sin.unsqueeze(-2)))
+    expected = kernels.rotate_pairs(flat[index], cos.unsqueeze(-2), sin.unsqueeze(-2))
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(expected, rotate_as_complex(flat[index], cos.unsqueeze(-2), sin.unsqueeze(-2)),
+                               atol=tol, rtol=tol)
     assert torch.equal(kernels.rotate_pairs(flat, cos, sin, index=index), expected)
     assert torch.equal(kernels.rotate_pairs(flat[index], cos.unsqueeze(-2), sin.unsqueeze(-2)), expected)
     buffer = torch.zeros(2, seq + 3, heads, head_dim, dtype=dtype)

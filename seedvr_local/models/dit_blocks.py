@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, MMPair, rms_norm
+import kernels
+from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, MMPair
 from seedvr_local.models.window_attention import TokenLayout, WindowAttention
 
 
@@ -61,25 +62,42 @@ class MMSRBlock(nn.Module):
     def forward(
         self, vid: torch.Tensor, txt: torch.Tensor, layout: TokenLayout, emb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`emb (B, 6D)`: the time embedding of each sample, read as `(d, layer, {shift, scale, gate})`."""
+        """`emb (B, 6D)`: the time embedding of each sample, read as `(d, layer, {shift, scale, gate})`.
+
+        The norms, modulations and gated residual adds go through `kernels`, which fuses each seam between two
+        layers (gate, residual add, next norm, modulation) into one pass on the GPU.
+        """
         attn_emb, mlp_emb = emb.unflatten(-1, (-1, 2, 3)).unbind(-2)
         ada_vid, ada_txt = self.ada.vid_branch, self.ada.txt_branch
-        expand_vid, expand_txt = layout.expand_vid, layout.expand_txt
+        vid_rows, txt_rows = layout.sample_index("vid"), layout.sample_index("txt")
+        eps = self.norm_eps
 
-        x = ada_vid.modulate(rms_norm(vid, None, self.norm_eps), attn_emb, "attn", expand_vid)
-        y = rms_norm(txt, None, self.norm_eps)
-        if ada_txt is not None:
-            y = ada_txt.modulate(y, attn_emb, "attn", expand_txt)
+        x = kernels.rms_norm_modulate(
+            vid, ada_vid.vector(attn_emb, "attn", "scale"), ada_vid.vector(attn_emb, "attn", "shift"),
+            eps=eps, index=vid_rows,
+        )  # fmt: skip
+        if ada_txt is None:
+            y = kernels.rms_norm(txt, None, eps)
+        else:
+            y = kernels.rms_norm_modulate(
+                txt, ada_txt.vector(attn_emb, "attn", "scale"), ada_txt.vector(attn_emb, "attn", "shift"),
+                eps=eps, index=txt_rows,
+            )  # fmt: skip
         x, y = self.attn(x, y, layout)
-        x = ada_vid.gate(x, attn_emb, "attn", expand_vid)
-        if ada_txt is not None:
-            y = ada_txt.gate(y, attn_emb, "attn", expand_txt)
-        vid, txt = vid + x, txt + y
 
-        x = ada_vid.modulate(rms_norm(vid, None, self.norm_eps), mlp_emb, "mlp", expand_vid)
-        vid = vid + ada_vid.gate(self.mlp.vid_branch(x), mlp_emb, "mlp", expand_vid)
+        vid, x = kernels.gated_residual_rms_norm_modulate(
+            vid, x, ada_vid.vector(attn_emb, "attn", "gate"),
+            ada_vid.vector(mlp_emb, "mlp", "scale"), ada_vid.vector(mlp_emb, "mlp", "shift"),
+            eps=eps, index=vid_rows,
+        )  # fmt: skip
+        vid = kernels.gated_residual(vid, self.mlp.vid_branch(x), ada_vid.vector(mlp_emb, "mlp", "gate"), index=vid_rows)
         if self.text_passthrough:
             # The official block adds the untouched text to itself here; nothing reads it afterwards.
+            txt = txt + y
             return vid, txt + txt
-        y = ada_txt.modulate(rms_norm(txt, None, self.norm_eps), mlp_emb, "mlp", expand_txt)
-        return vid, txt + ada_txt.gate(self.mlp.txt_branch(y), mlp_emb, "mlp", expand_txt)
+        txt, y = kernels.gated_residual_rms_norm_modulate(
+            txt, y, ada_txt.vector(attn_emb, "attn", "gate"),
+            ada_txt.vector(mlp_emb, "mlp", "scale"), ada_txt.vector(mlp_emb, "mlp", "shift"),
+            eps=eps, index=txt_rows,
+        )  # fmt: skip
+        return vid, kernels.gated_residual(txt, self.mlp.txt_branch(y), ada_txt.vector(mlp_emb, "mlp", "gate"), index=txt_rows)

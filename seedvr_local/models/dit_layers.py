@@ -13,17 +13,11 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
-# Maps a per-sample vector `(B, D)` to something that broadcasts over that stream's tokens.
-TokenExpander = Callable[[torch.Tensor], torch.Tensor]
-
+import kernels
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """apex `FusedRMSNorm` maths: `x * rsqrt(mean(x^2) + eps) [* weight]` over the last dim, in fp32."""
-    xf = x.float()
-    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    if weight is not None:
-        out = out * weight.float()
-    return out.to(x.dtype)
+    return kernels.rms_norm(x, weight, eps)
 
 
 class RMSNorm(nn.Module):
@@ -85,18 +79,11 @@ class AdaSingle(nn.Module):
             if "out" in modes:
                 setattr(self, f"{layer}_gate", nn.Parameter(torch.zeros(dim)))
 
-    def _sum(self, emb_part: torch.Tensor, layer: str, kind: str, expand: TokenExpander) -> torch.Tensor:
-        return expand(emb_part.float() + getattr(self, f"{layer}_{kind}").float())
-
-    def modulate(self, h: torch.Tensor, emb: torch.Tensor, layer: str, expand: TokenExpander) -> torch.Tensor:
-        """Mode "in": `h * (scale_emb + scale) + (shift_emb + shift)`."""
-        scale = self._sum(emb[..., 1], layer, "scale", expand)
-        shift = self._sum(emb[..., 0], layer, "shift", expand)
-        return (h.float() * scale + shift).to(h.dtype)
-
-    def gate(self, h: torch.Tensor, emb: torch.Tensor, layer: str, expand: TokenExpander) -> torch.Tensor:
-        """Mode "out": `h * (gate_emb + gate)`."""
-        return (h.float() * self._sum(emb[..., 2], layer, "gate", expand)).to(h.dtype)
+    def vector(self, emb: torch.Tensor, layer: str, kind: str) -> torch.Tensor:
+        """The summed fp32 modulation `(B, D)` of one layer: `emb`'s slot plus the learned offset. `kind` is
+        shift, scale (mode "in": `h * scale + shift`) or gate (mode "out": `h * gate`)."""
+        slot = {"shift": 0, "scale": 1, "gate": 2}[kind]
+        return emb[..., slot].float() + getattr(self, f"{layer}_{kind}").float()
 
 
 def swiglu_hidden_dim(dim: int, expand_ratio: int, multiple_of: int = 256) -> int:

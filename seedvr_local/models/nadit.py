@@ -16,6 +16,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+import kernels
+
 from seedvr_local.models.dit_blocks import MMSRBlock
 from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, PatchIn, PatchOut, RMSNorm, TimeEmbedding
 from seedvr_local.models.rope import MMRope3d, PixelRope3d
@@ -346,7 +348,10 @@ class NaDiT(ModelMixin, ConfigMixin):
         if self.vid_out_norm is not None:
             # Official quirk (spec 2.6): the output modulation reads the blocks' cached attn-slot embedding.
             attn_emb = emb.unflatten(-1, (-1, 2, 3))[:, :, 0]
-            vid = self.vid_out_ada.modulate(self.vid_out_norm(vid), attn_emb, "out", layout.expand_vid)
+            vid = kernels.rms_norm_modulate(
+                vid, self.vid_out_ada.vector(attn_emb, "out", "scale"), self.vid_out_ada.vector(attn_emb, "out", "shift"),
+                eps=self.vid_out_norm.eps, weight=self.vid_out_norm.weight, index=layout.sample_index("vid"),
+            )  # fmt: skip
         return self.vid_out(vid, patch_grids)
 
     def forward_samples(

@@ -23,16 +23,6 @@ from torch import nn
 RopeTable = tuple[torch.Tensor, torch.Tensor]  # (cos, sin), fp32, one angle per rotated pair
 
 
-def rotate_pairs(x: torch.Tensor, table: RopeTable) -> torch.Tensor:
-    """Rotate the first `2 * pairs` dims of `x (..., d)` by the angles of `table (..., pairs)`, in fp32."""
-    cos, sin = table
-    rotated = 2 * cos.shape[-1]
-    xf = x[..., :rotated].float().unflatten(-1, (-1, 2))
-    even, odd = xf.unbind(-1)
-    out = torch.stack((even * cos - odd * sin, odd * cos + even * sin), dim=-1).flatten(-2)
-    return torch.cat((out.to(x.dtype), x[..., rotated:]), dim=-1)
-
-
 def _axial_table(positions: list[torch.Tensor], freqs: torch.Tensor) -> RopeTable:
     """Angles for the (t, h, w) grid spanned by per-axis positions, flattened in raster order: `(t*h*w, 3*pairs)`."""
     angles = [p.float()[:, None] * freqs[None, :] for p in positions]

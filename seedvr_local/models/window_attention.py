@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+
 from seedvr_local.models.dit_layers import MMPair, RMSNorm
-from seedvr_local.models.rope import RopeTable, rotate_pairs
 from seedvr_local.models.windows import window_boxes
 
 Grid = tuple[int, int, int]
@@ -61,18 +62,17 @@ class TokenLayout:
         self._plans: dict[tuple, WindowPlan] = {}
         self._cache: dict = {}
 
-    def _expand(self, x: torch.Tensor, stream: str, lengths: list[int]) -> torch.Tensor:
-        if len(lengths) == 1:
-            return x  # (1, D) broadcasts over the tokens
-        repeats = self.cached(("repeats", stream), lambda: torch.tensor(lengths, device=x.device))
-        return x.repeat_interleave(repeats, dim=0, output_size=sum(lengths))
-
-    def expand_vid(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-sample `(B, D)` -> broadcastable over the video tokens."""
-        return self._expand(x, "vid", self.vid_lens)
-
-    def expand_txt(self, x: torch.Tensor) -> torch.Tensor:
-        return self._expand(x, "txt", self.txt_lens)
+    def sample_index(self, stream: str) -> torch.Tensor | None:
+        """The sample of each video (`stream="vid"`) or text token, `(tokens,)`; None for a single sample,
+        whose per-sample vectors broadcast over all tokens as they are."""
+        if len(self.grids) == 1:
+            return None
+        lengths = self.vid_lens if stream == "vid" else self.txt_lens
+        return self.cached(
+            ("sample_index", stream),
+            lambda: torch.repeat_interleave(torch.arange(len(lengths), device=self.device),
+                                            torch.tensor(lengths, device=self.device)),
+        )  # fmt: skip
 
     def cached(self, key, compute: Callable):
         if key not in self._cache:
@@ -193,10 +193,6 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "au
     return ATTENTION_BACKENDS[resolve_attention_backend(backend, q)](q, k, v)
 
 
-def _per_head(table: RopeTable) -> RopeTable:
-    return table[0].unsqueeze(-2), table[1].unsqueeze(-2)
-
-
 class WindowAttention(nn.Module):
     """The official `NaSwinAttention`: qkv projections, per-head RMS q/k norms, window-local RoPE, window
     attention, output projections. Key names follow the official checkpoints."""
@@ -238,19 +234,22 @@ class WindowAttention(nn.Module):
         vid_k, txt_k = self.norm_k(vid_k, txt_k)
         rope = self.rope
         if rope is not None and rope.rotates_text:
-            table = _per_head(layout.cached(("txt", rope.cache_key), lambda: rope.text_table(layout.text_positions())))
-            txt_q, txt_k = rotate_pairs(txt_q, table), rotate_pairs(txt_k, table)
+            table = layout.cached(("txt", rope.cache_key), lambda: rope.text_table(layout.text_positions()))
+            txt_q, txt_k = kernels.rotate_pairs(txt_q, *table), kernels.rotate_pairs(txt_k, *table)
 
         plan = layout.windows(self.window_method, self.window)
         vid_out = torch.empty_like(vid_v)
         txt_sum = torch.zeros(txt_v.shape, dtype=torch.float32, device=txt_v.device)
         for group in plan.groups:
-            q, k = vid_q[group.vid_idx], vid_k[group.vid_idx]
-            if rope is not None:
+            if rope is None:
+                q, k = vid_q[group.vid_idx], vid_k[group.vid_idx]
+            else:
                 if rope.cache_key not in group.rope_tables:
                     group.rope_tables[rope.cache_key] = rope.video_table(group.shape, group.txt_len, vid.device)
-                table = _per_head(group.rope_tables[rope.cache_key])
-                q, k = rotate_pairs(q, table), rotate_pairs(k, table)
+                table = group.rope_tables[rope.cache_key]
+                # The window gather is fused into the rotation.
+                q = kernels.rotate_pairs(vid_q, *table, index=group.vid_idx)
+                k = kernels.rotate_pairs(vid_k, *table, index=group.vid_idx)
             out = attend(
                 torch.cat((q, txt_q[group.txt_idx]), dim=1),
                 torch.cat((k, txt_k[group.txt_idx]), dim=1),
