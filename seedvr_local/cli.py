@@ -23,6 +23,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto",
+                        help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)")
 
 
 def build_parser() -> argparse.ArgumentParser:

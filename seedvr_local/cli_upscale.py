@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import kernels
 from seedvr_local.image_io import decode_image
 from seedvr_local.model_home import find_installed_weights
 from seedvr_local.upscaler import UpscaleOptions, Upscaler
@@ -77,9 +78,10 @@ def run_upscale(args: argparse.Namespace) -> int:
     jobs = _plan(args)
     single = len(jobs) == 1 and not args.input.is_dir()
     first = _read(jobs[0][0]) if single else None  # a bad single input fails before the model loads
+    backend = kernels.select(args.kernels)
     weights_dir = args.weights_dir or find_installed_weights(args.model or "3b")
     upscaler = Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype)
-    print(f"loaded {upscaler.description}", file=sys.stderr)
+    print(f"loaded {upscaler.description}; kernels: {backend}", file=sys.stderr)
 
     bar = _PhaseBar(len(jobs))
     failed = 0

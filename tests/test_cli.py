@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from seedvr_local.cli import main
@@ -59,6 +60,9 @@ def test_directory_input_writes_a_sibling_folder(tmp_path, tiny_bundle, capsys):
          "nowhere"),
         (lambda d, w: ["upscale", str(d / "ok.png"), "-o", str(d / "o.xyz"), "--weights-dir", str(w)],
          "extension"),
+        pytest.param(lambda d, w: ["upscale", str(d / "ok.png"), "-o", str(d / "o.png"), "--weights-dir", str(w),
+                                   "--kernels", "triton"], "--kernels triton needs",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="triton can run here")),
     ],
 )
 def test_bad_input_is_one_line_on_stderr(tmp_path, tiny_bundle, capsys, make_args, message):
