@@ -70,25 +70,26 @@ class MMSRBlock(nn.Module):
         attn_emb, mlp_emb = emb.unflatten(-1, (-1, 2, 3)).unbind(-2)
         ada_vid, ada_txt = self.ada.vid_branch, self.ada.txt_branch
         vid_rows, txt_rows = layout.sample_index("vid"), layout.sample_index("txt")
-        eps = self.norm_eps
+        # The layers run in the weights' dtype; the residual streams may be wider (fp32 under fp16 weights).
+        norm = dict(eps=self.norm_eps, out_dtype=ada_vid.attn_shift.dtype)
 
         x = kernels.rms_norm_modulate(
             vid, ada_vid.vector(attn_emb, "attn", "scale"), ada_vid.vector(attn_emb, "attn", "shift"),
-            eps=eps, index=vid_rows,
+            **norm, index=vid_rows,
         )  # fmt: skip
         if ada_txt is None:
-            y = kernels.rms_norm(txt, None, eps)
+            y = kernels.rms_norm_modulate(txt, **norm)
         else:
             y = kernels.rms_norm_modulate(
                 txt, ada_txt.vector(attn_emb, "attn", "scale"), ada_txt.vector(attn_emb, "attn", "shift"),
-                eps=eps, index=txt_rows,
+                **norm, index=txt_rows,
             )  # fmt: skip
         x, y = self.attn(x, y, layout)
 
         vid, x = kernels.gated_residual_rms_norm_modulate(
             vid, x, ada_vid.vector(attn_emb, "attn", "gate"),
             ada_vid.vector(mlp_emb, "mlp", "scale"), ada_vid.vector(mlp_emb, "mlp", "shift"),
-            eps=eps, index=vid_rows,
+            **norm, index=vid_rows,
         )  # fmt: skip
         vid = kernels.gated_residual(vid, self.mlp.vid_branch(x), ada_vid.vector(mlp_emb, "mlp", "gate"), index=vid_rows)
         if self.text_passthrough:
@@ -98,6 +99,6 @@ class MMSRBlock(nn.Module):
         txt, y = kernels.gated_residual_rms_norm_modulate(
             txt, y, ada_txt.vector(attn_emb, "attn", "gate"),
             ada_txt.vector(mlp_emb, "mlp", "scale"), ada_txt.vector(mlp_emb, "mlp", "shift"),
-            eps=eps, index=txt_rows,
+            **norm, index=txt_rows,
         )  # fmt: skip
         return vid, kernels.gated_residual(txt, self.mlp.txt_branch(y), ada_txt.vector(mlp_emb, "mlp", "gate"), index=txt_rows)

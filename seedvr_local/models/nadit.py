@@ -338,9 +338,14 @@ class NaDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"txt must be {expected} for the text lengths {txt_lens}, got {tuple(txt.shape)}")
         dtype = self.vid_in.proj.weight.dtype
 
+        # Black/NaN outputs in fp16 are a known SeedVR2 failure (spec pitfall 7): a residual stream that grows
+        # past 65504 overflows. Under fp16 weights the residuals stay fp32 and only each layer's input is fp16;
+        # bf16 has fp32's range, so it keeps the official all-bf16 stream.
+        residual_dtype = torch.float32 if dtype == torch.float16 else dtype
+
         patch_grids = self.vid_in.patch_grids(grids)
-        vid = self.vid_in(vid.to(dtype), grids)
-        txt = self.txt_in(txt.to(dtype))
+        vid = self.vid_in(vid.to(dtype), grids).to(residual_dtype)
+        txt = self.txt_in(txt.to(dtype)).to(residual_dtype)
         emb = self.emb_in(self._timesteps(timestep, len(grids), vid.device))
         layout = TokenLayout(patch_grids, txt_lens, vid.device)
         for block in self.blocks:
@@ -352,7 +357,7 @@ class NaDiT(ModelMixin, ConfigMixin):
                 vid, self.vid_out_ada.vector(attn_emb, "out", "scale"), self.vid_out_ada.vector(attn_emb, "out", "shift"),
                 eps=self.vid_out_norm.eps, weight=self.vid_out_norm.weight, index=layout.sample_index("vid"),
             )  # fmt: skip
-        return self.vid_out(vid, patch_grids)
+        return self.vid_out(vid.to(dtype), patch_grids)
 
     def forward_samples(
         self, vids: Sequence[torch.Tensor], txts: Sequence[torch.Tensor], timestep: torch.Tensor | float
