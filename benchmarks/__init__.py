@@ -1,0 +1,1 @@
+"""Benchmark scripts: run them as `python -m benchmarks.<name> --help` from the repository root."""

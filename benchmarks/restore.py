@@ -1,0 +1,126 @@
+"""End-to-end restoration benchmark: time and peak memory per phase, megapixels per second.
+
+    python -m benchmarks.restore --model tiny --sizes 128x128,256x256
+    python -m benchmarks.restore --model 3b-random --device cuda --sizes 1920x1080,3840x2160 --json out.json
+
+`--model` is `tiny` (the reference test bundle), `3b-random`/`7b-random` (the full-size architecture with
+random weights: same speed and memory as the real model) or a weights directory. Sizes are output sizes;
+each input is a random image of that size divided by `--factor`. The first run of each size is a warm-up
+and is not reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import platform
+import sys
+import time
+
+import torch
+from PIL import Image
+
+from benchmarks.measure import PeakMemory, gib
+from benchmarks.models import build_upscaler
+from seedvr_local.image_io import decode_image
+from seedvr_local.upscaler import UpscaleOptions
+
+PHASES = ("decode_image", "resize", "encode", "dit", "vae_decode", "color_fix", "finish", "encode_image")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"sizes look like 1920x1080, got {text!r}") from None
+    return width, height
+
+
+def random_png(width: int, height: int, seed: int = 0) -> bytes:
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run_once(upscaler, png: bytes, factor: float, memory: PeakMemory) -> tuple[dict, dict, tuple[int, int]]:
+    """One request as the server runs it. Returns (seconds per phase, peak bytes per phase, output size)."""
+    times: dict[str, float] = {}
+    peaks: dict[str, int] = {}
+    current = {"phase": None, "start": 0.0}
+
+    def enter(phase: str | None) -> None:
+        if current["phase"] is not None:
+            peaks[current["phase"]] = memory.peak()
+            if current["phase"] in ("decode_image", "encode_image"):
+                times[current["phase"]] = time.perf_counter() - current["start"]
+        current["phase"], current["start"] = phase, time.perf_counter()
+        memory.reset()
+
+    enter("decode_image")
+    image = decode_image(png)
+    options = UpscaleOptions(upscale_factor=factor, seed=0)
+    result = upscaler.upscale(image, options, progress=enter)
+    enter("encode_image")
+    result.encode("png")
+    enter(None)
+    times.update(result.timings)
+    return times, peaks, result.size
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="tiny, 3b-random, 7b-random or a weights directory")
+    parser.add_argument("--sizes", type=lambda s: [parse_size(v) for v in s.split(",")],
+                        default=[(256, 256), (512, 512)], help="output sizes, e.g. 1920x1080,3840x2160")
+    parser.add_argument("--factor", type=float, default=2.0, help="upscale factor (input = output / factor)")
+    parser.add_argument("--repeat", type=int, default=1, help="timed runs per size (the median is reported)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--attention", default="auto",
+                        help="window attention backend: auto, sdpa, per_window (the naive loop), flash_attn, ...")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args(argv)
+
+    started = time.perf_counter()
+    upscaler = build_upscaler(args.model, args.device, args.dtype)
+    load_s = time.perf_counter() - started
+    upscaler.pipeline.dit.set_attention_backend(args.attention)
+    device = upscaler.pipeline.device
+    memory = PeakMemory(device)
+    machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    print(f"# {upscaler.description}; attention {args.attention}; loaded in {load_s:.1f}s; {machine}")
+
+    rows = []
+    for width, height in args.sizes:
+        png = random_png(max(1, round(width / args.factor)), max(1, round(height / args.factor)))
+        run_once(upscaler, png, args.factor, memory)  # warm-up: allocator, kernels, caches
+        runs = [run_once(upscaler, png, args.factor, memory) for _ in range(args.repeat)]
+        runs.sort(key=lambda run: sum(run[0].values()))
+        times, peaks, size = runs[len(runs) // 2]
+        total = sum(times.values())
+        rows.append({
+            "output": f"{size[0]}x{size[1]}", "total_s": total, "megapixels_per_s": size[0] * size[1] / 1e6 / total,
+            "seconds": {p: times.get(p, 0.0) for p in PHASES},
+            "peak_gib": {p: gib(peaks.get(p, 0)) for p in PHASES}, "max_peak_gib": gib(max(peaks.values())),
+        })  # fmt: skip
+
+    header = f"{'output':>11} {'total s':>8} {'MP/s':>7} " + " ".join(f"{p:>12}" for p in PHASES) + f" {'peak GiB':>9}"
+    print(header)
+    for row in rows:
+        cells = " ".join(f"{row['seconds'][p]:>12.3f}" for p in PHASES)
+        print(f"{row['output']:>11} {row['total_s']:>8.3f} {row['megapixels_per_s']:>7.3f} {cells} "
+              f"{row['max_peak_gib']:>9.2f}")
+    memory.close()
+    if args.json:
+        report = {"model": args.model, "attention": args.attention, "description": upscaler.description, "machine": machine,
+                  "torch": torch.__version__, "load_s": load_s, "results": rows}
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
