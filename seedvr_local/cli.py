@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
                     help="default: the output file's extension, else png")
     up.add_argument("--color-fix", choices=("wavelet", "adain", "lab", "none"), default="wavelet")
+    up.add_argument("--vae-tile", type=_vae_tile, default="auto", metavar="auto|N",
+                    help="VAE tile size in pixels; tiling is exact (no seams), it trades time for memory. "
+                         "auto (default): untiled when it fits in memory, else the largest tiles that fit")
 
     dl = commands.add_parser("download", help="download SeedVR2 weights from Hugging Face")
     dl.add_argument("--model", choices=("3b", "7b"), required=True)
@@ -54,6 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_arguments(serve)
     return parser
+
+
+def _vae_tile(value: str) -> str | int:
+    if value == "auto":
+        return value
+    try:
+        tile = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or a number of pixels, got {value!r}") from None
+    if tile < 8:
+        raise argparse.ArgumentTypeError(f"must be at least 8 pixels, got {tile}")
+    return tile
 
 
 def main(argv: list[str] | None = None) -> int:

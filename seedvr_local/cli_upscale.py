@@ -44,7 +44,9 @@ def _options(args: argparse.Namespace) -> UpscaleOptions:
         if args.target_resolution
         else dict(upscale_mode="factor", upscale_factor=2.0 if args.upscale_factor is None else args.upscale_factor)
     )
-    options = UpscaleOptions(**size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix)
+    options = UpscaleOptions(
+        **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, vae_tile=args.vae_tile
+    )
     options.validate()
     return options
 

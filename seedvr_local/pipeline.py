@@ -15,6 +15,7 @@ import torch
 from seedvr_local.colorfix import apply_color_fix
 from seedvr_local.diffusion import NUM_TIMESTEPS, condition_timestep, lerp_noise, v_lerp_to_x0
 from seedvr_local.preprocess import crop_to
+from seedvr_local.vae_tiling import VAETiling
 
 PhaseCallback = Callable[[str], None]
 
@@ -98,9 +99,11 @@ class RestorationPipeline:
         color_fix: str = "wavelet",
         on_phase: PhaseCallback | None = None,
         crop: tuple[int, int] | None = None,
+        vae_tiling: VAETiling | None = None,
     ) -> RestoreOutput:
         """`crop=(height, width)` cuts the decoded video back to the top-left region of the input that was
-        not padding before the colour fix, so padding never influences the colours of the result."""
+        not padding before the colour fix, so padding never influences the colours of the result.
+        `vae_tiling` runs the VAE in exact spatial tiles (same result, less memory; `seedvr_local/vae_tiling.py`)."""
         on_phase = on_phase or (lambda phase: None)
         frames, height, width = video.shape[1:]
         if height % 16 or width % 16:
@@ -110,7 +113,7 @@ class RestorationPipeline:
 
         on_phase("encode")
         x = pad_frames(video).to(device=device, dtype=dtype)
-        mean, logvar = self.vae.encode(x[None])
+        mean, logvar = self.vae.encode(x[None], tiling=vae_tiling)
         mean, logvar = f32(mean[0]), f32(logvar[0])
         latent = mean + torch.exp(0.5 * logvar) * f32(noises.posterior_eps) if self.sample_posterior else mean
         cond_latent = (latent - self.shifting_factor) * self.scaling_factor
@@ -130,7 +133,7 @@ class RestorationPipeline:
 
         on_phase("vae_decode")
         z = latent_out / self.scaling_factor + self.shifting_factor
-        decoded = self.vae.decode(z[None].to(dtype))[0, :, :frames].float()
+        decoded = self.vae.decode(z[None].to(dtype), tiling=vae_tiling)[0, :, :frames].float()
         style = video
         if crop is not None:
             decoded, style = crop_to(decoded, crop), crop_to(video, crop)

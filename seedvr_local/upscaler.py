@@ -9,6 +9,7 @@ Both the CLI and the server use this (and nothing below it)::
 
 from __future__ import annotations
 
+import gc
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,13 @@ from PIL import Image
 from seedvr_local.colorfix import COLOR_FIX_METHODS
 from seedvr_local.devices import resolve_device, resolve_dtype
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil, upscale_alpha
+from seedvr_local.memory_planner import (
+    MemoryPlanner,
+    RunOutOfMemoryError,
+    RunPlan,
+    check_vae_tile,
+    use_mmap_for_large_cpu_tensors,
+)
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
 from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
 from seedvr_local.sizes import output_size
@@ -47,6 +55,7 @@ class UpscaleOptions:
     seed: int | None = None
     noise_scale: float = 0.1
     color_fix: ColorFix = "wavelet"
+    vae_tile: int | Literal["auto"] = "auto"  # VAE tile in pixels; "auto": untiled if it fits, else the planner's
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for options no run could honour."""
@@ -57,6 +66,7 @@ class UpscaleOptions:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if self.color_fix not in COLOR_FIX_METHODS:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIX_METHODS)}, got {self.color_fix!r}")
+        check_vae_tile(self.vae_tile)
 
 
 @dataclass
@@ -65,6 +75,7 @@ class UpscaleResult:
     alpha: torch.Tensor | None  # [1, H, W] float in [0, 1] when the input had alpha
     seed: int  # the seed used (drawn when the options had none)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
+    plan: RunPlan | None = None  # the memory plan it ran with (after an out-of-memory retry, the retry's)
 
     @property
     def image(self) -> Image.Image:
@@ -86,6 +97,9 @@ class Upscaler:
     def __init__(self, pipeline: RestorationPipeline, description: str = "SeedVR2"):
         self.pipeline = pipeline
         self.description = description
+        self.planner = MemoryPlanner.for_pipeline(pipeline)
+        if pipeline.device.type == "cpu":
+            use_mmap_for_large_cpu_tensors()  # keeps the resident size what the planner predicts
 
     @classmethod
     def from_weights_dir(
@@ -110,15 +124,29 @@ class Upscaler:
         """(width, height) of the result for an input of this size."""
         return output_size(width, height, options.upscale_mode, options.upscale_factor, options.target_resolution)
 
+    def plan(self, width: int, height: int, options: UpscaleOptions = UpscaleOptions()) -> RunPlan:
+        """The memory plan for a `width x height` output on this device now. Raises `MemoryPlanError` (a
+        ValueError with a one-line message naming the largest output that fits) when it cannot fit."""
+        options.validate()
+        return self.planner.plan(width, height, vae_tile=options.vae_tile)
+
+    def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
+        """Pixels of the largest output of this aspect ratio (width, height) that fits in the memory available
+        now, with the most frugal VAE tiling: a default for a server's output-size limit."""
+        return self.planner.max_output_pixels(aspect)
+
     def upscale(
         self,
         image: Image.Image | DecodedImage,
         options: UpscaleOptions = UpscaleOptions(),
         progress: ProgressCallback | None = None,
     ) -> UpscaleResult:
+        """Raises `MemoryPlanError` before any work when the output cannot fit in memory. An out-of-memory
+        error during the run is retried once with a more frugal plan, then raised as `RunOutOfMemoryError`."""
         options.validate()
         source = image if isinstance(image, DecodedImage) else from_pil(image)
         width, height = self.output_size(source.width, source.height, options)
+        plan = self.planner.plan(width, height, vae_tile=options.vae_tile)
         seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
         timings: dict[str, float] = {}
         clock = _PhaseClock(timings, progress, cuda=self.pipeline.device.type == "cuda")
@@ -130,16 +158,39 @@ class Upscaler:
         latent_shape = self.pipeline.latent_shape(1, padded.shape[-2], padded.shape[-1])
         noises = RestoreNoises.draw(latent_shape, seed)
 
-        out = self.pipeline.restore(
-            padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix, on_phase=clock.start,
-            crop=(height, width),
-        )
+        def restore(plan: RunPlan):
+            return self.pipeline.restore(
+                padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix,
+                on_phase=clock.start, crop=(height, width), vae_tiling=plan.vae_tiling,
+            )  # fmt: skip
+
+        out = _unless_out_of_memory(restore, plan)
+        if out is None:
+            retry = self.planner.fallback(plan)
+            out = None if retry is None else _unless_out_of_memory(restore, retry)
+            if out is None:
+                raise RunOutOfMemoryError.after(plan, retry, self.pipeline.device)
+            plan = retry
 
         clock.start("finish")
         restored = out.colorfixed[:, 0].cpu()  # [3, H, W] in [-1, 1]
         alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
         clock.stop()
-        return UpscaleResult(rgb=(restored.clamp(-1, 1) + 1) / 2, alpha=alpha, seed=seed, timings=timings)
+        return UpscaleResult(rgb=(restored.clamp(-1, 1) + 1) / 2, alpha=alpha, seed=seed, timings=timings, plan=plan)
+
+
+def _unless_out_of_memory(run: Callable[[RunPlan], object], plan: RunPlan):
+    """`run(plan)`, or None when it runs out of memory. The failed run's tensors are released before this
+    returns (outside the `except` block, whose traceback would keep them alive), so a retry or the next job
+    starts with the memory the planner counted on."""
+    try:
+        return run(plan)
+    except torch.OutOfMemoryError:
+        pass
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return None
 
 
 class _PhaseClock:

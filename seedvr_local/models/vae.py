@@ -31,6 +31,7 @@ from seedvr_local.models.vae_blocks import (
     MidBlock3D,
     UpDecoderBlock3D,
 )
+from seedvr_local.vae_tiling import VAETiling, tiled_decode, tiled_encode
 
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution
 
@@ -259,10 +260,11 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     def spatial_factor(self) -> int:
         return self.vae_config.spatial_downsample_factor
 
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor, tiling: VAETiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`x (B, 3, T, H, W)` in [-1, 1] -> posterior `(mean, logvar)`, each `(B, 16, (T-1)/4 + 1, H/8, W/8)`.
 
         T must be 4n + 1 (1 for an image) and H, W multiples of 8. logvar is clamped to [-30, 20].
+        With `tiling`, the encoder runs in exact spatial tiles (`seedvr_local/vae_tiling.py`): same result.
         """
         cfg = self.vae_config
         _check_shape(x, "x", cfg.in_channels)
@@ -275,16 +277,25 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
         if height % self.spatial_factor or width % self.spatial_factor:
             raise ValueError(f"height and width must be multiples of {self.spatial_factor}, got {height}x{width}")
         x = x.to(device=self.device, dtype=self.dtype)
-        moments = self._sliced(self._encode, x, cfg.slicing_sample_min_size)
+        if tiling is not None:
+            moments = tiled_encode(self, x, tiling)
+        else:
+            moments = self._sliced(self._encode, x, cfg.slicing_sample_min_size)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1]."""
+    def decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> torch.Tensor:
+        """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1].
+
+        With `tiling`, the decoder runs in exact spatial tiles (`seedvr_local/vae_tiling.py`): same result.
+        """
         cfg = self.vae_config
         _check_shape(z, "z", cfg.latent_channels)
+        z = z.to(device=self.device, dtype=self.dtype)
+        if tiling is not None:
+            return tiled_decode(self, z, tiling)
         split = cfg.slicing_sample_min_size // self.temporal_factor
-        return self._sliced(self._decode, z.to(device=self.device, dtype=self.dtype), split)
+        return self._sliced(self._decode, z, split)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean."""

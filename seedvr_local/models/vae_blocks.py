@@ -58,7 +58,7 @@ class CausalConv3d(nn.Conv3d):
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
         if memory is None and x.shape[2] == 1 and self.kernel_size[0] == self.head_frames + 1:
-            return self._single_frame(x)
+            return self.single_frame(x)
         if memory is None or memory.first:
             if self.head_frames:
                 x = torch.cat([x[:, :, :1].expand(-1, -1, self.head_frames, -1, -1), x], dim=2)
@@ -68,10 +68,11 @@ class CausalConv3d(nn.Conv3d):
             memory.tails[self] = x[:, :, x.shape[2] - self.tail_frames :].detach()
         return super().forward(x)
 
-    def _single_frame(self, x: torch.Tensor) -> torch.Tensor:
+    def single_frame(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         # A lone frame is padded to k_t copies of itself, so every temporal tap sees the same frame: the conv is
-        # a 2-D conv with the taps summed (spec 3.7), a third of the work of the 3-D conv.
-        weight = self.weight.sum(dim=2)
+        # a 2-D conv with the taps summed (spec 3.7), a third of the work of the 3-D conv. Tiled inference passes
+        # the summed `weight` it keeps.
+        weight = self.weight.sum(dim=2) if weight is None else weight
         out = F.conv2d(x[:, :, 0], weight, self.bias, self.stride[1:], self.padding[1:])
         return out.unsqueeze(2)
 
@@ -164,13 +165,17 @@ class Upsample3D(nn.Module):
         self.upscale_conv = nn.Conv3d(channels, channels * 4 * self.temporal_ratio, kernel_size=1)
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        return self.conv(self.shuffle(x, memory), memory)
+
+    def shuffle(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        """Everything before the 3x3x3 conv: `upscale_conv`, the pixel shuffle and the head-frame drop."""
         b, c, t, h, w = x.shape
         z = self.temporal_ratio
         x = self.upscale_conv(x)
         x = x.view(b, 2, 2, z, c, t, h, w).permute(0, 4, 5, 3, 6, 1, 7, 2).reshape(b, c, t * z, h * 2, w * 2)
         if z == 2 and (memory is None or memory.first):
             x = torch.cat([x[:, :, :1], x[:, :, 2:]], dim=2)
-        return self.conv(x, memory)
+        return x
 
 
 class FrameAttention(nn.Module):
@@ -188,9 +193,32 @@ class FrameAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, t, h, w = x.shape
         tokens = self.group_norm(x).permute(0, 2, 3, 4, 1).reshape(b * t, 1, h * w, c)  # one head
-        out = F.scaled_dot_product_attention(self.to_q(tokens), self.to_k(tokens), self.to_v(tokens))
-        out = self.to_out[0](out)
+        keys, values = self.to_k(tokens), self.to_v(tokens)
+        out = torch.empty_like(tokens)
+        for rows in query_chunks(h * w, keys):
+            out[:, :, rows] = self.attend(tokens[:, :, rows], keys, values)
         return x + out.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
+
+    def attend(self, tokens: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """`to_out(softmax(q k^T / sqrt(C)) v)` for the normalised query `tokens (BT, 1, n, C)` against every key.
+
+        Softmax rows are independent, so attending a few queries at a time is exact, and the score matrix is
+        `n x (h w)` instead of `(h w)^2`: SDPA's CPU math path, and its CUDA fallback for head dim 512,
+        materialise the whole matrix (16 GiB in float32 for a 2048 x 2048 image).
+        """
+        return self.to_out[0](F.scaled_dot_product_attention(self.to_q(tokens), keys, values))
+
+
+#: Largest attention score block (bytes, float32) that `FrameAttention` computes at once.
+ATTENTION_CHUNK_BYTES = 128 * 1024**2
+
+
+def query_chunks(tokens: int, keys: torch.Tensor) -> list[slice]:
+    """Slices of query positions whose score blocks against all `keys (BT, 1, N, C)` stay within
+    `ATTENTION_CHUNK_BYTES` (softmax in float32 plus the scores, per frame in the batch)."""
+    per_query = 2 * 4 * keys.shape[0] * keys.shape[2]
+    step = max(1, min(tokens, ATTENTION_CHUNK_BYTES // per_query))
+    return [slice(start, min(start + step, tokens)) for start in range(0, tokens, step)]
 
 
 class MidBlock3D(nn.Module):

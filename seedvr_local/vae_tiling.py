@@ -1,0 +1,540 @@
+"""Exact spatial tiling of the causal video VAE: the tiled result equals the untiled one (spec section 3).
+
+A tile pushed through the whole network on its own (numz's tiled VAE, spec 3.11) is not exact: every GroupNorm
+normalises with statistics of the *whole frame* and the mid-block attention mixes every position of a frame, so
+per-tile runs give seams and colour drift. Here instead:
+
+* **Convs** see exactly what the untiled network sees. A tile is cut from its input with a halo equal to the
+  receptive field of the convs up to the point where it is needed, and is zero padded only on the sides that lie
+  on the frame border, where the untiled conv pads too.
+* **Each GroupNorm is a barrier.** Its statistics (per sample, frame and group) are accumulated over the tiles'
+  non-overlapping cores (Chan's parallel variance, float64) before any tile is normalised with them.
+* **The attention** runs on the whole frame at the lowest resolution, a few query rows at a time.
+
+Between two barriers every tile has to be computed, so the activations there are either kept for the whole frame
+or recomputed. The network is cut into *segments*: the output of a segment is a full-frame tensor (a "cut"), and
+inside a segment each GroupNorm's statistics come from a pass over all tiles that recomputes the segment up to
+that norm from the segment's input; a last pass writes the output. `VAETiling.store_scale` decides where cuts are:
+
+* `store_scale=1`: a cut after every block (ResNet, downsampler), except where recomputation is nearly free or
+  saves a large tensor. Each ResNet's second conv input is recomputed once (about 1.4x the work of an untiled
+  run). Memory is about two full-frame activations at the finest level, roughly half of an untiled run.
+* `store_scale=8`: cuts only at 1/8 resolution (512 channels there, 8 values per image pixel); everything finer
+  is recomputed per norm. Memory stays flat as the image grows, apart from those 1/8-resolution buffers and the
+  input/output, at several times the work. `2` and `4` lie in between.
+
+With `offload=True` the cuts live in CPU memory while the tiles run on the accelerator.
+
+Tiles process every frame of a clip at once (the untiled VAE slices long clips in time instead), so their memory
+grows with the frame count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seedvr_local.models.vae_blocks import (
+    ATTENTION_CHUNK_BYTES,
+    CausalConv3d,
+    Downsample3D,
+    FrameAttention,
+    FrameGroupNorm,
+    ResnetBlock3D,
+    query_chunks,
+)
+
+if TYPE_CHECKING:
+    from seedvr_local.models.vae import VideoAutoencoder
+
+#: Spatial alignment of tile cores in image pixels: the VAE's spatial factor, so cores map to whole latent pixels.
+ALIGN = 8
+STORE_SCALES = (1, 2, 4, 8)
+
+Region = tuple[int, int, int, int]  # rows [r0, r1), columns [c0, c1) of a frame
+Size = tuple[int, int]  # (rows, columns)
+
+
+@dataclass(frozen=True)
+class VAETiling:
+    """How to tile the VAE: square tile cores of `tile` image pixels (rounded up to a multiple of 8; edge tiles
+    are balanced, not ragged), full-frame intermediates kept at `1 / store_scale` resolution and coarser (finer
+    ones are recomputed), and with `offload` those intermediates kept in CPU memory."""
+
+    tile: int = 512
+    store_scale: int = 1
+    offload: bool = False
+
+    def __post_init__(self):
+        if self.tile < ALIGN:
+            raise ValueError(f"the VAE tile must be at least {ALIGN} pixels, got {self.tile}")
+        if self.store_scale not in STORE_SCALES:
+            raise ValueError(f"store_scale must be one of {STORE_SCALES}, got {self.store_scale}")
+
+    @property
+    def core(self) -> int:
+        return -(-self.tile // ALIGN) * ALIGN
+
+
+# --------------------------------------------------------------------------------------------------- programs
+
+
+@dataclass(frozen=True, eq=False)
+class Op:
+    """One step of a tile program. `kind`: "conv" (a stride-1 CausalConv3d), "norm" (FrameGroupNorm + SiLU,
+    with whole-frame statistics), "push" (keep the ResNet input), "add" (pop it, through `module` if that is the
+    shortcut conv, and add), "down" (Downsample3D), "up" (Upsample3D)."""
+
+    kind: str
+    module: nn.Module | None = None
+
+
+@dataclass(eq=False)
+class Block:
+    """A unit whose output may be kept as a cut. `ops` is its tile program; `whole` runs it on a whole frame
+    (the module's own forward); attention blocks have no program and always sit between two cuts."""
+
+    name: str
+    ops: tuple[Op, ...]
+    whole: Callable[[torch.Tensor], torch.Tensor]
+    attention: FrameAttention | None = None
+    cut_after: bool = True  # whether its output may be a cut (False where recomputing it is cheaper)
+
+
+def _conv_block(name: str, conv: CausalConv3d, cut_after: bool = True) -> Block:
+    return Block(name, (Op("conv", conv),), conv, cut_after=cut_after)
+
+
+def _resnet_block(name: str, res: ResnetBlock3D, cut_after: bool = True) -> Block:
+    ops = (
+        Op("push"),
+        Op("norm", res.norm1),
+        Op("conv", res.conv1),
+        Op("norm", res.norm2),
+        Op("conv", res.conv2),
+        Op("add", res.conv_shortcut),
+    )
+    return Block(name, ops, res, cut_after=cut_after)
+
+
+def _out_block(name: str, norm: FrameGroupNorm, conv: CausalConv3d, extra: CausalConv3d | None) -> Block:
+    ops = (Op("norm", norm), Op("conv", conv)) + ((Op("conv", extra),) if extra is not None else ())
+
+    def whole(x: torch.Tensor) -> torch.Tensor:
+        x = conv(F.silu(norm(x)))
+        return x if extra is None else extra(x)
+
+    return Block(name, ops, whole)
+
+
+def _attention_block(name: str, attention: FrameAttention) -> Block:
+    return Block(name, (), attention, attention=attention)
+
+
+def encoder_blocks(vae: "VideoAutoencoder") -> list[Block]:
+    """The encoder (and quant_conv) as blocks. No cut right after conv_in (it is cheap to recompute) nor before
+    a downsampler (its output is 4x smaller and it comes after the segment's last norm)."""
+    enc = vae.encoder
+    blocks = [_conv_block("conv_in", enc.conv_in, cut_after=False)]
+    for i, down in enumerate(enc.down_blocks):
+        for j, res in enumerate(down.resnets):
+            before_down = j == len(down.resnets) - 1 and len(down.downsamplers) > 0
+            blocks.append(_resnet_block(f"down{i}.res{j}", res, cut_after=not before_down))
+        for sampler in down.downsamplers:
+            blocks.append(Block(f"down{i}.down", (Op("down", sampler),), sampler))
+    blocks += _mid_blocks(enc.mid_block)
+    blocks.append(_out_block("out", enc.conv_norm_out, enc.conv_out, vae.quant_conv))
+    return blocks
+
+
+def decoder_blocks(vae: "VideoAutoencoder") -> list[Block]:
+    """post_quant_conv and the decoder as blocks. No cut after conv_in, nor right after an upsampler: its output
+    is 4x the size of its input, so the following ResNet recomputes it instead."""
+    dec = vae.decoder
+    blocks = []
+    if vae.post_quant_conv is not None:
+        blocks.append(_conv_block("post_quant_conv", vae.post_quant_conv, cut_after=False))
+    blocks.append(_conv_block("conv_in", dec.conv_in, cut_after=False))
+    blocks += _mid_blocks(dec.mid_block)
+    for i, up in enumerate(dec.up_blocks):
+        for j, res in enumerate(up.resnets):
+            blocks.append(_resnet_block(f"up{i}.res{j}", res))
+        for sampler in up.upsamplers:
+            blocks.append(Block(f"up{i}.up", (Op("up", sampler),), sampler, cut_after=False))
+    blocks.append(_out_block("out", dec.conv_norm_out, dec.conv_out, None))
+    return blocks
+
+
+def _mid_blocks(mid: nn.Module) -> list[Block]:
+    blocks = [_resnet_block("mid.res0", mid.resnets[0])]
+    blocks += [_attention_block("mid.attn", attention) for attention in mid.attentions]
+    blocks.append(_resnet_block("mid.res1", mid.resnets[1]))
+    return blocks
+
+
+@dataclass(eq=False)
+class Segment:
+    """Blocks between two cuts (or one attention block), with the frame size at every op boundary:
+    `sizes[i]` is the input size of `ops[i]`, `sizes[-1]` the output size."""
+
+    blocks: list[Block]
+    ops: tuple[Op, ...]
+    sizes: list[Size]
+
+    @property
+    def attention(self) -> FrameAttention | None:
+        return self.blocks[0].attention
+
+
+def segments(blocks: list[Block], size: Size, image_size: Size, store_scale: int) -> list[Segment]:
+    """Split `blocks` (input frame `size`) at the cuts that `store_scale` allows: after a block whose output may
+    be a cut and is at `1 / store_scale` of `image_size` or coarser, around attention, and at the end."""
+    out, current, ops, sizes = [], [], [], [size]
+    for i, block in enumerate(blocks):
+        for op in block.ops:
+            size = size_after(op, size)
+            sizes.append(size)
+        current.append(block)
+        ops += block.ops
+        last = i == len(blocks) - 1
+        scale = image_size[0] // size[0]
+        cut = (
+            last
+            or block.attention is not None
+            or blocks[i + 1].attention is not None
+            or (block.cut_after and scale >= store_scale)
+        )
+        if cut:
+            out.append(Segment(current, tuple(ops), sizes))
+            current, ops, sizes = [], [], [size]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- geometry
+
+
+def size_after(op: Op, size: Size) -> Size:
+    if op.kind == "down":  # right/bottom pad by one, kernel 3, stride 2
+        return ((size[0] - 2) // 2 + 1, (size[1] - 2) // 2 + 1)
+    if op.kind == "up":
+        return (2 * size[0], 2 * size[1])
+    return size
+
+
+def _grow(a: int, b: int, halo: int, n: int) -> tuple[int, int]:
+    return max(a - halo, 0), min(b + halo, n)
+
+
+def _input_region(op: Op, need: Region, size_in: Size) -> Region:
+    """The region of `op`'s input that its output region `need` depends on."""
+    r0, r1, c0, c1 = need
+    rows, cols = size_in
+    if op.kind == "conv":
+        ph, pw = op.module.padding[1], op.module.padding[2]
+        return (*_grow(r0, r1, ph, rows), *_grow(c0, c1, pw, cols))
+    if op.kind == "down":  # output i reads rows 2i .. 2i + 2; row `rows` is the zero pad
+        return (2 * r0, min(2 * r1 + 1, rows), 2 * c0, min(2 * c1 + 1, cols))
+    if op.kind == "up":  # the conv at twice the size, then the pixel shuffle
+        ph, pw = op.module.conv.padding[1], op.module.conv.padding[2]
+        a0, a1, b0, b1 = (*_grow(r0, r1, ph, 2 * rows), *_grow(c0, c1, pw, 2 * cols))
+        return (a0 // 2, -(-a1 // 2), b0 // 2, -(-b1 // 2))
+    return need  # norm, push, add: pointwise
+
+
+def _hull(a: Region, b: Region) -> Region:
+    return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
+
+
+def required_regions(ops: tuple[Op, ...], sizes: list[Size], target: Region) -> list[Region]:
+    """`regions[i]`: the region of `ops[i]`'s input needed to compute `target` at the end of `ops`
+    (`regions[-1] == target`). A ResNet input must also cover what its residual connection adds."""
+    regions: list[Region] = [target] * (len(ops) + 1)
+    residuals: list[Region] = []
+    need = target
+    for i in range(len(ops) - 1, -1, -1):
+        op = ops[i]
+        if op.kind == "add":
+            residuals.append(need)  # the shortcut is 1x1: it needs the region it adds to
+        elif op.kind == "push":
+            if residuals:  # else its "add" lies beyond `ops` (a statistics pass that stops inside a ResNet)
+                need = _hull(need, residuals.pop())
+        else:
+            need = _input_region(op, need, sizes[i])
+        regions[i] = need
+    return regions
+
+
+def tile_grid(image_size: Size, core: int) -> list[Region]:
+    """Tile cores in image pixels, row-major: as few tiles per axis as `core` allows, split into nearly equal
+    multiples of `ALIGN` (so no thin edge tile pays a full halo)."""
+
+    def split(n: int) -> list[tuple[int, int]]:
+        units, per_tile = n // ALIGN, core // ALIGN
+        count = -(-units // per_tile)
+        base, extra = divmod(units, count)
+        bounds, start = [], 0
+        for i in range(count):
+            stop = start + (base + (i < extra)) * ALIGN
+            bounds.append((start, stop))
+            start = stop
+        return bounds
+
+    return [(r0, r1, c0, c1) for r0, r1 in split(image_size[0]) for c0, c1 in split(image_size[1])]
+
+
+def scaled_region(core: Region, image_size: Size, size: Size) -> Region:
+    s = image_size[0] // size[0]
+    return (core[0] // s, core[1] // s, core[2] // s, core[3] // s)
+
+
+# --------------------------------------------------------------------------------------------- statistics
+
+
+class GroupMoments:
+    """Per (sample, group, frame) count, mean and sum of squared deviations, merged across tiles with Chan's
+    parallel formula in float64: the merged variance is what one pass over the whole frame gives."""
+
+    def __init__(self, groups: int):
+        self.groups = groups
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        """Add the values of `x (B, C, T, h, w)`."""
+        b, c, t, h, w = x.shape
+        view = x.float().view(b, self.groups, c // self.groups, t, h, w)
+        var, mean = torch.var_mean(view, dim=(2, 4, 5), correction=0)  # (B, G, T)
+        count = (c // self.groups) * h * w
+        mean, m2 = mean.double(), var.double() * count
+        if self.mean is None:
+            self.count, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta.square() * (self.count * count / total)
+        self.count = total
+
+    def finish(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, 1 / sqrt(var + eps)), float32, `(B, G, T)`."""
+        var = self.m2 / self.count
+        return self.mean.float(), (var + eps).rsqrt().float()
+
+
+Affine = tuple[torch.Tensor, torch.Tensor]  # per (sample, channel, frame) scale and shift, float32
+
+
+def norm_affine(norm: FrameGroupNorm, mean: torch.Tensor, rstd: torch.Tensor, channels: int) -> Affine:
+    """GroupNorm with given statistics `(B, G, T)` as a per-channel affine map, the way `F.group_norm` computes
+    it: `x * (rstd * gamma) + (beta - mean * rstd * gamma)`, in float32; shapes `(B, C, T, 1, 1)`."""
+    b, g, t = mean.shape
+    gamma = norm.weight.float().view(1, g, channels // g, 1)
+    scale = rstd[:, :, None, :] * gamma  # (B, G, C/G, T)
+    shift = norm.bias.float().view(1, g, channels // g, 1) - mean[:, :, None, :] * scale
+    return scale.reshape(b, channels, t, 1, 1), shift.reshape(b, channels, t, 1, 1)
+
+
+def normalize(x: torch.Tensor, affine: Affine, silu: bool) -> torch.Tensor:
+    """Apply a norm's affine map to `x (B, C, T, h, w)` in float32, cast back to `x`'s dtype (as
+    `FrameGroupNorm` does), then SiLU."""
+    scale, shift = affine
+    y = torch.addcmul(shift, x.float(), scale).to(x.dtype)
+    return F.silu(y, inplace=True) if silu else y
+
+
+# ------------------------------------------------------------------------------------------------ execution
+
+
+class _TileRun:
+    """Runs a segment's ops on one tile, given the whole-frame statistics of the norms it passes (as affine
+    maps). Keeps the summed 2-D weights of the single-frame conv shortcut for the segment's duration."""
+
+    def __init__(self, segment: Segment, affines: dict[nn.Module, Affine]):
+        self.segment = segment
+        self.affines = affines
+        self.image_weights: dict[nn.Module, torch.Tensor] = {}
+
+    def __call__(self, source: torch.Tensor, stop: int, target: Region, device: torch.device) -> torch.Tensor:
+        """`ops[:stop]` on `source` (the segment input, a whole frame), for `target` at the size after them."""
+        ops, sizes = self.segment.ops[:stop], self.segment.sizes[: stop + 1]
+        regions = required_regions(ops, sizes, target)
+        r0, r1, c0, c1 = region = regions[0]
+        x = source[:, :, :, r0:r1, c0:c1].to(device)
+        residuals: list[tuple[torch.Tensor, Region]] = []
+        for i, op in enumerate(ops):
+            if op.kind == "push":
+                residuals.append((x, region))
+            elif op.kind == "add":
+                skip, skip_region = residuals.pop()
+                skip = _crop(skip, skip_region, region)
+                x = (skip if op.module is None else op.module(skip)) + x
+            elif op.kind == "norm":
+                x = normalize(x, self.affines[op.module], silu=True)
+            elif op.kind == "conv":
+                x, region = self.conv(op.module, x, region, sizes[i])
+            elif op.kind == "down":
+                x, region = self.down(op.module, x, region, sizes[i])
+            elif op.kind == "up":
+                r0, r1, c0, c1 = region
+                region, size = (2 * r0, 2 * r1, 2 * c0, 2 * c1), (2 * sizes[i][0], 2 * sizes[i][1])
+                x, region = self.conv(op.module.conv, op.module.shuffle(x), region, size)
+            else:
+                raise AssertionError(f"unknown op {op.kind}")
+            x, region = _crop(x, region, regions[i + 1]), regions[i + 1]
+        return x
+
+    def conv(self, conv: CausalConv3d, x: torch.Tensor, region: Region, size: Size) -> tuple[torch.Tensor, Region]:
+        """A stride-1 conv with its own zero padding; the output rows and columns next to an inner tile side saw
+        zeros instead of their neighbours and are dropped, so the tile shrinks by the padding there."""
+        ph, pw = conv.padding[1], conv.padding[2]
+        r0, r1, c0, c1 = region
+        top, bottom, left, right = ph * (r0 > 0), ph * (r1 < size[0]), pw * (c0 > 0), pw * (c1 < size[1])
+        y = self.run_conv(conv, x)
+        y = y[..., top : y.shape[-2] - bottom, left : y.shape[-1] - right]
+        return y, (r0 + top, r1 - bottom, c0 + left, c1 - right)
+
+    def down(self, down: Downsample3D, x: torch.Tensor, region: Region, size: Size) -> tuple[torch.Tensor, Region]:
+        """Downsample3D: the right/bottom zero pad only on the frame border, then the stride-2 conv."""
+        r0, r1, c0, c1 = region
+        if r0 % 2 or c0 % 2:
+            raise AssertionError(f"a downsampler tile must start on even coordinates, got {region}")
+        right, bottom = int(c1 == size[1]), int(r1 == size[0])
+        y = self.run_conv(down.conv, F.pad(x, (0, right, 0, bottom)) if right or bottom else x)
+        return y, (r0 // 2, r0 // 2 + y.shape[-2], c0 // 2, c0 // 2 + y.shape[-1])
+
+    def run_conv(self, conv: CausalConv3d, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[2] == 1 and conv.kernel_size[0] == conv.head_frames + 1:
+            weight = self.image_weights.get(conv)  # the single-frame shortcut's summed taps, once per segment
+            if weight is None:
+                weight = self.image_weights[conv] = conv.weight.sum(dim=2)
+            return conv.single_frame(x, weight)
+        return conv(x)
+
+
+def _crop(x: torch.Tensor, region: Region, want: Region) -> torch.Tensor:
+    if region == want:
+        return x
+    if not (region[0] <= want[0] and want[1] <= region[1] and region[2] <= want[2] and want[3] <= region[3]):
+        raise AssertionError(f"tile region {region} does not cover {want}")
+    r, c = want[0] - region[0], want[2] - region[2]
+    return x[..., r : r + want[1] - want[0], c : c + want[3] - want[2]]
+
+
+def run_blocks(
+    blocks: list[Block], x: torch.Tensor, image_size: Size, tiling: VAETiling, device: torch.device
+) -> torch.Tensor:
+    """Run `blocks` on `x (B, C, T, H, W)` tile by tile; the result is on `device`."""
+    store = torch.device("cpu") if tiling.offload else device
+    cores = tile_grid(image_size, tiling.core)
+    parts = segments(blocks, tuple(x.shape[-2:]), image_size, tiling.store_scale)
+    for k, segment in enumerate(parts):
+        last = k == len(parts) - 1
+        where = device if last else store
+        if segment.attention is not None:
+            x = attention_in_place_(segment.attention, x, device)
+        elif len(cores) == 1:
+            x = _whole(segment, x, device)
+        else:
+            x = _tiled(segment, x, cores, image_size, device, where)
+        x = x.to(where)
+    return x
+
+
+def _whole(segment: Segment, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device)
+    for block in segment.blocks:
+        x = block.whole(x)
+    return x
+
+
+def _tiled(
+    segment: Segment,
+    x: torch.Tensor,
+    cores: list[Region],
+    image_size: Size,
+    device: torch.device,
+    store: torch.device,
+) -> torch.Tensor:
+    affines: dict[nn.Module, Affine] = {}
+    run = _TileRun(segment, affines)
+    for j, op in enumerate(segment.ops):
+        if op.kind != "norm":
+            continue
+        moments = GroupMoments(op.module.num_groups)
+        for core in cores:
+            moments.add(run(x, j, scaled_region(core, image_size, segment.sizes[j]), device))
+        mean, rstd = (s.to(device) for s in moments.finish(op.module.eps))
+        affines[op.module] = norm_affine(op.module, mean, rstd, op.module.num_channels)
+
+    out = None
+    stop = len(segment.ops)
+    for core in cores:
+        r0, r1, c0, c1 = target = scaled_region(core, image_size, segment.sizes[-1])
+        y = run(x, stop, target, device)
+        if out is None:
+            shape = (*y.shape[:3], *segment.sizes[-1])
+            out = torch.empty(shape, dtype=y.dtype, device=store)
+        out[:, :, :, r0:r1, c0:c1] = y
+    return out
+
+
+def _row_blocks(rows: int, per_row_bytes: int, budget: int) -> Iterator[slice]:
+    step = max(1, min(rows, budget // max(per_row_bytes, 1)))
+    for start in range(0, rows, step):
+        yield slice(start, min(start + step, rows))
+
+
+def attention_in_place_(attention: FrameAttention, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x + attention(x)` written into the contiguous `x (B, C, T, h, w)` (which may live on another device),
+    exactly, with memory for the keys and values plus one block of queries.
+
+    The statistics, keys and values are computed from the whole of `x` first; each block of queries is then read
+    before it is overwritten, and no later block reads it again.
+    """
+    b, c, t, h, w = x.shape
+    tokens_per_frame = h * w
+    norm = attention.group_norm
+    row_bytes = 4 * b * c * t * w  # float32 copy of one row of every frame
+    moments = GroupMoments(norm.num_groups)
+    for rows in _row_blocks(h, row_bytes, ATTENTION_CHUNK_BYTES):
+        moments.add(x[:, :, :, rows].to(device))
+    mean, rstd = (s.to(device) for s in moments.finish(norm.eps))
+    affine = norm_affine(norm, mean, rstd, c)
+    flat = x.view(b, c, t, tokens_per_frame)  # raster order, as the tokens
+
+    def tokens(span: slice) -> torch.Tensor:
+        normed = normalize(flat[..., span, None].to(device), affine, silu=False)  # (B, C, T, n, 1)
+        return normed[..., 0].permute(0, 2, 3, 1).reshape(b * t, 1, -1, c)
+
+    keys = torch.empty(b * t, 1, tokens_per_frame, c, dtype=x.dtype, device=device)
+    values = torch.empty_like(keys)
+    for rows in _row_blocks(h, row_bytes, ATTENTION_CHUNK_BYTES):
+        span = slice(rows.start * w, rows.stop * w)
+        block = tokens(span)
+        keys[:, :, span], values[:, :, span] = attention.to_k(block), attention.to_v(block)
+        del block
+
+    for span in query_chunks(tokens_per_frame, keys):
+        out = attention.attend(tokens(span), keys, values)  # (BT, 1, n, C)
+        flat[..., span] += out.reshape(b, t, -1, c).permute(0, 3, 1, 2).to(x.device)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------- entry points
+
+
+def tiled_encode(vae: "VideoAutoencoder", x: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+    """The encoder's moments `(B, 32, t, H/8, W/8)` of `x (B, 3, T, H, W)` (on the VAE's device and dtype)."""
+    return run_blocks(encoder_blocks(vae), x, tuple(x.shape[-2:]), tiling, x.device)
+
+
+def tiled_decode(vae: "VideoAutoencoder", z: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+    """The decoded video `(B, 3, T, 8h, 8w)` of the latent `z (B, 16, t, h, w)`."""
+    factor = vae.spatial_factor
+    image_size = (z.shape[-2] * factor, z.shape[-1] * factor)
+    return run_blocks(decoder_blocks(vae), z, image_size, tiling, z.device)

@@ -1,0 +1,210 @@
+"""The memory planner: the model's shape, plan choice, up-front refusal, the out-of-memory retry, and the
+`vae_tile` option through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seedvr_local import memory_planner
+from seedvr_local.cli import build_parser
+from seedvr_local.memory_planner import (
+    CALIBRATION,
+    GiB,
+    MemoryPlanError,
+    MemoryPlanner,
+    RunOutOfMemoryError,
+    VAEMemoryModel,
+    available_memory,
+)
+from seedvr_local.models.nadit import DiTConfig
+from seedvr_local.models.vae import VAEConfig
+from seedvr_local.upscaler import UpscaleOptions
+from seedvr_local.vae_tiling import VAETiling
+
+
+@pytest.fixture(scope="module")
+def planner() -> MemoryPlanner:
+    """SeedVR2 3B in bf16 on a GPU-like device (the estimates do not depend on the device)."""
+    return MemoryPlanner(VAEConfig.seedvr2(), DiTConfig.seedvr2_3b(), torch.bfloat16, "cpu")
+
+
+def _decode_bytes(planner: MemoryPlanner, side: int, tiling: VAETiling | None) -> int:
+    return planner.estimate(side, side, 1, tiling)["decode"]
+
+
+def _output_bytes(side: int) -> int:
+    return 3 * side * side * 2  # the decoded image in bf16
+
+
+def test_untiled_memory_grows_with_the_image_and_recomputation_keeps_it_flat(planner):
+    untiled = [_decode_bytes(planner, s, None) for s in (1024, 2048, 4096)]
+    assert untiled[1] > 3.5 * untiled[0] and untiled[2] > 3.5 * untiled[1]  # proportional to the pixels
+    growth = {}
+    for scale in (1, 8):
+        sizes = [_decode_bytes(planner, s, VAETiling(512, scale)) for s in (1024, 4096)]
+        growth[scale] = sizes[1] - sizes[0] - (_output_bytes(4096) - _output_bytes(1024))
+    untiled_growth = untiled[2] - untiled[0]
+    assert growth[1] < 0.6 * untiled_growth  # full-frame block outputs: about half of an untiled run
+    assert growth[8] < 0.06 * untiled_growth  # only 1/8-resolution buffers grow
+    # What still grows with store scale 8 is the exact whole-frame attention at 1/8 resolution: the cut, its keys
+    # and values, 3 x 512 channels / 64 = 24 values per output pixel.
+    per_pixel = growth[8] / (4096**2 - 1024**2) / 2
+    assert per_pixel <= 24 + 1
+
+
+def test_smaller_tiles_need_less_memory(planner):
+    sizes = [_decode_bytes(planner, 4096, VAETiling(tile, 8)) for tile in (1024, 512, 256, 128)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_plan_prefers_untiled_then_least_recomputation_then_the_largest_tile(planner):
+    estimate = planner.estimate(3840, 2160, 1, None)
+    roomy = planner.plan(3840, 2160, available=_available_for(planner, max(estimate.values())))
+    assert roomy.vae_tiling is None
+    for fraction in (0.7, 0.4, 0.2):
+        budget = int(fraction * max(estimate.values()))
+        plan = planner.plan(3840, 2160, available=_available_for(planner, budget))
+        assert plan.vae_tiling is not None and plan.peak_bytes <= budget
+        earlier = planner.candidates("auto")[1 : planner.candidates("auto").index(plan.vae_tiling)]
+        assert all(max(planner.estimate(3840, 2160, 1, t).values()) > budget for t in earlier)
+
+
+def test_a_fixed_tile_size_is_kept(planner):
+    plan = planner.plan(4096, 4096, vae_tile=256, available=100 * GiB)
+    assert plan.vae_tiling.core == 256
+
+
+def test_an_impossible_request_is_refused_naming_the_largest_size_that_fits(planner):
+    budget = planner.estimate(2048, 1024, 1, VAETiling(128, 8))["dit"] * 3  # the DiT phase limits it
+    with pytest.raises(MemoryPlanError) as info:
+        planner.plan(8192, 4096, available=_available_for(planner, budget))
+    message = str(info.value)
+    assert "\n" not in message and "largest 2:1 output that fits is" in message
+    width, height = info.value.largest
+    assert f"{width}x{height}" in message and abs(width - 2 * height) <= 16
+    assert planner.fits(width, height, budget=budget)
+    assert not planner.fits(width + 32, height + 16, budget=budget)
+    assert 2048 <= width < 8192
+
+
+def test_nothing_fits_in_no_memory(planner):
+    with pytest.raises(MemoryPlanError, match="nothing fits") as info:
+        planner.plan(1024, 1024, available=0)
+    assert info.value.largest is None
+
+
+def test_fallback_needs_at_most_half_or_is_the_most_frugal(planner):
+    plan = planner.plan(2048, 2048, available=200 * GiB)
+    retry = planner.fallback(plan)
+    assert retry.vae_tiling is not None and retry.peak_bytes <= plan.peak_bytes // 2
+    frugal = planner.candidates("auto")[-1]
+    last = memory_planner.RunPlan(2048, 2048, 1, frugal, planner.estimate(2048, 2048, 1, frugal), plan.budget)
+    assert planner.fallback(last) is None
+
+
+def test_available_memory_is_positive():
+    assert available_memory("cpu") > 0
+
+
+def test_calibration_measurements_are_reproduced():
+    """Every measurement that backs the model is predicted within the stated error."""
+    assert CALIBRATION, "the model must be backed by measurements"
+    model = VAEMemoryModel(VAEConfig.seedvr2())
+    under, over = memory_planner.CALIBRATION_TOLERANCE
+    assert {(e.side, e.tiling) for e in CALIBRATION} >= {(s, t) for s in (512, 1024) for t in ("untiled", "512/1")}
+    for entry in CALIBRATION:
+        tiling = None if entry.tiling == "untiled" else VAETiling(*map(int, entry.tiling.split("/")))
+        predicted = model.bytes(entry.phase, 1, entry.side, entry.side, tiling, 4)
+        assert (1 - under) * entry.measured <= predicted <= (1 + over) * entry.measured, (entry, predicted)
+
+
+# ------------------------------------------------------------------------------------- through the API
+
+
+def _image(width: int, height: int) -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def _available_for(planner: MemoryPlanner, budget: int) -> int:
+    """The available memory that gives `planner` exactly `budget`."""
+    return int((budget + planner.reserve) / (1 - planner.margin)) + 1
+
+
+def test_upscale_with_vae_tiles_equals_untiled(tiny_upscaler):
+    image = _image(40, 28)
+    untiled = tiny_upscaler.upscale(image, UpscaleOptions(seed=3))
+    tiled = tiny_upscaler.upscale(image, UpscaleOptions(seed=3, vae_tile=24))
+    assert untiled.plan.vae_tiling is None
+    assert tiled.plan.vae_tiling.core == 24
+    assert (tiled.rgb - untiled.rgb).abs().max().item() < 1e-4
+
+
+def test_too_large_a_request_is_refused_before_any_work(tiny_upscaler, monkeypatch):
+    monkeypatch.setattr(memory_planner, "available_memory", lambda device: tiny_upscaler.planner.reserve)
+    monkeypatch.setattr(tiny_upscaler.pipeline, "restore", _must_not_run)
+    with pytest.raises(MemoryPlanError, match="nothing fits") as info:
+        tiny_upscaler.upscale(_image(40, 28), UpscaleOptions(seed=3))
+    assert "\n" not in str(info.value)
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("the pipeline ran although the plan refused the request")
+
+
+def test_out_of_memory_is_retried_once_with_a_more_frugal_plan(tiny_upscaler, monkeypatch):
+    restore = tiny_upscaler.pipeline.restore
+    calls = []
+
+    def fail_first(*args, **kwargs):
+        calls.append(kwargs["vae_tiling"])
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return restore(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_upscaler.pipeline, "restore", fail_first)
+    # 200 x 160 pixels: larger than the smallest automatic tile, so tiling can shrink the VAE's memory
+    options = UpscaleOptions(seed=3, upscale_factor=4)
+    result = tiny_upscaler.upscale(_image(50, 40), options)
+    assert calls[0] is None and calls[1] is not None and result.plan.vae_tiling == calls[1]
+    monkeypatch.setattr(tiny_upscaler.pipeline, "restore", restore)
+    expected = tiny_upscaler.upscale(_image(50, 40), options)
+    assert (result.rgb - expected.rgb).abs().max().item() < 1e-4
+
+
+def test_out_of_memory_twice_fails_cleanly_and_the_next_job_runs(tiny_upscaler, monkeypatch):
+    restore = tiny_upscaler.pipeline.restore
+
+    def always_fail(*args, **kwargs):
+        raise torch.OutOfMemoryError("out of memory (simulated)")
+
+    monkeypatch.setattr(tiny_upscaler.pipeline, "restore", always_fail)
+    with pytest.raises(RunOutOfMemoryError, match="ran out of memory") as info:
+        tiny_upscaler.upscale(_image(50, 40), UpscaleOptions(seed=3, upscale_factor=4))
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(tiny_upscaler.pipeline, "restore", restore)
+    assert tiny_upscaler.upscale(_image(40, 28), UpscaleOptions(seed=3)).size == (80, 56)
+
+
+def test_vae_tile_option_is_validated():
+    with pytest.raises(ValueError, match="vae_tile"):
+        UpscaleOptions(vae_tile=4).validate()
+    with pytest.raises(ValueError, match="vae_tile"):
+        UpscaleOptions(vae_tile="big").validate()
+    UpscaleOptions(vae_tile=256).validate()
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("256", 256)])
+def test_cli_vae_tile(value, expected):
+    args = build_parser().parse_args(["upscale", "in.png", "-o", "out.png", "--vae-tile", value])
+    assert args.vae_tile == expected
+
+
+@pytest.mark.parametrize("value", ["4", "big"])
+def test_cli_rejects_a_bad_vae_tile(value, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["upscale", "in.png", "-o", "out.png", "--vae-tile", value])
+    assert "--vae-tile" in capsys.readouterr().err

@@ -1,0 +1,263 @@
+"""Exact VAE tiling: tiled encode/decode equals the untiled one (1e-4 in float32) with the reference tiny VAE
+weights, for ragged tile grids, every store scale, images and clips, and through the restore pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seedvr_local import vae_tiling
+from seedvr_local.models import vae_blocks
+from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
+from seedvr_local.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
+from tests.parity.restore import run_restore_case
+from tests.parity.vae import build_case_model
+from tests.reference_data import discover_cases, reference_dir
+
+ATOL = 1e-4
+CASES = {case.name: case for case in discover_cases()}
+
+
+def _bundle_vae() -> VideoAutoencoder:
+    """The VAE of the reference tiny model bundle."""
+    import json
+
+    from safetensors.torch import load_file
+
+    root = reference_dir() / "tiny_model"
+    config = json.loads((root / "config.json").read_text())
+    model = VideoAutoencoder.from_vae_config(VAEConfig.from_dict(config["vae"]))
+    model.load_state_dict(load_file(str(root / "ema_vae.safetensors")), strict=True)
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["vae_case", "tiny_bundle"])
+def vae(request) -> VideoAutoencoder:
+    if request.param == "vae_case":
+        return build_case_model(CASES["vae_encode_image_and_video"])
+    return _bundle_vae()
+
+
+def _video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(1, 3, frames, height, width, generator=generator) * 2 - 1
+
+
+def _latent(frames: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, 16, frames, height, width, generator=generator)
+
+
+def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item()
+
+
+@pytest.fixture(scope="module")
+def untiled(vae) -> dict[str, torch.Tensor]:
+    """Untiled results for a 48 x 64 image (a 6 x 8 latent)."""
+    with torch.no_grad():
+        x, z = _video(1, 48, 64), _latent(1, 6, 8)
+        mean, logvar = vae.encode(x)
+        return {"x": x, "z": z, "mean": mean, "logvar": logvar, "sample": vae.decode(z)}
+
+
+# 48 x 64 pixels: tiles of 24 split the 8 latent columns 3 + 3 + 2, tiles of 16 give a 3 x 4 grid.
+# The deep-recomputation tilings (store_scale 4 and 8) take minutes on 2 CPU cores: slow, out of the default run.
+SLOW = pytest.mark.slow
+GRIDS = [
+    pytest.param(VAETiling(16, 1), id="tile16_s1"),
+    pytest.param(VAETiling(24, 8), id="tile24_s8", marks=SLOW),
+    pytest.param(VAETiling(32, 2), id="tile32_s2"),
+    pytest.param(VAETiling(24, 4), id="tile24_s4", marks=SLOW),
+]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("tiling", GRIDS)
+def test_tiled_image_encode_and_decode_equal_untiled(vae, untiled, tiling):
+    assert len(tile_grid((48, 64), tiling.core)) > 1
+    mean, logvar = vae.encode(untiled["x"], tiling)
+    assert _max_err(mean, untiled["mean"]) < ATOL and _max_err(logvar, untiled["logvar"]) < ATOL
+    assert _max_err(vae.decode(untiled["z"], tiling), untiled["sample"]) < ATOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize(
+    "tiling", [pytest.param(VAETiling(16, 1), id="tile16_s1"), pytest.param(VAETiling(16, 8), id="tile16_s8", marks=SLOW)]
+)
+def test_tiled_clips_equal_untiled(vae, tiling):
+    # 9 frames -> 3 latent frames; the untiled VAE slices them in time, the tiles take all frames at once.
+    x, z = _video(9, 40, 24), _latent(3, 5, 3)
+    mean, logvar = vae.encode(x)
+    tiled_mean, tiled_logvar = vae.encode(x, tiling)
+    assert tiled_mean.shape == (1, 16, 3, 5, 3)
+    assert _max_err(tiled_mean, mean) < ATOL and _max_err(tiled_logvar, logvar) < ATOL
+    decoded = vae.decode(z, tiling)
+    assert decoded.shape == (1, 3, 9, 40, 24)
+    assert _max_err(decoded, vae.decode(z)) < ATOL
+
+
+@torch.no_grad()
+def test_offloaded_cuts_and_a_single_tile_give_the_same_result():
+    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    z = _latent(2, 6, 5)
+    expected = vae.decode(z)
+    assert _max_err(vae.decode(z, VAETiling(16, 1, offload=True)), expected) < ATOL
+    assert _max_err(vae.decode(z, VAETiling(64, 1)), expected) < ATOL  # one tile: the blocks run whole
+
+
+@pytest.mark.slow  # bf16 convolutions are slow on most CPUs
+@torch.no_grad()
+def test_tiling_in_bfloat16_is_as_accurate_as_untiled():
+    """In bf16 the tiles round at other places than the untiled run: both must stay as close to float32."""
+    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    x, z = _video(1, 32, 32), _latent(1, 4, 4)
+    reference = vae.encode(x)[0], vae.decode(z)
+    half = build_case_model(CASES["vae_decode_t1_t2"]).to(torch.bfloat16)
+    untiled = [_max_err(half.encode(x)[0].float(), reference[0]), _max_err(half.decode(z).float(), reference[1])]
+    for tiling in (VAETiling(16, 1), VAETiling(16, 8)):
+        tiled = [_max_err(half.encode(x, tiling)[0].float(), reference[0]),
+                 _max_err(half.decode(z, tiling).float(), reference[1])]  # fmt: skip
+        assert all(t <= 2 * u for t, u in zip(tiled, untiled)), (tiling, tiled, untiled)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["vae_encode_image_and_video", "vae_decode_t1_t2"])
+def test_tiled_vae_matches_the_official_reference(name, monkeypatch):
+    """The reference cases themselves, run tiled: the same tolerance as the untiled parity test."""
+    from tests.parity.vae import run_decode_case, run_encode_case
+
+    case = CASES[name]
+    tiling = VAETiling(16, 8) if case.kind == "vae_encode" else VAETiling(24, 1)
+    monkeypatch.setattr(VideoAutoencoder, "encode", _with_tiling(VideoAutoencoder.encode, tiling))
+    monkeypatch.setattr(VideoAutoencoder, "decode", _with_tiling(VideoAutoencoder.decode, tiling))
+    with torch.no_grad():
+        out = (run_encode_case if case.kind == "vae_encode" else run_decode_case)(case)
+    for key, expected in case.expected.items():
+        ok, err = case.tolerance(key).check(out[key], expected)
+        assert ok, f"{name}/{key}: max abs error {err:.3g}"
+
+
+def _with_tiling(method, tiling):
+    def call(self, x, tiling_arg=None):
+        return method(self, x, tiling)
+
+    return call
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    "name", ["restore_3b_image", pytest.param("restore_3b_video_3_frames_cond_noise_0_1", marks=SLOW)]
+)
+def test_tiled_restore_matches_the_official_reference(name, monkeypatch):
+    """The whole restore with a tiled VAE lands on the reference outputs, as the untiled one does."""
+    from seedvr_local.pipeline import RestorationPipeline
+
+    case = CASES[name]
+    original = RestorationPipeline.restore
+    tiling = VAETiling(24, 1) if "image" in name else VAETiling(24, 8)
+
+    def tiled_restore(self, *args, **kwargs):
+        return original(self, *args, **kwargs, vae_tiling=tiling)
+
+    monkeypatch.setattr(RestorationPipeline, "restore", tiled_restore)
+    with torch.no_grad():
+        out = run_restore_case(case)
+    for key, expected in case.expected.items():
+        ok, err = case.tolerance(key).check(out[key], expected)
+        assert ok, f"{name}/{key}: max abs error {err:.3g}"
+
+
+# ---------------------------------------------------------------------------------- the test can fail
+
+
+@torch.no_grad()
+def test_per_tile_statistics_or_missing_halos_would_be_caught(monkeypatch):
+    """The two mistakes exact tiling avoids make errors far above the tolerance with these weights."""
+    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    z, tiling = _latent(1, 6, 8), VAETiling(24, 1)
+    expected = vae.decode(z)
+
+    def last_tile_only(self, x):  # each norm sees one tile's statistics, as naive tiling does
+        self.mean = None
+        original_add(self, x)
+
+    original_add = vae_tiling.GroupMoments.add
+    with monkeypatch.context() as patch:
+        patch.setattr(vae_tiling.GroupMoments, "add", last_tile_only)
+        assert _max_err(vae.decode(z, tiling), expected) > 1e-2
+
+    original_region = vae_tiling._input_region
+
+    def no_halo(op, need, size_in):
+        region = original_region(op, need, size_in)
+        return need if op.kind == "conv" else region
+
+    with monkeypatch.context() as patch:
+        patch.setattr(vae_tiling, "_input_region", no_halo)
+        with pytest.raises(AssertionError, match="does not cover"):
+            vae.decode(z, tiling)
+
+
+# -------------------------------------------------------------------------------------------- attention
+
+
+@torch.no_grad()
+def test_attention_in_query_chunks_is_exact(monkeypatch):
+    torch.manual_seed(0)
+    attention = vae_blocks.FrameAttention(16, 4).eval()
+    for param in attention.parameters():
+        param.add_(0.3 * torch.randn_like(param))
+    x = torch.randn(1, 16, 2, 6, 7) * 3 + 1
+    tokens = attention.group_norm(x).permute(0, 2, 3, 4, 1).reshape(2, 1, 42, 16)
+    full = torch.nn.functional.scaled_dot_product_attention(
+        attention.to_q(tokens), attention.to_k(tokens), attention.to_v(tokens)
+    )
+    expected = x + attention.to_out[0](full).reshape(1, 2, 6, 7, 16).permute(0, 4, 1, 2, 3)
+    monkeypatch.setattr(vae_blocks, "ATTENTION_CHUNK_BYTES", 3 * 2 * 4 * 2 * 42)  # 3 queries at a time
+    assert len(vae_blocks.query_chunks(42, torch.empty(2, 1, 42, 16))) == 14
+    assert _max_err(attention(x), expected) < 1e-5
+    assert _max_err(attention_in_place_(attention, x.clone(), torch.device("cpu")), expected) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------- geometry
+
+
+@pytest.mark.parametrize("size, core", [((72, 104), 16), ((64, 48), 64), ((520, 1040), 512), ((8, 8), 8)])
+def test_tile_grid_partitions_the_image_into_balanced_aligned_tiles(size, core):
+    tiles = tile_grid(size, core)
+    covered = torch.zeros(size, dtype=torch.int32)
+    for r0, r1, c0, c1 in tiles:
+        assert all(v % 8 == 0 for v in (r0, r1, c0, c1))
+        assert 0 < r1 - r0 <= core and 0 < c1 - c0 <= core
+        covered[r0:r1, c0:c1] += 1
+    assert bool((covered == 1).all())
+    heights = {r1 - r0 for r0, r1, _, _ in tiles}
+    assert max(heights) - min(heights) <= 8  # no thin edge tile
+
+
+def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
+    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    (segment,) = [s for s in segments(vae_tiling.decoder_blocks(vae), (8, 8), (64, 64), 1) if len(s.ops) == 6][:1]
+    # one ResNet at 1/8 scale: two 3x3 convs, so a 2-pixel halo on each inner side
+    regions = required_regions(segment.ops, segment.sizes, (2, 4, 0, 3))
+    assert regions[0] == (0, 6, 0, 5)
+    assert regions[-1] == (2, 4, 0, 3)
+
+
+def test_store_scale_decides_where_full_frame_tensors_are_kept():
+    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    blocks = vae_tiling.decoder_blocks(vae)
+    image = (64, 64)
+    scales = {s: [image[0] // seg.sizes[-1][0] for seg in segments(blocks, (8, 8), image, s)] for s in (1, 8)}
+    assert scales[8] == [8, 8, 8, 8, 8, 8, 1]  # conv_in+res0, attn, res1, up0 res x3, then the rest at once
+    assert len(scales[1]) > len(scales[8]) and scales[1][-1] == 1
+    assert min(scales[8][:-1]) == 8
+
+
+def test_bad_tilings_are_refused():
+    with pytest.raises(ValueError, match="at least 8"):
+        VAETiling(4)
+    with pytest.raises(ValueError, match="store_scale"):
+        VAETiling(64, 3)
+    assert VAETiling(100).core == 104
