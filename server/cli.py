@@ -1,0 +1,182 @@
+"""`seedvr-local serve`: its flags, and starting the server (seedvr_local.cli calls these two functions)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+from pathlib import Path
+
+from server.settings import ServerSettings
+
+DEFAULT_PORT = 8000
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--weights-dir", type=Path, help="directory with the DiT, VAE and pos_emb.pt files")
+    model.add_argument("--model", choices=("3b", "7b"), help="a model fetched with `seedvr-local download`")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument(
+        "--dtype",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
+    )
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("seedvr-data"),
+        help="job database and stored files (default ./seedvr-data)",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require 'Authorization: Key KEY' (repeatable; also SEEDVR_API_KEYS=k1,k2)",
+    )
+    parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); fal-client for Python needs https")
+    parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let image_url and webhooks reach loopback, private and link-local addresses",
+    )
+    parser.add_argument(
+        "--public-url",
+        help="base URL clients reach the server at, for the URLs it returns "
+        "(default: the address each request was sent to)",
+    )
+    parser.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="origin allowed to call from a browser (repeatable; default any)",
+    )
+    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
+    parser.add_argument("--max-output-pixels", type=int, default=ServerSettings.max_output_pixels)
+    parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
+
+
+def settings_from_args(args: argparse.Namespace) -> ServerSettings:
+    """ServerSettings from the parsed flags and SEEDVR_API_KEYS; ValueError for inconsistent ones."""
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile):
+        if path is not None and not path.is_file():
+            raise ValueError(f"{path}: no such file")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.max_input_pixels < 1 or args.max_output_pixels < 1:
+        raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
+    env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
+    keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys] if key and key.strip()))
+    if args.public_url and not args.public_url.startswith(("http://", "https://")):
+        raise ValueError(f"--public-url must start with http:// or https://, got {args.public_url!r}")
+    return ServerSettings(
+        data_dir=args.data_dir.expanduser(),
+        api_keys=keys,
+        allow_private_urls=args.allow_private_urls,
+        public_url=args.public_url,
+        cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
+        max_input_pixels=args.max_input_pixels,
+        max_output_pixels=args.max_output_pixels,
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from seedvr_local.devices import resolve_device
+    from seedvr_local.model_home import find_installed_weights
+    from seedvr_local.upscaler import Upscaler
+    from server.app import create_app
+    from server.db import DataDirLock
+    from weights.bundle import inspect_weights_dir
+
+    settings = settings_from_args(args)
+    weights_dir = args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
+    info = inspect_weights_dir(weights_dir)  # a missing or incomplete directory fails here, in one line
+    device = resolve_device(args.device)
+    lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
+    lock.acquire()
+    lock.release()
+    port = args.port or _free_port(args.host)
+
+    def load() -> Upscaler:
+        return Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    description = f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
+    app = create_app(settings, load, description)
+    print(banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description), flush=True)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=port,
+        ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
+        ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
+        access_log=args.access_log,
+        log_level="info",
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+def banner(settings: ServerSettings, host: str, port: int, tls: bool, description: str) -> str:
+    """What to paste into each client to use this server."""
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown_host:
+        shown_host = f"[{shown_host}]"
+    base = settings.public_url or f"{'https' if tls else 'http'}://{shown_host}:{port}"
+    hostport = base.split("://", 1)[1].rstrip("/")
+    key_hint = " FAL_KEY=<one of the keys>" if settings.api_keys else " FAL_KEY=anything"
+    auth = (
+        f"API key required ({len(settings.api_keys)} configured): clients send 'Authorization: Key <key>'"
+        if settings.api_keys
+        else "OPEN: no API key is required (use --api-key or SEEDVR_API_KEYS to require one)"
+    )
+    python = (
+        f"      FAL_RUN_HOST={hostport}/run FAL_QUEUE_RUN_HOST={hostport}/queue SSL_CERT_FILE=<your cert.pem>{key_hint}"
+        if tls
+        else "      fal-client only speaks https: restart with --ssl-certfile/--ssl-keyfile (see the README), then\n"
+        f"      FAL_RUN_HOST={hostport}/run FAL_QUEUE_RUN_HOST={hostport}/queue SSL_CERT_FILE=<cert.pem>{key_hint}"
+    )
+    lines = [
+        f"seedvr-local serve: {description}",
+        f"  listening on {base}" + ("  (all interfaces)" if host in ("0.0.0.0", "::") else ""),
+        f"  data dir:    {settings.data_dir.resolve()}",
+        f"  auth:        {auth}",
+        "  image_url:   "
+        + (
+            "private and loopback URLs allowed"
+            if settings.allow_private_urls
+            else "public http(s) URLs, data: URIs and files uploaded here"
+        ),
+        f"  API docs:    {base}/docs   health: {base}/readyz   metrics: {base}/metrics",
+        "",
+        "Use it from the fal clients:",
+        "  JavaScript (@fal-ai/client >= 1.10):",
+        f'      fal.config({{ proxyUrl: {{ url: "{base}/api/fal/proxy", when: "always" }} }});',
+        "  Python (fal-client), environment set before importing fal_client:",
+        python,
+        "  HTTP:",
+        f"      curl -X POST {base}/fal-ai/seedvr/upscale/image -H 'Content-Type: application/json'"
+        + (" -H 'Authorization: Key <key>'" if settings.api_keys else "")
+        + ' -d \'{"image_url": "https://..."}\'',
+    ]
+    return "\n".join(lines)
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

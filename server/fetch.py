@@ -1,0 +1,138 @@
+"""Turn an `image_url` into bytes: a data: URI, a file of this server, or an http(s) download.
+
+The server's own file URLs are read from storage directly (whatever host name the client used), so
+uploads work without the server ever fetching itself. Downloads are guarded (see netguard) and
+capped in size, time and redirects. Every failure is a `FetchError` meant for the user.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import time
+from urllib.parse import unquote_to_bytes
+
+import httpx
+
+from server.netguard import BlockedURLError, NetGuard
+from server.storage import FileStore
+
+_OWN_FILE = re.compile(r"/files/(?P<id>[A-Za-z0-9_-]{16,64})(?:/[^/]*)?$")
+USER_AGENT = "seedvr-local (image_url fetch)"
+
+
+class FetchError(Exception):
+    """`error_type` is fal's: file_download_error or file_too_large."""
+
+    def __init__(self, message: str, error_type: str = "file_download_error"):
+        super().__init__(message)
+        self.error_type = error_type
+
+
+class ImageFetcher:
+    def __init__(
+        self,
+        files: FileStore,
+        guard: NetGuard,
+        max_bytes: int,
+        timeout_s: float = 30.0,
+        max_redirects: int = 5,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.files = files
+        self.guard = guard
+        self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.max_redirects = max_redirects
+        self.transport = transport
+
+    def fetch(self, url: str) -> tuple[bytes, str]:
+        """(bytes, where they came from: "data URI", "upload", or the host)."""
+        if url[:5].lower() == "data:":
+            return self._data_uri(url), "data URI"
+        own = self._own_file(url)
+        if own is not None:
+            return own, "stored file"
+        return self._download(url), httpx.URL(url).host
+
+    def _data_uri(self, url: str) -> bytes:
+        header, comma, payload = url[5:].partition(",")
+        if not comma:
+            raise FetchError("the data URI has no ',' before its data")
+        if header.lower().endswith(";base64"):
+            payload = re.sub(r"\s+", "", payload)
+            if len(payload) * 3 // 4 > self.max_bytes:
+                raise self._too_large()
+            try:
+                data = base64.b64decode(payload, validate=True)
+            except (binascii.Error, ValueError):
+                try:  # some encoders use the URL-safe alphabet
+                    data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+                except (binascii.Error, ValueError):
+                    raise FetchError("the data URI is not valid base64") from None
+        else:
+            data = unquote_to_bytes(payload)
+        if len(data) > self.max_bytes:
+            raise self._too_large()
+        return data
+
+    def _own_file(self, url: str) -> bytes | None:
+        try:
+            path = httpx.URL(url).path
+        except (httpx.InvalidURL, ValueError):
+            return None
+        match = _OWN_FILE.search(path)
+        if match is None:
+            return None
+        known = self.files.get(match["id"])
+        if known is None:
+            return None  # not one of ours after all: fetch it like any other URL
+        stored = self.files.read(known.id)
+        if stored is None:
+            raise FetchError("image_url names a file of this server whose upload has not finished")
+        return self.files.path(stored).read_bytes()
+
+    def _download(self, url: str) -> bytes:
+        deadline = time.monotonic() + self.timeout_s
+        timeout = httpx.Timeout(min(10.0, self.timeout_s), read=self.timeout_s)
+        current = url
+        with httpx.Client(trust_env=False, follow_redirects=False, timeout=timeout, transport=self.transport) as client:
+            for _ in range(self.max_redirects + 1):
+                try:
+                    target = self.guard.prepare(current)
+                except BlockedURLError as exc:
+                    raise FetchError(f"refused to fetch image_url: {exc}") from None
+                headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5", **target.headers}
+                try:
+                    with client.stream("GET", target.url, headers=headers, extensions=target.extensions) as response:
+                        if response.is_redirect and "location" in response.headers:
+                            current = str(httpx.URL(current).join(response.headers["location"]))
+                            continue
+                        if response.status_code != 200:
+                            raise FetchError(
+                                f"could not download image_url: the server answered HTTP {response.status_code}"
+                            )
+                        return self._read_capped(response, deadline)
+                except httpx.TimeoutException:
+                    raise FetchError(f"could not download image_url: timed out after {self.timeout_s:g} s") from None
+                except httpx.HTTPError as exc:
+                    raise FetchError(f"could not download image_url: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"could not download image_url: more than {self.max_redirects} redirects")
+
+    def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large()
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise self._too_large()
+            if time.monotonic() > deadline:
+                raise FetchError(f"could not download image_url: took longer than {self.timeout_s:g} s")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_large(self) -> FetchError:
+        return FetchError(f"the image file is larger than the limit of {self.max_bytes:,} bytes", "file_too_large")

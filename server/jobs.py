@@ -1,0 +1,335 @@
+"""The durable job queue: every request (queued or sync) is a row; the worker claims them in order.
+
+States are fal's: IN_QUEUE -> IN_PROGRESS -> COMPLETED. A failed, timed-out or cancelled request is
+COMPLETED too, with an error and the HTTP status and body its result call answers with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from server.db import Database
+from server.errors import FalError, cancelled_error, request_error, timeout_error
+
+IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
+PRIORITIES = {"normal": 0, "low": 1}
+
+Outcome = Literal["ok", "invalid", "error", "cancelled", "timeout"]
+CancelOutcome = Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
+@dataclass
+class Job:
+    id: str
+    seq: int
+    kind: str
+    priority: int
+    status: str
+    input: dict[str, Any]
+    base_url: str
+    webhook_url: str | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    start_deadline: float | None
+    attempts: int
+    cancel_requested: bool
+    outcome: str | None
+    response_status: int | None
+    response_body: Any
+    response_headers: dict[str, str]
+    error: str | None
+    error_type: str | None
+    inference_time: float | None
+
+    @classmethod
+    def from_row(cls, row) -> Job:
+        return cls(
+            id=row["id"],
+            seq=row["seq"],
+            kind=row["kind"],
+            priority=row["priority"],
+            status=row["status"],
+            input=json.loads(row["input"]),
+            base_url=row["base_url"],
+            webhook_url=row["webhook_url"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            start_deadline=row["start_deadline"],
+            attempts=row["attempts"],
+            cancel_requested=bool(row["cancel_requested"]),
+            outcome=row["outcome"],
+            response_status=row["response_status"],
+            response_body=json.loads(row["response_body"]) if row["response_body"] is not None else None,
+            response_headers=json.loads(row["response_headers"] or "{}"),
+            error=row["error"],
+            error_type=row["error_type"],
+            inference_time=row["inference_time"],
+        )
+
+
+@dataclass
+class Completion:
+    """How a job ended: the result call answers `status_code` with `body` and `headers`."""
+
+    outcome: Outcome
+    status_code: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    error_type: str | None = None
+    inference_time: float | None = None
+
+    @classmethod
+    def success(cls, output: dict[str, Any], inference_time: float) -> Completion:
+        return cls("ok", 200, output, inference_time=inference_time)
+
+    @classmethod
+    def failure(cls, exc: FalError, outcome: Outcome | None = None, inference_time: float | None = None) -> Completion:
+        if outcome is None:
+            outcome = "invalid" if exc.status_code < 500 else "error"
+        return cls(outcome, exc.status_code, exc.body, exc.response_headers, exc.message, exc.kind, inference_time)
+
+
+@dataclass
+class LogEntry:
+    seq: int
+    timestamp: str
+    level: str
+    message: str
+
+    def as_fal(self) -> dict[str, str]:
+        return {"message": self.message, "level": self.level, "source": "USER", "timestamp": self.timestamp}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobStore:
+    """`on_change(job_id)` is called after every change to a job, `on_change(None)` when queue positions
+    moved; `on_completed(job, completion)` once per job, after it completed (however it did)."""
+
+    def __init__(
+        self,
+        db: Database,
+        max_attempts: int = 2,
+        on_change: Callable[[str | None], None] | None = None,
+        on_completed: Callable[[Job, Completion], None] | None = None,
+    ):
+        self.db = db
+        self.max_attempts = max_attempts
+        self.on_change = on_change or (lambda job_id: None)
+        self.on_completed = on_completed or (lambda job, completion: None)
+
+    # --- creating and reading -------------------------------------------------------------------
+
+    def create(
+        self,
+        kind: Literal["queue", "sync"],
+        input: dict[str, Any],
+        base_url: str,
+        priority: int = 0,
+        webhook_url: str | None = None,
+        start_deadline: float | None = None,
+        completion: Completion | None = None,
+    ) -> Job:
+        """A new job, queued; or already completed when `completion` is given (an invalid input)."""
+        job_id = str(uuid.uuid4())
+        now = time.time()
+        done: list = []
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, kind, priority, status, input, base_url, webhook_url, created_at,"
+                " start_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, kind, priority, IN_QUEUE, json.dumps(input), base_url, webhook_url, now, start_deadline),
+            )
+            if completion is not None:
+                self._complete(conn, job_id, completion, now, done)
+        self.on_change(job_id)
+        self._report(done)
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> Job | None:
+        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return Job.from_row(row) if row else None
+
+    def queue_position(self, job: Job) -> int:
+        """How many queued jobs run before this one (0: it is next)."""
+        row = self.db.query_one(
+            "SELECT COUNT(*) FROM jobs WHERE status = ? AND (priority < ? OR (priority = ? AND seq < ?))",
+            (IN_QUEUE, job.priority, job.priority, job.seq),
+        )
+        return row[0]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.db.query("SELECT status, COUNT(*) FROM jobs WHERE status != ? GROUP BY status", (COMPLETED,))
+        counts = {IN_QUEUE: 0, IN_PROGRESS: 0}
+        counts.update({row[0]: row[1] for row in rows})
+        return counts
+
+    # --- logs -------------------------------------------------------------------------------------
+
+    def log(self, job_id: str, message: str, level: str = "INFO") -> None:
+        self.db.execute(
+            "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
+            (job_id, now_iso(), level, message),
+        )
+        self.on_change(job_id)
+
+    def logs(self, job_id: str, after: int = 0) -> list[LogEntry]:
+        rows = self.db.query(
+            "SELECT seq, timestamp, level, message FROM job_logs WHERE job_id = ? AND seq > ? ORDER BY seq",
+            (job_id, after),
+        )
+        return [LogEntry(*row) for row in rows]
+
+    # --- the worker's side -------------------------------------------------------------------------
+
+    def claim_next(self) -> Job | None:
+        """The next job to run (priority, then arrival), now IN_PROGRESS; None when the queue is empty."""
+        with self.db.transaction() as conn:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE status = ? ORDER BY priority, seq LIMIT 1", (IN_QUEUE,)
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute(
+                "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1 WHERE id = ?",
+                (IN_PROGRESS, time.time(), row["id"]),
+            )
+        self.on_change(None)
+        return self.get(row["id"])
+
+    def requeue(self, job_id: str) -> None:
+        """Put a job the worker gave up at shutdown back in its place; that run does not count."""
+        self.db.execute(
+            "UPDATE jobs SET status = ?, started_at = NULL, attempts = MAX(attempts - 1, 0)"
+            " WHERE id = ? AND status = ?",
+            (IN_QUEUE, job_id, IN_PROGRESS),
+        )
+        self.on_change(None)
+
+    def complete(self, job_id: str, completion: Completion) -> bool:
+        """Finish a job (and queue its webhook); False when it had already completed."""
+        done: list = []
+        with self.db.transaction() as conn:
+            self._complete(conn, job_id, completion, time.time(), done)
+        self.on_change(None)
+        self._report(done)
+        return bool(done)
+
+    def _report(self, done: list[tuple[str, Completion]]) -> None:
+        for job_id, completion in done:
+            self.on_completed(self.get(job_id), completion)
+
+    def _complete(self, conn, job_id: str, completion: Completion, now: float, done: list) -> bool:
+        from server.webhooks import webhook_body  # the payload format lives with the sender
+
+        row = conn.execute("SELECT status, webhook_url FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None or row["status"] == COMPLETED:
+            return False
+        conn.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, outcome = ?, response_status = ?, response_body = ?,"
+            " response_headers = ?, error = ?, error_type = ?, inference_time = ? WHERE id = ?",
+            (
+                COMPLETED,
+                now,
+                completion.outcome,
+                completion.status_code,
+                json.dumps(completion.body),
+                json.dumps(completion.headers),
+                completion.error,
+                completion.error_type,
+                completion.inference_time,
+                job_id,
+            ),
+        )
+        if row["webhook_url"]:
+            conn.execute(
+                "INSERT INTO webhooks (job_id, url, body, next_attempt, state) VALUES (?, ?, ?, ?, 'pending')",
+                (job_id, row["webhook_url"], webhook_body(job_id, completion), now),
+            )
+        done.append((job_id, completion))
+        return True
+
+    # --- cancellation, deadlines, restarts -----------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> CancelOutcome:
+        """A queued job is cancelled at once; a running one is flagged for the worker to stop."""
+        done: list = []
+        with self.db.transaction() as conn:
+            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None:
+                return "NOT_FOUND"
+            if row["status"] == COMPLETED:
+                return "ALREADY_COMPLETED"
+            if row["status"] == IN_QUEUE:
+                self._complete(conn, job_id, Completion.failure(cancelled_error(), "cancelled"), time.time(), done)
+            else:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        self.on_change(None)
+        self._report(done)
+        return "CANCELLATION_REQUESTED"
+
+    def is_cancel_requested(self, job_id: str) -> bool:
+        row = self.db.query_one("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,))
+        return bool(row and row[0])
+
+    def expire_overdue(self, now: float | None = None) -> list[str]:
+        """Complete the queued jobs whose start deadline passed with fal's user timeout (504)."""
+        now = time.time() if now is None else now
+        done: list = []
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id FROM jobs WHERE status = ? AND start_deadline IS NOT NULL AND start_deadline < ?",
+                (IN_QUEUE, now),
+            ).fetchall()
+            for row in rows:
+                self._complete(conn, row["id"], Completion.failure(timeout_error(), "timeout"), now, done)
+        if done:
+            self.on_change(None)
+            self._report(done)
+        return [job_id for job_id, _ in done]
+
+    def recover(self) -> dict[str, list[str]]:
+        """After a restart: rerun the queue jobs that were running; fail what cannot be rerun.
+
+        Sync jobs are failed (their caller's connection is gone), and so is a job that was running
+        during `max_attempts` stops: it may be what brought the server down.
+        """
+        requeued, done = [], []
+        now = time.time()
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, kind, status, attempts, cancel_requested FROM jobs WHERE status != ?", (COMPLETED,)
+            ).fetchall()
+            for row in rows:
+                if row["kind"] == "sync":
+                    error = request_error(
+                        503, "the server restarted before this request finished", "runner_disconnected"
+                    )
+                    self._complete(conn, row["id"], Completion.failure(error), now, done)
+                elif row["status"] == IN_PROGRESS and row["cancel_requested"]:
+                    self._complete(conn, row["id"], Completion.failure(cancelled_error(), "cancelled"), now, done)
+                elif row["status"] == IN_PROGRESS and row["attempts"] >= self.max_attempts:
+                    error = request_error(
+                        503,
+                        f"the server stopped {row['attempts']} times while running this request",
+                        "runner_disconnected",
+                    )
+                    self._complete(conn, row["id"], Completion.failure(error), now, done)
+                elif row["status"] == IN_PROGRESS:
+                    conn.execute("UPDATE jobs SET status = ?, started_at = NULL WHERE id = ?", (IN_QUEUE, row["id"]))
+                    requeued.append(row["id"])
+        for job_id in requeued:
+            self.log(job_id, "the server restarted while this request was running; it runs again", "WARN")
+        self._report(done)
+        return {"requeued": requeued, "failed": [job_id for job_id, _ in done]}

@@ -1,0 +1,1 @@
+"""One router per surface: sync run, queue, storage, health/metrics."""

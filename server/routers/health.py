@@ -1,0 +1,35 @@
+"""Liveness, readiness (the model is loaded) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from server.jobs import IN_PROGRESS, IN_QUEUE
+from server.state import StateDep
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    """200 once the model is loaded; 503 while it loads or when it failed to."""
+    engines = state.engines
+    if engines.state == "ready":
+        return JSONResponse({"status": "ready", "model": engines.description})
+    if engines.state == "failed":
+        return JSONResponse({"detail": f"the model failed to load: {engines.error}", "status": "failed"}, 503)
+    return JSONResponse({"detail": "the model is loading", "status": "loading"}, 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(state: StateDep) -> PlainTextResponse:
+    counts = state.jobs.counts()
+    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], state.engines.state)
+    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,70 @@
+"""Sync run: `POST /fal-ai/seedvr/upscale/image` (and `/run/...`, for FAL_RUN_HOST=host:port/run).
+
+The request joins the same queue as queued ones (one device, one worker) and the response is sent
+when it completes. A client that hangs up cancels its request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse
+
+from server.auth import require_key
+from server.endpoint import ENDPOINT_ID
+from server.jobs import COMPLETED, Job
+from server.routers.common import INPUT_BODY, parse_priority, parse_start_deadline, read_input, result_response
+from server.schema import SeedVRImageOutput
+from server.state import ServerState, StateDep
+
+router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
+
+_RESPONSES = {
+    422: {"description": "Invalid input (FastAPI-style `detail` list)"},
+    504: {"description": "Did not start within x-fal-request-timeout"},
+}
+
+
+async def run(
+    request: Request,
+    state: StateDep,
+    x_fal_queue_priority: Annotated[str | None, Header()] = None,
+    x_fal_request_timeout: Annotated[str | None, Header()] = None,
+) -> JSONResponse:
+    """Upscale an image and wait for the result."""
+    priority = parse_priority(x_fal_queue_priority)
+    deadline = parse_start_deadline(x_fal_request_timeout)
+    params = await read_input(request, state)
+    job = state.jobs.create("sync", params.model_dump(), state.base_url(request), priority, start_deadline=deadline)
+    state.worker.wake()
+    done = await _wait(state, job, request)
+    if done is None:  # the client has gone; nobody reads this
+        return JSONResponse({"detail": "client disconnected"}, status_code=499)
+    return result_response(done)
+
+
+async def _wait(state: ServerState, job: Job, request: Request) -> Job | None:
+    with state.notifier.subscribe(job.id) as changes:
+        while True:
+            current = state.jobs.get(job.id)
+            if current.status == COMPLETED:
+                return current
+            if await request.is_disconnected():
+                state.jobs.request_cancel(job.id)
+                return None
+            await changes.wait(1.0)
+
+
+for _path, _visible in ((f"/{ENDPOINT_ID}", True), (f"/run/{ENDPOINT_ID}", False)):
+    router.add_api_route(
+        _path,
+        run,
+        methods=["POST"],
+        response_model=SeedVRImageOutput,
+        responses=_RESPONSES,
+        openapi_extra=INPUT_BODY,
+        include_in_schema=_visible,
+        name=f"run{_path.replace('/', '_')}",
+        summary="Run (sync)",
+    )

@@ -1,0 +1,163 @@
+"""fal's input and output schema of `fal-ai/seedvr/upscale/image`, and of its queue, as pydantic models.
+
+The input model is the validation: unknown fields are ignored, every invalid value is a 422 with a
+FastAPI-style `detail` list (what fal, itself FastAPI, returns).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR
+from seedvr_local.upscaler import MAX_SEED
+
+IMAGE_URL_SCHEMES = ("http://", "https://", "data:")
+
+
+class SeedVRImageInput(BaseModel):
+    model_config = ConfigDict(extra="ignore", title="SeedVRImageInput")
+
+    image_url: str = Field(
+        description="The image to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server.",
+        examples=["https://example.com/photo.jpg"],
+    )
+    upscale_mode: Literal["factor", "target"] = Field(
+        "factor", description="'factor' multiplies both sides by upscale_factor; 'target' sets the short side."
+    )
+    upscale_factor: float = Field(
+        2.0,
+        ge=MIN_UPSCALE_FACTOR,
+        le=MAX_UPSCALE_FACTOR,
+        allow_inf_nan=False,
+        description="Multiplies the width and height when upscale_mode is 'factor'.",
+    )
+    target_resolution: Literal["720p", "1080p", "1440p", "2160p"] = Field(
+        "1080p", description="Short side of the output when upscale_mode is 'target'."
+    )
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="The same seed and input give the same image.")
+    noise_scale: float = Field(0.1, ge=0.0, le=1.0, allow_inf_nan=False, description="Condition noise augmentation.")
+    output_format: Literal["png", "jpg", "webp"] = Field("jpg", description="Format of the output image.")
+    sync_mode: bool = Field(
+        False, description="Return the image inline as a data URI instead of a URL; it is then not stored."
+    )
+
+    @field_validator("image_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        if not value.lower().startswith(IMAGE_URL_SCHEMES):
+            raise ValueError("image_url must be an http(s) URL, a data: URI or the URL of a file of this server")
+        return value
+
+
+class Image(BaseModel):
+    url: str = Field(description="Where to download the image; a data: URI with sync_mode.")
+    content_type: str = Field(examples=["image/jpeg"])
+    file_name: str
+    file_size: int
+    width: int
+    height: int
+
+
+class SeedVRImageOutput(BaseModel):
+    image: Image
+    seed: int = Field(description="The seed used; pass it back to get the same image.")
+
+
+class RequestLog(BaseModel):
+    message: str
+    level: Literal["STDERR", "STDOUT", "ERROR", "INFO", "WARN", "DEBUG"]
+    source: Literal["USER"] = "USER"
+    timestamp: str
+
+
+class QueueStatus(BaseModel):
+    """One of IN_QUEUE (with queue_position), IN_PROGRESS (with logs) or COMPLETED (with logs, metrics
+    and, for failed or cancelled requests, error and error_type)."""
+
+    status: Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+    request_id: str
+    response_url: str
+    status_url: str
+    cancel_url: str
+    queue_position: int | None = None
+    logs: list[RequestLog] | None = None
+    metrics: dict[str, float] | None = None
+    error: str | None = None
+    error_type: str | None = None
+
+
+class CancelResult(BaseModel):
+    status: Literal["CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"]
+
+
+class InputError(Exception):
+    """The request body is not a valid input; `detail` is the FastAPI-style error list."""
+
+    def __init__(self, detail: list[dict[str, Any]]):
+        super().__init__(detail[0]["msg"] if detail else "invalid input")
+        self.detail = detail
+
+
+def parse_input(raw: bytes) -> SeedVRImageInput:
+    """Validate a request body; an empty body is `{}` (the JS client sends none for an empty input)."""
+    if not raw.strip():
+        raw = b"{}"
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise _json_invalid(f"JSON decode error: {exc.msg}", exc.pos) from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise _json_invalid(
+            f"JSON decode error: {exc}" if isinstance(exc, ValueError) else "body nests too deeply", 0
+        ) from None
+    try:
+        return SeedVRImageInput.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(validation_detail(exc)) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _json_invalid(message: str, position: int) -> InputError:
+    return InputError([{"type": "json_invalid", "loc": ["body", position], "msg": message, "input": {}}])
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    """pydantic errors as FastAPI writes them: `loc` starting with "body", without the docs URL."""
+    detail = []
+    for error in exc.errors(include_url=False):
+        item: dict[str, Any] = {
+            "type": error["type"],
+            "loc": ["body", *error["loc"]],
+            "msg": error["msg"],
+            "input": _shorten(error.get("input")),
+        }
+        if error.get("ctx"):
+            item["ctx"] = {key: _json_safe(value) for key, value in error["ctx"].items()}
+        detail.append(item)
+    return detail
+
+
+def _shorten(value: Any, limit: int = 200) -> Any:
+    """Echoed inputs without multi-megabyte data URIs."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}… ({len(value):,} characters)"
+    if isinstance(value, dict):
+        return {key: _shorten(item, limit) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_shorten(item, limit) for item in value[:20]]
+    return _json_safe(value)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    return str(value)

@@ -1,0 +1,50 @@
+"""Everything the server can be configured with; the CLI fills it from its flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ServerSettings:
+    data_dir: Path = Path("seedvr-data")
+    #: Accepted `Authorization: Key <key>` values; empty means the server is open.
+    api_keys: tuple[str, ...] = ()
+    #: Lets image_url and webhooks reach loopback, private and link-local addresses.
+    allow_private_urls: bool = False
+    #: Base URL for the URLs the server hands out (behind a reverse proxy); default: from each request.
+    public_url: str | None = None
+    #: Origins allowed to call the API from a browser ("*" for any).
+    cors_origins: tuple[str, ...] = ("*",)
+
+    # Limits on what a request may make the server do.
+    max_input_pixels: int = 40_000_000
+    max_output_pixels: int = 67_108_864  # 8192 x 8192
+    max_download_bytes: int = 64 * 1024 * 1024
+    max_upload_bytes: int = 512 * 1024 * 1024
+    download_timeout_s: float = 30.0
+    max_redirects: int = 5
+
+    # Webhooks: up to `webhook_max_attempts` POSTs, waiting base * 2**n (capped) between them.
+    webhook_max_attempts: int = 10
+    webhook_backoff_s: float = 15.0
+    webhook_backoff_max_s: float = 1800.0
+    webhook_timeout_s: float = 15.0
+
+    #: A job that was running when the server stopped this many times is failed instead of rerun.
+    max_job_attempts: int = 2
+    #: How long shutdown waits for the running job to reach a phase boundary.
+    shutdown_grace_s: float = 10.0
+    #: Seconds between SSE keep-alive comments.
+    sse_keepalive_s: float = 15.0
+    #: Lifetime of the upload tokens handed to the Python client (`/storage/auth/token`).
+    upload_token_ttl_s: int = 3600
+
+    @property
+    def database_path(self) -> Path:
+        return self.data_dir / "seedvr.sqlite3"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"

@@ -1,0 +1,87 @@
+"""The server's parts, wired together once per app (FastAPI dependencies read them from here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from server.auth import UploadTokens
+from server.db import Database, DataDirLock
+from server.engine import EngineFactory, EngineHolder
+from server.events import ChangeNotifier
+from server.fetch import ImageFetcher
+from server.jobs import Completion, Job, JobStore
+from server.metrics import Metrics
+from server.netguard import NetGuard
+from server.processing import JobProcessor
+from server.settings import ServerSettings
+from server.storage import FileStore
+from server.webhooks import WebhookSender
+from server.worker import Worker, log_job
+
+
+@dataclass
+class ServerState:
+    settings: ServerSettings
+    db: Database
+    notifier: ChangeNotifier
+    jobs: JobStore
+    files: FileStore
+    engines: EngineHolder
+    worker: Worker
+    webhooks: WebhookSender
+    metrics: Metrics
+    upload_tokens: UploadTokens
+    lock: DataDirLock
+
+    @classmethod
+    def open(
+        cls, settings: ServerSettings, engine_factory: EngineFactory, description: str, guard: NetGuard | None = None
+    ) -> ServerState:
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+        guard = guard or NetGuard(allow_private=settings.allow_private_urls)
+        db = Database(settings.database_path)
+        notifier = ChangeNotifier()
+        metrics = Metrics()
+
+        def completed(job: Job, completion: Completion) -> None:
+            metrics.job(completion.outcome)
+            log_job(job, completion)
+
+        jobs = JobStore(db, settings.max_job_attempts, on_change=notifier.notify, on_completed=completed)
+        files = FileStore(db, settings.files_dir, settings.max_upload_bytes)
+        engines = EngineHolder(engine_factory, description)
+        fetcher = ImageFetcher(
+            files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
+        )
+        processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
+        return cls(
+            settings=settings,
+            db=db,
+            notifier=notifier,
+            jobs=jobs,
+            files=files,
+            engines=engines,
+            worker=Worker(jobs, processor, engines),
+            webhooks=WebhookSender(db, guard, settings, metrics, notifier),
+            metrics=metrics,
+            upload_tokens=UploadTokens.from_data_dir(settings.data_dir, settings.upload_token_ttl_s),
+            lock=lock,
+        )
+
+    def base_url(self, request: Request) -> str:
+        """Where clients reach this server: --public-url, else what this request was addressed to."""
+        if self.settings.public_url:
+            return self.settings.public_url.rstrip("/")
+        return str(request.base_url).rstrip("/")
+
+
+def get_state(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+#: The server's parts, as a route parameter: `state: StateDep`.
+StateDep = Annotated[ServerState, Depends(get_state)]

@@ -1,0 +1,121 @@
+// The flows of the official @fal-ai/client against a seedvr-local server, as a user writes them.
+// The client is configured only with proxyUrl (and FAL_KEY from the environment, which it reads itself).
+// Run by tests/server/test_js_client.py with PROXY_URL, WEBHOOK_URL, IMAGE_PATH and SLOW_SEED set;
+// prints one JSON summary line, exits non-zero on the first failed check.
+import { readFileSync } from "node:fs";
+import { fal, ApiError, ValidationError } from "@fal-ai/client";
+
+const APP = "fal-ai/seedvr/upscale/image";
+const { PROXY_URL, WEBHOOK_URL, IMAGE_PATH } = process.env;
+const SLOW_SEED = Number(process.env.SLOW_SEED);
+const serverBase = new URL(PROXY_URL).origin;
+
+fal.config({ proxyUrl: { url: PROXY_URL, when: "always" } });
+
+function check(condition, what) {
+  if (!condition) throw new Error(`check failed: ${what}`);
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function expectError(promise, what) {
+  try {
+    await promise;
+  } catch (error) {
+    return error;
+  }
+  throw new Error(`${what}: expected an error`);
+}
+
+const summary = {};
+const png = readFileSync(IMAGE_PATH);
+const file = new File([png], "input.png", { type: "image/png" });
+
+// storage upload of a File: initiate through the proxy, PUT straight to the server
+const imageUrl = await fal.storage.upload(file);
+check(imageUrl.startsWith(`${serverBase}/files/`) && imageUrl.endsWith("/input.png"), `upload url ${imageUrl}`);
+summary.upload = imageUrl;
+
+// subscribe (polling) with logs and queue updates
+const updates = [];
+const result = await fal.subscribe(APP, {
+  input: { image_url: imageUrl, seed: 42, output_format: "png" },
+  logs: true,
+  pollInterval: 50,
+  onQueueUpdate: (update) => updates.push(update),
+});
+check(result.data.image.width === 48 && result.data.seed === 42, `subscribe data ${JSON.stringify(result.data)}`);
+check(result.requestId.length > 0, "subscribe requestId");
+check(updates.at(-1).status === "COMPLETED", `last update ${updates.at(-1).status}`);
+const polledLogs = updates.flatMap((update) => update.logs ?? []).map((log) => log.message);
+check(polledLogs.some((message) => message.startsWith("dit")), `polled logs ${polledLogs}`);
+summary.subscribe = { requestId: result.requestId, statuses: [...new Set(updates.map((u) => u.status))] };
+
+// subscribe over server-sent events, with a Blob in the input (auto-uploaded)
+const streamed = [];
+const viaSse = await fal.subscribe(APP, {
+  input: { image_url: new Blob([png], { type: "image/png" }), upscale_factor: 3 },
+  mode: "streaming",
+  logs: true,
+  onQueueUpdate: (update) => streamed.push(update),
+});
+check(viaSse.data.image.width === 72, "streaming subscribe output");
+const streamedLogs = (streamed.at(-1).logs ?? []).map((log) => log.message);
+check(streamedLogs[0].startsWith("download") && streamedLogs.at(-1).startsWith("done"), `sse logs ${streamedLogs}`);
+check(new Set(streamedLogs).size === streamedLogs.length, "sse logs are not repeated");
+summary.streaming = streamed.map((update) => update.status);
+
+// queue.submit with a webhook, then status with logs, then result
+const submitted = await fal.queue.submit(APP, {
+  input: { image_url: imageUrl },
+  webhookUrl: WEBHOOK_URL,
+  priority: "low",
+  startTimeout: 30,
+});
+check(submitted.status === "IN_QUEUE" && submitted.request_id, "submit answer");
+let status;
+for (let i = 0; i < 200; i++) {
+  status = await fal.queue.status(APP, { requestId: submitted.request_id, logs: true });
+  if (status.status === "COMPLETED") break;
+  await sleep(25);
+}
+check(status.status === "COMPLETED" && status.logs.length > 0, `status ${JSON.stringify(status)}`);
+check(status.metrics.inference_time > 0, "status metrics");
+const queued = await fal.queue.result(APP, { requestId: submitted.request_id });
+check(queued.data.image.url.startsWith(`${serverBase}/files/`) && queued.requestId === submitted.request_id, "result");
+summary.webhookRequest = submitted.request_id;
+
+// run (sync)
+const ran = await fal.run(APP, { input: { image_url: imageUrl, sync_mode: true, output_format: "webp" } });
+check(ran.data.image.url.startsWith("data:image/webp;base64,"), "run with sync_mode");
+
+// cancel: a queued request, then a running one; both end COMPLETED and their result is an error
+const slow = await fal.queue.submit(APP, { input: { image_url: imageUrl, seed: SLOW_SEED } });
+for (let i = 0; i < 400; i++) {
+  if ((await fal.queue.status(APP, { requestId: slow.request_id })).status === "IN_PROGRESS") break;
+  await sleep(10);
+}
+const waiting = await fal.queue.submit(APP, { input: { image_url: imageUrl } });
+await fal.queue.cancel(APP, { requestId: waiting.request_id });
+await fal.queue.cancel(APP, { requestId: slow.request_id });
+for (const requestId of [waiting.request_id, slow.request_id]) {
+  const done = await fal.queue.subscribeToStatus(APP, { requestId, pollInterval: 50 });
+  check(done.status === "COMPLETED" && done.error_type === "client_cancelled", `cancelled status ${JSON.stringify(done)}`);
+  const error = await expectError(fal.queue.result(APP, { requestId }), "result of a cancelled request");
+  check(error instanceof ApiError && error.status === 499, `cancelled result ${error}`);
+}
+const late = await expectError(fal.queue.cancel(APP, { requestId: submitted.request_id }), "cancel completed");
+check(late instanceof ApiError && late.status === 400 && late.body.status === "ALREADY_COMPLETED", "cancel completed");
+summary.cancel = "ok";
+
+// validation errors: ValidationError with field errors, from run and from subscribe
+const runError = await expectError(fal.run(APP, { input: { image_url: imageUrl, upscale_factor: 99 } }), "run 422");
+check(runError instanceof ValidationError, `run error is ${runError?.constructor?.name}`);
+check(runError.getFieldErrors("upscale_factor").length === 1, `field errors ${JSON.stringify(runError.fieldErrors)}`);
+const subscribeError = await expectError(fal.subscribe(APP, { input: { output_format: "bmp" }, pollInterval: 50 }), "subscribe 422");
+check(subscribeError instanceof ValidationError, `subscribe error is ${subscribeError?.constructor?.name}`);
+const fields = subscribeError.fieldErrors.map((error) => error.loc.at(-1)).sort();
+check(JSON.stringify(fields) === JSON.stringify(["image_url", "output_format"]), `fields ${fields}`);
+summary.validation = fields;
+
+console.log(JSON.stringify(summary));

@@ -1,0 +1,291 @@
+"""Test doubles and tools for the server tests: a fast fake engine, images, a live uvicorn server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from PIL import Image
+
+from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil
+from seedvr_local.sizes import output_size
+from seedvr_local.upscaler import UpscaleOptions
+from server import ServerSettings, create_app
+from server.netguard import NetGuard
+
+ENGINE_PHASES = ("resize", "encode", "dit", "vae_decode", "color_fix", "finish")
+
+
+def png_bytes(width: int = 24, height: int = 16, color=(200, 40, 90), mode: str = "RGB", fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, (width, height), color).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height greyscale pixels (a decompression bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\x00" * 1024)  # far fewer pixels than claimed: only the header matters
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class FakeResult:
+    rgb: object
+    alpha: object
+    seed: int
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[-1], self.rgb.shape[-2]
+
+    def encode(self, fmt: str) -> bytes:
+        return encode_image(self.rgb, self.alpha, fmt)
+
+
+class FakeEngine:
+    """Upscales with a plain bicubic resize, through the same phases and callbacks as the Upscaler.
+
+    `gate`: when given, the engine waits in its "dit" phase until the test sets it (`entered` tells the
+    test it got there), so tests can hold a job IN_PROGRESS. `fail`: raised from the "dit" phase.
+    `slow_seeds`: {seed: seconds} spent in "dit" for requests with that seed (for clients in another
+    process, which cannot reach a gate).
+    """
+
+    description = "fake engine (tests)"
+
+    def __init__(
+        self,
+        gate: threading.Event | None = None,
+        fail: Exception | None = None,
+        phase_delay: float = 0.0,
+        slow_seeds: dict[int, float] | None = None,
+    ):
+        self.gate = gate
+        self.slow_seeds = slow_seeds or {}
+        self.fail = fail
+        self.phase_delay = phase_delay
+        self.entered = threading.Event()
+        self.calls: list[tuple[int, int, UpscaleOptions]] = []
+
+    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
+        return output_size(width, height, options.upscale_mode, options.upscale_factor, options.target_resolution)
+
+    def upscale(self, image: DecodedImage, options: UpscaleOptions, progress=None) -> FakeResult:
+        self.calls.append((image.width, image.height, options))
+        width, height = self.output_size(image.width, image.height, options)
+        timings = {}
+        for phase in ENGINE_PHASES:
+            if progress is not None:
+                progress(phase)
+            started = time.perf_counter()
+            if phase == "dit":
+                self.entered.set()
+                if self.gate is not None and not self.gate.wait(timeout=30):
+                    raise TimeoutError("the test never opened the engine's gate")
+                if self.fail is not None:
+                    raise self.fail
+                time.sleep(self.slow_seeds.get(options.seed, 0.0))
+            if self.phase_delay:
+                time.sleep(self.phase_delay)
+            timings[phase] = time.perf_counter() - started
+        resized = from_pil(to_pil(image.rgb, image.alpha).resize((width, height), Image.BICUBIC))
+        seed = options.seed if options.seed is not None else 424242
+        return FakeResult(resized.rgb, resized.alpha, seed, timings)
+
+
+def allow_loopback_only() -> NetGuard:
+    """Treats 127.0.0.1 (and only it) as a public address, so SSRF checks can be tested on loopback."""
+    import ipaddress
+
+    return NetGuard(allow_private=False, policy=lambda ip: ip == ipaddress.ip_address("127.0.0.1"))
+
+
+class LiveServer:
+    """The app served by uvicorn in a thread of the test process, on a free loopback port."""
+
+    def __init__(self, settings: ServerSettings, engine_factory, ssl: tuple[Path, Path] | None = None, guard=None):
+        self.settings = settings
+        self.port = free_port()
+        scheme = "https" if ssl else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self.app = create_app(settings, engine_factory, guard=guard)
+        config = uvicorn.Config(
+            self.app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            ssl_certfile=str(ssl[0]) if ssl else None,
+            ssl_keyfile=str(ssl[1]) if ssl else None,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the live server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    @property
+    def state(self):
+        return self.app.state.server
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return cert, key
+
+
+class LocalHTTP:
+    """A stdlib HTTP server on 127.0.0.1 for image_url and webhook tests.
+
+    `routes` maps a path to (status, headers, body) or to a callable(handler) returning that tuple, or
+    None when it wrote the response itself; every request is recorded as (method, path, headers, body).
+    """
+
+    def __init__(self, routes: dict | None = None, host: str = "127.0.0.1"):
+        import http.server
+
+        self.routes = dict(routes or {})
+        self.requests: list[tuple[str, str, dict, bytes]] = []
+        self.received = threading.Condition()
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                with outer.received:
+                    outer.requests.append((self.command, self.path, dict(self.headers), body))
+                    outer.received.notify_all()
+                route = outer.routes.get(self.path.split("?")[0], (404, {}, b"not found"))
+                result = route(self) if callable(route) else route
+                if result is None:  # the route wrote its own response
+                    return
+                status, headers, payload = result
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = _handle
+
+        self.server = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://{host}:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def __enter__(self) -> LocalHTTP:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list:
+        """Block until `count` requests arrived; returns them."""
+        with self.received:
+            self.received.wait_for(lambda: len(self.requests) >= count, timeout)
+            return list(self.requests)
+
+
+def wait_status(client, request_id: str, wanted: str = "COMPLETED", timeout: float = 10.0, logs: bool = False) -> dict:
+    """Poll a TestClient's status route until the request reaches `wanted`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}/status", params={"logs": int(logs)})
+        body = response.json()
+        if body.get("status") == wanted:
+            return body
+        if time.monotonic() > deadline:
+            raise AssertionError(f"request {request_id} still {body.get('status')} after {timeout} s: {body}")
+        time.sleep(0.02)
+
+
+class SlowSeeds:
+    """A real engine that pauses at the start of its "dit" phase for requests with a chosen seed, so a
+    client in another process can catch such a request running (and cancel it)."""
+
+    def __init__(self, engine, slow_seeds: dict[int, float]):
+        self.engine = engine
+        self.slow_seeds = slow_seeds
+        self.description = getattr(engine, "description", "engine")
+        self.calls: list[tuple[int, int, UpscaleOptions]] = []
+
+    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
+        return self.engine.output_size(width, height, options)
+
+    def upscale(self, image: DecodedImage, options: UpscaleOptions, progress=None):
+        self.calls.append((image.width, image.height, options))
+
+        def on_phase(phase: str) -> None:
+            if progress is not None:
+                progress(phase)
+            if phase == "dit":
+                time.sleep(self.slow_seeds.get(options.seed, 0.0))
+
+        return self.engine.upscale(image, options, on_phase)

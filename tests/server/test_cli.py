@@ -1,0 +1,95 @@
+"""`seedvr-local serve`: flags, settings, the start banner, and one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from seedvr_local.cli import build_parser, main
+from server.cli import banner, settings_from_args
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_defaults():
+    args = parse("--model", "3b")
+    settings = settings_from_args(args)
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    assert str(settings.data_dir) == "seedvr-data" and settings.api_keys == ()
+    assert not settings.allow_private_urls and settings.cors_origins == ("*",)
+
+
+def test_keys_from_flags_and_environment(monkeypatch):
+    monkeypatch.setenv("SEEDVR_API_KEYS", "env-1, env-2,,")
+    settings = settings_from_args(parse("--model", "7b", "--api-key", "flag-1", "--api-key", "env-1"))
+    assert settings.api_keys == ("flag-1", "env-1", "env-2")
+
+
+def test_model_choice_is_required_and_exclusive():
+    with pytest.raises(SystemExit):
+        parse()
+    with pytest.raises(SystemExit):
+        parse("--model", "3b", "--weights-dir", "x")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--ssl-certfile", "cert.pem"], "go together"),
+        (["--ssl-certfile", "nope.pem", "--ssl-keyfile", "nope.key"], "no such file"),
+        (["--port", "70000"], "--port"),
+        (["--public-url", "example.com"], "--public-url"),
+    ],
+)
+def test_bad_flags_are_one_line_errors(capsys, argv, message):
+    assert main(["serve", "--model", "3b", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("seedvr-local: error:") and message in err and "\n" not in err
+
+
+def test_missing_weights_is_one_line(capsys, tmp_path):
+    assert main(["serve", "--weights-dir", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and "\n" not in err
+
+
+def test_banner_tells_clients_how_to_connect():
+    settings = settings_from_args(parse("--model", "3b"))
+    text = banner(settings, "127.0.0.1", 8123, tls=False, description="SeedVR2 3B")
+    assert 'proxyUrl: { url: "http://127.0.0.1:8123/api/fal/proxy", when: "always" }' in text
+    assert "FAL_RUN_HOST=127.0.0.1:8123/run FAL_QUEUE_RUN_HOST=127.0.0.1:8123/queue" in text
+    assert "--ssl-certfile" in text and "OPEN" in text
+    keyed = settings_from_args(parse("--model", "3b", "--api-key", "k"))
+    tls_text = banner(keyed, "0.0.0.0", 8443, tls=True, description="x")
+    assert "https://127.0.0.1:8443" in tls_text and "API key required" in tls_text and "OPEN" not in tls_text
+
+
+def test_run_serve_wires_the_app(monkeypatch, tiny_bundle, tmp_path, capsys):
+    import uvicorn
+
+    seen = {}
+
+    def fake_run(app, **kwargs):
+        seen.update(kwargs, app=app)
+
+    monkeypatch.setattr(uvicorn, "run", fake_run)
+    code = main(
+        [
+            "serve",
+            "--weights-dir",
+            str(tiny_bundle),
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    assert seen["host"] == "127.0.0.1" and seen["port"] > 0 and seen["access_log"] is False
+    out = capsys.readouterr().out
+    assert f"http://127.0.0.1:{seen['port']}/api/fal/proxy" in out and "3B" in out

@@ -1,0 +1,110 @@
+"""The server with the real model (the tiny bundle of the reference data), end to end."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from server import create_app
+from tests.server.helpers import data_uri, free_port, png_bytes, wait_status
+
+RUN = "/fal-ai/seedvr/upscale/image"
+
+
+def test_real_model_behind_every_surface(settings, tiny_upscaler):
+    with TestClient(create_app(settings, lambda: tiny_upscaler)) as client:
+        image_url = data_uri(png_bytes(24, 16, color=(30, 120, 220)))
+        first = client.post(RUN, json={"image_url": image_url, "seed": 3, "output_format": "png"})
+        assert first.status_code == 200, first.text
+        body = first.json()
+        assert body["seed"] == 3 and (body["image"]["width"], body["image"]["height"]) == (48, 32)
+        png = client.get(body["image"]["url"]).content
+        assert Image.open(io.BytesIO(png)).size == (48, 32)
+
+        # the queue, with the model's own phases in the logs, and the same seed giving the same image
+        request_id = client.post(
+            "/queue" + RUN, json={"image_url": image_url, "seed": 3, "output_format": "png", "sync_mode": True}
+        ).json()["request_id"]
+        status = wait_status(client, request_id, timeout=60, logs=True)
+        messages = [entry["message"].split(":")[0] for entry in status["logs"]]
+        for phase in ("download", "decode", "resize", "encode", "dit", "vae_decode", "color_fix", "save"):
+            assert phase in messages, messages
+        inline = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}").json()["image"]["url"]
+        assert base64.b64decode(inline.split(",", 1)[1]) == png
+
+
+@pytest.mark.slow
+def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
+    """The real `seedvr-local serve`, killed with SIGKILL mid-job and started again: every job completes."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "seedvr_local.cli",
+        "serve",
+        "--weights-dir",
+        str(tiny_bundle),
+        "--port",
+        str(port),
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                pass
+            assert process.poll() is None, process.stdout.read()
+            time.sleep(0.2)
+        process.kill()
+        raise AssertionError("the server did not get ready")
+
+    first = start()
+    try:
+        ids = [
+            httpx.post(f"{base}/queue{RUN}", json={"image_url": data_uri(png_bytes(16, 16)), "seed": n}).json()[
+                "request_id"
+            ]
+            for n in range(3)
+        ]
+        while httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{ids[0]}/status").json()["status"] != "IN_PROGRESS":
+            time.sleep(0.02)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(30)
+
+    second = start()
+    try:
+        for request_id in ids:
+            deadline = time.monotonic() + 120
+            while (status := httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}/status").json())[
+                "status"
+            ] != "COMPLETED":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            assert "error" not in status, status
+            result = httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}")
+            assert result.status_code == 200 and httpx.get(result.json()["image"]["url"]).status_code == 200
+    finally:
+        second.send_signal(signal.SIGTERM)
+        output = second.communicate(timeout=30)[0]
+    assert "recovered after restart" in output and output.count(" queue ok ") == 3

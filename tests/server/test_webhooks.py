@@ -1,0 +1,109 @@
+"""Webhooks: fal's OK/ERROR payloads, retries with backoff, giving up, and surviving a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.server.helpers import LocalHTTP, data_uri, png_bytes, wait_status
+
+SUBMIT = "/queue/fal-ai/seedvr/upscale/image"
+
+
+def _submit(client, hook: str, body=None) -> str:
+    response = client.post(SUBMIT, params={"fal_webhook": hook}, json=body or {"image_url": data_uri(png_bytes())})
+    assert response.status_code == 200, response.text
+    return response.json()["request_id"]
+
+
+def test_ok_payload(make_client):
+    with LocalHTTP({"/hook": (200, {}, b"")}) as receiver, make_client(allow_private_urls=True) as client:
+        request_id = _submit(client, f"{receiver.url}/hook")
+        [(method, path, headers, body)] = receiver.wait_for(1)
+        result = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}").json()
+    payload = json.loads(body)
+    assert method == "POST" and path == "/hook" and headers["Content-Type"] == "application/json"
+    assert payload == {"request_id": request_id, "gateway_request_id": request_id, "status": "OK", "payload": result}
+
+
+def test_error_payload_for_invalid_input(make_client):
+    with LocalHTTP({"/hook": (204, {}, b"")}) as receiver, make_client(allow_private_urls=True) as client:
+        request_id = _submit(client, f"{receiver.url}/hook", {"upscale_factor": 2})
+        [(_, _, _, body)] = receiver.wait_for(1)
+    payload = json.loads(body)
+    assert payload["status"] == "ERROR" and payload["request_id"] == request_id
+    assert payload["error"] == "Invalid status code: 422"
+    assert payload["payload"]["detail"][0]["loc"] == ["body", "image_url"]
+
+
+def test_retries_until_delivered(make_client):
+    answers = iter([503, 500, 200])
+
+    def flaky(handler):
+        return next(answers), {}, b""
+
+    with LocalHTTP({"/hook": flaky}) as receiver, make_client(allow_private_urls=True) as client:
+        request_id = _submit(client, f"{receiver.url}/hook")
+        calls = receiver.wait_for(3)
+        time.sleep(0.1)
+        row = client.app.state.server.db.query_one(
+            "SELECT state, attempts FROM webhooks WHERE job_id = ?", (request_id,)
+        )
+        metrics = client.get("/metrics").text
+    assert len(calls) == 3 and calls[0][3] == calls[2][3]  # the same payload every time
+    assert tuple(row) == ("delivered", 3)
+    assert 'seedvr_webhook_deliveries_total{outcome="retried"} 2' in metrics
+
+
+def test_gives_up_after_max_attempts(make_client):
+    with (
+        LocalHTTP({"/hook": (500, {}, b"")}) as receiver,
+        make_client(allow_private_urls=True, webhook_max_attempts=3) as client,
+    ):
+        request_id = _submit(client, f"{receiver.url}/hook")
+        receiver.wait_for(3)
+        time.sleep(0.5)
+        row = client.app.state.server.db.query_one(
+            "SELECT state, attempts, last_error FROM webhooks WHERE job_id = ?", (request_id,)
+        )
+    assert len(receiver.requests) == 3
+    assert tuple(row) == ("failed", 3, "HTTP 500")
+
+
+def test_unreachable_receiver_does_not_block_the_worker(make_client):
+    with make_client(allow_private_urls=True, webhook_backoff_s=30) as client:
+        first = _submit(client, "http://127.0.0.1:9/hook")  # nothing listens on port 9
+        second = _submit(client, "http://127.0.0.1:9/hook")
+        assert wait_status(client, first)["status"] == wait_status(client, second)["status"] == "COMPLETED"
+
+
+def test_private_webhook_is_refused_at_submit(client):
+    response = client.post(
+        SUBMIT, params={"fal_webhook": "http://127.0.0.1:8080/hook"}, json={"image_url": data_uri(png_bytes())}
+    )
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["query", "fal_webhook"]
+    bad_scheme = client.post(
+        SUBMIT, params={"fal_webhook": "javascript:alert(1)"}, json={"image_url": "https://x/y.png"}
+    )
+    assert bad_scheme.status_code == 422
+
+
+def test_pending_webhook_is_delivered_after_a_restart(make_client):
+    with LocalHTTP({"/hook": (200, {}, b"")}) as receiver:
+        # the first server cannot reach the receiver (long backoff after a refused try) ...
+        with make_client(allow_private_urls=True, webhook_backoff_s=600) as client:
+            hook = f"http://127.0.0.1:{receiver.port}/hook"
+            receiver.routes["/hook"] = (503, {}, b"")
+            request_id = _submit(client, hook)
+            receiver.wait_for(1)
+            client.app.state.server.db.execute("UPDATE webhooks SET next_attempt = 0")  # due right after the restart
+        receiver.routes["/hook"] = (200, {}, b"")
+        # ... the next one, on the same data dir, delivers it
+        with make_client(allow_private_urls=True) as client:
+            calls = receiver.wait_for(2)
+            time.sleep(0.1)
+            state = client.app.state.server.db.query_one("SELECT state FROM webhooks WHERE job_id = ?", (request_id,))[
+                0
+            ]
+    assert len(calls) == 2 and json.loads(calls[1][3])["request_id"] == request_id
+    assert state == "delivered"
