@@ -18,3 +18,15 @@ def test_restore_benchmark_smoke(tmp_path, tiny_bundle, capsys):
     assert set(row["seconds"]) == set(restore.PHASES)
     assert all(row["seconds"][phase] > 0 for phase in ("encode", "dit", "vae_decode"))
     assert row["max_peak_gib"] > 0
+
+
+def test_server_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import server
+
+    out = tmp_path / "server.json"
+    assert server.main(["--clients", "2", "--requests", "2", "--input", "24x16", "--json", str(out)]) == 0
+    assert "req/s" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["mode"], r["clients"]) for r in rows] == [("sync", 2), ("queue", 2)]
+    assert all(r["failed"] == 0 and r["requests_per_s"] > 0 for r in rows)
+
