@@ -61,7 +61,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="origin allowed to call from a browser (repeatable; default any)",
     )
     parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
-    parser.add_argument("--max-output-pixels", type=int, default=ServerSettings.max_output_pixels)
+    parser.add_argument("--max-output-pixels", type=int, default=None,
+                        help="default: the largest output the model fits in this device's memory (at most 8192x8192)")
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
@@ -74,7 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
             raise ValueError(f"{path}: no such file")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.max_input_pixels < 1 or args.max_output_pixels < 1:
+    if args.max_input_pixels < 1 or (args.max_output_pixels is not None and args.max_output_pixels < 1):
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
     keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys] if key and key.strip()))

@@ -22,7 +22,7 @@ from server.fetch import FetchError, ImageFetcher
 from server.jobs import Completion, Job, JobStore
 from server.metrics import Metrics
 from server.schema import SeedVRImageInput
-from server.settings import ServerSettings
+from server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
 from server.storage import FileStore
 
 log = logging.getLogger("seedvr_local.server")
@@ -65,6 +65,15 @@ class JobProcessor:
         self.engines = engines
         self.settings = settings
         self.metrics = metrics
+        self._output_limit: int | None = settings.max_output_pixels
+
+    def output_limit(self, engine) -> int:
+        """`--max-output-pixels`, else the largest square output the loaded model fits in this device's memory
+        (asked of the planner once, when the first job runs), capped at 8192x8192."""
+        if self._output_limit is None:
+            planned = getattr(engine, "max_output_pixels", None)
+            self._output_limit = min(DEFAULT_MAX_OUTPUT_PIXELS, planned()) if planned else DEFAULT_MAX_OUTPUT_PIXELS
+        return self._output_limit
 
     def run(self, job: Job, should_stop: StopCheck) -> Completion:
         """Raises ShuttingDown (only); everything else becomes the job's Completion."""
@@ -123,13 +132,14 @@ class JobProcessor:
             width, height = engine.output_size(image.width, image.height, options)
         except SizeError as exc:
             raise model_error(size_field, str(exc), "value_error") from None
-        if width * height > self.settings.max_output_pixels:
+        limit = self.output_limit(engine)
+        if width * height > limit:
             raise model_error(
                 size_field,
                 f"the output would be {width}x{height} ({width * height:,} pixels), more than the limit of "
-                f"{self.settings.max_output_pixels:,} pixels",
+                f"{limit:,} pixels",
                 "image_too_large",
-                {"max_pixels": self.settings.max_output_pixels},
+                {"max_pixels": limit},
             )
         plan = getattr(engine, "plan", None)  # the Upscaler can tell up front whether the output fits in memory
         try:

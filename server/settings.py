@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
+
+
 @dataclass
 class ServerSettings:
     data_dir: Path = Path("seedvr-data")
@@ -20,7 +23,8 @@ class ServerSettings:
 
     # Limits on what a request may make the server do.
     max_input_pixels: int = 40_000_000
-    max_output_pixels: int = 67_108_864  # 8192 x 8192
+    #: None: from the memory planner for the loaded model on this device (at most DEFAULT_MAX_OUTPUT_PIXELS).
+    max_output_pixels: int | None = None
     max_download_bytes: int = 64 * 1024 * 1024
     max_upload_bytes: int = 512 * 1024 * 1024
     download_timeout_s: float = 30.0

@@ -252,3 +252,14 @@ def test_client_that_hangs_up_cancels_its_sync_run(settings):
         while server.state.jobs.get(job_id).status != "COMPLETED":
             time.sleep(0.02)
         assert server.state.jobs.get(job_id).outcome == "cancelled"
+
+
+def test_output_limit_defaults_to_what_the_model_fits(make_client, engine):
+    engine.max_output_pixels = lambda aspect=(1, 1): 150 * 150  # what the memory planner would answer
+    with make_client(engine) as client:
+        fits = client.post(RUN, json={"image_url": data_uri(png_bytes(70, 70)), "upscale_factor": 2})
+        too_big = client.post(RUN, json={"image_url": data_uri(png_bytes(100, 100)), "upscale_factor": 2})
+    assert fits.status_code == 200, fits.text
+    assert too_big.status_code == 422
+    [error] = too_big.json()["detail"]
+    assert error["type"] == "image_too_large" and error["ctx"]["max_pixels"] == 150 * 150
