@@ -37,6 +37,7 @@ import torch
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.models.vae_blocks import ATTENTION_CHUNK_BYTES, CausalConv3d
 from seedvr_local.vae_tiling import (
+    ATTENTION_KV_BLOCK_BYTES,
     STORE_SCALES,
     Block,
     Segment,
@@ -311,13 +312,15 @@ def _walk_bytes(
 def _attention_bytes(shape: _Shape, size: tuple[int, int], itemsize: int, tiled: bool) -> int:
     n = _full_bytes(shape, size, itemsize)
     tokens = size[0] * size[1]
-    # one block of scores and their softmax (`vae_blocks.query_chunks`) ...
+    # one block of scores and their softmax (`vae_blocks.query_chunks`; CPU SDPA does not even materialise it) ...
     per_query = 2 * 4 * shape.frames * tokens
     scores = min(tokens, max(1, ATTENTION_CHUNK_BYTES // per_query)) * per_query
-    # ... or of float32 tokens while the keys are computed
-    block = min(ATTENTION_CHUNK_BYTES, 4 * n // itemsize)
+    if not tiled:  # ... or the float32 normalised tokens of the untiled attention
+        return 6 * n + max(scores, 2 * 4 * n // itemsize)
+    # ... or four float32 copies of a token block while the keys and values are computed (measured)
+    block = 4 * min(ATTENTION_KV_BLOCK_BYTES, 4 * n // itemsize)
     # tiled: the cut (updated in place), keys, values; untiled: x, tokens, keys, values, output, x + output
-    return (3 if tiled else 6) * n + max(scores, block)
+    return 3 * n + max(scores, block)
 
 
 def _weight_bytes(conv: CausalConv3d, itemsize: int) -> int:

@@ -483,6 +483,10 @@ def _tiled(
     return out
 
 
+#: Float32 bytes of the token blocks from which the attention's statistics, keys and values are computed.
+ATTENTION_KV_BLOCK_BYTES = ATTENTION_CHUNK_BYTES // 8
+
+
 def _row_blocks(rows: int, per_row_bytes: int, budget: int) -> Iterator[slice]:
     step = max(1, min(rows, budget // max(per_row_bytes, 1)))
     for start in range(0, rows, step):
@@ -500,8 +504,9 @@ def attention_in_place_(attention: FrameAttention, x: torch.Tensor, device: torc
     tokens_per_frame = h * w
     norm = attention.group_norm
     row_bytes = 4 * b * c * t * w  # float32 copy of one row of every frame
+    block_bytes = ATTENTION_KV_BLOCK_BYTES
     moments = GroupMoments(norm.num_groups)
-    for rows in _row_blocks(h, row_bytes, ATTENTION_CHUNK_BYTES):
+    for rows in _row_blocks(h, row_bytes, block_bytes):
         moments.add(x[:, :, :, rows].to(device))
     mean, rstd = (s.to(device) for s in moments.finish(norm.eps))
     affine = norm_affine(norm, mean, rstd, c)
@@ -513,7 +518,7 @@ def attention_in_place_(attention: FrameAttention, x: torch.Tensor, device: torc
 
     keys = torch.empty(b * t, 1, tokens_per_frame, c, dtype=x.dtype, device=device)
     values = torch.empty_like(keys)
-    for rows in _row_blocks(h, row_bytes, ATTENTION_CHUNK_BYTES):
+    for rows in _row_blocks(h, row_bytes, block_bytes):  # ~4 float32 copies of a block are alive here
         span = slice(rows.start * w, rows.stop * w)
         block = tokens(span)
         keys[:, :, span], values[:, :, span] = attention.to_k(block), attention.to_v(block)
