@@ -112,7 +112,7 @@ def measure_vae(spec: dict) -> dict:
     meter.close()
     del out
     itemsize = torch.empty((), dtype=dtype).element_size()
-    predicted = VAEMemoryModel(vae.vae_config).bytes(phase, frames, height, width, tiling, itemsize)
+    predicted = VAEMemoryModel(vae.vae_config, device).bytes(phase, frames, height, width, tiling, itemsize)
     return {**spec, "peak": peak, "seconds": seconds, "predicted": predicted}
 
 
@@ -254,7 +254,7 @@ def _repredict(row: dict) -> dict:
     half = row.get("dtype") in ("bf16", "fp16") or (row.get("dtype") is None and row["device"].startswith("cuda"))
     itemsize = 2 if half else 4
     (width, height), tiling = row["size"], parse_tiling(row["tiling"])
-    model = VAEMemoryModel(VAEConfig.seedvr2())
+    model = VAEMemoryModel(VAEConfig.seedvr2(), "cuda" if row["device"].startswith("cuda") else "cpu")
     return {**row, "predicted": model.bytes(row["phase"], row["frames"], height, width, tiling, itemsize)}
 
 

@@ -14,8 +14,8 @@ output of `width x height` and `frames` frames, a model size, a dtype and a VAE 
 * **color_fix**: `_COLOR_FIX_VALUES_PER_PIXEL` float32 values per output pixel, measured.
 
 On the CPU the model counts on `use_mmap_for_large_cpu_tensors()` (the `Upscaler` calls it); CUDA predictions
-use the same walk in the model's dtype and have not been calibrated on a GPU yet (CUDA's max allocated is what
-`benchmarks/memory.py --device cuda` measures).
+use the same walk in the model's dtype, checked against the few GPU measurements in `CUDA_CALIBRATION` (CUDA's
+max allocated, which `benchmarks/memory.py --device cuda` measures): they err on the safe side there.
 
 `MemoryPlanner.plan` picks the VAE tiling for a request: untiled when that fits, otherwise the least recomputation
 that fits (`store_scale` 1, 2, 4, then 8) with the largest tile that fits, and refuses up front with a one-line
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
-from seedvr_local.models.vae_blocks import ATTENTION_CHUNK_BYTES, CausalConv3d
+from seedvr_local.models.vae_blocks import CausalConv3d, attention_chunk_bytes
 from seedvr_local.vae_tiling import (
     ATTENTION_KV_BLOCK_BYTES,
     STORE_SCALES,
@@ -116,6 +116,17 @@ CALIBRATION: tuple[Measurement, ...] = (
 )
 CALIBRATION_TOLERANCE = (0.10, 0.25)  # at most 10% under a measurement (unsafe) and 25% over it (wasteful)
 CALIBRATION_MACHINE = "AMD EPYC, 2 threads (shared), 23 GiB, torch 2.13.0+cpu, float32"
+
+#: CUDA max allocated above the weights, bfloat16, the same VAE with random weights, each phase in a fresh
+#: process (`python -m benchmarks.memory --device cuda --sizes 2048 --tilings untiled,512/1`, cut off by the
+#: lease after three rows). The model, fitted on the CPU, predicts 13-47% above these (tested: never under
+#: them): safe but conservative on a GPU; more CUDA measurements would let it fit its own factors.
+CUDA_CALIBRATION: tuple[Measurement, ...] = (
+    Measurement("encode", 2048, "untiled", 7_541_948_928, 1.15),
+    Measurement("decode", 2048, "untiled", 10_240_524_288, 1.23),
+    Measurement("encode", 2048, "512/1", 1_726_065_152, 0.85),
+)
+CUDA_CALIBRATION_MACHINE = "NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, bfloat16, 2026-11-26"
 
 
 class MemoryPlanError(ValueError):
@@ -309,12 +320,12 @@ def _walk_bytes(
     return peak
 
 
-def _attention_bytes(shape: _Shape, size: tuple[int, int], itemsize: int, tiled: bool) -> int:
+def _attention_bytes(shape: _Shape, size: tuple[int, int], itemsize: int, tiled: bool, chunk_bytes: int) -> int:
     n = _full_bytes(shape, size, itemsize)
     tokens = size[0] * size[1]
     # one block of scores and their softmax (`vae_blocks.query_chunks`; CPU SDPA does not even materialise it) ...
     per_query = 2 * 4 * shape.frames * tokens
-    scores = min(tokens, max(1, ATTENTION_CHUNK_BYTES // per_query)) * per_query
+    scores = min(tokens, max(1, chunk_bytes // per_query)) * per_query
     if not tiled:  # ... or the float32 normalised tokens of the untiled attention
         return 6 * n + max(scores, 2 * 4 * n // itemsize)
     # ... or four float32 copies of a token block while the keys and values are computed (measured)
@@ -348,8 +359,9 @@ def _single(block: Block, size: tuple[int, int]) -> Segment:
 class VAEMemoryModel:
     """Predicted peak bytes of one VAE encode or decode on top of the weights (see the module docstring)."""
 
-    def __init__(self, config: VAEConfig):
+    def __init__(self, config: VAEConfig, device: torch.device | str = "cpu"):
         self.config = config
+        self.attention_chunk = attention_chunk_bytes(torch.device(device))
 
     @cached_property
     def _vae(self) -> VideoAutoencoder:
@@ -405,7 +417,7 @@ class VAEMemoryModel:
                 held = container_input if name is not None else 0
             segment = _single(block, size)
             if block.attention is not None:  # a single-tile run uses the in-place attention too
-                work = _attention_bytes(shape, size, itemsize, tiled=group is not None)
+                work = _attention_bytes(shape, size, itemsize, group is not None, self.attention_chunk)
             else:
                 shapes = _op_shapes(segment, shape.channels, shape.frames)
                 work = _walk_bytes(segment, shapes, segment.sizes, itemsize, tiled=False)
@@ -426,7 +438,7 @@ class VAEMemoryModel:
         for segment in parts:
             out = _segment_output(segment, shape.channels, shape.frames)
             if segment.attention is not None:
-                total = _attention_bytes(shape, segment.sizes[0], itemsize, tiled=True)
+                total = _attention_bytes(shape, segment.sizes[0], itemsize, True, self.attention_chunk)
             else:
                 cuts = _full_bytes(shape, segment.sizes[0], itemsize) + _full_bytes(out, segment.sizes[-1], itemsize)
                 shapes = _op_shapes(segment, shape.channels, shape.frames)
@@ -470,7 +482,7 @@ class MemoryPlanner:
         margin: float = 0.1,
         reserve: int = 512 * MiB,
     ):
-        self.vae = VAEMemoryModel(vae_config)
+        self.vae = VAEMemoryModel(vae_config, device)
         self.dit_config = dit_config
         self.dtype = dtype
         self.device = torch.device(device)

@@ -125,7 +125,7 @@ def _out_block(name: str, norm: FrameGroupNorm, conv: CausalConv3d, extra: Causa
     ops = (Op("norm", norm), Op("conv", conv)) + ((Op("conv", extra),) if extra is not None else ())
 
     def whole(x: torch.Tensor) -> torch.Tensor:
-        x = conv(F.silu(norm(x)))
+        x = conv(norm(x, silu=True))
         return x if extra is None else extra(x)
 
     return Block(name, ops, whole)

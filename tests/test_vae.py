@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import kernels.reference
 from seedvr_local.models import vae_blocks
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder, convert_deprecated_attention_keys
 from seedvr_local.models.vae_blocks import ChunkMemory, FrameGroupNorm
@@ -231,6 +232,18 @@ def test_group_norm_is_per_frame_in_float32(monkeypatch, dtype):
     expected = expected.to(dtype).reshape(2, 3, 8, 5, 6).transpose(1, 2)
     out = norm(x)
     assert out.dtype == dtype and torch.equal(out, expected)
+    assert torch.equal(norm(x, silu=True), F.silu(expected))
     # big frames are normalised a few groups at a time: the same numbers
-    monkeypatch.setattr(vae_blocks, "_NORM_CHUNK_BYTES", 4 * x[:, :, 0].numel() // 4)
+    monkeypatch.setattr(kernels.reference, "_GROUPNORM_CHUNK_BYTES", 4 * x[:, :, 0].numel() // 4)
     assert torch.equal(norm(x), expected)
+
+
+def test_gemm_attention_math(monkeypatch):
+    """The CUDA half-precision VAE attention's arithmetic, emulated on the CPU (`torch.mm(out_dtype=...)` is
+    CUDA-only): equal to softmax attention. tests/test_cuda.py checks the real thing on a GPU."""
+    real_mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b, out_dtype=None: real_mm(a.float(), b.float()).to(out_dtype or a.dtype))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 37, 64) * 3 for _ in range(3))
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert (vae_blocks.gemm_attention(q, k, v).double() - expected).abs().max() < 1e-4

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -167,7 +166,7 @@ class Encoder3D(nn.Module):
         for block in self.down_blocks:
             x = block(x, memory)
         x = self.mid_block(x, memory)
-        return self.conv_out(F.silu(self.conv_norm_out(x)), memory)
+        return self.conv_out(self.conv_norm_out(x, silu=True), memory)
 
 
 class Decoder3D(nn.Module):
@@ -201,7 +200,7 @@ class Decoder3D(nn.Module):
         x = self.mid_block(x, memory)
         for block in self.up_blocks:
             x = block(x, memory)
-        return self.conv_out(F.silu(self.conv_norm_out(x)), memory)
+        return self.conv_out(self.conv_norm_out(x, silu=True), memory)
 
 
 #: One pass of the encoder or decoder over a clip or temporal chunk.

@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _triple
 
-#: Largest float32 copy (bytes) a half-precision GroupNorm makes at once; bigger frames are normalised a few
-#: groups at a time (exact: every group has its own statistics).
-_NORM_CHUNK_BYTES = 512 * 1024**2
+import kernels
 
 
 @dataclass
@@ -78,37 +76,18 @@ class CausalConv3d(nn.Conv3d):
 
 
 class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm with statistics per frame (`(b c t h w) -> ((b t) c h w)`, spec 3.3), computed in float32.
+    """GroupNorm with statistics per frame (`(b c t h w) -> ((b t) c h w)`, spec 3.3), computed in float32, the
+    result cast back to the input dtype; `silu=True` applies the SiLU that always follows it in the VAE.
 
-    The result is cast back to the input dtype. Per-frame statistics are what make temporal chunking exact.
+    Per-frame statistics are what make temporal chunking exact. It runs as `kernels.group_norm_silu`: one fused
+    Triton pass on a GPU (PyTorch's GroupNorm parallelises over groups only, 32 rows for a whole 4K frame), the
+    bit-exact PyTorch reference elsewhere.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
         if x.ndim != 5:
             raise ValueError(f"FrameGroupNorm expects (B, C, T, H, W), got shape {tuple(x.shape)}")
-        out = torch.empty_like(x)
-        for t in range(x.shape[2]):  # one frame at a time bounds the float32 copies
-            self._normalize_frame(x[:, :, t], out[:, :, t])
-        return out
-
-    def _normalize_frame(self, frame: torch.Tensor, out: torch.Tensor) -> None:
-        group_channels = self.num_channels // self.num_groups
-        groups_at_once = self.num_groups
-        if frame.dtype in (torch.float16, torch.bfloat16):
-            float32_bytes = 4 * frame.numel()
-            # Halving keeps it a divisor of num_groups.
-            while groups_at_once % 2 == 0 and float32_bytes * groups_at_once // self.num_groups > _NORM_CHUNK_BYTES:
-                groups_at_once //= 2
-        step = groups_at_once * group_channels
-        for start in range(0, self.num_channels, step):
-            channels = slice(start, start + step)
-            out[:, channels] = F.group_norm(
-                frame[:, channels].float(),
-                groups_at_once,
-                self.weight[channels].float(),
-                self.bias[channels].float(),
-                self.eps,
-            )
+        return kernels.group_norm_silu(x, self.num_groups, self.weight, self.bias, eps=self.eps, silu=silu)
 
 
 class ResnetBlock3D(nn.Module):
@@ -125,8 +104,8 @@ class ResnetBlock3D(nn.Module):
         self.conv_shortcut = CausalConv3d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)), memory)
-        h = self.conv2(F.silu(self.norm2(h)), memory)
+        h = self.conv1(self.norm1(x, silu=True), memory)
+        h = self.conv2(self.norm2(h, silu=True), memory)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x, memory)
         return shortcut + h
 
@@ -203,21 +182,52 @@ class FrameAttention(nn.Module):
         """`to_out(softmax(q k^T / sqrt(C)) v)` for the normalised query `tokens (BT, 1, n, C)` against every key.
 
         Softmax rows are independent, so attending a few queries at a time is exact, and the score matrix is
-        `n x (h w)` instead of `(h w)^2`: SDPA's CPU math path, and its CUDA fallback for head dim 512,
-        materialise the whole matrix (16 GiB in float32 for a 2048 x 2048 image).
+        `n x (h w)` instead of `(h w)^2`: SDPA's CPU math path materialises the whole matrix (16 GiB in float32
+        for a 2048 x 2048 image).
         """
-        return self.to_out[0](F.scaled_dot_product_attention(self.to_q(tokens), keys, values))
+        q = self.to_q(tokens)
+        if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+            return self.to_out[0](gemm_attention(q, keys, values))
+        return self.to_out[0](F.scaled_dot_product_attention(q, keys, values))
+
+
+def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head attention `(BT, 1, n, C)` in half precision on CUDA as two GEMMs with float32 scores, the
+    way flash attention rounds: products accumulated in float32, unnormalised probabilities rounded to the
+    input dtype for the second GEMM, the row sums kept in float32.
+
+    The VAE's head is 512 wide. Flash attention stops at 256, and SDPA's memory-efficient kernel ran it at
+    ~3 TFLOP/s on an H100 (20 of 27 seconds of a 4K restore; benchmarks/RESULTS.md); cuBLAS runs these GEMMs
+    near its peak, leaving the softmax passes over the float32 scores as the cost.
+    """
+    scale = q.shape[-1] ** -0.5
+    out = torch.empty_like(q)
+    for i in range(q.shape[0]):
+        scores = torch.mm(q[i, 0], k[i, 0].t(), out_dtype=torch.float32)  # (n, N)
+        shift = scores.amax(dim=-1, keepdim=True).mul_(-scale)
+        torch.add(shift, scores, alpha=scale, out=scores).exp_()  # exp(scale * (s - max)), two passes
+        row_sum = scores.sum(dim=-1, keepdim=True)
+        probs = scores.to(q.dtype)
+        del scores
+        out[i, 0] = (torch.mm(probs, v[i, 0], out_dtype=torch.float32) / row_sum).to(q.dtype)
+    return out
 
 
 #: Largest attention score block (bytes, float32) that `FrameAttention` computes at once.
 ATTENTION_CHUNK_BYTES = 128 * 1024**2
+#: The same on CUDA, where each block is one GEMM: small blocks leave most of the GPU idle.
+CUDA_ATTENTION_CHUNK_BYTES = 1024**3
+
+
+def attention_chunk_bytes(device: torch.device) -> int:
+    return CUDA_ATTENTION_CHUNK_BYTES if device.type == "cuda" else ATTENTION_CHUNK_BYTES
 
 
 def query_chunks(tokens: int, keys: torch.Tensor) -> list[slice]:
     """Slices of query positions whose score blocks against all `keys (BT, 1, N, C)` stay within
-    `ATTENTION_CHUNK_BYTES` (softmax in float32 plus the scores, per frame in the batch)."""
+    `attention_chunk_bytes` (the float32 scores and their softmax, per frame in the batch)."""
     per_query = 2 * 4 * keys.shape[0] * keys.shape[2]
-    step = max(1, min(tokens, ATTENTION_CHUNK_BYTES // per_query))
+    step = max(1, min(tokens, attention_chunk_bytes(keys.device) // per_query))
     return [slice(start, min(start + step, tokens)) for start in range(0, tokens, step)]
 
 
