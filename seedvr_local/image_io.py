@@ -107,7 +107,11 @@ def encode_image(rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str, qualit
         raise ValueError(f"quality must be between 1 and 100, got {quality}")
     image = to_pil(rgb, alpha if keeps_alpha else None)
     options: dict = {}
-    if pil_format == "JPEG":
+    if pil_format == "PNG":
+        # zlib level 1: a 1080p photo encodes in 0.24 s instead of 0.42 s (level 6, PIL's default) for 13% more
+        # bytes; on a GPU server the default level took longer than the whole DiT step.
+        options = {"compress_level": 1}
+    elif pil_format == "JPEG":
         # 4:4:4: the default 4:2:0 would halve the chroma resolution that the upscale just restored.
         options = {"quality": quality, "subsampling": 0}
     elif pil_format == "WEBP":
