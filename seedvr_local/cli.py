@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
                     help="default: the output file's extension, else png")
     up.add_argument("--color-fix", choices=("wavelet", "adain", "lab", "none"), default="wavelet")
+    up.add_argument("--compile", action="store_true",
+                    help="torch.compile the model and autotune cuDNN: faster from the second image of a size on, "
+                         "the first image of each size compiles for seconds to minutes")
     up.add_argument("--vae-tile", type=_vae_tile, default="auto", metavar="auto|N",
                     help="VAE tile size in pixels; tiling is exact (no seams), it trades time for memory. "
                          "auto (default): untiled when it fits in memory, else the largest tiles that fit")

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import kernels
+from seedvr_local.compilation import compile_pipeline
 from seedvr_local.image_io import decode_image
 from seedvr_local.model_home import find_installed_weights
 from seedvr_local.upscaler import UpscaleOptions, Upscaler
@@ -83,7 +84,10 @@ def run_upscale(args: argparse.Namespace) -> int:
     backend = kernels.select(args.kernels)
     weights_dir = args.weights_dir or find_installed_weights(args.model or "3b")
     upscaler = Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype)
-    print(f"loaded {upscaler.description}; kernels: {backend}", file=sys.stderr)
+    if args.compile:
+        compile_pipeline(upscaler.pipeline)
+    compiled = "; compiled on first use of each size" if args.compile else ""
+    print(f"loaded {upscaler.description}; kernels: {backend}{compiled}", file=sys.stderr)
 
     bar = _PhaseBar(len(jobs))
     failed = 0

@@ -25,6 +25,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="compute dtype (default: bf16 on CUDA, fp32 on CPU)",
     )
     parser.add_argument(
+        "--kernels",
+        choices=("auto", "triton", "torch"),
+        default="auto",
+        help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model and autotune cuDNN: faster once warm, but the first request of each output "
+        "size compiles for seconds to minutes (see README)",
+    )
+    parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
@@ -95,6 +107,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    import kernels
+    from seedvr_local.compilation import compile_pipeline
     from seedvr_local.devices import resolve_device
     from seedvr_local.model_home import find_installed_weights
     from seedvr_local.upscaler import Upscaler
@@ -103,6 +117,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from weights.bundle import inspect_weights_dir
 
     settings = settings_from_args(args)
+    kernels.select(args.kernels)  # a forced backend this machine cannot run fails here, in one line
     weights_dir = args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
     info = inspect_weights_dir(weights_dir)  # a missing or incomplete directory fails here, in one line
     device = resolve_device(args.device)
@@ -112,7 +127,10 @@ def run_serve(args: argparse.Namespace) -> int:
     port = args.port or _free_port(args.host)
 
     def load() -> Upscaler:
-        return Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+        upscaler = Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+        if args.compile:
+            compile_pipeline(upscaler.pipeline)
+        return upscaler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     description = f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import torch
 
 from seedvr_local.cli import build_parser, main
 from server.cli import banner, settings_from_args
@@ -20,6 +21,8 @@ def test_defaults():
     assert (args.host, args.port) == ("127.0.0.1", 8000)
     assert str(settings.data_dir) == "seedvr-data" and settings.api_keys == ()
     assert not settings.allow_private_urls and settings.cors_origins == ("*",)
+    assert args.kernels == "auto" and not args.compile
+    assert parse("--model", "3b", "--compile", "--kernels", "torch").compile
 
 
 def test_keys_from_flags_and_environment(monkeypatch):
@@ -48,6 +51,13 @@ def test_bad_flags_are_one_line_errors(capsys, argv, message):
     assert main(["serve", "--model", "3b", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("seedvr-local: error:") and message in err and "\n" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="triton can run here")
+def test_impossible_kernels_are_one_line(capsys, tmp_path):
+    assert main(["serve", "--model", "3b", "--kernels", "triton", "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--kernels triton needs" in err and "\n" not in err
 
 
 def test_missing_weights_is_one_line(capsys, tmp_path):

@@ -1,0 +1,34 @@
+"""`--compile` (seedvr_local/compilation.py): regional torch.compile gives the eager numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from seedvr_local.compilation import compile_pipeline
+from seedvr_local.models.vae_blocks import ResnetBlock3D
+from seedvr_local.upscaler import Upscaler, UpscaleOptions
+
+
+def _image() -> Image.Image:
+    generator = torch.Generator().manual_seed(3)
+    return Image.fromarray((torch.rand(45, 61, 3, generator=generator) * 255).to(torch.uint8).numpy())
+
+
+def test_compile_pipeline_compiles_the_repeated_blocks(tiny_bundle):
+    upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cpu")
+    compile_pipeline(upscaler.pipeline)  # lazy: nothing is traced before the first call
+    resnets = [m for m in upscaler.pipeline.vae.modules() if isinstance(m, ResnetBlock3D)]
+    assert resnets and all(m._compiled_call_impl is not None for m in resnets)
+    assert all(block._compiled_call_impl is not None for block in upscaler.pipeline.dit.blocks)
+
+
+@pytest.mark.slow  # about a minute of compilation on two CPU cores; tests/test_cuda.py runs it on a GPU
+def test_compiled_upscale_equals_eager(tiny_bundle):
+    upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cpu")
+    options = UpscaleOptions(seed=7)
+    eager = upscaler.upscale(_image(), options).rgb
+    compile_pipeline(upscaler.pipeline)
+    compiled = upscaler.upscale(_image(), options).rgb
+    assert float((compiled - eager).abs().max()) < 1e-5
