@@ -5,8 +5,8 @@
 
 `--model` is `tiny` (the reference test bundle), `3b-random`/`7b-random` (the full-size architecture with
 random weights: same speed and memory as the real model) or a weights directory. Sizes are output sizes;
-each input is a random image of that size divided by `--factor`. The first run of each size is a warm-up
-and is not reported.
+each input is a random image of that size divided by `--factor`. The first run of each size is a warm-up,
+reported apart as `first s` (the first-call cost: CUDA context, kernel compilation, `--compile`'s graphs).
 """
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ import time
 import torch
 from PIL import Image
 
+import kernels
 from benchmarks.measure import PeakMemory, gib
 from benchmarks.models import build_upscaler
+from seedvr_local.compilation import compile_pipeline
 from seedvr_local.image_io import decode_image
 from seedvr_local.upscaler import UpscaleOptions
 
@@ -70,6 +72,22 @@ def run_once(upscaler, png: bytes, factor: float, memory: PeakMemory) -> tuple[d
     return times, peaks, result.size
 
 
+def write_profile(upscaler, png: bytes, factor: float, path: str, rows: int = 40) -> None:
+    """The ops of one run that took the most time (device time on CUDA), as torch.profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = upscaler.pipeline.device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        run_once(upscaler, png, factor, PeakMemory(upscaler.pipeline.device))
+    sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    with open(path, "w") as f:
+        f.write(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+        f.write("\n\nBy input shape:\n")
+        by_shape = prof.key_averages(group_by_input_shape=True)
+        f.write(by_shape.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60, max_shapes_column_width=80))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="tiny", help="tiny, 3b-random, 7b-random or a weights directory")
@@ -81,41 +99,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--attention", default="auto",
                         help="window attention backend: auto, sdpa, per_window (the naive loop), flash_attn, ...")
+    parser.add_argument("--compile", action="store_true",
+                        help="seedvr_local.compilation (torch.compile + cuDNN autotuning); the warm-up run's time is "
+                             "the first-call cost")
+    parser.add_argument("--kernels", default="auto", choices=kernels.MODES, help="fused kernels (see kernels/)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--profile", default=None,
+                        help="after the timed runs, profile one run of the last size and write the ops that took the "
+                             "most time to this file")
     args = parser.parse_args(argv)
 
+    kernels.select(args.kernels)
     started = time.perf_counter()
     upscaler = build_upscaler(args.model, args.device, args.dtype)
     load_s = time.perf_counter() - started
+    if args.compile:
+        compile_pipeline(upscaler.pipeline)
     upscaler.pipeline.dit.set_attention_backend(args.attention)
     device = upscaler.pipeline.device
     memory = PeakMemory(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    print(f"# {upscaler.description}; attention {args.attention}; loaded in {load_s:.1f}s; {machine}")
+    print(f"# {upscaler.description}; attention {args.attention}; kernels {kernels.active_backend()}; "
+          f"compile {'on' if args.compile else 'off'}; loaded in {load_s:.1f}s; {machine}")
 
     rows = []
     for width, height in args.sizes:
         png = random_png(max(1, round(width / args.factor)), max(1, round(height / args.factor)))
-        run_once(upscaler, png, args.factor, memory)  # warm-up: allocator, kernels, caches
+        started = time.perf_counter()
+        run_once(upscaler, png, args.factor, memory)  # warm-up: allocator, kernels, caches, compilation
+        first_s = time.perf_counter() - started
         runs = [run_once(upscaler, png, args.factor, memory) for _ in range(args.repeat)]
         runs.sort(key=lambda run: sum(run[0].values()))
         times, peaks, size = runs[len(runs) // 2]
         total = sum(times.values())
         rows.append({
-            "output": f"{size[0]}x{size[1]}", "total_s": total, "megapixels_per_s": size[0] * size[1] / 1e6 / total,
+            "output": f"{size[0]}x{size[1]}", "first_s": first_s, "total_s": total,
+            "megapixels_per_s": size[0] * size[1] / 1e6 / total,
             "seconds": {p: times.get(p, 0.0) for p in PHASES},
             "peak_gib": {p: gib(peaks.get(p, 0)) for p in PHASES}, "max_peak_gib": gib(max(peaks.values())),
         })  # fmt: skip
 
-    header = f"{'output':>11} {'total s':>8} {'MP/s':>7} " + " ".join(f"{p:>12}" for p in PHASES) + f" {'peak GiB':>9}"
+    header = f"{'output':>11} {'first s':>8} {'total s':>8} {'MP/s':>7} " + " ".join(f"{p:>12}" for p in PHASES) + f" {'peak GiB':>9}"
     print(header)
     for row in rows:
         cells = " ".join(f"{row['seconds'][p]:>12.3f}" for p in PHASES)
-        print(f"{row['output']:>11} {row['total_s']:>8.3f} {row['megapixels_per_s']:>7.3f} {cells} "
+        print(f"{row['output']:>11} {row['first_s']:>8.3f} {row['total_s']:>8.3f} {row['megapixels_per_s']:>7.3f} {cells} "
               f"{row['max_peak_gib']:>9.2f}")
     memory.close()
+    if args.profile:
+        write_profile(upscaler, png, args.factor, args.profile)
     if args.json:
-        report = {"model": args.model, "attention": args.attention, "description": upscaler.description, "machine": machine,
+        report = {"model": args.model, "attention": args.attention, "kernels": kernels.active_backend(), "compile": args.compile, "description": upscaler.description, "machine": machine,
                   "torch": torch.__version__, "load_s": load_s, "results": rows}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks in one run, for a CUDA machine with seedvr-local's dependencies installed:
+#
+#   SEEDVR_REFERENCE_DIR=../shared/reference bash benchmarks/device_check.sh [OUT_DIR] [STEPS]
+#
+# STEPS (default "restore tests compile kernels memory") picks what runs. Each step has its own time limit and a
+# failing step does not stop the next; logs and JSON land in OUT_DIR (default ./device-check).
+set -u
+out=${1:-device-check}
+steps=${2:-restore tests compile kernels memory}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+python=${PYTHON:-python3}
+# -v names every result as it lands, so a step cut off by its limit still says what passed and failed; a
+# per-test timeout (pytest-timeout) turns a hang into one failure; xdist compiles Triton kernels in parallel.
+pytest_flags="-v -rfE -p no:cacheprovider"
+$python -c "import pytest_timeout" 2>/dev/null && pytest_flags="$pytest_flags --timeout=60"
+$python -c "import xdist" 2>/dev/null && pytest_flags="$pytest_flags -n 8"
+
+step() {  # step NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    case " $steps " in *" $name "*) ;; *) return 0 ;; esac
+    echo "=== $name ($(date +%T), limit ${limit}s): $*"
+    local started=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    echo "=== $name: exit $? after $((SECONDS - started))s"
+    grep -E "FAILED|ERROR" "$out/$name.log" | tail -n 20
+    tail -n "${TAIL:-25}" "$out/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv,noheader
+$python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+
+step restore 100 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 \
+    --sizes 1920x1080,3840x2160 --factor 2 --repeat 3 --json "$out/restore.json" --profile "$out/profile.txt"
+step tests 150 $python -m pytest $pytest_flags tests/test_cuda.py tests/test_kernels.py -k "cuda or Cuda"
+step compile 240 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
+    --factor 2 --repeat 3 --compile --json "$out/compile.json"
+step kernels 60 $python -m benchmarks.kernels --device cuda --size 2160p --json "$out/kernels.json"
+step memory 60 $python -m benchmarks.memory --device cuda --dtype bf16 --sizes 2048,3840x2160 \
+    --tilings untiled,512/1 --timeout 30 --json "$out/memory.json"

@@ -1,0 +1,146 @@
+"""The CUDA paths against the CPU float32 ones: attention backends, Triton kernels inside the DiT, low precision,
+exact tiling and the whole upscale. Skipped without a CUDA GPU (CI has none); `benchmarks/device_check.sh` runs
+them on a GPU machine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kernels
+from seedvr_local.models.window_attention import ATTENTION_BACKENDS, attention_backend_available
+from seedvr_local.upscaler import Upscaler, UpscaleOptions
+from seedvr_local.vae_tiling import VAETiling
+from tests.test_dit import random_inputs, random_model
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+#: Relative error (‖out − ref‖ / ‖ref‖) against the CPU float32 result that each CUDA dtype must stay under.
+REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+@pytest.fixture(autouse=True)
+def exact_float32():
+    """TF32 would make float32 matmuls and convs differ from the CPU by ~1e-3."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    kernels.backend.reset()
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.double().cpu(), ref.double().cpu()
+    assert out.isfinite().all(), "non-finite output"
+    return float((out - ref).norm() / ref.norm())
+
+
+def _dit_outputs(model, vids, txts, device, dtype) -> torch.Tensor:
+    model = model.to(device=device, dtype=dtype)
+    with torch.no_grad():
+        outs = model.forward_samples(
+            [v.to(device, dtype) for v in vids], [t.to(device, dtype) for t in txts], torch.tensor([1000.0, 500.0])
+        )
+    return torch.cat([o.float().flatten() for o in outs])
+
+
+@pytest.mark.parametrize("variant", ["3b", "7b"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kernel_backend", ["torch", "triton"])
+def test_dit_on_cuda_matches_cpu_for_every_attention_backend(variant, dtype, kernel_backend):
+    if kernel_backend == "triton" and not kernels.triton_available():
+        pytest.skip("triton is not installed")
+    vids, txts = random_inputs([(1, 42, 50), (3, 16, 20)], [6, 9])
+    kernels.select("torch")
+    reference = _dit_outputs(random_model(variant), vids, txts, "cpu", torch.float32)
+    kernels.select(kernel_backend)
+    model = random_model(variant)
+    probe = torch.zeros(1, 1, 1, 16, device="cuda", dtype=dtype)
+    ran = []
+    for backend in ATTENTION_BACKENDS:
+        if not attention_backend_available(backend, probe):
+            continue
+        model.set_attention_backend(backend)
+        err = rel_error(_dit_outputs(model, vids, txts, "cuda", dtype), reference)
+        assert err < REL_TOL[dtype], f"{backend}: relative error {err:.3g}"
+        ran.append(backend)
+    assert "sdpa" in ran and "per_window" in ran
+    if dtype != torch.float32:  # torch's varlen flash attention takes half precision only
+        assert {"torch_varlen", "flash_attn"} & set(ran), f"no varlen attention on this GPU: {ran}"
+
+
+@pytest.fixture(scope="module")
+def cpu_upscaler(tiny_bundle) -> Upscaler:
+    return Upscaler.from_weights_dir(tiny_bundle, device="cpu")
+
+
+def _upscale(upscaler: Upscaler, tile: int | str = "auto"):
+    generator = torch.Generator().manual_seed(3)
+    from PIL import Image
+
+    pixels = (torch.rand(45, 61, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    options = UpscaleOptions(upscale_factor=2.0, seed=7, vae_tile=tile)
+    return upscaler.upscale(Image.fromarray(pixels), options).rgb
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+def test_upscale_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype):
+    expected = _upscale(cpu_upscaler)
+    cuda = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype=dtype)
+    bound = {"fp32": 1e-5, "bf16": 2 / 255, "fp16": 1 / 255}[dtype]  # mean abs error against CPU float32
+    # untiled, then exact tiling on the ragged 64-pixel grid of the 122x90 output
+    for tile in ("auto", 64):
+        got = _upscale(cuda, tile)
+        assert got.shape == expected.shape
+        mean_abs = float((got - expected).abs().mean())
+        assert mean_abs < bound, f"vae_tile={tile}: mean abs error {mean_abs:.3g}"
+        if dtype == "fp32" and tile == 64:  # exact: half precision rounds tiles and frames differently
+            assert float((got - untiled).abs().max()) < 1e-4
+        untiled = got
+
+
+@pytest.mark.parametrize("store_scale", [1, 8])
+def test_tiled_vae_on_cuda_equals_untiled(tiny_bundle, store_scale):
+    upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype="fp32")
+    vae = upscaler.pipeline.vae
+    x = torch.rand(1, 3, 1, 96, 80, device="cuda") * 2 - 1
+    tiling = VAETiling(tile=32, store_scale=store_scale)
+    with torch.no_grad():
+        mean, _ = vae.encode(x)
+        tiled_mean, _ = vae.encode(x, tiling=tiling)
+        decoded = vae.decode(mean)
+        tiled_decoded = vae.decode(mean, tiling=tiling)
+    torch.testing.assert_close(tiled_mean, mean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(tiled_decoded, decoded, atol=1e-4, rtol=0)
+
+
+def test_planner_limits_on_cuda(tiny_bundle):
+    upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cuda")
+    pixels = upscaler.max_output_pixels()
+    assert pixels > 4096 * 4096  # a tiny model on any data-centre GPU
+    with pytest.raises(ValueError, match="largest"):
+        upscaler.plan(200_000, 200_000)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_vae_gemm_attention_is_as_accurate_as_sdpa(dtype):
+    from seedvr_local.models.vae_blocks import gemm_attention
+
+    generator = torch.Generator("cuda").manual_seed(0)
+    q, k, v = (torch.randn(2, 1, 1000, 512, device="cuda", generator=generator) for _ in range(3))
+    q = q * 2  # peaked softmax rows, as trained attention has
+    expected = torch.nn.functional.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    low = [t.to(dtype) for t in (q, k, v)]
+    ours = rel_error(gemm_attention(*low), expected)
+    sdpa = rel_error(torch.nn.functional.scaled_dot_product_attention(*low), expected)
+    assert ours < max(2 * sdpa, 1e-3), f"gemm attention {ours:.3g}, SDPA {sdpa:.3g}"
+
+
+def test_compiled_upscale_on_cuda_equals_eager(tiny_bundle):
+    from seedvr_local.compilation import compile_pipeline
+
+    upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype="bf16")
+    eager = _upscale(upscaler)
+    compile_pipeline(upscaler.pipeline)
+    compiled = _upscale(upscaler)
+    assert float((compiled - eager).abs().mean()) < 1 / 255
