@@ -247,6 +247,16 @@ class MidBlock3D(nn.Module):
         return self.resnets[1](x, memory)
 
 
+def resnet_stack(
+    in_channels: int, out_channels: int, num_layers: int, groups: int, full_time_field: bool
+) -> nn.ModuleList:
+    """`num_layers` ResNet blocks; the first one changes the channel count."""
+    return nn.ModuleList(
+        ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, groups, full_time_field)
+        for i in range(num_layers)
+    )
+
+
 class DownEncoderBlock3D(nn.Module):
     def __init__(
         self,
@@ -259,10 +269,7 @@ class DownEncoderBlock3D(nn.Module):
         full_time_field: bool = True,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, groups, full_time_field)
-            for i in range(num_layers)
-        )
+        self.resnets = resnet_stack(in_channels, out_channels, num_layers, groups, full_time_field)
         self.downsamplers = nn.ModuleList([Downsample3D(out_channels, temporal_down)] if downsample else [])
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
@@ -283,10 +290,7 @@ class UpDecoderBlock3D(nn.Module):
         full_time_field: bool = True,
     ):
         super().__init__()
-        self.resnets = nn.ModuleList(
-            ResnetBlock3D(in_channels if i == 0 else out_channels, out_channels, groups, full_time_field)
-            for i in range(num_layers)
-        )
+        self.resnets = resnet_stack(in_channels, out_channels, num_layers, groups, full_time_field)
         self.upsamplers = nn.ModuleList([Upsample3D(out_channels, temporal_up)] if upsample else [])
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
