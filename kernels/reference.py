@@ -167,15 +167,24 @@ def group_norm_silu(
     for frame, groups, channels in _group_chunks(frames, num_groups):
         n_groups = groups.stop - groups.start
         piece = frames[:, channels, frame].float().unflatten(1, (n_groups, group_channels))
+        target = out[:, channels, frame].unflatten(1, (n_groups, group_channels))
+        # Straight into the output when it is float32 and contiguous (an image): no temporary the size of the
+        # chunk. A strided target would change which elements the vectorised loops handle, and with them the
+        # last bit of SiLU, breaking tiled == untiled.
+        in_place = x.dtype == torch.float32 and target.is_contiguous()
         m = mean[:, frame, groups].view(b, n_groups, 1, 1, 1)
         r = rstd[:, frame, groups].view(b, n_groups, 1, 1, 1)
-        y = ((piece - m) * r).flatten(1, 2)
+        y = torch.sub(piece, m, out=target) if in_place else piece - m
+        y.mul_(r)
         if weight is not None:
-            y = y * weight[channels].float().view(-1, 1, 1)
+            y.mul_(weight[channels].float().view(n_groups, group_channels, 1, 1))
         if bias is not None:
-            y = y + bias[channels].float().view(-1, 1, 1)
+            y.add_(bias[channels].float().view(n_groups, group_channels, 1, 1))
         y = y.to(x.dtype)
-        out[:, channels, frame] = F.silu(y) if silu else y
+        if silu:
+            F.silu(y, inplace=True)
+        if not in_place:
+            target.copy_(y)
     return out.squeeze(2) if x.dim() == 4 else out
 
 

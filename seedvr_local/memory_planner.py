@@ -296,8 +296,9 @@ def _walk_bytes(
         held = 0 if input_is_residual else residual
         input_is_residual = False
         if op.kind == "norm":
-            if tiled:  # normalize(): float copy, float32 result, cast back; SiLU in place
-                live = x + n[i] * (fp32_copy + 4) + (y if itemsize < 4 else 0)
+            if tiled:  # kernels' reference with given statistics: the output; in half precision also a float
+                # copy, the float32 result and its cast (the Triton kernel on a GPU needs the output alone)
+                live = x + y + (8 * n[i] + y if itemsize < 4 else 0)
             else:  # FrameGroupNorm: output plus one frame's float32 temporaries, then SiLU out of place
                 live = x + 2 * y + n[i] // frames * (fp32_copy + 4)
         elif op.kind == "conv":

@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import kernels
+from kernels import GroupStats
 from seedvr_local.models.vae_blocks import (
     ATTENTION_CHUNK_BYTES,
     CausalConv3d,
@@ -291,72 +293,16 @@ def scaled_region(core: Region, image_size: Size, size: Size) -> Region:
     return (core[0] // s, core[1] // s, core[2] // s, core[3] // s)
 
 
-# --------------------------------------------------------------------------------------------- statistics
-
-
-class GroupMoments:
-    """Per (sample, group, frame) count, mean and sum of squared deviations, merged across tiles with Chan's
-    parallel formula in float64: the merged variance is what one pass over the whole frame gives."""
-
-    def __init__(self, groups: int):
-        self.groups = groups
-        self.count = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    def add(self, x: torch.Tensor) -> None:
-        """Add the values of `x (B, C, T, h, w)`."""
-        b, c, t, h, w = x.shape
-        view = x.float().view(b, self.groups, c // self.groups, t, h, w)
-        var, mean = torch.var_mean(view, dim=(2, 4, 5), correction=0)  # (B, G, T)
-        count = (c // self.groups) * h * w
-        mean, m2 = mean.double(), var.double() * count
-        if self.mean is None:
-            self.count, self.mean, self.m2 = count, mean, m2
-            return
-        total = self.count + count
-        delta = mean - self.mean
-        self.mean = self.mean + delta * (count / total)
-        self.m2 = self.m2 + m2 + delta.square() * (self.count * count / total)
-        self.count = total
-
-    def finish(self, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, 1 / sqrt(var + eps)), float32, `(B, G, T)`."""
-        var = self.m2 / self.count
-        return self.mean.float(), (var + eps).rsqrt().float()
-
-
-Affine = tuple[torch.Tensor, torch.Tensor]  # per (sample, channel, frame) scale and shift, float32
-
-
-def norm_affine(norm: FrameGroupNorm, mean: torch.Tensor, rstd: torch.Tensor, channels: int) -> Affine:
-    """GroupNorm with given statistics `(B, G, T)` as a per-channel affine map, the way `F.group_norm` computes
-    it: `x * (rstd * gamma) + (beta - mean * rstd * gamma)`, in float32; shapes `(B, C, T, 1, 1)`."""
-    b, g, t = mean.shape
-    gamma = norm.weight.float().view(1, g, channels // g, 1)
-    scale = rstd[:, :, None, :] * gamma  # (B, G, C/G, T)
-    shift = norm.bias.float().view(1, g, channels // g, 1) - mean[:, :, None, :] * scale
-    return scale.reshape(b, channels, t, 1, 1), shift.reshape(b, channels, t, 1, 1)
-
-
-def normalize(x: torch.Tensor, affine: Affine, silu: bool) -> torch.Tensor:
-    """Apply a norm's affine map to `x (B, C, T, h, w)` in float32, cast back to `x`'s dtype (as
-    `FrameGroupNorm` does), then SiLU."""
-    scale, shift = affine
-    y = torch.addcmul(shift, x.float(), scale).to(x.dtype)
-    return F.silu(y, inplace=True) if silu else y
-
-
 # ------------------------------------------------------------------------------------------------ execution
 
 
 class _TileRun:
-    """Runs a segment's ops on one tile, given the whole-frame statistics of the norms it passes (as affine
-    maps). Keeps the summed 2-D weights of the single-frame conv shortcut for the segment's duration."""
+    """Runs a segment's ops on one tile, given the whole-frame statistics of the norms it passes. Keeps the summed
+    2-D weights of the single-frame conv shortcut for the segment's duration."""
 
-    def __init__(self, segment: Segment, affines: dict[nn.Module, Affine]):
+    def __init__(self, segment: Segment, stats: dict[nn.Module, GroupStats]):
         self.segment = segment
-        self.affines = affines
+        self.stats = stats
         self.image_weights: dict[nn.Module, torch.Tensor] = {}
 
     def __call__(self, source: torch.Tensor, stop: int, target: Region, device: torch.device) -> torch.Tensor:
@@ -374,7 +320,8 @@ class _TileRun:
                 skip = _crop(skip, skip_region, region)
                 x = (skip if op.module is None else op.module(skip)) + x
             elif op.kind == "norm":
-                x = normalize(x, self.affines[op.module], silu=True)
+                norm = op.module
+                x = kernels.group_norm_silu(x, norm.num_groups, norm.weight, norm.bias, stats=self.stats[norm])
             elif op.kind == "conv":
                 x, region = self.conv(op.module, x, region, sizes[i])
             elif op.kind == "down":
@@ -460,16 +407,17 @@ def _tiled(
     device: torch.device,
     store: torch.device,
 ) -> torch.Tensor:
-    affines: dict[nn.Module, Affine] = {}
-    run = _TileRun(segment, affines)
+    stats: dict[nn.Module, GroupStats] = {}
+    run = _TileRun(segment, stats)
     for j, op in enumerate(segment.ops):
         if op.kind != "norm":
             continue
-        moments = GroupMoments(op.module.num_groups)
-        for core in cores:
-            moments.add(run(x, j, scaled_region(core, image_size, segment.sizes[j]), device))
-        mean, rstd = (s.to(device) for s in moments.finish(op.module.eps))
-        affines[op.module] = norm_affine(op.module, mean, rstd, op.module.num_channels)
+        groups = op.module.num_groups
+        parts = [
+            kernels.group_norm_moments(run(x, j, scaled_region(core, image_size, segment.sizes[j]), device), groups)
+            for core in cores
+        ]
+        stats[op.module] = kernels.merge_moments(parts).stats(op.module.eps)
 
     out = None
     stop = len(segment.ops)
@@ -505,15 +453,14 @@ def attention_in_place_(attention: FrameAttention, x: torch.Tensor, device: torc
     norm = attention.group_norm
     row_bytes = 4 * b * c * t * w  # float32 copy of one row of every frame
     block_bytes = ATTENTION_KV_BLOCK_BYTES
-    moments = GroupMoments(norm.num_groups)
-    for rows in _row_blocks(h, row_bytes, block_bytes):
-        moments.add(x[:, :, :, rows].to(device))
-    mean, rstd = (s.to(device) for s in moments.finish(norm.eps))
-    affine = norm_affine(norm, mean, rstd, c)
+    parts = [kernels.group_norm_moments(x[:, :, :, rows].to(device), norm.num_groups)
+             for rows in _row_blocks(h, row_bytes, block_bytes)]  # fmt: skip
+    stats = kernels.merge_moments(parts).stats(norm.eps)
     flat = x.view(b, c, t, tokens_per_frame)  # raster order, as the tokens
 
     def tokens(span: slice) -> torch.Tensor:
-        normed = normalize(flat[..., span, None].to(device), affine, silu=False)  # (B, C, T, n, 1)
+        piece = flat[..., span, None].to(device)  # (B, C, T, n, 1)
+        normed = kernels.group_norm_silu(piece, norm.num_groups, norm.weight, norm.bias, stats=stats, silu=False)
         return normed[..., 0].permute(0, 2, 3, 1).reshape(b * t, 1, -1, c)
 
     keys = torch.empty(b * t, 1, tokens_per_frame, c, dtype=x.dtype, device=device)

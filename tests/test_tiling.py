@@ -3,15 +3,22 @@ weights, for ragged tile grids, every store scale, images and clips, and through
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+import kernels
 from seedvr_local import vae_tiling
 from seedvr_local.models import vae_blocks
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
 from tests.parity.restore import run_restore_case
 from tests.parity.vae import build_case_model
+from tests.reference_data import REPO_ROOT as REPO
 from tests.reference_data import discover_cases, reference_dir
 
 ATOL = 1e-4
@@ -178,13 +185,8 @@ def test_per_tile_statistics_or_missing_halos_would_be_caught(monkeypatch):
     z, tiling = _latent(1, 6, 8), VAETiling(24, 1)
     expected = vae.decode(z)
 
-    def last_tile_only(self, x):  # each norm sees one tile's statistics, as naive tiling does
-        self.mean = None
-        original_add(self, x)
-
-    original_add = vae_tiling.GroupMoments.add
-    with monkeypatch.context() as patch:
-        patch.setattr(vae_tiling.GroupMoments, "add", last_tile_only)
+    with monkeypatch.context() as patch:  # each norm sees one tile's statistics, as naive tiling does
+        patch.setattr(kernels, "merge_moments", lambda parts: parts[-1])
         assert _max_err(vae.decode(z, tiling), expected) > 1e-2
 
     original_region = vae_tiling._input_region
@@ -197,6 +199,46 @@ def test_per_tile_statistics_or_missing_halos_would_be_caught(monkeypatch):
         patch.setattr(vae_tiling, "_input_region", no_halo)
         with pytest.raises(AssertionError, match="does not cover"):
             vae.decode(z, tiling)
+
+
+# ------------------------------------------------------------------------------------ through the kernels
+
+
+def _vae_outputs() -> dict[str, torch.Tensor]:
+    vae = _bundle_vae()
+    x = torch.rand(1, 3, 1, 24, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tiling = VAETiling(16, 1)
+    with torch.no_grad():
+        mean, _ = vae.encode(x)
+        tiled_mean, _ = vae.encode(x, tiling=tiling)
+        return {"mean": mean, "tiled_mean": tiled_mean, "decoded": vae.decode(mean),
+                "tiled_decoded": vae.decode(mean, tiling=tiling)}  # fmt: skip
+
+
+def run_vae_with_triton(path: str) -> None:
+    """Subprocess body (TRITON_INTERPRET=1): `_vae_outputs` through the Triton kernels, and which ran."""
+    from kernels import ops
+
+    kernels.select("triton")
+    launched: set[str] = set()
+    real_module = ops._triton_module
+    ops._triton_module = lambda name: launched.add(name) or real_module(name)
+    torch.save({**_vae_outputs(), "launched": sorted(launched)}, path)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (optional)")
+def test_tiled_vae_through_the_triton_kernels(tmp_path):
+    """On a GPU the norms of the tiled VAE run the Triton GroupNorm kernels with whole-frame statistics: run here
+    by Triton's CPU interpreter in a subprocess (TRITON_INTERPRET must be set before triton is imported)."""
+    out = tmp_path / "triton.pt"
+    code = "import sys; from tests.test_tiling import run_vae_with_triton as r; r(sys.argv[1])"
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    triton_out = torch.load(out)
+    assert triton_out.pop("launched") == ["groupnorm"]
+    for name, expected in _vae_outputs().items():
+        assert _max_err(triton_out[name], expected) < ATOL, name
 
 
 # -------------------------------------------------------------------------------------------- attention
