@@ -16,6 +16,7 @@ from server.errors import install_handlers
 from server.middleware import CrashGuardMiddleware, RequestIdMiddleware
 from server.netguard import NetGuard
 from server.proxy import FalProxyMiddleware
+from server.retention import Retention
 from server.routers import health, queue, run, storage
 from server.settings import ServerSettings
 from server.state import ServerState
@@ -49,6 +50,8 @@ def create_app(
             )
         state.worker.start()
         tasks = [asyncio.create_task(state.webhooks.run()), asyncio.create_task(_expire_deadlines(state))]
+        if state.retention is not None:
+            tasks.append(asyncio.create_task(_sweep_expired(state.retention, settings.retention_sweep_s)))
         for task in tasks:
             task.add_done_callback(_report_crash)
         try:
@@ -94,6 +97,13 @@ def create_app(
 def _report_crash(task: asyncio.Task) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("background task %s stopped", task.get_coro(), exc_info=task.exception())
+
+
+async def _sweep_expired(retention: Retention, interval_s: float) -> None:
+    """Retention sweeps, the first at start (a server that was down a while catches up)."""
+    while True:
+        await asyncio.to_thread(retention.sweep)
+        await asyncio.sleep(interval_s)
 
 
 async def _expire_deadlines(state: ServerState) -> None:

@@ -75,6 +75,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
     parser.add_argument("--max-output-pixels", type=int, default=None,
                         help="default: the largest output the model fits in this device's memory (at most 8192x8192)")
+    parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
+                        help="delete finished requests and stored files older than this (default 24; 0 keeps them)")
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
@@ -89,6 +91,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_input_pixels < 1 or (args.max_output_pixels is not None and args.max_output_pixels < 1):
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
+    if not args.retention_hours >= 0:
+        raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
     keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys] if key and key.strip()))
     if args.public_url and not args.public_url.startswith(("http://", "https://")):
@@ -101,6 +105,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
         max_input_pixels=args.max_input_pixels,
         max_output_pixels=args.max_output_pixels,
+        retention_s=args.retention_hours * 3600 or None,
     )
 
 

@@ -22,6 +22,17 @@ _OWN_FILE = re.compile(r"/files/(?P<id>[A-Za-z0-9_-]{16,64})(?:/[^/]*)?$")
 USER_AGENT = "seedvr-local (image_url fetch)"
 
 
+def own_file_id(url: str) -> str | None:
+    """The id in a URL shaped like one of this server's file URLs (`.../files/<id>[/<name>]`), else None.
+    Whether such a file exists is the caller's question."""
+    try:
+        path = httpx.URL(url).path
+    except (httpx.InvalidURL, ValueError):
+        return None
+    match = _OWN_FILE.search(path)
+    return match["id"] if match else None
+
+
 class FetchError(Exception):
     """`error_type` is fal's: file_download_error or file_too_large."""
 
@@ -78,14 +89,8 @@ class ImageFetcher:
         return data
 
     def _own_file(self, url: str) -> bytes | None:
-        try:
-            path = httpx.URL(url).path
-        except (httpx.InvalidURL, ValueError):
-            return None
-        match = _OWN_FILE.search(path)
-        if match is None:
-            return None
-        known = self.files.get(match["id"])
+        file_id = own_file_id(url)
+        known = self.files.get(file_id) if file_id is not None else None
         if known is None:
             return None  # not one of ours after all: fetch it like any other URL
         stored = self.files.read(known.id)

@@ -44,6 +44,10 @@ class ServerSettings:
     sse_keepalive_s: float = 15.0
     #: Lifetime of the upload tokens handed to the Python client (`/storage/auth/token`).
     upload_token_ttl_s: int = 3600
+    #: Finished requests and stored files older than this are deleted (server/retention.py); None keeps them.
+    retention_s: float | None = 24 * 3600.0
+    #: Seconds between retention sweeps.
+    retention_sweep_s: float = 300.0
 
     @property
     def database_path(self) -> Path:

@@ -16,6 +16,7 @@ from server.jobs import Completion, Job, JobStore
 from server.metrics import Metrics
 from server.netguard import NetGuard
 from server.processing import JobProcessor
+from server.retention import Retention
 from server.settings import ServerSettings
 from server.storage import FileStore
 from server.webhooks import WebhookSender
@@ -35,6 +36,7 @@ class ServerState:
     metrics: Metrics
     upload_tokens: UploadTokens
     lock: DataDirLock
+    retention: Retention | None
 
     @classmethod
     def open(
@@ -70,6 +72,7 @@ class ServerState:
             metrics=metrics,
             upload_tokens=UploadTokens.from_data_dir(settings.data_dir, settings.upload_token_ttl_s),
             lock=lock,
+            retention=Retention(db, files, settings.retention_s) if settings.retention_s else None,
         )
 
     def base_url(self, request: Request) -> str:

@@ -22,6 +22,9 @@ def test_defaults():
     assert str(settings.data_dir) == "seedvr-data" and settings.api_keys == ()
     assert not settings.allow_private_urls and settings.cors_origins == ("*",)
     assert args.kernels == "auto" and not args.compile
+    assert settings.retention_s == 24 * 3600
+    assert settings_from_args(parse("--model", "3b", "--retention-hours", "0")).retention_s is None
+    assert settings_from_args(parse("--model", "3b", "--retention-hours", "0.5")).retention_s == 1800
     assert parse("--model", "3b", "--compile", "--kernels", "torch").compile
 
 
@@ -45,6 +48,8 @@ def test_model_choice_is_required_and_exclusive():
         (["--ssl-certfile", "nope.pem", "--ssl-keyfile", "nope.key"], "no such file"),
         (["--port", "70000"], "--port"),
         (["--public-url", "example.com"], "--public-url"),
+        (["--retention-hours", "-1"], "--retention-hours"),
+        (["--retention-hours", "nan"], "--retention-hours"),
     ],
 )
 def test_bad_flags_are_one_line_errors(capsys, argv, message):
