@@ -17,7 +17,7 @@ from server.middleware import CrashGuardMiddleware, RequestIdMiddleware
 from server.netguard import NetGuard
 from server.proxy import FalProxyMiddleware
 from server.retention import Retention
-from server.routers import health, queue, run, storage
+from server.routers import health, queue, run, storage, wellknown
 from server.settings import ServerSettings
 from server.state import ServerState
 
@@ -77,7 +77,7 @@ def create_app(
         lifespan=lifespan,
     )
     install_handlers(app)
-    for router in (run.router, queue.router, storage.router, health.router):
+    for router in (run.router, queue.router, storage.router, health.router, wellknown.router):
         app.include_router(router)
     # Starlette runs the last added middleware first: request ids, CORS, the crash guard, the proxy rewrite.
     app.add_middleware(FalProxyMiddleware)

@@ -75,6 +75,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
     parser.add_argument("--max-output-pixels", type=int, default=None,
                         help="default: the largest output the model fits in this device's memory (at most 8192x8192)")
+    parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
+                        help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
                         help="delete finished requests and stored files older than this (default 24; 0 keeps them)")
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
@@ -106,6 +108,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_input_pixels=args.max_input_pixels,
         max_output_pixels=args.max_output_pixels,
         retention_s=args.retention_hours * 3600 or None,
+        webhook_user_id=args.webhook_user_id,
     )
 
 

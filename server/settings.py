@@ -35,6 +35,8 @@ class ServerSettings:
     webhook_backoff_s: float = 15.0
     webhook_backoff_max_s: float = 1800.0
     webhook_timeout_s: float = 15.0
+    #: The `X-Fal-Webhook-User-Id` of signed webhooks (fal sends the account's id).
+    webhook_user_id: str = "seedvr-local"
 
     #: A job that was running when the server stopped this many times is failed instead of rerun.
     max_job_attempts: int = 2

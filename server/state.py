@@ -18,6 +18,7 @@ from server.netguard import NetGuard
 from server.processing import JobProcessor
 from server.retention import Retention
 from server.settings import ServerSettings
+from server.signing import WebhookSigner
 from server.storage import FileStore
 from server.webhooks import WebhookSender
 from server.worker import Worker, log_job
@@ -37,6 +38,7 @@ class ServerState:
     upload_tokens: UploadTokens
     lock: DataDirLock
     retention: Retention | None
+    signer: WebhookSigner
 
     @classmethod
     def open(
@@ -60,6 +62,7 @@ class ServerState:
             files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
         )
         processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
+        signer = WebhookSigner.from_data_dir(settings.data_dir, settings.webhook_user_id)
         return cls(
             settings=settings,
             db=db,
@@ -68,11 +71,12 @@ class ServerState:
             files=files,
             engines=engines,
             worker=Worker(jobs, processor, engines),
-            webhooks=WebhookSender(db, guard, settings, metrics, notifier),
+            webhooks=WebhookSender(db, guard, settings, metrics, notifier, signer),
             metrics=metrics,
             upload_tokens=UploadTokens.from_data_dir(settings.data_dir, settings.upload_token_ttl_s),
             lock=lock,
             retention=Retention(db, files, settings.retention_s) if settings.retention_s else None,
+            signer=signer,
         )
 
     def base_url(self, request: Request) -> str:

@@ -3,6 +3,7 @@
 A completed job queues its delivery in the same database transaction that completes it; this sender
 (an asyncio task, never in the worker's way) posts due deliveries, retrying failures with exponential
 backoff up to `webhook_max_attempts` tries. A delivery interrupted by a shutdown runs after the restart.
+Every try is signed like fal's (server/signing.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from server.events import ANY, ChangeNotifier
 from server.metrics import Metrics
 from server.netguard import BlockedURLError, NetGuard
 from server.settings import ServerSettings
+from server.signing import WebhookSigner
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -43,8 +45,10 @@ class WebhookSender:
         settings: ServerSettings,
         metrics: Metrics,
         notifier: ChangeNotifier,
+        signer: WebhookSigner,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
+        self.signer = signer
         self.db = db
         self.guard = guard
         self.settings = settings
@@ -102,7 +106,12 @@ class WebhookSender:
         permanent = False
         try:
             target = await asyncio.to_thread(self.guard.prepare, row["url"])
-            headers = {"Content-Type": "application/json", "User-Agent": "seedvr-local (webhook)", **target.headers}
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "seedvr-local (webhook)",
+                **self.signer.headers(row["job_id"], row["body"].encode()),  # signed at each try, as fal does
+                **target.headers,
+            }
             response = await client.post(target.url, content=row["body"], headers=headers, extensions=target.extensions)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from tests.server.helpers import LocalHTTP, data_uri, png_bytes, wait_status
 
 SUBMIT = "/queue/fal-ai/seedvr/upscale/image"
@@ -107,3 +109,37 @@ def test_pending_webhook_is_delivered_after_a_restart(make_client):
             ]
     assert len(calls) == 2 and json.loads(calls[1][3])["request_id"] == request_id
     assert state == "delivered"
+
+
+def test_deliveries_are_signed_like_fal_and_verify_against_the_jwks(make_client):
+    import base64
+    import hashlib
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    def signed_message(request_id: str, user_id: str, timestamp: int, body: bytes) -> bytes:  # fal's format
+        return f"{request_id}\n{user_id}\n{timestamp}\n{hashlib.sha256(body).hexdigest()}".encode()
+
+    with LocalHTTP({"/hook": (200, {}, b"")}) as receiver, make_client(allow_private_urls=True) as client:
+        request_id = _submit(client, f"{receiver.url}/hook")
+        [(_, _, headers, body)] = receiver.wait_for(1)
+        jwks = client.get("/.well-known/jwks.json", headers={"Authorization": "Key wrong"}).json()
+    [key] = jwks["keys"]
+    assert (key["kty"], key["crv"], key["alg"]) == ("OKP", "Ed25519", "EdDSA")
+    public = Ed25519PublicKey.from_public_bytes(base64.urlsafe_b64decode(key["x"] + "=" * (-len(key["x"]) % 4)))
+    assert headers["X-Fal-Webhook-Request-Id"] == request_id
+    assert headers["X-Fal-Webhook-User-Id"] == "seedvr-local"
+    timestamp = int(headers["X-Fal-Webhook-Timestamp"])
+    assert abs(time.time() - timestamp) < 60
+    signature = bytes.fromhex(headers["X-Fal-Webhook-Signature"])
+    public.verify(signature, signed_message(request_id, "seedvr-local", timestamp, body))  # raises if wrong
+    with pytest.raises(InvalidSignature):  # the signature covers the body
+        public.verify(signature, signed_message(request_id, "seedvr-local", timestamp, body + b" "))
+
+
+def test_signing_key_survives_a_restart(make_client):
+    with make_client() as client:
+        first = client.get("/.well-known/jwks.json").json()
+    with make_client() as client:
+        assert client.get("/.well-known/jwks.json").json() == first
