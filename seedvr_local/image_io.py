@@ -93,7 +93,7 @@ def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
         if tuple(alpha.shape) != (1, *rgb.shape[1:]):
             raise ValueError(f"alpha of shape {tuple(alpha.shape)} does not match the RGB size {tuple(rgb.shape[1:])}")
         planes.append(to_uint8(alpha))
-    pixels = torch.cat(planes).permute(1, 2, 0).contiguous().cpu().numpy()
+    pixels = (torch.cat(planes) if len(planes) > 1 else planes[0]).permute(1, 2, 0).contiguous().cpu().numpy()
     return Image.fromarray(pixels, "RGBA" if alpha is not None else "RGB")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from seedvr_local.upscaler import UpscaleOptions
@@ -30,6 +31,14 @@ def test_output_has_exactly_the_requested_size(tiny_upscaler, size, options, exp
     result = tiny_upscaler.upscale(_image(*size), options)
     assert result.image.size == expected
     assert result.image.mode == "RGB"
+
+
+def test_pixels_are_the_rounded_rgb(tiny_upscaler):
+    from seedvr_local.image_io import to_uint8
+
+    result = tiny_upscaler.upscale(_image(30, 20), UpscaleOptions(seed=3))
+    assert result.pixels.dtype == torch.uint8 and torch.equal(result.pixels, to_uint8(result.rgb))
+    assert np.array_equal(np.asarray(result.image), to_uint8(result.rgb).permute(1, 2, 0).numpy())
 
 
 def test_same_seed_gives_identical_bytes(tiny_upscaler):
