@@ -7,8 +7,9 @@ per-tile runs give seams and colour drift. Here instead:
 * **Convs** see exactly what the untiled network sees. A tile is cut from its input with a halo equal to the
   receptive field of the convs up to the point where it is needed, and is zero padded only on the sides that lie
   on the frame border, where the untiled conv pads too.
-* **Each GroupNorm is a barrier.** Its statistics (per sample, frame and group) are accumulated over the tiles'
-  non-overlapping cores (Chan's parallel variance, float64) before any tile is normalised with them.
+* **Each GroupNorm is a barrier.** Its statistics (per sample, frame and group) are gathered from the tiles'
+  non-overlapping cores (`kernels.group_norm_moments`, merged with Chan's parallel variance) before any tile is
+  normalised with them (`kernels.group_norm_silu`: one Triton pass per tile on a GPU).
 * **The attention** runs on the whole frame at the lowest resolution, a few query rows at a time.
 
 Between two barriers every tile has to be computed, so the activations there are either kept for the whole frame
