@@ -102,7 +102,10 @@ def _report_crash(task: asyncio.Task) -> None:
 async def _sweep_expired(retention: Retention, interval_s: float) -> None:
     """Retention sweeps, the first at start (a server that was down a while catches up)."""
     while True:
-        await asyncio.to_thread(retention.sweep)
+        try:
+            await asyncio.to_thread(retention.sweep)
+        except Exception:  # a full disk or a locked file: try again at the next sweep
+            log.exception("retention sweep failed")
         await asyncio.sleep(interval_s)
 
 

@@ -138,8 +138,9 @@ def test_deliveries_are_signed_like_fal_and_verify_against_the_jwks(make_client)
         public.verify(signature, signed_message(request_id, "seedvr-local", timestamp, body + b" "))
 
 
-def test_signing_key_survives_a_restart(make_client):
+def test_signing_key_survives_a_restart_and_is_public(make_client):
     with make_client() as client:
         first = client.get("/.well-known/jwks.json").json()
-    with make_client() as client:
-        assert client.get("/.well-known/jwks.json").json() == first
+    with make_client(api_keys=("secret",)) as client:  # no key needed for the public key
+        response = client.get("/.well-known/jwks.json")
+        assert response.status_code == 200 and response.json() == first
