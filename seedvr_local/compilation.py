@@ -1,7 +1,8 @@
 """`--compile`: torch.compile the repeated blocks of the DiT and the VAE, and let cuDNN autotune its convolutions.
 
-Regional compilation: each DiT block and each VAE ResNet block is compiled on its own, so the 32 (3B) or 36 (7B)
-identical DiT blocks share one compiled graph instead of the whole model being traced as one. Shapes are
+Regional compilation: each DiT block and each VAE ResNet block is compiled on its own, so the DiT's 32 (3B) or 36
+(7B) blocks share a few compiled graphs (one per kind of block and window layout) instead of the whole model being
+traced as one. Shapes are
 static: each new output size (a shape bucket: the pipeline pads sizes to multiples of 16) compiles its own
 graphs and autotunes its own convolutions on first use, which costs seconds to minutes; later requests of
 that size reuse them. That is why it is off by default: it pays off for batches and benchmarks of one size,
