@@ -72,8 +72,8 @@ def run_once(upscaler, png: bytes, factor: float, memory: PeakMemory) -> tuple[d
     return times, peaks, result.size
 
 
-def write_profile(upscaler, png: bytes, factor: float, path: str, rows: int = 40) -> None:
-    """The ops of one run that took the most time (device time on CUDA), as torch.profiler's table."""
+def write_profile(upscaler, png: bytes, factor: float, file, rows: int = 40) -> None:
+    """The ops of one run that took the most time (device time on CUDA), as torch.profiler's tables."""
     from torch.profiler import ProfilerActivity, profile
 
     cuda = upscaler.pipeline.device.type == "cuda"
@@ -81,11 +81,10 @@ def write_profile(upscaler, png: bytes, factor: float, path: str, rows: int = 40
     with profile(activities=activities, record_shapes=True) as prof:
         run_once(upscaler, png, factor, PeakMemory(upscaler.pipeline.device))
     sort_by = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-    with open(path, "w") as f:
-        f.write(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
-        f.write("\n\nBy input shape:\n")
-        by_shape = prof.key_averages(group_by_input_shape=True)
-        f.write(by_shape.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60, max_shapes_column_width=80))
+    file.write(prof.key_averages().table(sort_by=sort_by, row_limit=rows, max_name_column_width=60))
+    file.write("\n\nBy input shape:\n")
+    by_shape = prof.key_averages(group_by_input_shape=True)
+    file.write(by_shape.table(sort_by=sort_by, row_limit=rows, max_name_column_width=60, max_shapes_column_width=80))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", default="auto", choices=kernels.MODES, help="fused kernels (see kernels/)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--profile", default=None,
-                        help="after the timed runs, profile one run of the last size and write the ops that took the "
-                             "most time to this file")
+                        help="after the timed runs of each size, profile one more and write the ops that took the "
+                             "most time to this file, a section per size")
     args = parser.parse_args(argv)
 
     kernels.select(args.kernels)
@@ -123,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
           f"compile {'on' if args.compile else 'off'}; loaded in {load_s:.1f}s; {machine}")
 
     rows = []
+    profile = open(args.profile, "w") if args.profile else None
     for width, height in args.sizes:
         png = random_png(max(1, round(width / args.factor)), max(1, round(height / args.factor)))
         started = time.perf_counter()
@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
             "seconds": {p: times.get(p, 0.0) for p in PHASES},
             "peak_gib": {p: gib(peaks.get(p, 0)) for p in PHASES}, "max_peak_gib": gib(max(peaks.values())),
         })  # fmt: skip
+        if profile is not None:
+            profile.write(f"## {size[0]}x{size[1]}\n\n")
+            write_profile(upscaler, png, args.factor, profile)
+            profile.write("\n\n")
 
     header = f"{'output':>11} {'first s':>8} {'total s':>8} {'MP/s':>7} " + " ".join(f"{p:>12}" for p in PHASES) + f" {'peak GiB':>9}"
     print(header)
@@ -146,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{row['output']:>11} {row['first_s']:>8.3f} {row['total_s']:>8.3f} {row['megapixels_per_s']:>7.3f} {cells} "
               f"{row['max_peak_gib']:>9.2f}")
     memory.close()
-    if args.profile:
-        write_profile(upscaler, png, args.factor, args.profile)
+    if profile is not None:
+        profile.close()
     if args.json:
         report = {"model": args.model, "attention": args.attention, "kernels": kernels.active_backend(), "compile": args.compile, "description": upscaler.description, "machine": machine,
                   "torch": torch.__version__, "load_s": load_s, "results": rows}

@@ -15,7 +15,8 @@ def test_restore_benchmark_smoke(tmp_path, tiny_bundle, capsys):
     assert restore.main(argv) == 0
     table = capsys.readouterr().out
     assert "MP/s" in table and "first s" in table and "48x32" in table and "32x48" in table
-    assert "conv" in profile.read_text()
+    text = profile.read_text()
+    assert "## 48x32" in text and "## 32x48" in text and "conv" in text
     report = json.loads(out.read_text())
     assert [row["output"] for row in report["results"]] == ["48x32", "32x48"]
     row = report["results"][0]
