@@ -71,8 +71,8 @@ def _random_vae(device: torch.device, dtype: torch.dtype):
 
     with parameters_on_meta():
         vae = VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())
-    materialize_random_(vae, torch.Generator().manual_seed(0))
-    return vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    materialize_random_(vae, torch.Generator(device).manual_seed(0), dtype)
+    return vae.to(device=device).eval().requires_grad_(False)
 
 
 def _in_use(device: torch.device) -> int:
@@ -134,17 +134,17 @@ def measure_dit(spec: dict) -> dict:
     config.window, config.window_method = config.window[:layers], config.window_method[:layers]
     with parameters_on_meta():
         dit = NaDiT.from_dit_config(config)
-    generator = torch.Generator().manual_seed(0)
-    materialize_random_(dit, generator)
-    dit = dit.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    generator = torch.Generator(device).manual_seed(0)
+    materialize_random_(dit, generator, dtype)
+    dit = dit.to(device=device).eval().requires_grad_(False)
     latent = (33, (spec["frames"] - 1) // 4 + 1, height // 8, width // 8)
-    text = torch.randn(TEXT_TOKENS, config.txt_in_dim, generator=generator).to(device, dtype)
+    text = torch.randn(TEXT_TOKENS, config.txt_in_dim, generator=generator, device=device, dtype=dtype)
     gc.collect()
     meter = PeakMemory(device)
     base = _in_use(device)
     meter.reset()
     started = time.perf_counter()
-    vid = torch.randn(latent, generator=generator).to(device, dtype)
+    vid = torch.randn(latent, generator=generator, device=device, dtype=dtype)
     (out,) = dit.forward_samples([vid], [text], torch.full((1,), 1000.0, device=device))
     _sync(device)
     seconds = time.perf_counter() - started

@@ -72,16 +72,16 @@ class UpscaleOptions:
 @dataclass
 class UpscaleResult:
     rgb: torch.Tensor  # [3, H, W] float in [0, 1], on the CPU
+    pixels: torch.Tensor  # `rgb` rounded to uint8 [3, H, W], laid out as PIL takes it (H, W, 3)
     alpha: torch.Tensor | None  # [1, H, W] float in [0, 1] when the input had alpha
     seed: int  # the seed used (drawn when the options had none)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     plan: RunPlan | None = None  # the memory plan it ran with (after an out-of-memory retry, the retry's)
-    pixels: torch.Tensor | None = None  # `rgb` rounded to uint8 [3, H, W], laid out as PIL takes it (H, W, 3)
 
     @property
     def image(self) -> Image.Image:
         """RGB, or RGBA when the input had alpha."""
-        return to_pil(self._pixels, self.alpha)
+        return to_pil(self.pixels, self.alpha)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -89,11 +89,7 @@ class UpscaleResult:
 
     def encode(self, fmt: str, quality: int = 95) -> bytes:
         """PNG/WebP keep the alpha channel; JPEG drops it."""
-        return encode_image(self._pixels, self.alpha, fmt, quality=quality)
-
-    @property
-    def _pixels(self) -> torch.Tensor:
-        return self.pixels if self.pixels is not None else self.rgb
+        return encode_image(self.pixels, self.alpha, fmt, quality=quality)
 
 
 class Upscaler:
@@ -183,7 +179,7 @@ class Upscaler:
         # longer converting a 4K image than encoding it.
         pixels = to_uint8(rgb).permute(1, 2, 0).contiguous().cpu().permute(2, 0, 1)
         alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
-        result = UpscaleResult(rgb.cpu(), alpha, seed, timings, plan, pixels)
+        result = UpscaleResult(rgb.cpu(), pixels, alpha, seed, timings, plan)
         clock.stop()
         return result
 

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
-from PIL import Image
 
 from seedvr_local.compilation import compile_pipeline
 from seedvr_local.models.vae_blocks import ResnetBlock3D
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
-
-
-def _image() -> Image.Image:
-    generator = torch.Generator().manual_seed(3)
-    return Image.fromarray((torch.rand(45, 61, 3, generator=generator) * 255).to(torch.uint8).numpy())
+from tests.test_upscaler import _image
 
 
 def test_compile_pipeline_compiles_the_repeated_blocks(tiny_bundle):
@@ -28,7 +22,7 @@ def test_compile_pipeline_compiles_the_repeated_blocks(tiny_bundle):
 def test_compiled_upscale_equals_eager(tiny_bundle):
     upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cpu")
     options = UpscaleOptions(seed=7)
-    eager = upscaler.upscale(_image(), options).rgb
+    eager = upscaler.upscale(_image(61, 45, seed=3), options).rgb
     compile_pipeline(upscaler.pipeline)
-    compiled = upscaler.upscale(_image(), options).rgb
+    compiled = upscaler.upscale(_image(61, 45, seed=3), options).rgb
     assert float((compiled - eager).abs().max()) < 1e-5

@@ -12,6 +12,7 @@ from seedvr_local.models.window_attention import ATTENTION_BACKENDS, attention_b
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
 from seedvr_local.vae_tiling import VAETiling
 from tests.test_dit import random_inputs, random_model
+from tests.test_upscaler import _image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -75,12 +76,8 @@ def cpu_upscaler(tiny_bundle) -> Upscaler:
 
 
 def _upscale(upscaler: Upscaler, tile: int | str = "auto"):
-    generator = torch.Generator().manual_seed(3)
-    from PIL import Image
-
-    pixels = (torch.rand(45, 61, 3, generator=generator) * 255).to(torch.uint8).numpy()
     options = UpscaleOptions(upscale_factor=2.0, seed=7, vae_tile=tile)
-    return upscaler.upscale(Image.fromarray(pixels), options).rgb
+    return upscaler.upscale(_image(61, 45, seed=3), options).rgb
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
@@ -88,15 +85,14 @@ def test_upscale_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype):
     expected = _upscale(cpu_upscaler)
     cuda = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype=dtype)
     bound = {"fp32": 1e-5, "bf16": 2 / 255, "fp16": 1 / 255}[dtype]  # mean abs error against CPU float32
-    # untiled, then exact tiling on the ragged 64-pixel grid of the 122x90 output
-    for tile in ("auto", 64):
-        got = _upscale(cuda, tile)
+    # untiled, and with exact tiling on the ragged 64-pixel grid of the 122x90 output
+    outputs = {tile: _upscale(cuda, tile) for tile in ("auto", 64)}
+    for tile, got in outputs.items():
         assert got.shape == expected.shape
         mean_abs = float((got - expected).abs().mean())
         assert mean_abs < bound, f"vae_tile={tile}: mean abs error {mean_abs:.3g}"
-        if dtype == "fp32" and tile == 64:  # exact: half precision rounds tiles and frames differently
-            assert float((got - untiled).abs().max()) < 1e-4
-        untiled = got
+    if dtype == "fp32":  # exact: half precision rounds tiles and frames differently
+        assert float((outputs[64] - outputs["auto"]).abs().max()) < 1e-4
 
 
 @pytest.mark.parametrize("store_scale", [1, 8])
