@@ -22,7 +22,26 @@ from tests.reference_data import REPO_ROOT as REPO
 from tests.reference_data import discover_cases, reference_dir
 
 ATOL = 1e-4
-CASES = {case.name: case for case in discover_cases()}
+# Any case set in the reference format: the tests pick cases by kind, never by name.
+VAE_CASES = [case for case in discover_cases() if case.kind in ("vae_encode", "vae_decode")]
+RESTORE_CASES = [case for case in discover_cases() if case.kind == "restore"]
+
+
+def _reference_vae() -> VideoAutoencoder:
+    """The tiny VAE of a VAE reference case, with its (trained-like) weights."""
+    assert VAE_CASES, f"no vae_encode/vae_decode reference case under {reference_dir()}"
+    return build_case_model(VAE_CASES[0])
+
+
+def _frames(case) -> int:
+    """Input frames of a restore case (its `video` is `[3, T, H, W]`)."""
+    return case.inputs["video"].shape[1]
+
+
+def _seedvr2_vae() -> VideoAutoencoder:
+    """The full-size SeedVR2 VAE architecture without weights: enough for the tiling geometry."""
+    with torch.device("meta"):
+        return VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())
 
 
 def _bundle_vae() -> VideoAutoencoder:
@@ -41,7 +60,7 @@ def _bundle_vae() -> VideoAutoencoder:
 @pytest.fixture(scope="module", params=["vae_case", "tiny_bundle"])
 def vae(request) -> VideoAutoencoder:
     if request.param == "vae_case":
-        return build_case_model(CASES["vae_encode_image_and_video"])
+        return _reference_vae()
     return _bundle_vae()
 
 
@@ -106,7 +125,7 @@ def test_tiled_clips_equal_untiled(vae, tiling):
 
 @torch.no_grad()
 def test_offloaded_cuts_and_a_single_tile_give_the_same_result():
-    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    vae = _reference_vae()
     z = _latent(2, 6, 5)
     expected = vae.decode(z)
     assert _max_err(vae.decode(z, VAETiling(16, 1, offload=True)), expected) < ATOL
@@ -117,10 +136,10 @@ def test_offloaded_cuts_and_a_single_tile_give_the_same_result():
 @torch.no_grad()
 def test_tiling_in_bfloat16_is_as_accurate_as_untiled():
     """In bf16 the tiles round at other places than the untiled run: both must stay as close to float32."""
-    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    vae = _reference_vae()
     x, z = _video(1, 32, 32), _latent(1, 4, 4)
     reference = vae.encode(x)[0], vae.decode(z)
-    half = build_case_model(CASES["vae_decode_t1_t2"]).to(torch.bfloat16)
+    half = _reference_vae().to(torch.bfloat16)
     untiled = [_max_err(half.encode(x)[0].float(), reference[0]), _max_err(half.decode(z).float(), reference[1])]
     for tiling in (VAETiling(16, 1), VAETiling(16, 8)):
         tiled = [_max_err(half.encode(x, tiling)[0].float(), reference[0]),
@@ -129,12 +148,11 @@ def test_tiling_in_bfloat16_is_as_accurate_as_untiled():
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ["vae_encode_image_and_video", "vae_decode_t1_t2"])
-def test_tiled_vae_matches_the_official_reference(name, monkeypatch):
+@pytest.mark.parametrize("case", VAE_CASES, ids=[c.name for c in VAE_CASES])
+def test_tiled_vae_matches_the_official_reference(case, monkeypatch):
     """The reference cases themselves, run tiled: the same tolerance as the untiled parity test."""
     from tests.parity.vae import run_decode_case, run_encode_case
 
-    case = CASES[name]
     tiling = VAETiling(16, 8) if case.kind == "vae_encode" else VAETiling(24, 1)
     monkeypatch.setattr(VideoAutoencoder, "encode", _with_tiling(VideoAutoencoder.encode, tiling))
     monkeypatch.setattr(VideoAutoencoder, "decode", _with_tiling(VideoAutoencoder.decode, tiling))
@@ -142,7 +160,7 @@ def test_tiled_vae_matches_the_official_reference(name, monkeypatch):
         out = (run_encode_case if case.kind == "vae_encode" else run_decode_case)(case)
     for key, expected in case.expected.items():
         ok, err = case.tolerance(key).check(out[key], expected)
-        assert ok, f"{name}/{key}: max abs error {err:.3g}"
+        assert ok, f"{case.name}/{key}: max abs error {err:.3g}"
 
 
 def _with_tiling(method, tiling):
@@ -154,15 +172,14 @@ def _with_tiling(method, tiling):
 
 @pytest.mark.reference
 @pytest.mark.parametrize(
-    "name", ["restore_3b_image", pytest.param("restore_3b_video_3_frames_cond_noise_0_1", marks=SLOW)]
+    "case", [pytest.param(c, id=c.name, marks=SLOW if _frames(c) > 1 else ()) for c in RESTORE_CASES]
 )
-def test_tiled_restore_matches_the_official_reference(name, monkeypatch):
+def test_tiled_restore_matches_the_official_reference(case, monkeypatch):
     """The whole restore with a tiled VAE lands on the reference outputs, as the untiled one does."""
     from seedvr_local.pipeline import RestorationPipeline
 
-    case = CASES[name]
     original = RestorationPipeline.restore
-    tiling = VAETiling(24, 1) if "image" in name else VAETiling(24, 8)
+    tiling = VAETiling(24, 1) if _frames(case) == 1 else VAETiling(24, 8)
 
     def tiled_restore(self, *args, **kwargs):
         return original(self, *args, **kwargs, vae_tiling=tiling)
@@ -172,7 +189,7 @@ def test_tiled_restore_matches_the_official_reference(name, monkeypatch):
         out = run_restore_case(case)
     for key, expected in case.expected.items():
         ok, err = case.tolerance(key).check(out[key], expected)
-        assert ok, f"{name}/{key}: max abs error {err:.3g}"
+        assert ok, f"{case.name}/{key}: max abs error {err:.3g}"
 
 
 # ---------------------------------------------------------------------------------- the test can fail
@@ -181,7 +198,7 @@ def test_tiled_restore_matches_the_official_reference(name, monkeypatch):
 @torch.no_grad()
 def test_per_tile_statistics_or_missing_halos_would_be_caught(monkeypatch):
     """The two mistakes exact tiling avoids make errors far above the tolerance with these weights."""
-    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    vae = _reference_vae()
     z, tiling = _latent(1, 6, 8), VAETiling(24, 1)
     expected = vae.decode(z)
 
@@ -279,7 +296,7 @@ def test_tile_grid_partitions_the_image_into_balanced_aligned_tiles(size, core):
 
 
 def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
-    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    vae = _seedvr2_vae()
     (segment,) = [s for s in segments(vae_tiling.decoder_blocks(vae), (8, 8), (64, 64), 1) if len(s.ops) == 6][:1]
     # one ResNet at 1/8 scale: two 3x3 convs, so a 2-pixel halo on each inner side
     regions = required_regions(segment.ops, segment.sizes, (2, 4, 0, 3))
@@ -288,7 +305,7 @@ def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
 
 
 def test_store_scale_decides_where_full_frame_tensors_are_kept():
-    vae = build_case_model(CASES["vae_decode_t1_t2"])
+    vae = _seedvr2_vae()
     blocks = vae_tiling.decoder_blocks(vae)
     image = (64, 64)
     scales = {s: [image[0] // seg.sizes[-1][0] for seg in segments(blocks, (8, 8), image, s)] for s in (1, 8)}
