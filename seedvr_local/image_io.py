@@ -108,8 +108,8 @@ def encode_image(rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str, qualit
     image = to_pil(rgb, alpha if keeps_alpha else None)
     options: dict = {}
     if pil_format == "PNG":
-        # zlib level 1: a 1080p photo encodes in 0.24 s instead of 0.42 s (level 6, PIL's default) for 13% more
-        # bytes; on a GPU server the default level took longer than the whole DiT step.
+        # zlib level 1: on the GPU server PIL's default level 6 took longer than the whole DiT step
+        # (benchmarks/RESULTS.md); level 1 trades somewhat larger files for less CPU time.
         options = {"compress_level": 1}
     elif pil_format == "JPEG":
         # 4:4:4: the default 4:2:0 would halve the chroma resolution that the upscale just restored.
