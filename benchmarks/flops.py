@@ -3,6 +3,11 @@ restore benchmark is compared with. Counted by torch's FlopCounterMode on the fu
 device (no weights, no memory, a few seconds on a CPU); matmuls, convolutions and attention count, elementwise
 ops do not.
 
+Also counted there: the GPU kernel launches of one DiT forward (`launches`), as the CUDA bf16 path issues them,
+with the window attention packed into one varlen call per layer and, for comparison, grouped by window shape
+(what SDPA runs). Each launch costs host time; when a forward's launches take longer to issue than their work
+takes to run, the GPU waits.
+
     python -m benchmarks.flops --model 3b --sizes 1920x1080,3840x2160
     python -m benchmarks.flops --model 3b --restore-json restore.json --peak-tflops 800
 
@@ -13,11 +18,19 @@ take at `--peak-tflops` (the GPU's dense bf16 matmul rate; measure it, see bench
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
+from collections import Counter
+from unittest import mock
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+import kernels
+from seedvr_local.models import window_attention
 
 from benchmarks.models import TEXT_TOKENS
 from benchmarks.restore import parse_size
@@ -56,6 +69,71 @@ def count_flops(model: str, width: int, height: int) -> dict[str, float]:
     return flops
 
 
+#: Fused ops of `kernels`: one Triton launch each on CUDA (on the meta device they run their references).
+_FUSED_OPS = ("rms_norm", "rms_norm_modulate", "gated_residual", "gated_residual_rms_norm_modulate", "rotate_pairs")
+_NO_LAUNCH = {"empty", "empty_strided", "empty_like", "detach", "lift_fresh", "alias"}
+
+
+class _LaunchCounter(TorchDispatchMode):
+    """Counts the ops that would launch a kernel on the model's device: views, allocations and host-side work
+    (the window index building) launch none."""
+
+    def __init__(self):
+        super().__init__()
+        self.launches: Counter[str] = Counter()
+        self.inside_fused = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if self.inside_fused or func.is_view or func.overloadpacket.__name__ in _NO_LAUNCH:
+            return out
+        tensors = [t for t in (*args, *(kwargs or {}).values(), out) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "meta" for t in tensors):
+            self.launches[func.overloadpacket.__name__] += 1
+        return out
+
+    def one_launch(self, fn, name: str):
+        @functools.wraps(fn)
+        def counted(*args, **kwargs):
+            self.launches[name] += 1
+            self.inside_fused += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.inside_fused -= 1
+
+        return counted
+
+
+def count_launches(model: str, width: int, height: int, attention: str = "packed") -> Counter[str]:
+    """Kernel launches of one DiT forward (bf16) by op, as the CUDA path with Triton kernels issues them.
+    `attention`: "packed" (one varlen flash call per layer) or "grouped" (one SDPA call per window shape)."""
+    from seedvr_local.models.nadit import DiTConfig, NaDiT
+
+    config = DiTConfig.seedvr2_3b() if model == "3b" else DiTConfig.seedvr2_7b()
+    height, width = _padded(height), _padded(width)
+    with torch.device("meta"):
+        dit = NaDiT.from_dit_config(config).eval().to(torch.bfloat16)
+        latent = torch.empty(33, 1, height // 8, width // 8, dtype=torch.bfloat16)
+        text = torch.empty(TEXT_TOKENS, config.txt_in_dim, dtype=torch.bfloat16)
+    counter = _LaunchCounter()
+    with contextlib.ExitStack() as patches:
+        for name in _FUSED_OPS:
+            patches.enter_context(mock.patch.object(kernels, name, counter.one_launch(getattr(kernels, name), name)))
+        sdpa = counter.one_launch(window_attention.sdpa_attention, "attention")
+        patches.enter_context(mock.patch.dict(window_attention.GROUPED_BACKENDS, {"sdpa": sdpa}))
+        if attention == "packed":  # the meta device has no flash kernel: stand in for the one launch it makes
+            varlen = counter.one_launch(lambda q, k, v, packed: torch.empty_like(q), "attention")
+            patches.enter_context(mock.patch.dict(window_attention.PACKED_BACKENDS, {"torch_varlen": varlen}))
+            patches.enter_context(mock.patch.object(window_attention, "attention_backend_available", lambda *a: True))
+            dit.set_attention_backend("torch_varlen")
+        else:
+            dit.set_attention_backend("sdpa")
+        with torch.no_grad(), counter:
+            dit.forward_samples([latent], [text], 1000.0)
+    return counter.launches
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("3b", "7b"), default="3b")
@@ -86,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = measured[output][phase]
                 line += f" {seconds:>11.3f} {tflop / seconds:>8.0f} {tflop / seconds / args.peak_tflops:>8.0%}"
             print(line)
+
+    print(f"\n# Kernel launches of one {args.model.upper()} DiT forward (CUDA, bf16, Triton kernels), by attention layout")
+    print(f"{'output':>11} {'packed':>8} {'grouped':>8}")
+    for width, height in sizes:
+        packed, grouped = (sum(count_launches(args.model, width, height, a).values()) for a in ("packed", "grouped"))
+        print(f"{f'{width}x{height}':>11} {packed:>8} {grouped:>8}")
     return 0
 
 

@@ -43,8 +43,17 @@ def test_flops_counts_the_full_size_model(tmp_path, capsys):
     report.write_text(json.dumps({"results": [{"output": "64x64", "seconds": seconds}]}))
     assert flops.main(["--model", "3b", "--restore-json", str(report)]) == 0
     lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("64x64")]
-    assert [line[1] for line in lines] == ["encode", "dit", "vae_decode"]
-    assert all(line[-1].endswith("%") for line in lines)
+    assert [line[1] for line in lines[:3]] == ["encode", "dit", "vae_decode"]
+    assert all(line[-1].endswith("%") for line in lines[:3])
+    assert len(lines) == 4 and all(int(n) > 0 for n in lines[3][1:])  # kernel launches: packed, grouped
+
+
+def test_packed_window_attention_launches_a_fixed_number_of_kernels_per_layer():
+    from benchmarks import flops
+
+    packed, grouped = (sum(flops.count_launches("3b", 1280, 720, a).values()) for a in ("packed", "grouped"))
+    layers = 32
+    assert packed < 50 * layers < grouped, (packed, grouped)
 
 
 def test_server_benchmark_smoke(tmp_path, capsys):

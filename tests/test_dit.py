@@ -172,6 +172,39 @@ def test_attention_backends_give_the_same_numbers(variant):
     torch.testing.assert_close(outputs["auto"], outputs["sdpa"], atol=0, rtol=0)
 
 
+def _reference_varlen(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k):
+    """What a varlen flash kernel computes, written from its contract alone: one softmax attention per
+    [cu[i], cu[i+1]) span of packed `(tokens, heads, d)` rows."""
+    assert q.dim() == 3 and q.shape == k.shape == v.shape
+    assert cu_seq_q.dtype == torch.int32 and torch.equal(cu_seq_q, cu_seq_k)
+    bounds = cu_seq_q.tolist()
+    assert bounds[0] == 0 and bounds[-1] == q.shape[0]
+    assert max_q == max_k == max(b - a for a, b in zip(bounds, bounds[1:]))
+    out = torch.empty_like(q)
+    for a, b in zip(bounds, bounds[1:]):
+        scores = torch.einsum("qhd,khd->hqk", q[a:b], k[a:b]) / math.sqrt(q.shape[-1])
+        out[a:b] = torch.einsum("hqk,khd->qhd", scores.softmax(-1), v[a:b])
+    return out
+
+
+@pytest.mark.parametrize("variant", ["3b", "7b"])
+def test_packed_varlen_path_matches_the_grouped_one(variant, monkeypatch):
+    """The packing that feeds the CUDA varlen kernels (one call per layer over every window of every sample),
+    run here through a stand-in kernel: only the real kernel's arithmetic is left for the CUDA tests."""
+    from seedvr_local.models import window_attention
+
+    monkeypatch.setattr(window_attention, "_torch_varlen", lambda: _reference_varlen)
+    monkeypatch.setattr(window_attention, "attention_backend_available", lambda name, q: True)
+    model = random_model(variant)
+    vids, txts = random_inputs([(1, 42, 50), (3, 16, 20), (1, 10, 14)], [6, 9, 6])
+    outputs = {}
+    with torch.no_grad():
+        for backend in ("sdpa", "torch_varlen"):
+            model.set_attention_backend(backend)
+            outputs[backend] = torch.cat([o.flatten() for o in model.forward_samples(vids, txts, 1000.0)])
+    torch.testing.assert_close(outputs["torch_varlen"], outputs["sdpa"], atol=1e-5, rtol=0)
+
+
 def test_attention_backend_choice():
     q = torch.zeros(2, 5, 2, 16)
     assert resolve_attention_backend("auto", q) == "sdpa"  # no CUDA here

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
 import kernels
 from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, MMPair
 from seedvr_local.models.window_attention import TokenLayout, WindowAttention
+
+
+class BlockModulation(NamedTuple):
+    """A block's `(B, D)` fp32 modulation vectors, in the order of `AdaSingle.modulation`'s slots."""
+
+    attn_shift: torch.Tensor
+    attn_scale: torch.Tensor
+    attn_gate: torch.Tensor
+    mlp_shift: torch.Tensor
+    mlp_scale: torch.Tensor
+    mlp_gate: torch.Tensor
 
 
 class MMSRBlock(nn.Module):
@@ -62,43 +75,34 @@ class MMSRBlock(nn.Module):
     def forward(
         self, vid: torch.Tensor, txt: torch.Tensor, layout: TokenLayout, emb: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`emb (B, 6D)`: the time embedding of each sample, read as `(d, layer, {shift, scale, gate})`.
+        """`emb (2, 3, B, D)` fp32: the time embedding of each sample as `(layer, {shift, scale, gate}, B, D)`.
 
         The norms, modulations and gated residual adds go through `kernels`, which fuses each seam between two
         layers (gate, residual add, next norm, modulation) into one pass on the GPU.
         """
-        attn_emb, mlp_emb = emb.unflatten(-1, (-1, 2, 3)).unbind(-2)
         ada_vid, ada_txt = self.ada.vid_branch, self.ada.txt_branch
+        m = BlockModulation(*ada_vid.modulation(emb).flatten(0, 1))
         vid_rows, txt_rows = layout.sample_index("vid"), layout.sample_index("txt")
         # The layers run in the weights' dtype; the residual streams may be wider (fp32 under fp16 weights).
         norm = dict(eps=self.norm_eps, out_dtype=ada_vid.attn_shift.dtype)
 
-        x = kernels.rms_norm_modulate(
-            vid, ada_vid.vector(attn_emb, "attn", "scale"), ada_vid.vector(attn_emb, "attn", "shift"),
-            **norm, index=vid_rows,
-        )  # fmt: skip
+        x = kernels.rms_norm_modulate(vid, m.attn_scale, m.attn_shift, **norm, index=vid_rows)
         if ada_txt is None:
             y = kernels.rms_norm_modulate(txt, **norm)
         else:
-            y = kernels.rms_norm_modulate(
-                txt, ada_txt.vector(attn_emb, "attn", "scale"), ada_txt.vector(attn_emb, "attn", "shift"),
-                **norm, index=txt_rows,
-            )  # fmt: skip
+            mt = m if ada_txt is ada_vid else BlockModulation(*ada_txt.modulation(emb).flatten(0, 1))
+            y = kernels.rms_norm_modulate(txt, mt.attn_scale, mt.attn_shift, **norm, index=txt_rows)
         x, y = self.attn(x, y, layout)
 
         vid, x = kernels.gated_residual_rms_norm_modulate(
-            vid, x, ada_vid.vector(attn_emb, "attn", "gate"),
-            ada_vid.vector(mlp_emb, "mlp", "scale"), ada_vid.vector(mlp_emb, "mlp", "shift"),
-            **norm, index=vid_rows,
-        )  # fmt: skip
-        vid = kernels.gated_residual(vid, self.mlp.vid_branch(x), ada_vid.vector(mlp_emb, "mlp", "gate"), index=vid_rows)
+            vid, x, m.attn_gate, m.mlp_scale, m.mlp_shift, **norm, index=vid_rows
+        )
+        vid = kernels.gated_residual(vid, self.mlp.vid_branch(x), m.mlp_gate, index=vid_rows)
         if self.text_passthrough:
             # The official block adds the untouched text to itself here; nothing reads it afterwards.
             txt = txt + y
             return vid, txt + txt
         txt, y = kernels.gated_residual_rms_norm_modulate(
-            txt, y, ada_txt.vector(attn_emb, "attn", "gate"),
-            ada_txt.vector(mlp_emb, "mlp", "scale"), ada_txt.vector(mlp_emb, "mlp", "shift"),
-            **norm, index=txt_rows,
-        )  # fmt: skip
-        return vid, kernels.gated_residual(txt, self.mlp.txt_branch(y), ada_txt.vector(mlp_emb, "mlp", "gate"), index=txt_rows)
+            txt, y, mt.attn_gate, mt.mlp_scale, mt.mlp_shift, **norm, index=txt_rows
+        )
+        return vid, kernels.gated_residual(txt, self.mlp.txt_branch(y), mt.mlp_gate, index=txt_rows)

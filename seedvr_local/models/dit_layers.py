@@ -67,23 +67,30 @@ class AdaSingle(nn.Module):
     """Adaptive modulation from the shared time embedding plus learned per-layer offsets (spec 2.6).
 
     The time embedding of a sample is read as `(d, layer, {shift, scale, gate})` ("b (d l g)", interleaved);
-    callers pass the `(B, D, 3)` slot of their layer. The "+1" of the scale lives in the `_scale` parameter.
+    `NaDiT` rearranges it once per forward to `(layer, kind, B, D)` in fp32, and each module adds its offsets to
+    the slots it owns. The "+1" of the scale lives in the `_scale` parameter.
     """
 
     def __init__(self, dim: int, layers: Sequence[str] = ("attn", "mlp"), modes: Sequence[str] = ("in", "out")):
         super().__init__()
-        for layer in layers:
+        self.layers = tuple(layers)
+        self.kinds = (("shift", "scale") if "in" in modes else ()) + (("gate",) if "out" in modes else ())
+        for layer in self.layers:
             if "in" in modes:
                 setattr(self, f"{layer}_shift", nn.Parameter(torch.zeros(dim)))
                 setattr(self, f"{layer}_scale", nn.Parameter(torch.ones(dim)))
             if "out" in modes:
                 setattr(self, f"{layer}_gate", nn.Parameter(torch.zeros(dim)))
 
-    def vector(self, emb: torch.Tensor, layer: str, kind: str) -> torch.Tensor:
-        """The summed fp32 modulation `(B, D)` of one layer: `emb`'s slot plus the learned offset. `kind` is
-        shift, scale (mode "in": `h * scale + shift`) or gate (mode "out": `h * gate`)."""
-        slot = {"shift": 0, "scale": 1, "gate": 2}[kind]
-        return emb[..., slot].float() + getattr(self, f"{layer}_{kind}").float()
+    def modulation(self, emb: torch.Tensor) -> torch.Tensor:
+        """`emb (layers, kinds, B, D)` fp32, this module's slots of the time embedding -> the summed fp32
+        modulation of the same shape: `h * scale + shift` (mode "in"), `h * gate` (mode "out").
+
+        Two launches for all of a block's vectors, not two per vector: they add up to a thousand per forward.
+        """
+        offsets = torch.stack([getattr(self, f"{layer}_{kind}") for layer in self.layers for kind in self.kinds])
+        # fp32 + low-precision offsets promotes to fp32: the same sum as upcasting the offsets first.
+        return emb + offsets.view(len(self.layers), len(self.kinds), 1, -1)
 
 
 def swiglu_hidden_dim(dim: int, expand_ratio: int, multiple_of: int = 256) -> int:

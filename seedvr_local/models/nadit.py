@@ -347,15 +347,17 @@ class NaDiT(ModelMixin, ConfigMixin):
         vid = self.vid_in(vid.to(dtype), grids).to(residual_dtype)
         txt = self.txt_in(txt.to(dtype)).to(residual_dtype)
         emb = self.emb_in(self._timesteps(timestep, len(grids), vid.device))
+        # "b (d l g)" -> (layer, {shift, scale, gate}, b, d) in fp32, once for all blocks.
+        emb = emb.float().unflatten(-1, (-1, 2, 3)).permute(2, 3, 0, 1).contiguous()
         layout = TokenLayout(patch_grids, txt_lens, vid.device)
         for block in self.blocks:
             vid, txt = block(vid, txt, layout, emb)
         if self.vid_out_norm is not None:
             # Official quirk (spec 2.6): the output modulation reads the blocks' cached attn-slot embedding.
-            attn_emb = emb.unflatten(-1, (-1, 2, 3))[:, :, 0]
+            shift, scale = self.vid_out_ada.modulation(emb[:1, :2])[0]
             vid = kernels.rms_norm_modulate(
-                vid, self.vid_out_ada.vector(attn_emb, "out", "scale"), self.vid_out_ada.vector(attn_emb, "out", "shift"),
-                eps=self.vid_out_norm.eps, weight=self.vid_out_norm.weight, index=layout.sample_index("vid"),
+                vid, scale, shift, eps=self.vid_out_norm.eps, weight=self.vid_out_norm.weight,
+                index=layout.sample_index("vid"),
             )  # fmt: skip
         return self.vid_out(vid.to(dtype), patch_grids)
 

@@ -4,10 +4,10 @@ Every window of every sample is its own attention sequence: the window's video t
 of that sample. Video tokens see only their window plus the text; samples never see each other. Each text token
 is evaluated once per window of its sample and its outputs are averaged over those windows.
 
-Windows of equal shape (and equal text length) are gathered into one `(n, S, heads, head_dim)` batch and run
-through one attention call, so the cost is a handful of kernel launches per layer instead of a loop over windows.
-That call goes through the fastest exact path available (`ATTENTION_BACKENDS`): flash-attn's or torch's varlen
-kernels on CUDA in half precision, else `scaled_dot_product_attention`.
+No loop over windows: on CUDA in half precision every window of a layer is packed into one token list and run
+through one variable-length flash attention call (flash-attn's or torch's varlen kernel); elsewhere windows of
+equal shape are gathered into one `(n, S, heads, head_dim)` batch per shape for `scaled_dot_product_attention`.
+`ATTENTION_BACKENDS` lists the paths; all give the same numbers.
 """
 
 from __future__ import annotations
@@ -59,7 +59,6 @@ class TokenLayout:
         self.vid_lens = [t * h * w for t, h, w in grids]
         self.vid_offsets = [sum(self.vid_lens[:i]) for i in range(len(grids))]
         self.txt_offsets = [sum(txt_lens[:i]) for i in range(len(grids))]
-        self._plans: dict[tuple, WindowPlan] = {}
         self._cache: dict = {}
 
     def sample_index(self, stream: str) -> torch.Tensor | None:
@@ -83,24 +82,31 @@ class TokenLayout:
         """Each text token's index within its own sample's text, `(text rows,)`."""
         return torch.cat([torch.arange(n, device=self.device) for n in self.txt_lens])
 
-    def windows(self, method: str, num_windows: tuple[int, int, int]) -> WindowPlan:
-        key = (method, tuple(num_windows))
-        if key not in self._plans:
-            self._plans[key] = self._build_plan(method, tuple(num_windows))
-        return self._plans[key]
+    def grouped_windows(self, method: str, num_windows: tuple[int, int, int]) -> WindowPlan:
+        """The windows of a layout method grouped by shape (the SDPA layout)."""
+        key = ("grouped", method, tuple(num_windows))
+        return self.cached(key, lambda: self._build_plan(method, tuple(num_windows)))
+
+    def packed_windows(self, method: str, num_windows: tuple[int, int, int]) -> PackedWindows:
+        """The windows of a layout method packed one after the other (the varlen layout)."""
+        key = ("packed", method, tuple(num_windows))
+        return self.cached(key, lambda: self._build_packed(method, tuple(num_windows)))
+
+    def _window_rows(self, method: str, num_windows: tuple[int, int, int]):
+        """Every window in the official order: (sample, window shape, rows of its video tokens)."""
+        for sample, grid in enumerate(self.grids):
+            _, h, w = grid
+            for (t0, t1), (h0, h1), (w0, w1) in window_boxes(grid, num_windows, method):
+                rows = (torch.arange(t0, t1)[:, None, None] * h + torch.arange(h0, h1)[None, :, None]) * w
+                rows = (rows + torch.arange(w0, w1)).flatten() + self.vid_offsets[sample]
+                yield sample, (t1 - t0, h1 - h0, w1 - w0), rows
 
     def _build_plan(self, method: str, num_windows: tuple[int, int, int]) -> WindowPlan:
         members: dict[tuple[Grid, int], list[tuple[int, torch.Tensor]]] = {}
-        counts = []
-        for sample, grid in enumerate(self.grids):
-            boxes = window_boxes(grid, num_windows, method)
-            counts.append(len(boxes))
-            _, h, w = grid
-            for (t0, t1), (h0, h1), (w0, w1) in boxes:
-                rows = (torch.arange(t0, t1)[:, None, None] * h + torch.arange(h0, h1)[None, :, None]) * w
-                rows = (rows + torch.arange(w0, w1)).flatten() + self.vid_offsets[sample]
-                key = ((t1 - t0, h1 - h0, w1 - w0), self.txt_lens[sample])
-                members.setdefault(key, []).append((sample, rows))
+        counts = [0] * len(self.grids)
+        for sample, shape, rows in self._window_rows(method, num_windows):
+            counts[sample] += 1
+            members.setdefault((shape, self.txt_lens[sample]), []).append((sample, rows))
 
         groups = []
         for (shape, txt_len), windows in members.items():
@@ -111,6 +117,79 @@ class TokenLayout:
             groups.append(WindowGroup(shape, txt_len, vid_idx.to(self.device), txt_idx.to(self.device), runs))
         txt_windows = torch.cat([torch.full((n,), float(c)) for n, c in zip(self.txt_lens, counts)])
         return WindowPlan(groups, txt_windows.to(self.device)[:, None, None])
+
+    def _build_packed(self, method: str, num_windows: tuple[int, int, int]) -> PackedWindows:
+        vid_total = sum(self.vid_lens)
+        rows, windows, bounds = [], [], [0]
+        counts = [0] * len(self.grids)
+        for sample, shape, vid_rows in self._window_rows(method, num_windows):
+            txt_len = self.txt_lens[sample]
+            rows.append(vid_rows)
+            rows.append(torch.arange(txt_len) + (vid_total + self.txt_offsets[sample]))
+            windows.append((shape, txt_len))
+            bounds.append(bounds[-1] + len(vid_rows) + txt_len)
+            counts[sample] += 1
+        rows = torch.cat(rows)
+        # Each video token sits in exactly one window. The text copies, in packed order, run sample by sample and
+        # window by window, so each sample's copies reshape to (its windows, its text) for the average.
+        is_video = rows < vid_total
+        vid_pos = torch.empty(vid_total, dtype=torch.int64)
+        vid_pos[rows[is_video]] = torch.nonzero(is_video).flatten()
+        return PackedWindows(
+            rows=rows.to(self.device),
+            cu_seqlens=torch.tensor(bounds, dtype=torch.int32, device=self.device),
+            bounds=bounds,
+            max_seqlen=max(b - a for a, b in zip(bounds, bounds[1:])),
+            vid_pos=vid_pos.to(self.device),
+            txt_pos=torch.nonzero(~is_video).flatten().to(self.device),
+            text_copies=list(zip(counts, self.txt_lens)),
+            windows=windows,
+        )
+
+
+@dataclass
+class PackedWindows:
+    """Every window of a layer as one sequence of a packed token list: the varlen attention layout.
+
+    Packed rows index the flat tokens `cat(video tokens, text tokens)`: window after window (the official order,
+    sample by sample), each window's video tokens followed by its sample's text.
+    """
+
+    rows: torch.Tensor  # (packed,)
+    cu_seqlens: torch.Tensor  # (windows + 1,) int32: where each window's sequence starts
+    bounds: list[int]  # the same, on the host
+    max_seqlen: int
+    vid_pos: torch.Tensor  # (video tokens,): the packed row of each video token
+    txt_pos: torch.Tensor  # the packed rows of the text copies, in packed order
+    text_copies: list[tuple[int, int]]  # (windows, text length) of each sample
+    windows: list[tuple[Grid, int]]  # (shape, text length) of each window
+    rope_tables: dict = field(default_factory=dict)
+
+    def rope_table(self, rope: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """The `(cos, sin)` angles of every packed row: window-local positions for video; for text its own
+        positions (3B) or a rotation by zero, which is exact (7B)."""
+        if rope.cache_key not in self.rope_tables:
+            device = self.rows.device
+            video = {key: rope.video_table(*key, device) for key in dict.fromkeys(self.windows)}
+            pairs = next(iter(video.values()))[0].shape[-1]
+            text = {
+                n: rope.text_table(torch.arange(n, device=device)) if rope.rotates_text
+                else (torch.ones(n, pairs, device=device), torch.zeros(n, pairs, device=device))
+                for n in dict.fromkeys(n for _, n in self.windows)
+            }  # fmt: skip
+            tables = [table for key in self.windows for table in (video[key], text[key[1]])]
+            self.rope_tables[rope.cache_key] = tuple(torch.cat(parts) for parts in zip(*tables))
+        return self.rope_tables[rope.cache_key]
+
+    def average_text(self, out: torch.Tensor) -> torch.Tensor:
+        """The text rows of packed `out`, averaged in fp32 over the windows of their sample: `(text rows, ...)`."""
+        copies = out[self.txt_pos]
+        averages, start = [], 0
+        for windows, txt_len in self.text_copies:
+            part = copies[start : start + windows * txt_len].unflatten(0, (windows, txt_len))
+            averages.append(part.mean(0, dtype=torch.float32))
+            start += windows * txt_len
+        return (averages[0] if len(averages) == 1 else torch.cat(averages)).to(out.dtype)
 
 
 @functools.cache
@@ -131,40 +210,32 @@ def _torch_varlen() -> Callable | None:
     return varlen_attn
 
 
-def _packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, varlen: Callable) -> torch.Tensor:
-    # Every window of a group is one sequence of the same length in a packed (tokens, heads, d) batch.
-    n, seq = q.shape[:2]
-    cu_seqlens = torch.arange(0, (n + 1) * seq, seq, dtype=torch.int32, device=q.device)
-    out = varlen(q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1), cu_seqlens, cu_seqlens, seq, seq)
-    return out.unflatten(0, (n, seq))
-
-
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One `scaled_dot_product_attention` call over all windows of a group (torch picks its fastest kernel)."""
+    """One `scaled_dot_product_attention` call over all windows of a group `(n, S, heads, d)` (torch picks its
+    fastest kernel)."""
     return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
-def flash_attn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _packed(q, k, v, _flash_attn_varlen())
+def flash_attn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedWindows) -> torch.Tensor:
+    cu, longest = packed.cu_seqlens, packed.max_seqlen
+    return _flash_attn_varlen()(q, k, v, cu, cu, longest, longest)
 
 
-def torch_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return _packed(q, k, v, _torch_varlen())
+def torch_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packed: PackedWindows) -> torch.Tensor:
+    cu, longest = packed.cu_seqlens, packed.max_seqlen
+    return _torch_varlen()(q, k, v, cu, cu, longest, longest)
 
 
-def per_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """One attention call per window, as a direct port of the official loop would do. The baseline that the
-    grouped paths are measured and checked against."""
-    return torch.cat([sdpa_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(q.shape[0])])
-
-
-#: Exact attention paths over a group of equal-length windows `(n, S, heads, d)` -> `(n, S, heads, d)`.
-ATTENTION_BACKENDS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+#: Attention over the packed windows of a layer `(packed tokens, heads, d)`, one sequence per window.
+PACKED_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
     "flash_attn": flash_attn_attention,
     "torch_varlen": torch_varlen_attention,
-    "sdpa": sdpa_attention,
-    "per_window": per_window_attention,
 }
+#: Attention over a group of equal-shape windows `(n, S, heads, d)`.
+GROUPED_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa_attention}
+#: Every exact path, in the order `auto` tries them. `per_window` is the naive loop over windows that a direct
+#: port runs: the baseline the others are measured and checked against.
+ATTENTION_BACKENDS = ("flash_attn", "torch_varlen", "sdpa", "per_window")
 
 
 def attention_backend_available(name: str, q: torch.Tensor) -> bool:
@@ -186,11 +257,6 @@ def resolve_attention_backend(name: str, q: torch.Tensor) -> str:
     if not attention_backend_available(name, q):
         raise ValueError(f"attention backend {name!r} cannot run {q.dtype} on {q.device}")
     return name
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Full softmax attention per sequence, scale 1/sqrt(head_dim): `(n, S, heads, d)` -> `(n, S, heads, d)`."""
-    return ATTENTION_BACKENDS[resolve_attention_backend(backend, q)](q, k, v)
 
 
 class WindowAttention(nn.Module):
@@ -232,12 +298,49 @@ class WindowAttention(nn.Module):
         txt_q, txt_k, txt_v = txt_qkv.unflatten(-1, (3, self.heads, self.head_dim)).unbind(1)
         vid_q, txt_q = self.norm_q(vid_q, txt_q)
         vid_k, txt_k = self.norm_k(vid_k, txt_k)
+        backend = resolve_attention_backend(self.attention_backend, vid_q)
+        if backend in PACKED_BACKENDS:
+            attend = self._attend_packed
+        else:
+            attend = self._attend_per_window if backend == "per_window" else self._attend_grouped
+        vid_out, txt_out = attend((vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v), layout, backend)
+        return self.proj_out(vid_out.flatten(1), txt_out.flatten(1))
+
+    def _attend_packed(self, vid_qkv, txt_qkv, layout: TokenLayout, backend: str):
+        """All windows in one call: a dozen launches per layer whatever the number of windows."""
+        packed = layout.packed_windows(self.window_method, self.window)
+        q, k, v = (torch.cat(pair) for pair in zip(vid_qkv, txt_qkv))
+        if self.rope is None:
+            q, k = q[packed.rows], k[packed.rows]
+        else:  # the window gather is fused into the rotation
+            table = packed.rope_table(self.rope)
+            q, k = kernels.rotate_pairs(q, *table, index=packed.rows), kernels.rotate_pairs(k, *table, index=packed.rows)
+        out = PACKED_BACKENDS[backend](q, k, v[packed.rows], packed)
+        return out[packed.vid_pos], packed.average_text(out)
+
+    def _attend_per_window(self, vid_qkv, txt_qkv, layout: TokenLayout, backend: str):
+        """Gather, rotate and attend one window at a time."""
+        packed = layout.packed_windows(self.window_method, self.window)
+        q_all, k_all, v_all = (torch.cat(pair) for pair in zip(vid_qkv, txt_qkv))
+        out = q_all.new_empty((len(packed.rows), *q_all.shape[1:]))
+        for a, b in zip(packed.bounds, packed.bounds[1:]):
+            rows = packed.rows[a:b]
+            q, k = q_all[rows], k_all[rows]
+            if self.rope is not None:
+                cos, sin = (t[a:b] for t in packed.rope_table(self.rope))
+                q, k = kernels.rotate_pairs(q, cos, sin), kernels.rotate_pairs(k, cos, sin)
+            out[a:b] = sdpa_attention(q[None], k[None], v_all[rows][None])[0]
+        return out[packed.vid_pos], packed.average_text(out)
+
+    def _attend_grouped(self, vid_qkv, txt_qkv, layout: TokenLayout, backend: str):
+        """One call per window shape (a handful per layer)."""
+        (vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v) = vid_qkv, txt_qkv
         rope = self.rope
         if rope is not None and rope.rotates_text:
             table = layout.cached(("txt", rope.cache_key), lambda: rope.text_table(layout.text_positions()))
             txt_q, txt_k = kernels.rotate_pairs(txt_q, *table), kernels.rotate_pairs(txt_k, *table)
 
-        plan = layout.windows(self.window_method, self.window)
+        plan = layout.grouped_windows(self.window_method, self.window)
         vid_out = torch.empty_like(vid_v)
         txt_sum = torch.zeros(txt_v.shape, dtype=torch.float32, device=txt_v.device)
         for group in plan.groups:
@@ -245,21 +348,19 @@ class WindowAttention(nn.Module):
                 q, k = vid_q[group.vid_idx], vid_k[group.vid_idx]
             else:
                 if rope.cache_key not in group.rope_tables:
-                    group.rope_tables[rope.cache_key] = rope.video_table(group.shape, group.txt_len, vid.device)
+                    group.rope_tables[rope.cache_key] = rope.video_table(group.shape, group.txt_len, vid_q.device)
                 table = group.rope_tables[rope.cache_key]
                 # The window gather is fused into the rotation.
                 q = kernels.rotate_pairs(vid_q, *table, index=group.vid_idx)
                 k = kernels.rotate_pairs(vid_k, *table, index=group.vid_idx)
-            out = attend(
+            out = GROUPED_BACKENDS[backend](
                 torch.cat((q, txt_q[group.txt_idx]), dim=1),
                 torch.cat((k, txt_k[group.txt_idx]), dim=1),
                 torch.cat((vid_v[group.vid_idx], txt_v[group.txt_idx]), dim=1),
-                self.attention_backend,
             )
             window_len = group.vid_idx.shape[1]
             vid_out.index_copy_(0, group.vid_idx.flatten(), out[:, :window_len].flatten(0, 1))
             txt_part = out[:, window_len:]
             for first_row, first, count in group.runs:
                 txt_sum[first_row : first_row + group.txt_len] += txt_part[first : first + count].float().sum(0)
-        txt_out = (txt_sum / plan.txt_windows).to(txt_v.dtype)
-        return self.proj_out(vid_out.flatten(1), txt_out.flatten(1))
+        return vid_out, (txt_sum / plan.txt_windows).to(txt_v.dtype)
