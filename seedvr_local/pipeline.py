@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -18,6 +20,7 @@ from seedvr_local.preprocess import crop_to
 from seedvr_local.vae_tiling import VAETiling
 
 PhaseCallback = Callable[[str], None]
+log = logging.getLogger("seedvr_local")
 
 
 @dataclass
@@ -113,7 +116,7 @@ class RestorationPipeline:
 
         on_phase("encode")
         x = pad_frames(video).to(device=device, dtype=dtype)
-        mean, logvar = self.vae.encode(x[None], tiling=vae_tiling)
+        mean, logvar = self._vae("encode", x[None], vae_tiling)
         mean, logvar = f32(mean[0]), f32(logvar[0])
         latent = mean + torch.exp(0.5 * logvar) * f32(noises.posterior_eps) if self.sample_posterior else mean
         cond_latent = (latent - self.shifting_factor) * self.scaling_factor
@@ -133,7 +136,7 @@ class RestorationPipeline:
 
         on_phase("vae_decode")
         z = latent_out / self.scaling_factor + self.shifting_factor
-        decoded = self.vae.decode(z[None].to(dtype), tiling=vae_tiling)[0, :, :frames].float()
+        decoded = self._vae("decode", z[None].to(dtype), vae_tiling)[0, :, :frames].float()
         style = video
         if crop is not None:
             decoded, style = crop_to(decoded, crop), crop_to(video, crop)
@@ -142,6 +145,39 @@ class RestorationPipeline:
         style = style.to(device=device, dtype=torch.float32)
         colorfixed = apply_color_fix(color_fix, decoded.transpose(0, 1), style.transpose(0, 1)).transpose(0, 1)
         return RestoreOutput(cond_latent, cond_timestep, condition, dit_out, latent_out, decoded, colorfixed)
+
+
+    def _vae(self, phase: str, x: torch.Tensor, tiling: VAETiling | None):
+        """`vae.encode` or `vae.decode`; in fp16 a phase whose output overflowed runs again in float32.
+
+        fp16 stops at 65504, and VAE activations can pass it (spec pitfall 7: black or NaN images on GPUs without
+        bf16), which shows as inf/NaN in the output. bf16 has float32's range and never needs this.
+        """
+        run = getattr(self.vae, phase)
+        out = run(x, tiling=tiling)
+        if x.dtype != torch.float16 or all(bool(t.isfinite().all()) for t in _as_tuple(out)):
+            return out
+        log.warning("the VAE %s overflowed float16; running it again in float32", phase)
+        with _float32_weights(self.vae):
+            return run(x.float(), tiling=tiling)
+
+
+def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return out if isinstance(out, tuple) else (out,)
+
+
+@contextlib.contextmanager
+def _float32_weights(module: torch.nn.Module) -> Iterator[None]:
+    """Float32 copies of `module`'s weights for the duration; the originals are put back untouched."""
+    tensors = [t for t in (*module.parameters(), *module.buffers()) if t.is_floating_point()]
+    originals = [t.data for t in tensors]
+    try:
+        for t, data in zip(tensors, originals):
+            t.data = data.float()
+        yield
+    finally:
+        for t, data in zip(tensors, originals):
+            t.data = data
 
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from seedvr_local.upscaler import UpscaleOptions
+from seedvr_local.upscaler import Upscaler, UpscaleOptions
 
 
 def _image(width: int, height: int, mode: str = "RGB", seed: int = 0) -> Image.Image:
@@ -112,3 +114,33 @@ def test_every_colour_fix_runs(tiny_upscaler, method):
 def test_bad_options_are_refused_before_running(tiny_upscaler, options, message):
     with pytest.raises(ValueError, match=message):
         tiny_upscaler.upscale(_image(8, 8), options)
+
+
+def _overflowing_fp16(upscaler: Upscaler) -> Upscaler:
+    """Scales both VAE input convs so that their outputs pass fp16's 65504 (the GroupNorm after them
+    normalises the scale away, so float32 results stay ordinary)."""
+    with torch.no_grad():
+        for conv in (upscaler.pipeline.vae.encoder.conv_in, upscaler.pipeline.vae.decoder.conv_in):
+            conv.weight.mul_(3e4 / float(conv.weight.abs().max()))
+    return upscaler
+
+
+def test_fp16_vae_overflow_is_rerun_in_float32(tiny_bundle, caplog):
+    image = _image(40, 24, seed=5)
+    options = UpscaleOptions(upscale_factor=2, seed=3)
+    half = _overflowing_fp16(Upscaler.from_weights_dir(tiny_bundle, device="cpu", dtype="fp16"))
+    full = _overflowing_fp16(Upscaler.from_weights_dir(tiny_bundle, device="cpu", dtype="fp32"))
+    vae = half.pipeline.vae
+    weights = {name: t.clone() for name, t in vae.state_dict().items()}
+    with torch.no_grad():  # the premise: in fp16 these weights overflow
+        assert not vae.encode(torch.zeros(1, 3, 1, 32, 48, dtype=torch.float16).uniform_(-1, 1))[0].isfinite().all()
+
+    with caplog.at_level(logging.WARNING, logger="seedvr_local"):
+        got = half.upscale(image, options).rgb
+    expected = full.upscale(image, options).rgb
+    assert float((got - expected).abs().mean()) < 1 / 255
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the VAE {phase} overflowed float16; running it again in float32" for phase in ("encode", "decode")
+    ]
+    for name, t in vae.state_dict().items():  # the fp16 weights are back, untouched
+        assert t.dtype == torch.float16 and torch.equal(t, weights[name]), name
