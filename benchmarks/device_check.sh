@@ -3,11 +3,13 @@
 #
 #   SEEDVR_REFERENCE_DIR=../shared/reference bash benchmarks/device_check.sh [OUT_DIR] [STEPS]
 #
-# STEPS (default "restore tests compile kernels memory") picks what runs. Each step has its own time limit and a
-# failing step does not stop the next; logs and JSON land in OUT_DIR (default ./device-check).
+# STEPS (default "restore layout attention tests compile kernels memory") picks what runs: restore is the
+# baseline; layout (the channels-last VAE) and attention (SDPA over window groups instead of packed varlen) rerun
+# it with one change each. Each step has its own time limit and a failing step does not stop the next; logs and
+# JSON land in OUT_DIR (default ./device-check).
 set -u
 out=${1:-device-check}
-steps=${2:-restore tests compile kernels memory}
+steps=${2:-restore layout attention tests compile kernels memory}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -34,6 +36,10 @@ $python -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 
 step restore 100 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 \
     --sizes 1920x1080,3840x2160 --factor 2 --repeat 3 --json "$out/restore.json" --profile "$out/profile.txt"
+step layout 80 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080,3840x2160 \
+    --factor 2 --repeat 3 --channels-last --json "$out/layout.json"
+step attention 60 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
+    --factor 2 --repeat 3 --attention sdpa --json "$out/attention.json"
 step tests 150 $python -m pytest $pytest_flags tests/test_cuda.py tests/test_kernels.py -k "cuda or Cuda"
 step compile 240 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
     --factor 2 --repeat 3 --compile --json "$out/compile.json"

@@ -95,6 +95,17 @@ def test_upscale_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype):
         assert float((outputs[64] - outputs["auto"]).abs().max()) < 1e-4
 
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_channels_last_vae_on_cuda_matches_contiguous(tiny_bundle, cpu_upscaler, dtype):
+    expected = _upscale(cpu_upscaler)
+    cuda = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype=dtype)
+    cuda.pipeline.vae.channels_last = True
+    bound = {"fp32": 1e-5, "bf16": 2 / 255}[dtype]
+    for tile in ("auto", 64):
+        mean_abs = float((_upscale(cuda, tile) - expected).abs().mean())
+        assert mean_abs < bound, f"vae_tile={tile}: mean abs error {mean_abs:.3g}"
+
+
 @pytest.mark.parametrize("store_scale", [1, 8])
 def test_tiled_vae_on_cuda_equals_untiled(tiny_bundle, store_scale):
     upscaler = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype="fp32")

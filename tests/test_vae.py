@@ -149,6 +149,36 @@ def test_single_frame_shortcut_equals_the_causal_3d_convs(tiny_vae):
     torch.testing.assert_close(tiny_vae._decode(z, None), tiny_vae._decode(z, ChunkMemory()), rtol=0, atol=1e-5)
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("frames", [1, 13])  # an image; a clip with temporal chunks
+@pytest.mark.parametrize("tiled", [False, True])
+def test_channels_last_gives_the_same_result(tiny_vae, frames, tiled):
+    from seedvr_local.vae_tiling import VAETiling
+
+    x, z = _video(frames, 48, 40), _latent((frames - 1) // 4 + 1, 6, 5)
+    tiling = VAETiling(tile=16) if tiled else None
+    layouts = []
+    hooks = [
+        norm.register_forward_pre_hook(
+            lambda _, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d))
+        )
+        for norm in tiny_vae.modules() if isinstance(norm, FrameGroupNorm)
+    ]  # fmt: skip
+    try:
+        expected = tiny_vae.encode(x, tiling=tiling)[0], tiny_vae.decode(z, tiling=tiling)
+        layouts.clear()
+        tiny_vae.channels_last = True
+        got = tiny_vae.encode(x, tiling=tiling)[0], tiny_vae.decode(z, tiling=tiling)
+    finally:
+        tiny_vae.channels_last = False
+        for hook in hooks:
+            hook.remove()
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    if frames == 1 and not tiled:  # CPU 3-D convs answer in the contiguous layout; the image path is all 2-D
+        assert layouts and all(layouts), f"{layouts.count(False)} of {len(layouts)} norms saw another layout"
+
+
 # ---------------------------------------------------------------------------------------------- shapes, errors
 
 

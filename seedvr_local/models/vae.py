@@ -29,6 +29,7 @@ from seedvr_local.models.vae_blocks import (
     FrameGroupNorm,
     MidBlock3D,
     UpDecoderBlock3D,
+    cat_frames,
 )
 from seedvr_local.vae_tiling import VAETiling, tiled_decode, tiled_encode
 
@@ -211,7 +212,9 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     """The SeedVR2 video VAE. The constructor arguments are the `VAEConfig` fields (see `from_vae_config`).
 
     `encode` returns the posterior `(mean, logvar)`; sampling and latent scaling (0.9152) are the pipeline's job.
-    Set `temporal_slicing = False` to process long clips in one pass (same result, more memory).
+    Set `temporal_slicing = False` to process long clips in one pass (same result, more memory), and
+    `channels_last = True` to run on channels-last activations (same result; the layout cuDNN's half-precision
+    convolutions work in, which otherwise converts every activation to it and back).
     """
 
     @register_to_config
@@ -246,6 +249,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
         self.quant_conv = CausalConv3d(2 * latent, 2 * latent, 1) if cfg.use_quant_conv else None
         self.post_quant_conv = CausalConv3d(latent, latent, 1) if cfg.use_post_quant_conv else None
         self.temporal_slicing = True
+        self.channels_last = False
 
     @classmethod
     def from_vae_config(cls, cfg: VAEConfig) -> "VideoAutoencoder":
@@ -275,7 +279,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
             )
         if height % self.spatial_factor or width % self.spatial_factor:
             raise ValueError(f"height and width must be multiples of {self.spatial_factor}, got {height}x{width}")
-        x = x.to(device=self.device, dtype=self.dtype)
+        x = self._prepare(x)
         if tiling is not None:
             moments = tiled_encode(self, x, tiling)
         else:
@@ -290,7 +294,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
         """
         cfg = self.vae_config
         _check_shape(z, "z", cfg.latent_channels)
-        z = z.to(device=self.device, dtype=self.dtype)
+        z = self._prepare(z)
         if tiling is not None:
             return tiled_decode(self, z, tiling)
         split = cfg.slicing_sample_min_size // self.temporal_factor
@@ -299,6 +303,10 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean."""
         return self.decode(self.encode(x)[0])
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        layout = torch.channels_last_3d if self.channels_last else torch.contiguous_format
+        return x.to(device=self.device, dtype=self.dtype, memory_format=layout)
 
     def _encode(self, x: torch.Tensor, memory: ChunkMemory | None) -> torch.Tensor:
         h = self.encoder(x, memory)
@@ -320,7 +328,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
         for chunk in chunks:
             outputs.append(stage(chunk, memory))
             memory.first = False
-        return torch.cat(outputs, dim=2)
+        return cat_frames(outputs)
 
 
 def _check_shape(x: torch.Tensor, name: str, channels: int) -> None:

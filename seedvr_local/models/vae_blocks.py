@@ -32,6 +32,18 @@ class ChunkMemory:
     tails: dict[nn.Module, torch.Tensor] = field(default_factory=dict)
 
 
+def cat_frames(clips: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat` along time that keeps the last clip's channels-last layout, which cat alone drops when a
+    piece is a broadcast view or empty."""
+    last = clips[-1]
+    layout = torch.channels_last_3d if last.is_contiguous(memory_format=torch.channels_last_3d) else None
+    if layout is None or len(clips) == 1:
+        return torch.cat(clips, dim=2)
+    shape = (*last.shape[:2], sum(clip.shape[2] for clip in clips), *last.shape[3:])
+    out = torch.empty(shape, dtype=last.dtype, device=last.device, memory_format=layout)
+    return torch.cat(clips, dim=2, out=out)
+
+
 class CausalConv3d(nn.Conv3d):
     """The official `InflatedCausalConv3d`: a Conv3d that pads time on the past side only.
 
@@ -59,9 +71,9 @@ class CausalConv3d(nn.Conv3d):
             return self.single_frame(x)
         if memory is None or memory.first:
             if self.head_frames:
-                x = torch.cat([x[:, :, :1].expand(-1, -1, self.head_frames, -1, -1), x], dim=2)
+                x = cat_frames([x[:, :, :1].expand(-1, -1, self.head_frames, -1, -1), x])
         elif self.tail_frames > 0:
-            x = torch.cat([memory.tails[self], x], dim=2)
+            x = cat_frames([memory.tails[self], x])
         if memory is not None and self.tail_frames > 0:
             memory.tails[self] = x[:, :, x.shape[2] - self.tail_frames :].detach()
         return super().forward(x)
@@ -150,10 +162,14 @@ class Upsample3D(nn.Module):
         """Everything before the 3x3x3 conv: `upscale_conv`, the pixel shuffle and the head-frame drop."""
         b, c, t, h, w = x.shape
         z = self.temporal_ratio
-        x = self.upscale_conv(x)
-        x = x.view(b, 2, 2, z, c, t, h, w).permute(0, 4, 5, 3, 6, 1, 7, 2).reshape(b, c, t * z, h * 2, w * 2)
+        channels_last = x.is_contiguous(memory_format=torch.channels_last_3d)
+        x = self.upscale_conv(x).view(b, 2, 2, z, c, t, h, w)  # dims: b x y z c t h w
+        if channels_last:  # the one copy writes the channels-last layout
+            x = x.permute(0, 5, 3, 6, 1, 7, 2, 4).reshape(b, t * z, h * 2, w * 2, c).permute(0, 4, 1, 2, 3)
+        else:
+            x = x.permute(0, 4, 5, 3, 6, 1, 7, 2).reshape(b, c, t * z, h * 2, w * 2)
         if z == 2 and (memory is None or memory.first):
-            x = torch.cat([x[:, :, :1], x[:, :, 2:]], dim=2)
+            x = x[:, :, :1] if x.shape[2] == 2 else cat_frames([x[:, :, :1], x[:, :, 2:]])  # no copy for a lone frame
         return x
 
 
