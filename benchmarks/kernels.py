@@ -102,6 +102,16 @@ def build(size: str, device: torch.device, dtype: torch.dtype) -> list[Bench]:
             lambda: reference.group_norm_silu(frame, stats, weight, bias),
         ),
     ]  # fmt: skip
+
+    # The VAE's mid-block attention: a block of ~1000 queries against every position of the 1/8-size frame.
+    scores = 8 * torch.randn(1000, (s["height"] // 8) * (s["width"] // 8), generator=g, device=device)
+    attn_scale = 512**-0.5
+    benches.append(Bench(
+        "unnormalized_softmax", "x".join(map(str, scores.shape)),
+        _nbytes(scores) + scores.numel() * torch.empty((), dtype=dtype).element_size() + 4 * scores.shape[0],
+        lambda: kernels.unnormalized_softmax(scores, attn_scale, dtype),
+        lambda: reference.unnormalized_softmax(scores, attn_scale, dtype),
+    ))  # fmt: skip
     return benches
 
 

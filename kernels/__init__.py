@@ -5,7 +5,8 @@ reference that computes the same numbers:
   AdaSingle modulation, and the gated residual add fused with the next norm;
 - `rotate_pairs`: RoPE on q/k (adjacent pairs, partial rotary dims, optional fused window gather);
 - `group_norm_silu`, `group_norm_stats`, `group_norm_moments`, `merge_moments`: the VAE's per-frame GroupNorm
-  fused with SiLU, from statistics that may come from the whole frame while the tensor is one tile of it.
+  fused with SiLU, from statistics that may come from the whole frame while the tensor is one tile of it;
+- `unnormalized_softmax`: the softmax of the VAE attention's two-GEMM path in two passes over the scores.
 
 Backend: `select("auto" | "triton" | "torch")`, `active_backend()`; auto uses Triton when it is installed and
 a CUDA GPU is present. Triton is optional: without it everything runs the references.
@@ -29,6 +30,7 @@ from kernels.ops import (
     rms_norm,
     rms_norm_modulate,
     rotate_pairs,
+    unnormalized_softmax,
 )
 
 __all__ = [
@@ -49,4 +51,5 @@ __all__ = [
     "rotate_pairs",
     "select",
     "triton_available",
+    "unnormalized_softmax",
 ]

@@ -219,3 +219,16 @@ def group_norm_silu(
     if _group_kernel_ok(x, weight, bias, stats.mean, stats.rstd):
         return _triton_module("groupnorm").group_norm_silu(x, stats, weight, bias, silu=silu)
     return reference.group_norm_silu(x, stats, weight, bias, silu=silu)
+
+
+def unnormalized_softmax(
+    scores: torch.Tensor, scale: float, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax without the division, for attention as two GEMMs: `exp(scale * (s - rowmax(s)))` of float32
+    `scores (n, N)` rounded to `out_dtype` (the second GEMM's input), and the float32 row sums `(n, 1)` to divide
+    its output by."""
+    if scores.dim() != 2 or scores.dtype != torch.float32:
+        raise ValueError(f"scores must be float32 (n, N), got {scores.dtype} {tuple(scores.shape)}")
+    if scores.numel() > 0 and scores.stride(-1) == 1 and out_dtype in _KERNEL_DTYPES and _kernel_ok(scores):
+        return _triton_module("softmax").unnormalized_softmax(scores, scale, out_dtype)
+    return reference.unnormalized_softmax(scores, scale, out_dtype)

@@ -9,6 +9,8 @@ run does), so the kernels can be held to them tightly and either path gives the 
 - `rotate_pairs` = `rope.rotate_pairs`: adjacent pairs `(x[2j], x[2j+1])`, the first `2 * pairs` dims, fp32.
 - `frame_group_norm_silu` = the VAE's per-frame GroupNorm (fp32 `F.group_norm`, rounded) followed by SiLU;
   `group_norm_silu` is the same normalisation with statistics given from outside.
+- `unnormalized_softmax` = the softmax step of the VAE attention's two-GEMM path: float32 exponentials of the
+  shifted scores, rounded to the second GEMM's dtype, and their float32 row sums.
 
 Modulation vectors (`scale`, `shift`, `gate`) are per row of a 2-D `x (N, D)`: shaped `(D,)` or `(1, D)` (one
 sample), `(N, D)` (one per row), or `(B, D)` with `index (N,)` giving each row's sample.
@@ -25,6 +27,8 @@ from kernels.group_stats import GroupMoments, GroupStats
 
 # Largest fp32 copy (bytes) the GroupNorm references make at once: big frames go a few groups at a time.
 _GROUPNORM_CHUNK_BYTES = 512 * 1024**2
+# The same for the softmax reference's temporary.
+_SOFTMAX_CHUNK_BYTES = 64 * 1024**2
 
 
 def _per_row(mod: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
@@ -211,3 +215,21 @@ def frame_group_norm_silu(
         ).to(x.dtype)
         out[:, channels, frame] = F.silu(y) if silu else y
     return out.squeeze(2) if x.dim() == 4 else out
+
+
+def unnormalized_softmax(
+    scores: torch.Tensor, scale: float, out_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`exp(scale * s - max(scale * s))` per row of float32 `scores (n, N)`, rounded to `out_dtype`, and the
+    float32 sums of the unrounded rows `(n, 1)`: softmax as flash attention splits it (divide after the second
+    GEMM). A few rows at a time, so the float32 temporary stays small next to the scores."""
+    rows, cols = scores.shape
+    probs = torch.empty((rows, cols), dtype=out_dtype, device=scores.device)
+    sums = torch.empty((rows, 1), dtype=torch.float32, device=scores.device)
+    step = max(1, _SOFTMAX_CHUNK_BYTES // max(1, 4 * cols))
+    for start in range(0, rows, step):
+        part = scores[start : start + step].float() * scale
+        part.sub_(part.amax(dim=-1, keepdim=True)).exp_()
+        sums[start : start + step] = part.sum(dim=-1, keepdim=True)
+        probs[start : start + step] = part
+    return probs, sums

@@ -381,6 +381,14 @@ def _moments_ref(x, num_groups):
     return torch.tensor(float(m.count)), m.mean, m.m2
 
 
+def _make_softmax(g, dtype):  # 3 ragged steps of the kernel's 2048-wide loop, peaked rows like trained attention
+    return dict(scores=8 * torch.randn(5, 2 * 2048 + 37, generator=g), scale=0.0441941738, out_dtype=dtype)
+
+
+def _make_softmax_row_view(g, dtype):  # rows of a wider matrix: the row stride is not the row length
+    return {**_make_softmax(g, dtype), "scores": 8 * torch.randn(3, 1000, generator=g)[:, 7:-30]}
+
+
 def _gn_ref(x, num_groups, weight, bias, eps=1e-6, stats=None, silu=True):
     stats = stats if stats is not None else reference.group_norm_stats(x, num_groups, eps)
     return reference.group_norm_silu(x, stats, weight, bias, silu=silu)
@@ -421,6 +429,10 @@ CASES = [
     Case("group_norm_image_no_silu", _make_gn_image, kernels.group_norm_silu, _gn_ref),
     Case("group_norm_silu_given_stats", _make_gn_given_stats, kernels.group_norm_silu, _gn_ref),
     Case("group_norm_moments_tile", _make_gn_moments, _moments, _moments_ref, rounded=False),
+    # The row sums stay fp32: compare them (and the rounded exponentials) by tolerance only.
+    Case("softmax_rows", _make_softmax, kernels.unnormalized_softmax, reference.unnormalized_softmax, rounded=False),
+    Case("softmax_row_view", _make_softmax_row_view, kernels.unnormalized_softmax, reference.unnormalized_softmax,
+         rounded=False),
 ]
 INTERPRETER_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -498,7 +510,9 @@ def test_triton_kernel_matches_reference(interpreter_results, case, dtype_name):
     seed, results = interpreter_results
     result = results[f"{case.name}-{dtype_name}"]
     module = case.name.split("_")[0]
-    expected_module = {"rms": "rmsnorm", "gated": "rmsnorm", "rope": "rope", "group": "groupnorm"}[module]
+    expected_module = {
+        "rms": "rmsnorm", "gated": "rmsnorm", "rope": "rope", "group": "groupnorm", "softmax": "softmax"
+    }[module]  # fmt: skip
     assert result["launched"] == [expected_module], f"the triton backend did not launch its kernel: {result}"
     dtype = INTERPRETER_DTYPES[dtype_name]
     expected = _as_tuple(case.ref(**case.make(_case_seed(seed, case, dtype_name), dtype)))
@@ -541,7 +555,7 @@ def test_triton_kernel_matches_reference_on_cuda(monkeypatch, case, dtype):
 
 def _compile_variants(dtype: str) -> list[tuple[str, Any, dict[str, str], dict[str, Any], int]]:
     """(name, kernel, pointer types, constexprs, num_warps) as the launchers pick them for the 3B model at 2160p."""
-    from kernels import triton_groupnorm, triton_rmsnorm, triton_rope
+    from kernels import triton_groupnorm, triton_rmsnorm, triton_rope, triton_softmax
 
     p = f"*{dtype}"
     rows_ptrs = dict(x_ptr=p, h_ptr=p, res_out_ptr=p, out_ptr=p, idx_ptr="*i64")
@@ -571,6 +585,8 @@ def _compile_variants(dtype: str) -> list[tuple[str, Any, dict[str, str], dict[s
         out.append((f"group_moments_{memory_format}", triton_groupnorm._moments_kernel, dict(x_ptr=p), tile, 4))
         out.append((f"group_norm_silu_{memory_format}", triton_groupnorm._norm_silu_kernel, dict(x_ptr=p, out_ptr=p),
                     dict(HAS_WEIGHT=True, HAS_BIAS=True, SILU=True, OUT_FLAT=geo["FLAT"], **tile), 4))  # fmt: skip
+    out.append(("unnormalized_softmax", triton_softmax._unnormalized_softmax_kernel, dict(out_ptr=p),
+                dict(BLOCK=triton_softmax._BLOCK), 8))  # fmt: skip
     return out
 
 
@@ -588,7 +604,7 @@ def _compile_for_cuda(kernel, pointers: dict[str, str], constexprs: dict[str, An
             return "constexpr"
         if name.endswith("_ptr"):
             return pointers.get(name, "*fp32")
-        return "fp32" if name == "eps" else "i32"
+        return "fp32" if name in ("eps", "scale") else "i32"
 
     positions = {(names.index(k),): v for k, v in constexprs.items()}
     src = ASTSource(fn=kernel, signature={n: kind(n) for n in names}, constexprs=positions)
@@ -639,7 +655,7 @@ def test_kernel_benchmark_smoke(tmp_path, capsys):
     assert report["device"] == "cpu" and report["backend"] == "torch"
     names = {row["kernel"] for row in report["rows"]}
     assert names == {"rms_norm_modulate", "gated_residual_rms_norm_modulate", "rotate_pairs", "group_norm_silu",
-                     "group_norm_stats"}  # fmt: skip
+                     "group_norm_stats", "unnormalized_softmax"}  # fmt: skip
     for row in report["rows"]:
         assert row["impl"] == "torch" and row["ms"] > 0 and row["gb_per_s"] > 0 and row["bytes"] > 0
         assert row["kernel"] in table

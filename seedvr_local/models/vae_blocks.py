@@ -214,16 +214,14 @@ def gemm_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
     The VAE's head is 512 wide. Flash attention stops at 256, and SDPA's memory-efficient kernel ran it at
     ~3 TFLOP/s on an H100 (20 of 27 seconds of a 4K restore; benchmarks/RESULTS.md); cuBLAS runs these GEMMs
-    near its peak, leaving the softmax passes over the float32 scores as the cost.
+    near its peak, leaving the softmax passes over the float32 scores (`kernels.unnormalized_softmax`) as the
+    cost.
     """
     scale = q.shape[-1] ** -0.5
     out = torch.empty_like(q)
     for i in range(q.shape[0]):
         scores = torch.mm(q[i, 0], k[i, 0].t(), out_dtype=torch.float32)  # (n, N)
-        shift = scores.amax(dim=-1, keepdim=True).mul_(-scale)
-        torch.add(shift, scores, alpha=scale, out=scores).exp_()  # exp(scale * (s - max)), two passes
-        row_sum = scores.sum(dim=-1, keepdim=True)
-        probs = scores.to(q.dtype)
+        probs, row_sum = kernels.unnormalized_softmax(scores, scale, q.dtype)
         del scores
         out[i, 0] = (torch.mm(probs, v[i, 0], out_dtype=torch.float32) / row_sum).to(q.dtype)
     return out
