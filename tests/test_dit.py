@@ -187,15 +187,15 @@ def _reference_varlen(q, k, v, cu_seq_q, cu_seq_k, max_q, max_k):
     return out
 
 
-@pytest.mark.parametrize("variant", ["3b", "7b"])
-def test_packed_varlen_path_matches_the_grouped_one(variant, monkeypatch):
+@pytest.mark.parametrize("variant, overrides", [("3b", {}), ("7b", {}), ("7b", {"qk_rope": False})])
+def test_packed_varlen_path_matches_the_grouped_one(variant, overrides, monkeypatch):
     """The packing that feeds the CUDA varlen kernels (one call per layer over every window of every sample),
     run here through a stand-in kernel: only the real kernel's arithmetic is left for the CUDA tests."""
     from seedvr_local.models import window_attention
 
     monkeypatch.setattr(window_attention, "_torch_varlen", lambda: _reference_varlen)
     monkeypatch.setattr(window_attention, "attention_backend_available", lambda name, q: True)
-    model = random_model(variant)
+    model = random_model(variant, **overrides)
     vids, txts = random_inputs([(1, 42, 50), (3, 16, 20), (1, 10, 14)], [6, 9, 6])
     outputs = {}
     with torch.no_grad():
