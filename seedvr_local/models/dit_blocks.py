@@ -81,28 +81,28 @@ class MMSRBlock(nn.Module):
         layers (gate, residual add, next norm, modulation) into one pass on the GPU.
         """
         ada_vid, ada_txt = self.ada.vid_branch, self.ada.txt_branch
-        m = BlockModulation(*ada_vid.modulation(emb).flatten(0, 1))
+        vid_mod = BlockModulation(*ada_vid.modulation(emb).flatten(0, 1))
         vid_rows, txt_rows = layout.sample_index("vid"), layout.sample_index("txt")
         # The layers run in the weights' dtype; the residual streams may be wider (fp32 under fp16 weights).
         norm = dict(eps=self.norm_eps, out_dtype=ada_vid.attn_shift.dtype)
 
-        x = kernels.rms_norm_modulate(vid, m.attn_scale, m.attn_shift, **norm, index=vid_rows)
+        x = kernels.rms_norm_modulate(vid, vid_mod.attn_scale, vid_mod.attn_shift, **norm, index=vid_rows)
         if ada_txt is None:
             y = kernels.rms_norm_modulate(txt, **norm)
         else:
-            mt = m if ada_txt is ada_vid else BlockModulation(*ada_txt.modulation(emb).flatten(0, 1))
-            y = kernels.rms_norm_modulate(txt, mt.attn_scale, mt.attn_shift, **norm, index=txt_rows)
+            txt_mod = vid_mod if ada_txt is ada_vid else BlockModulation(*ada_txt.modulation(emb).flatten(0, 1))
+            y = kernels.rms_norm_modulate(txt, txt_mod.attn_scale, txt_mod.attn_shift, **norm, index=txt_rows)
         x, y = self.attn(x, y, layout)
 
         vid, x = kernels.gated_residual_rms_norm_modulate(
-            vid, x, m.attn_gate, m.mlp_scale, m.mlp_shift, **norm, index=vid_rows
+            vid, x, vid_mod.attn_gate, vid_mod.mlp_scale, vid_mod.mlp_shift, **norm, index=vid_rows
         )
-        vid = kernels.gated_residual(vid, self.mlp.vid_branch(x), m.mlp_gate, index=vid_rows)
+        vid = kernels.gated_residual(vid, self.mlp.vid_branch(x), vid_mod.mlp_gate, index=vid_rows)
         if self.text_passthrough:
             # The official block adds the untouched text to itself here; nothing reads it afterwards.
             txt = txt + y
             return vid, txt + txt
         txt, y = kernels.gated_residual_rms_norm_modulate(
-            txt, y, mt.attn_gate, mt.mlp_scale, mt.mlp_shift, **norm, index=txt_rows
+            txt, y, txt_mod.attn_gate, txt_mod.mlp_scale, txt_mod.mlp_shift, **norm, index=txt_rows
         )
-        return vid, kernels.gated_residual(txt, self.mlp.txt_branch(y), mt.mlp_gate, index=txt_rows)
+        return vid, kernels.gated_residual(txt, self.mlp.txt_branch(y), txt_mod.mlp_gate, index=txt_rows)

@@ -26,6 +26,7 @@ from seedvr_local.models.dit_layers import MMPair, RMSNorm
 from seedvr_local.models.windows import window_boxes
 
 Grid = tuple[int, int, int]
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # q, k, v of one token stream: (tokens, heads, head_dim)
 
 
 @dataclass
@@ -306,7 +307,9 @@ class WindowAttention(nn.Module):
         vid_out, txt_out = attend((vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v), layout, backend)
         return self.proj_out(vid_out.flatten(1), txt_out.flatten(1))
 
-    def _attend_packed(self, vid_qkv, txt_qkv, layout: TokenLayout, backend: str):
+    def _attend_packed(
+        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, backend: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """All windows in one call: a dozen launches per layer whatever the number of windows."""
         packed = layout.packed_windows(self.window_method, self.window)
         q, k, v = (torch.cat(pair) for pair in zip(vid_qkv, txt_qkv))
@@ -314,11 +317,14 @@ class WindowAttention(nn.Module):
             q, k = q[packed.rows], k[packed.rows]
         else:  # the window gather is fused into the rotation
             table = packed.rope_table(self.rope)
-            q, k = kernels.rotate_pairs(q, *table, index=packed.rows), kernels.rotate_pairs(k, *table, index=packed.rows)
+            q = kernels.rotate_pairs(q, *table, index=packed.rows)
+            k = kernels.rotate_pairs(k, *table, index=packed.rows)
         out = PACKED_BACKENDS[backend](q, k, v[packed.rows], packed)
         return out[packed.vid_pos], packed.average_text(out)
 
-    def _attend_per_window(self, vid_qkv, txt_qkv, layout: TokenLayout, backend: str):
+    def _attend_per_window(
+        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, backend: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, rotate and attend one window at a time."""
         packed = layout.packed_windows(self.window_method, self.window)
         q_all, k_all, v_all = (torch.cat(pair) for pair in zip(vid_qkv, txt_qkv))
@@ -332,7 +338,9 @@ class WindowAttention(nn.Module):
             out[a:b] = sdpa_attention(q[None], k[None], v_all[rows][None])[0]
         return out[packed.vid_pos], packed.average_text(out)
 
-    def _attend_grouped(self, vid_qkv, txt_qkv, layout: TokenLayout, backend: str):
+    def _attend_grouped(
+        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, backend: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One call per window shape (a handful per layer)."""
         (vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v) = vid_qkv, txt_qkv
         rope = self.rope
