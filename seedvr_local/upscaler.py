@@ -121,6 +121,15 @@ class Upscaler:
         dtype_name = str(torch_dtype).removeprefix("torch.")
         return cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
 
+    def warm_up(self) -> float:
+        """Run one small image through every phase and return its seconds, so that the first real request does
+        not pay for the device's one-time setup: the CUDA context, cuBLAS and cuDNN handles, the Triton kernels'
+        compilation (the first 1080p image took 8.6 s on an H100 against 0.76 s once warm, benchmarks/RESULTS.md).
+        With `--compile`, each output size still compiles on its first use."""
+        started = time.perf_counter()
+        self.upscale(Image.new("RGB", (32, 32), (128, 96, 64)), UpscaleOptions(upscale_factor=2, seed=0))
+        return time.perf_counter() - started
+
     def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
         """(width, height) of the result for an input of this size."""
         return output_size(width, height, options.upscale_mode, options.upscale_factor, options.target_resolution)

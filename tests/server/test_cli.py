@@ -108,3 +108,26 @@ def test_run_serve_wires_the_app(monkeypatch, tiny_bundle, tmp_path, capsys):
     assert seen["host"] == "127.0.0.1" and seen["port"] > 0 and seen["access_log"] is False
     out = capsys.readouterr().out
     assert f"http://127.0.0.1:{seen['port']}/api/fal/proxy" in out and "3B" in out
+
+
+def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle, tmp_path):
+    """The engine factory (run in the worker before /readyz turns ready) loads the model and runs one image."""
+    import uvicorn
+
+    import server.app
+    from seedvr_local.upscaler import Upscaler
+
+    factories, warm_ups = [], []
+    real_create_app, real_warm_up = server.app.create_app, Upscaler.warm_up
+    def create_app(settings, factory, description):
+        factories.append(factory)
+        return real_create_app(settings, factory, description)
+
+    monkeypatch.setattr(server.app, "create_app", create_app)
+    monkeypatch.setattr(Upscaler, "warm_up", lambda self: warm_ups.append(real_warm_up(self)) or warm_ups[-1])
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    argv = ["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path), "--device", "cpu"]
+    assert main(argv) == 0
+    assert not warm_ups  # nothing loads before the server is up
+    upscaler = factories[0]()
+    assert isinstance(upscaler, Upscaler) and len(warm_ups) == 1 and warm_ups[0] > 0
