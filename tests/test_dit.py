@@ -328,38 +328,47 @@ def test_save_and_load_pretrained(tmp_path):
 
 
 def run_models_with_triton(out_path: str) -> None:
-    """Subprocess entry (TRITON_INTERPRET=1): the tiny 3B and 7B forwards with the Triton kernels."""
+    """Subprocess entry (TRITON_INTERPRET=1): the tiny 3B and 7B forwards with the Triton kernels, with the
+    windows grouped by shape (SDPA) and packed for a varlen kernel (a stand-in here) as on a GPU."""
     import kernels
+    from seedvr_local.models import window_attention
 
     kernels.select("triton")
-    torch.save(_kernel_path_outputs(), out_path)
+    window_attention._torch_varlen = lambda: _reference_varlen
+    window_attention.attention_backend_available = lambda name, q: True
+    torch.save({**_kernel_path_outputs("sdpa"), **_kernel_path_outputs("torch_varlen")}, out_path)
 
 
-def _kernel_path_outputs() -> dict[str, torch.Tensor]:
+def _kernel_path_outputs(attention: str) -> dict[str, torch.Tensor]:
     outputs = {}
     for variant in ("3b", "7b"):
         for dtype in (torch.float32, torch.float16):
             model = random_model(variant).to(dtype)
+            model.set_attention_backend(attention)
             vids, txts = random_inputs([(1, 8, 10), (1, 6, 4)], [3, 5])
             with torch.no_grad():
                 out = model.forward_samples([v.to(dtype) for v in vids], [t.to(dtype) for t in txts], 1000.0)
-            outputs[f"{variant}-{dtype}"] = torch.cat([o.flatten() for o in out])
+            outputs[f"{variant}-{dtype}-{attention}"] = torch.cat([o.flatten() for o in out])
     return outputs
 
 
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed (optional)")
 def test_model_with_triton_kernels_matches_torch_path(tmp_path):
     """The whole DiT with its norms, modulations, residuals and RoPE through the Triton kernels (run by Triton's
-    CPU interpreter in a subprocess, since TRITON_INTERPRET must be set before triton is imported)."""
+    CPU interpreter in a subprocess, since TRITON_INTERPRET must be set before triton is imported), against
+    the PyTorch references with SDPA."""
     out = tmp_path / "triton.pt"
     code = "import sys; from tests.test_dit import run_models_with_triton as r; r(sys.argv[1])"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     proc = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     triton_out = torch.load(out)
-    for name, expected in _kernel_path_outputs().items():
+    expected = _kernel_path_outputs("sdpa")
+    assert len(triton_out) == 2 * len(expected)
+    for name, got in triton_out.items():
         tol = 1e-5 if "float32" in name else 2e-2
-        torch.testing.assert_close(triton_out[name], expected, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
+        want = expected[name.replace("torch_varlen", "sdpa")]
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol, msg=lambda m: f"{name}: {m}")
 
 
 def test_fp16_keeps_a_residual_stream_beyond_its_range():
