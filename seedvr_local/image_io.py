@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seedvr_local.png import encode_png
 from seedvr_local.preprocess import resize_bicubic_antialias
 
 # Formats read from uploads. Pillow can open many more, some through external programs (EPS runs
@@ -86,6 +87,10 @@ def from_pil(image: Image.Image) -> DecodedImage:
 
 def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
     """`[3, H, W]` (float in [0, 1] or uint8) and optional `[1, H, W]` alpha -> an RGB or RGBA image."""
+    return Image.fromarray(_hwc_pixels(rgb, alpha), "RGBA" if alpha is not None else "RGB")
+
+
+def _hwc_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None) -> np.ndarray:
     if rgb.dim() != 3 or rgb.shape[0] != 3:
         raise ValueError(f"expected an RGB tensor of shape [3, H, W], got {tuple(rgb.shape)}")
     planes = [to_uint8(rgb)]
@@ -93,8 +98,7 @@ def to_pil(rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
         if tuple(alpha.shape) != (1, *rgb.shape[1:]):
             raise ValueError(f"alpha of shape {tuple(alpha.shape)} does not match the RGB size {tuple(rgb.shape[1:])}")
         planes.append(to_uint8(alpha))
-    pixels = (torch.cat(planes) if len(planes) > 1 else planes[0]).permute(1, 2, 0).contiguous().cpu().numpy()
-    return Image.fromarray(pixels, "RGBA" if alpha is not None else "RGB")
+    return (torch.cat(planes) if len(planes) > 1 else planes[0]).permute(1, 2, 0).contiguous().cpu().numpy()
 
 
 def encode_image(rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str, quality: int = 95) -> bytes:
@@ -105,13 +109,13 @@ def encode_image(rgb: torch.Tensor, alpha: torch.Tensor | None, fmt: str, qualit
     pil_format, _, keeps_alpha = _writable(fmt)
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be between 1 and 100, got {quality}")
+    if pil_format == "PNG":
+        # zlib level 1 on every core (seedvr_local/png.py): PIL's one-core encoder took longer than the whole
+        # DiT step on the GPU server (benchmarks/RESULTS.md).
+        return encode_png(_hwc_pixels(rgb, alpha), level=1)
     image = to_pil(rgb, alpha if keeps_alpha else None)
     options: dict = {}
-    if pil_format == "PNG":
-        # zlib level 1: on the GPU server PIL's default level 6 took longer than the whole DiT step
-        # (benchmarks/RESULTS.md); level 1 trades somewhat larger files for less CPU time.
-        options = {"compress_level": 1}
-    elif pil_format == "JPEG":
+    if pil_format == "JPEG":
         # 4:4:4: the default 4:2:0 would halve the chroma resolution that the upscale just restored.
         options = {"quality": quality, "subsampling": 0}
     elif pil_format == "WEBP":
