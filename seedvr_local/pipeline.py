@@ -146,8 +146,7 @@ class RestorationPipeline:
         colorfixed = apply_color_fix(color_fix, decoded.transpose(0, 1), style.transpose(0, 1)).transpose(0, 1)
         return RestoreOutput(cond_latent, cond_timestep, condition, dit_out, latent_out, decoded, colorfixed)
 
-
-    def _vae(self, phase: str, x: torch.Tensor, tiling: VAETiling | None):
+    def _vae(self, phase: str, x: torch.Tensor, tiling: VAETiling | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`vae.encode` or `vae.decode`; in fp16 a phase whose output overflowed runs again in float32.
 
         fp16 stops at 65504, and VAE activations can pass it (spec pitfall 7: black or NaN images on GPUs without

@@ -136,10 +136,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def load() -> Upscaler:
         upscaler = Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+        # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
+        # compiling: compiled graphs are per size, and no request has the warm-up's.
+        logging.getLogger("seedvr_local.server").info("warmed up in %.1f s", upscaler.warm_up())
         if args.compile:
             compile_pipeline(upscaler.pipeline)
-        # /readyz says "loading" until this is done: the first request then runs at full speed.
-        logging.getLogger("seedvr_local.server").info("warmed up in %.1f s", upscaler.warm_up())
         return upscaler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
