@@ -6,7 +6,7 @@
 # STEPS (default "restore layout attention tests compile kernels memory") picks what runs: restore is the
 # baseline; layout (the channels-last VAE) and attention (SDPA over window groups instead of packed varlen) rerun
 # it with one change each. Each step has its own time limit and a failing step does not stop the next; logs and
-# JSON land in OUT_DIR (default ./device-check).
+# JSON land in OUT_DIR (default ./device-check), and in the archive $PACK (a .tar.gz path) when it is set.
 set -u
 out=${1:-device-check}
 steps=${2:-restore layout attention tests compile kernels memory}
@@ -46,3 +46,8 @@ step compile 240 $python -m benchmarks.restore --model 3b-random --device cuda -
 step kernels 60 $python -m benchmarks.kernels --device cuda --size 2160p --json "$out/kernels.json"
 step memory 60 $python -m benchmarks.memory --device cuda --dtype bf16 --sizes 2048,3840x2160 \
     --tilings untiled,512/1 --timeout 30 --json "$out/memory.json"
+
+# One archive of everything (logs, JSON, the profile) for machines that hand back only a few files.
+if [ -n "${PACK:-}" ]; then
+    tar czf "$PACK" -C "$(dirname "$out")" "$(basename "$out")" && echo "=== packed into $PACK"
+fi
