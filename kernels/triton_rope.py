@@ -1,9 +1,11 @@
 """Triton kernel for RoPE on q/k: adjacent-pair rotation of the first `2 * pairs` head dims (the model's
 `rope.rotate_pairs`), optionally gathering the token rows (a window's tokens) in the same pass.
 
-One program handles one token: it loads that token's cos/sin row once and rotates every head with it. The dims
-past the rotated ones are copied, so the output is a complete q or k and can be written straight into a slice
-of a preallocated attention input (`out=`). Import only where triton is installed.
+One program handles one token: it loads that token's cos/sin row once and rotates every head with it, reading
+and writing whole head rows (the pairs are split apart in registers, so memory accesses stay contiguous; loading
+the even and odd dims separately ran at 197 GB/s on an H100). The dims past the rotated ones are copied, so the
+output is a complete q or k and can be written straight into a slice of a preallocated attention input (`out=`).
+Import only where triton is installed.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import triton.language as tl
 @triton.jit
 def _rope_kernel(
     x_ptr, idx_ptr, cos_ptr, sin_ptr, out_ptr,
-    seq, heads, half, pairs,
+    seq, heads, dim, pairs,
     x_sb, x_ss, x_sh, idx_sb, idx_ss, cos_ss, sin_ss, out_sb, out_ss, out_sh,
-    HAS_INDEX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_P: tl.constexpr,
+    HAS_INDEX: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     b = (pid // seq).to(tl.int64)
@@ -30,23 +32,22 @@ def _rope_kernel(
         x_base = x_ptr + b * x_sb + s * x_ss
     out_base = out_ptr + b * out_sb + s * out_ss
 
-    j = tl.arange(0, BLOCK_P)
-    in_head = j < half
+    d = tl.arange(0, BLOCK_D)
+    j = tl.arange(0, BLOCK_D // 2)
     rotated = j < pairs
     cos = tl.load(cos_ptr + s * cos_ss + j, mask=rotated, other=1.0).to(tl.float32)
     sin = tl.load(sin_ptr + s * sin_ss + j, mask=rotated, other=0.0).to(tl.float32)
     for h0 in range(0, heads, BLOCK_H):
         hh = h0 + tl.arange(0, BLOCK_H)
-        mask = (hh < heads)[:, None] & in_head[None, :]
-        x_even = x_base + hh[:, None] * x_sh + 2 * j[None, :]
-        o_even = out_base + hh[:, None] * out_sh + 2 * j[None, :]
-        even = tl.load(x_even, mask=mask, other=0.0).to(tl.float32)
-        odd = tl.load(x_even + 1, mask=mask, other=0.0).to(tl.float32)
+        mask = (hh < heads)[:, None] & (d < dim)[None, :]
+        # Whole head rows in and out (contiguous, vectorised accesses), split into pairs in registers.
+        x = tl.load(x_base + hh[:, None] * x_sh + d[None, :], mask=mask, other=0.0).to(tl.float32)
+        even, odd = tl.split(tl.reshape(x, (BLOCK_H, BLOCK_D // 2, 2)))
         # `where`, not cos=1/sin=0, on the copied dims: inf * 0 would turn a copied inf into nan.
         new_even = tl.where(rotated[None, :], even * cos[None, :] - odd * sin[None, :], even)
         new_odd = tl.where(rotated[None, :], odd * cos[None, :] + even * sin[None, :], odd)
-        tl.store(o_even, new_even.to(out_ptr.dtype.element_ty), mask=mask)
-        tl.store(o_even + 1, new_odd.to(out_ptr.dtype.element_ty), mask=mask)
+        y = tl.reshape(tl.join(new_even, new_odd), (BLOCK_H, BLOCK_D))
+        tl.store(out_base + hh[:, None] * out_sh + d[None, :], y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _table(t: torch.Tensor) -> torch.Tensor:
@@ -56,9 +57,9 @@ def _table(t: torch.Tensor) -> torch.Tensor:
 
 
 def launch_config(heads: int, dim: int) -> tuple[int, int]:
-    """(BLOCK_H, BLOCK_P): a block of heads x all pairs of a head per loop step."""
-    block_p = triton.next_power_of_2(dim // 2)
-    return max(1, min(triton.next_power_of_2(heads), 4096 // block_p)), block_p
+    """(BLOCK_H, BLOCK_D): a block of heads x a whole head per loop step."""
+    block_d = max(2, triton.next_power_of_2(dim))
+    return max(1, min(triton.next_power_of_2(heads), 4096 // block_d)), block_d
 
 
 def _as_4d(t: torch.Tensor, seq: int) -> torch.Tensor:
@@ -103,12 +104,12 @@ def rotate_pairs(
     if out is None:
         out = torch.empty(shape, dtype=x.dtype, device=x.device)
     out4 = _as_4d(out, seq) if out.dim() <= 4 else out.view(-1, seq, heads, dim)  # view: the kernel writes out
-    block_h, block_p = launch_config(heads, dim)
+    block_h, block_d = launch_config(heads, dim)
     # No FMA contraction: every product rounds to fp32 as in the op-by-op reference.
     _rope_kernel[(batch * seq,)](
         x, idx, cos, sin, out4,
-        seq, heads, dim // 2, pairs,
+        seq, heads, dim, pairs,
         x_sb, x_ss, x_sh, idx_sb, idx_ss, cos.stride(0), sin.stride(0), *out4.stride()[:3],
-        HAS_INDEX=index is not None, BLOCK_H=block_h, BLOCK_P=block_p, num_warps=4, enable_fp_fusion=False,
+        HAS_INDEX=index is not None, BLOCK_H=block_h, BLOCK_D=block_d, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return out

@@ -571,11 +571,11 @@ def _compile_variants(dtype: str) -> list[tuple[str, Any, dict[str, str], dict[s
          *triton_rmsnorm.launch_config(128, 32400 * 20)),
     ]  # fmt: skip
     out = [(name, k, ptrs, {**flags, "ROWS": r, "BLOCK_D": bd}, w) for name, k, ptrs, flags, bd, r, w in variants]
-    block_h, block_p = triton_rope.launch_config(20, 128)
+    block_h, block_d = triton_rope.launch_config(20, 128)
     rope_ptrs = dict(x_ptr=p, out_ptr=p, idx_ptr="*i64")
     for gather in (True, False):
         out.append((f"rope_gather={gather}", triton_rope._rope_kernel, rope_ptrs,
-                    dict(HAS_INDEX=gather, BLOCK_H=block_h, BLOCK_P=block_p), 4))  # fmt: skip
+                    dict(HAS_INDEX=gather, BLOCK_H=block_h, BLOCK_D=block_d), 4))  # fmt: skip
     torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
     frame = torch.empty(1, 128, 1, 2160, 3840, dtype=torch_dtype, device="meta")  # the decoder's last stage
     for memory_format in ("contiguous", "channels_last"):
