@@ -22,6 +22,7 @@ from torch import nn
 
 import kernels
 
+from seedvr_local.devices import AMPERE, cuda_capability
 from seedvr_local.models.dit_layers import MMPair, RMSNorm
 from seedvr_local.models.windows import window_boxes
 
@@ -243,7 +244,10 @@ def attention_backend_available(name: str, q: torch.Tensor) -> bool:
     """Whether backend `name` can run on tensors like `q` (device, dtype, head size)."""
     if name in ("sdpa", "per_window"):
         return True
-    flash_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+    flash_ok = (
+        q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
+        and cuda_capability(q.device) >= AMPERE  # both varlen kernels are flash attention 2: Ampere or newer
+    )  # fmt: skip
     if name == "flash_attn":
         return flash_ok and _flash_attn_varlen() is not None
     if name == "torch_varlen":

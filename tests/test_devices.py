@@ -1,0 +1,42 @@
+"""Dtype and attention-path choice by GPU generation (compute capability faked: CI has no GPU)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from seedvr_local import devices
+from seedvr_local.models import window_attention
+
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), torch.bfloat16), ((8, 6), torch.bfloat16),
+                                                  ((7, 5), torch.float16), ((6, 1), torch.float16)])  # fmt: skip
+def test_default_dtype_on_cuda_follows_bf16_support(monkeypatch, capability, expected):
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
+    assert devices.resolve_dtype(None, CUDA) == expected
+    assert devices.resolve_dtype("fp16", CUDA) == torch.float16
+
+
+def test_cpu_defaults_to_float32():
+    assert devices.resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert devices.resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: (7, 0))
+    with pytest.raises(ValueError, match=r"compute capability 7\.0\) has no bf16 arithmetic: use --dtype fp16"):
+        devices.resolve_dtype("bf16", CUDA)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        devices.resolve_dtype("fp8", CUDA)
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "torch_varlen"), ((7, 5), "sdpa")])
+def test_flash_varlen_attention_needs_ampere(monkeypatch, capability, expected):
+    monkeypatch.setattr(window_attention, "cuda_capability", lambda device: capability)
+    monkeypatch.setattr(window_attention, "_flash_attn_varlen", lambda: None)  # whatever is installed here
+    q = SimpleNamespace(is_cuda=True, dtype=torch.float16, shape=(1, 1, 1, 128), device=CUDA)
+    assert window_attention.resolve_attention_backend("auto", q) == expected
