@@ -50,6 +50,15 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+#: The oldest GPUs Triton compiles for (Volta).
+TRITON_MIN_CAPABILITY = (7, 0)
+
+
+def gpu_capability() -> tuple[int, int]:
+    """Compute capability of the current CUDA device."""
+    return tuple(torch.cuda.get_device_capability())
+
+
 def resolve(mode: str) -> tuple[str, str]:
     """`mode` -> (backend, why). Raises ValueError for an unknown mode, KernelBackendError for an impossible one."""
     if mode not in MODES:
@@ -64,10 +73,17 @@ def resolve(mode: str) -> tuple[str, str]:
             )
         if not has_gpu:
             raise KernelBackendError("--kernels triton needs a CUDA GPU (or TRITON_INTERPRET=1 for testing)")
+        if cuda_available() and gpu_capability() < TRITON_MIN_CAPABILITY:
+            raise KernelBackendError(f"--kernels triton needs a GPU of compute capability 7.0 or newer, this one is "
+                                     f"{'.'.join(map(str, gpu_capability()))}")  # fmt: skip
         return "triton", "asked for"
-    if has_triton and cuda_available():
-        return "triton", f"auto: CUDA and triton {triton_version()} available"
-    return "torch", "auto: " + ("no CUDA GPU" if has_triton else "triton not installed")
+    if not has_triton:
+        return "torch", "auto: triton not installed"
+    if not cuda_available():
+        return "torch", "auto: no CUDA GPU"
+    if gpu_capability() < TRITON_MIN_CAPABILITY:
+        return "torch", f"auto: GPU compute capability {'.'.join(map(str, gpu_capability()))} is below Triton's 7.0"
+    return "triton", f"auto: CUDA and triton {triton_version()} available"
 
 
 _active: str | None = None

@@ -41,9 +41,12 @@ def fresh_backend():
 # ------------------------------------------------------------------------------------------- selection
 
 
-def _fake_machine(monkeypatch, *, triton: bool, cuda: bool, interpret: bool = False) -> None:
+def _fake_machine(
+    monkeypatch, *, triton: bool, cuda: bool, interpret: bool = False, capability: tuple[int, int] = (9, 0)
+) -> None:
     monkeypatch.setattr(backend, "triton_version", lambda: "3.test" if triton else None)
     monkeypatch.setattr(backend, "cuda_available", lambda: cuda)
+    monkeypatch.setattr(backend, "gpu_capability", lambda: capability)
     monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
 
 
@@ -62,6 +65,13 @@ def test_auto_stays_on_torch_under_the_interpreter(monkeypatch):
     _fake_machine(monkeypatch, triton=True, cuda=False, interpret=True)
     assert kernels.select("auto") == "torch"
     assert kernels.select("triton") == "triton"
+
+
+def test_gpus_older_than_triton_supports_use_torch(monkeypatch):
+    _fake_machine(monkeypatch, triton=True, cuda=True, capability=(6, 1))
+    assert kernels.select("auto") == "torch"
+    with pytest.raises(kernels.KernelBackendError, match="compute capability 7.0 or newer, this one is 6.1"):
+        kernels.select("triton")
 
 
 def test_torch_is_always_available(monkeypatch):
