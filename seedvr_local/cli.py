@@ -22,7 +22,7 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", choices=("3b", "7b"), help="a model fetched with `seedvr-local download`")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
-                        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)")
+                        help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)")
     parser.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto",
                         help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)")
 

@@ -14,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from PIL import Image
@@ -121,13 +121,18 @@ class Upscaler:
         dtype_name = str(torch_dtype).removeprefix("torch.")
         return cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
 
-    def warm_up(self) -> float:
-        """Run one small image through every phase and return its seconds, so that the first real request does
-        not pay for the device's one-time setup: the CUDA context, cuBLAS and cuDNN handles, the Triton kernels'
-        compilation (the first 1080p image took 8.6 s on an H100 against 0.76 s once warm, benchmarks/RESULTS.md).
-        With `--compile`, each output size still compiles on its first use."""
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = ()) -> float:
+        """Run small images through every phase and return the seconds it took, so that no real request pays for
+        the device's one-time setup: the CUDA context, cuBLAS and cuDNN handles, the Triton kernels' compilation
+        (the first 1080p image took 8.6 s on an H100 against 0.76 s once warm, benchmarks/RESULTS.md).
+
+        `sizes`: output sizes `(width, height)` to run instead of the one small image, e.g. those a compiled
+        pipeline (`--compile`, compiled per size) should be ready for. Raises `MemoryPlanError` for a size that
+        does not fit."""
         started = time.perf_counter()
-        self.upscale(Image.new("RGB", (32, 32), (128, 96, 64)), UpscaleOptions(upscale_factor=2, seed=0))
+        for width, height in sizes or [(64, 64)]:
+            source = Image.new("RGB", (max(1, width // 2), max(1, height // 2)), (128, 96, 64))
+            self.upscale(source, UpscaleOptions(upscale_factor=2, seed=0))
         return time.perf_counter() - started
 
     def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:

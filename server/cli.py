@@ -10,6 +10,8 @@ from pathlib import Path
 
 from server.settings import ServerSettings
 
+log = logging.getLogger("seedvr_local.server")
+
 DEFAULT_PORT = 8000
 
 
@@ -22,7 +24,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--dtype",
         choices=("fp32", "bf16", "fp16"),
         default=None,
-        help="compute dtype (default: bf16 on CUDA, fp32 on CPU)",
+        help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)",
     )
     parser.add_argument(
         "--kernels",
@@ -35,6 +37,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="torch.compile the model and autotune cuDNN: faster once warm, but the first request of each output "
         "size compiles for seconds to minutes (see README)",
+    )
+    parser.add_argument(
+        "--warm-up-sizes",
+        type=_sizes,
+        default=(),
+        metavar="WxH,...",
+        help="output sizes to run once before the server reports ready, e.g. 1920x1080,3840x2160: with --compile, "
+        "requests of those sizes then start compiled",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
@@ -138,9 +148,12 @@ def run_serve(args: argparse.Namespace) -> int:
         upscaler = Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
         # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
         # compiling: compiled graphs are per size, and no request has the warm-up's.
-        logging.getLogger("seedvr_local.server").info("warmed up in %.1f s", upscaler.warm_up())
+        log.info("warmed up in %.1f s", upscaler.warm_up())
         if args.compile:
             compile_pipeline(upscaler.pipeline)
+        if args.warm_up_sizes:
+            sizes = ", ".join(f"{w}x{h}" for w, h in args.warm_up_sizes)
+            log.info("ran %s in %.1f s", sizes, upscaler.warm_up(args.warm_up_sizes))
         return upscaler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -210,3 +223,17 @@ def _free_port(host: str) -> int:
     with socket.socket(family) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    """`1920x1080,3840x2160` -> ((1920, 1080), (3840, 2160))."""
+    sizes = []
+    for part in text.split(","):
+        try:
+            width, height = (int(v) for v in part.strip().lower().split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"sizes look like 1920x1080,3840x2160, got {text!r}") from None
+        if width < 16 or height < 16:
+            raise argparse.ArgumentTypeError(f"a warm-up size must be at least 16x16, got {part.strip()!r}")
+        sizes.append((width, height))
+    return tuple(sizes)

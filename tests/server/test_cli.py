@@ -124,10 +124,23 @@ def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle, 
         return real_create_app(settings, factory, description)
 
     monkeypatch.setattr(server.app, "create_app", create_app)
-    monkeypatch.setattr(Upscaler, "warm_up", lambda self: warm_ups.append(real_warm_up(self)) or warm_ups[-1])
+    def warm_up(self, sizes=()):
+        warm_ups.append(sizes)
+        return real_warm_up(self, sizes)
+
+    monkeypatch.setattr(Upscaler, "warm_up", warm_up)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
-    argv = ["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path), "--device", "cpu"]
+    argv = ["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path), "--device", "cpu",
+            "--warm-up-sizes", "48x32, 40x40"]  # fmt: skip
     assert main(argv) == 0
     assert not warm_ups  # nothing loads before the server is up
     upscaler = factories[0]()
-    assert isinstance(upscaler, Upscaler) and len(warm_ups) == 1 and warm_ups[0] > 0
+    assert isinstance(upscaler, Upscaler) and warm_ups == [(), ((48, 32), (40, 40))]
+
+
+@pytest.mark.parametrize("sizes", ["1920", "1920x", "axb", "8x8"])
+def test_bad_warm_up_sizes_are_refused(sizes, capsys):
+    with pytest.raises(SystemExit) as exited:
+        parse("--model", "3b", "--warm-up-sizes", sizes)
+    assert exited.value.code == 2 and "--warm-up-sizes" in capsys.readouterr().err
+    assert parse("--model", "3b", "--warm-up-sizes", "1920x1080,3840X2160").warm_up_sizes == ((1920, 1080), (3840, 2160))
