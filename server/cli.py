@@ -127,7 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     import kernels
     from seedvr_local.compilation import compile_pipeline
-    from seedvr_local.devices import resolve_device
+    from seedvr_local.devices import resolve_device, resolve_dtype
     from seedvr_local.model_home import find_installed_weights
     from seedvr_local.upscaler import Upscaler
     from server.app import create_app
@@ -139,6 +139,7 @@ def run_serve(args: argparse.Namespace) -> int:
     weights_dir = args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
     info = inspect_weights_dir(weights_dir)  # a missing or incomplete directory fails here, in one line
     device = resolve_device(args.device)
+    resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
     lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
     lock.acquire()
     lock.release()

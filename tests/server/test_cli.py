@@ -144,3 +144,14 @@ def test_bad_warm_up_sizes_are_refused(sizes, capsys):
         parse("--model", "3b", "--warm-up-sizes", sizes)
     assert exited.value.code == 2 and "--warm-up-sizes" in capsys.readouterr().err
     assert parse("--model", "3b", "--warm-up-sizes", "1920x1080,3840X2160").warm_up_sizes == ((1920, 1080), (3840, 2160))
+
+
+def test_bf16_on_a_gpu_without_it_fails_before_the_server_starts(monkeypatch, tiny_bundle, tmp_path, capsys):
+    from seedvr_local import devices
+
+    monkeypatch.setattr(devices, "resolve_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: (7, 5))
+    argv = ["serve", "--weights-dir", str(tiny_bundle), "--data-dir", str(tmp_path), "--dtype", "bf16"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no bf16 arithmetic: use --dtype fp16" in err and len(err.strip().splitlines()) == 1
