@@ -151,16 +151,8 @@ def test_tiling_in_bfloat16_is_as_accurate_as_untiled():
 @pytest.mark.parametrize("case", VAE_CASES, ids=[c.name for c in VAE_CASES])
 def test_tiled_vae_matches_the_official_reference(case, monkeypatch):
     """The reference cases themselves, run tiled: the same tolerance as the untiled parity test."""
-    from tests.parity.vae import run_decode_case, run_encode_case
-
-    tiling = VAETiling(16, 8) if case.kind == "vae_encode" else VAETiling(24, 1)
-    monkeypatch.setattr(VideoAutoencoder, "encode", _with_tiling(VideoAutoencoder.encode, tiling))
-    monkeypatch.setattr(VideoAutoencoder, "decode", _with_tiling(VideoAutoencoder.decode, tiling))
-    with torch.no_grad():
-        out = (run_encode_case if case.kind == "vae_encode" else run_decode_case)(case)
-    for key, expected in case.expected.items():
-        ok, err = case.tolerance(key).check(out[key], expected)
-        assert ok, f"{case.name}/{key}: max abs error {err:.3g}"
+    _tile_every_vae_call(case, monkeypatch)
+    _check_vae_case(case)
 
 
 @pytest.mark.reference
@@ -168,16 +160,24 @@ def test_tiled_vae_matches_the_official_reference(case, monkeypatch):
 @pytest.mark.parametrize("case", VAE_CASES, ids=[c.name for c in VAE_CASES])
 def test_channels_last_vae_matches_the_official_reference(case, tiled, monkeypatch):
     """The reference cases on channels-last activations (`vae.channels_last`, for cuDNN): the same tolerance."""
-    from tests.parity.vae import run_decode_case, run_encode_case
-
     prepare = VideoAutoencoder._prepare
     monkeypatch.setattr(
         VideoAutoencoder, "_prepare", lambda self, x: prepare(self, x).contiguous(memory_format=torch.channels_last_3d)
     )
     if tiled:
-        tiling = VAETiling(16, 8) if case.kind == "vae_encode" else VAETiling(24, 1)
-        monkeypatch.setattr(VideoAutoencoder, "encode", _with_tiling(VideoAutoencoder.encode, tiling))
-        monkeypatch.setattr(VideoAutoencoder, "decode", _with_tiling(VideoAutoencoder.decode, tiling))
+        _tile_every_vae_call(case, monkeypatch)
+    _check_vae_case(case)
+
+
+def _tile_every_vae_call(case, monkeypatch) -> None:
+    tiling = VAETiling(16, 8) if case.kind == "vae_encode" else VAETiling(24, 1)
+    monkeypatch.setattr(VideoAutoencoder, "encode", _with_tiling(VideoAutoencoder.encode, tiling))
+    monkeypatch.setattr(VideoAutoencoder, "decode", _with_tiling(VideoAutoencoder.decode, tiling))
+
+
+def _check_vae_case(case) -> None:
+    from tests.parity.vae import run_decode_case, run_encode_case
+
     with torch.no_grad():
         out = (run_encode_case if case.kind == "vae_encode" else run_decode_case)(case)
     for key, expected in case.expected.items():
