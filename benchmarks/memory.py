@@ -137,6 +137,7 @@ def measure_dit(spec: dict) -> dict:
     generator = torch.Generator(device).manual_seed(0)
     materialize_random_(dit, generator, dtype)
     dit = dit.to(device=device).eval().requires_grad_(False)
+    dit.set_attention_backend(spec.get("attention", "auto"))
     latent = (33, (spec["frames"] - 1) // 4 + 1, height // 8, width // 8)
     text = torch.randn(TEXT_TOKENS, config.txt_in_dim, generator=generator, device=device, dtype=dtype)
     gc.collect()
@@ -297,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phases", default="encode,decode", help="encode, decode (default both)")
     parser.add_argument("--restore", action="store_true", help="the whole restore per phase (tiny DiT)")
     parser.add_argument("--dit-layers", type=int, default=0, help="measure the DiT phase: 3B width, N layers")
+    parser.add_argument("--attention", default="auto",
+                        help="with --dit-layers: the window attention backend (per_window uses the packed layout)")
     parser.add_argument("--frames", type=int, default=1, help="frames (4n+1; default 1, an image)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="fp32, bf16 or fp16 (default: bf16 on CUDA, fp32 on CPU)")
@@ -317,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         print_vae_table(rows)
         return 0
 
-    base = {"device": args.device, "dtype": args.dtype, "frames": args.frames, "threads": args.threads}
+    base = {"device": args.device, "dtype": args.dtype, "frames": args.frames, "threads": args.threads,
+            "attention": args.attention}
     sizes = [parse_size(s) for s in args.sizes.split(",") if s]
     skip = {tuple(item.split(":")) for item in args.skip.split(",") if item}
     if args.dit_layers:

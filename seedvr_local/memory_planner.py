@@ -73,7 +73,8 @@ _KAPPA = {"untiled": 1.0, "tile": 1.2}
 #: width and random weights on the CPU (`python -m benchmarks.memory --dit-layers N`): 13.1 values in float32
 #: (0.15 / 0.53 / 2.05 GiB at 512^2 / 1024^2 / 2048^2, 2 layers) and 14.3 in bfloat16 (0.28 GiB at 1024^2); the
 #: same 0.53 / 0.54 GiB with 1 and 3 layers at 1024^2, so nothing is kept across layers. The SwiGLU MLP's two
-#: 4x-wide projections and their product are the peak.
+#: 4x-wide projections and their product are the peak: the packed window layout of the CUDA attention stays
+#: below it (`--attention per_window`, which packs the same way: 0.53 GiB at 1024^2 with 2 layers, as SDPA's).
 _DIT_VALUES_PER_TOKEN = 15.0
 #: Colour fix working set, float32 values per output pixel and frame, measured at 1024^2 with content and style
 #: allocated inside the window: lab 39.6, wavelet 34.6, adain 12.5, none 9.0 (the largest is used).
