@@ -333,11 +333,12 @@ class WindowAttention(nn.Module):
         packed = layout.packed_windows(self.window_method, self.window)
         q_all, k_all, v_all = (torch.cat(pair) for pair in zip(vid_qkv, txt_qkv))
         out = q_all.new_empty((len(packed.rows), *q_all.shape[1:]))
+        table = packed.rope_table(self.rope) if self.rope is not None else None
         for a, b in zip(packed.bounds, packed.bounds[1:]):
             rows = packed.rows[a:b]
             q, k = q_all[rows], k_all[rows]
-            if self.rope is not None:
-                cos, sin = (t[a:b] for t in packed.rope_table(self.rope))
+            if table is not None:
+                cos, sin = table[0][a:b], table[1][a:b]
                 q, k = kernels.rotate_pairs(q, cos, sin), kernels.rotate_pairs(k, cos, sin)
             out[a:b] = sdpa_attention(q[None], k[None], v_all[rows][None])[0]
         return out[packed.vid_pos], packed.average_text(out)
