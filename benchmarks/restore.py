@@ -28,6 +28,8 @@ from seedvr_local.compilation import compile_pipeline
 from seedvr_local.image_io import decode_image
 from seedvr_local.upscaler import UpscaleOptions
 
+#: --vae-layout: the value of `VideoAutoencoder.channels_last` (None: its automatic choice).
+VAE_LAYOUTS = {"auto": None, "channels-last": True, "contiguous": False}
 PHASES = ("decode_image", "resize", "encode", "dit", "vae_decode", "color_fix", "finish", "encode_image")
 
 
@@ -102,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seedvr_local.compilation (torch.compile + cuDNN autotuning); the warm-up run's time is "
                              "the first-call cost")
     parser.add_argument("--kernels", default="auto", choices=kernels.MODES, help="fused kernels (see kernels/)")
-    parser.add_argument("--channels-last", action="store_true", help="run the VAE on channels-last activations")
+    parser.add_argument("--vae-layout", default="auto", choices=tuple(VAE_LAYOUTS),
+                        help="the VAE activations' layout (auto: channels-last for half precision on CUDA)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--profile", default=None,
                         help="after the timed runs of each size, profile one more and write the ops that took the "
@@ -116,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.compile:
         compile_pipeline(upscaler.pipeline)
     upscaler.pipeline.dit.set_attention_backend(args.attention)
-    upscaler.pipeline.vae.channels_last = args.channels_last
+    vae = upscaler.pipeline.vae
+    vae.channels_last = VAE_LAYOUTS[args.vae_layout]
     device = upscaler.pipeline.device
     memory = PeakMemory(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
     print(f"# {upscaler.description}; attention {args.attention}; kernels {kernels.active_backend()}; "
-          f"compile {'on' if args.compile else 'off'}; VAE {'channels-last' if args.channels_last else 'contiguous'}; "
+          f"compile {'on' if args.compile else 'off'}; VAE {'channels-last' if vae.uses_channels_last else 'contiguous'}; "
           f"loaded in {load_s:.1f}s; {machine}")
 
     rows = []
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if profile is not None:
         profile.close()
     if args.json:
-        report = {"model": args.model, "attention": args.attention, "kernels": kernels.active_backend(), "compile": args.compile, "channels_last": args.channels_last, "description": upscaler.description, "machine": machine,
+        report = {"model": args.model, "attention": args.attention, "kernels": kernels.active_backend(), "compile": args.compile, "channels_last": vae.uses_channels_last, "description": upscaler.description, "machine": machine,
                   "torch": torch.__version__, "load_s": load_s, "results": rows}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -48,7 +48,7 @@ from seedvr_local.vae_tiling import (
     scaled_region,
     segments,
     size_after as _size_after,
-    tile_grid,
+    tile_spans,
 )
 
 if TYPE_CHECKING:
@@ -265,13 +265,13 @@ def _segment_output(segment: Segment, channels: int, frames: int) -> _Shape:
     return _op_shapes(segment, channels, frames)[-1]
 
 
-def _extents(segment: Segment, cores: list, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+def _extents(
+    segment: Segment, rows: list[tuple[int, int]], columns: list[tuple[int, int]], image_size: tuple[int, int]
+) -> list[tuple[int, int]]:
     """The largest (rows, columns) of any tile's region at every op boundary of the final pass. Regions are
     separable, so the row extents come from one column of tiles and the column extents from one row."""
-    rows = sorted({(c[0], c[1]) for c in cores})
-    cols = sorted({(c[2], c[3]) for c in cores})
     best = [(0, 0)] * (len(segment.ops) + 1)
-    for r, c in [(r, cols[0]) for r in rows] + [(rows[0], c) for c in cols]:
+    for r, c in [(r, columns[0]) for r in rows] + [(rows[0], c) for c in columns]:
         target = scaled_region((*r, *c), image_size, segment.sizes[-1])
         regions = required_regions(segment.ops, segment.sizes, target)
         best = [
@@ -431,9 +431,9 @@ class VAEMemoryModel:
         self, blocks: list[Block], size: tuple[int, int], image_size: tuple[int, int], shape: _Shape,
         itemsize: int, tiling: VAETiling,
     ) -> int:  # fmt: skip
-        cores = tile_grid(image_size, tiling.core)
+        rows, columns = tile_spans(image_size[0], tiling.core), tile_spans(image_size[1], tiling.core)
         parts = segments(blocks, size, image_size, tiling.store_scale)
-        if len(cores) == 1:  # every segment runs whole, as untiled but without temporal slicing
+        if len(rows) * len(columns) == 1:  # every segment runs whole, as untiled but without temporal slicing
             group = {block.name: k for k, part in enumerate(parts) for block in part.blocks}
             return int(_KAPPA["untiled"] * self._untiled(blocks, size, shape, itemsize, group))
         peak = 0
@@ -444,7 +444,7 @@ class VAEMemoryModel:
             else:
                 cuts = _full_bytes(shape, segment.sizes[0], itemsize) + _full_bytes(out, segment.sizes[-1], itemsize)
                 shapes = _op_shapes(segment, shape.channels, shape.frames)
-                work = _walk_bytes(segment, shapes, _extents(segment, cores, image_size), itemsize, tiled=True)
+                work = _walk_bytes(segment, shapes, _extents(segment, rows, columns, image_size), itemsize, tiled=True)
                 if shape.frames == 1:
                     work += _image_weight_bytes(segment, itemsize)
                 total = cuts + int(_KAPPA["tile"] * work)
@@ -516,14 +516,18 @@ class MemoryPlanner:
     @functools.lru_cache(maxsize=4096)
     def _estimate(self, w: int, h: int, t: int, tiling: VAETiling | None) -> tuple[tuple[str, int], ...]:
         size = self.itemsize
-        pixels = 3 * t * h * w
-        float_copy = pixels * 4 if size < 4 else 0  # the pipeline's float32 copy of the decoded video
+        float_copy = 3 * t * h * w * 4 if size < 4 else 0  # the pipeline's float32 copy of the decoded video
+        untileable = self._untileable(w, h, t)
         return (
             ("encode", self.vae.bytes("encode", t, h, w, tiling, size)),
-            ("dit", self.dit_bytes(t, h, w)),
+            ("dit", untileable["dit"]),
             ("decode", self.vae.bytes("decode", t, h, w, tiling, size) + float_copy),
-            ("color_fix", _COLOR_FIX_VALUES_PER_PIXEL * pixels // 3 * 4),
+            ("color_fix", untileable["color_fix"]),
         )
+
+    def _untileable(self, w: int, h: int, t: int) -> dict[str, int]:
+        """The phases VAE tiling cannot shrink: when one of them does not fit, no tiling needs to be tried."""
+        return {"dit": self.dit_bytes(t, h, w), "color_fix": _COLOR_FIX_VALUES_PER_PIXEL * t * h * w * 4}
 
     def dit_bytes(self, frames: int, height: int, width: int) -> int:
         if self.dit_config is None:
@@ -550,14 +554,17 @@ class MemoryPlanner:
         naming the largest output of the same aspect ratio that fits) when none does."""
         check_vae_tile(vae_tile)
         budget = self.budget(available)
-        best: tuple[int, dict[str, int]] | None = None
-        for tiling in self.candidates(vae_tile):
-            phases = self.estimate(width, height, frames, tiling)
-            need = max(phases.values())
-            if need <= budget:
-                return RunPlan(width, height, frames, tiling, phases, budget)
-            if best is None or need < best[0]:
-                best = (need, phases)
+        untileable = self._untileable(_padded(width), _padded(height), _frames_padded(frames))
+        best: tuple[int, dict[str, int]] = (max(untileable.values()), untileable)
+        if best[0] <= budget:
+            best = None
+            for tiling in self.candidates(vae_tile):
+                phases = self.estimate(width, height, frames, tiling)
+                need = max(phases.values())
+                if need <= budget:
+                    return RunPlan(width, height, frames, tiling, phases, budget)
+                if best is None or need < best[0]:
+                    best = (need, phases)
         need, phases = best
         largest = self.largest_fitting(width, height, frames, vae_tile, budget=budget)
         phase = max(phases, key=phases.get)
@@ -589,6 +596,8 @@ class MemoryPlanner:
         """Whether some tiling fits; only the most frugal candidates are tried (the smallest tile at every store
         scale, and untiled, which wins for images smaller than a tile)."""
         budget = self.budget() if budget is None else budget
+        if max(self._untileable(_padded(width), _padded(height), _frames_padded(frames)).values()) > budget:
+            return False
         tile = AUTO_TILES[-1] if vae_tile == "auto" else int(vae_tile)
         frugal = [None] * (vae_tile == "auto") + [VAETiling(tile, s) for s in STORE_SCALES]
         return any(max(self.estimate(width, height, frames, t).values()) <= budget for t in frugal)

@@ -271,22 +271,24 @@ def required_regions(ops: tuple[Op, ...], sizes: list[Size], target: Region) -> 
     return regions
 
 
+def tile_spans(length: int, core: int) -> list[tuple[int, int]]:
+    """One axis of the tile grid: as few spans as `core` allows, nearly equal multiples of `ALIGN` (so no thin
+    edge tile pays a full halo)."""
+    units, per_tile = length // ALIGN, core // ALIGN
+    count = -(-units // per_tile)
+    base, extra = divmod(units, count)
+    spans, start = [], 0
+    for i in range(count):
+        stop = start + (base + (i < extra)) * ALIGN
+        spans.append((start, stop))
+        start = stop
+    return spans
+
+
 def tile_grid(image_size: Size, core: int) -> list[Region]:
-    """Tile cores in image pixels, row-major: as few tiles per axis as `core` allows, split into nearly equal
-    multiples of `ALIGN` (so no thin edge tile pays a full halo)."""
-
-    def split(n: int) -> list[tuple[int, int]]:
-        units, per_tile = n // ALIGN, core // ALIGN
-        count = -(-units // per_tile)
-        base, extra = divmod(units, count)
-        bounds, start = [], 0
-        for i in range(count):
-            stop = start + (base + (i < extra)) * ALIGN
-            bounds.append((start, stop))
-            start = stop
-        return bounds
-
-    return [(r0, r1, c0, c1) for r0, r1 in split(image_size[0]) for c0, c1 in split(image_size[1])]
+    """Tile cores in image pixels, row-major."""
+    columns = tile_spans(image_size[1], core)
+    return [(r0, r1, c0, c1) for r0, r1 in tile_spans(image_size[0], core) for c0, c1 in columns]
 
 
 def scaled_region(core: Region, image_size: Size, size: Size) -> Region:

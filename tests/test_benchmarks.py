@@ -11,9 +11,11 @@ from benchmarks import restore
 
 def test_restore_benchmark_smoke(tmp_path, tiny_bundle, capsys):
     out, profile = tmp_path / "restore.json", tmp_path / "profile.txt"
-    argv = ["--model", str(tiny_bundle), "--sizes", "48x32,32x48", "--json", str(out), "--profile", str(profile)]
+    argv = ["--model", str(tiny_bundle), "--sizes", "48x32,32x48", "--json", str(out), "--profile", str(profile),
+            "--vae-layout", "channels-last"]  # fmt: skip
     assert restore.main(argv) == 0
     table = capsys.readouterr().out
+    assert "VAE channels-last" in table
     assert "MP/s" in table and "first s" in table and "48x32" in table and "32x48" in table
     text = profile.read_text()
     assert "## 48x32" in text and "## 32x48" in text and "conv" in text
@@ -23,6 +25,7 @@ def test_restore_benchmark_smoke(tmp_path, tiny_bundle, capsys):
     assert set(row["seconds"]) == set(restore.PHASES)
     assert all(row["seconds"][phase] > 0 for phase in ("encode", "dit", "vae_decode"))
     assert row["max_peak_gib"] > 0 and row["first_s"] > 0
+    assert report["channels_last"] is True
 
 
 def test_flops_counts_the_full_size_model(tmp_path, capsys):

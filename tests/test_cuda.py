@@ -96,11 +96,13 @@ def test_upscale_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype):
         assert float((outputs[64] - outputs["auto"]).abs().max()) < 1e-4
 
 
+@pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_channels_last_vae_on_cuda_matches_contiguous(tiny_bundle, cpu_upscaler, dtype):
+def test_either_vae_layout_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype, channels_last):
     expected = _upscale(cpu_upscaler)
     cuda = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype=dtype)
-    cuda.pipeline.vae.channels_last = True
+    assert cuda.pipeline.vae.uses_channels_last == (dtype == "bf16")  # the default
+    cuda.pipeline.vae.channels_last = channels_last
     bound = {"fp32": 1e-5, "bf16": 2 / 255}[dtype]
     for tile in ("auto", 64):
         mean_abs = float((_upscale(cuda, tile) - expected).abs().mean())

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -89,6 +91,18 @@ def test_an_impossible_request_is_refused_naming_the_largest_size_that_fits(plan
     assert planner.fits(width, height, budget=budget)
     assert not planner.fits(width + 32, height + 16, budget=budget)
     assert 2048 <= width < 8192
+
+
+def test_a_huge_request_on_a_large_device_is_refused_at_once(planner):
+    # With 80 GB the largest output is tens of thousands of pixels a side: hundreds of tiles an axis to model.
+    # This took minutes when every tiling was modelled (and every tile, not every tile row and column) even
+    # though the DiT phase alone, which tiling cannot shrink, could never fit.
+    started = time.perf_counter()
+    with pytest.raises(MemoryPlanError, match="for the dit phase") as info:
+        planner.plan(200_000, 200_000, available=80 * GiB)
+    assert time.perf_counter() - started < 5
+    width, height = info.value.largest
+    assert planner.fits(width, height, budget=info.value.available)
 
 
 def test_nothing_fits_in_no_memory(planner):

@@ -170,13 +170,27 @@ def test_channels_last_gives_the_same_result(tiny_vae, frames, tiled):
         tiny_vae.channels_last = True
         got = tiny_vae.encode(x, tiling=tiling)[0], tiny_vae.decode(z, tiling=tiling)
     finally:
-        tiny_vae.channels_last = False
+        tiny_vae.channels_last = None
         for hook in hooks:
             hook.remove()
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
     if frames == 1 and not tiled:  # CPU 3-D convs answer in the contiguous layout; the image path is all 2-D
         assert layouts and all(layouts), f"{layouts.count(False)} of {len(layouts)} norms saw another layout"
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype", "expected"),
+    [("cpu", torch.bfloat16, False), ("cuda", torch.float32, False), ("cuda", torch.bfloat16, True),
+     ("cuda", torch.float16, True)],
+)  # fmt: skip
+def test_channels_last_by_default_only_for_half_precision_on_cuda(device, dtype, expected, monkeypatch):
+    vae = VideoAutoencoder.from_vae_config(VAEConfig(**TINY))
+    monkeypatch.setattr(VideoAutoencoder, "device", property(lambda _: torch.device(device)))
+    monkeypatch.setattr(VideoAutoencoder, "dtype", property(lambda _: dtype))
+    assert vae.uses_channels_last is expected
+    vae.channels_last = not expected  # an explicit choice wins
+    assert vae.uses_channels_last is not expected
 
 
 # ---------------------------------------------------------------------------------------------- shapes, errors
