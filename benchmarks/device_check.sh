@@ -5,8 +5,11 @@
 #
 # STEPS (default "restore layout attention tests compile kernels memory") picks what runs: restore is the
 # baseline; layout (the contiguous VAE instead of channels-last) and attention (SDPA over window groups instead of
-# packed varlen) rerun it with one change each; compile checks the compiled pipeline against eager, then times it. Each step has its own time limit and a failing step does not stop the next; logs and
-# JSON land in OUT_DIR (default ./device-check), and in the archive $PACK (a .tar.gz path) when it is set.
+# packed varlen) rerun it with one change each; compile checks the compiled pipeline against eager, then times
+# it. Each step has its own time limit and a failing step does not stop the next; logs and JSON land in OUT_DIR
+# (default ./device-check), and in the archive $PACK (a .tar.gz path) when it is set.
+# On an H100 (2026-11-26) the steps took: restore 48 s, layout 27 s, attention 21 s, tests 133 s, the compiled
+# benchmark 178 s, kernels 6 s; memory did not finish in 60 s.
 set -u
 out=${1:-device-check}
 steps=${2:-restore layout attention tests compile kernels memory}
@@ -46,7 +49,7 @@ step compile 400 bash -c "$python -m pytest $pytest_flags $(timeout_flag 200) te
     && $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
     --factor 2 --repeat 3 --compile --json $out/compile.json"
 step kernels 60 $python -m benchmarks.kernels --device cuda --size 2160p --json "$out/kernels.json"
-step memory 60 $python -m benchmarks.memory --device cuda --dtype bf16 --sizes 2048,3840x2160 \
+step memory 150 $python -m benchmarks.memory --device cuda --dtype bf16 --sizes 2048,3840x2160 \
     --tilings untiled,512/1 --timeout 30 --json "$out/memory.json"
 
 # One archive of everything (logs, JSON, the profile) for machines that hand back only a few files.
