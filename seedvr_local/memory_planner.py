@@ -554,18 +554,16 @@ class MemoryPlanner:
         naming the largest output of the same aspect ratio that fits) when none does."""
         check_vae_tile(vae_tile)
         budget = self.budget(available)
-        untileable = self._untileable(_padded(width), _padded(height), _frames_padded(frames))
-        best: tuple[int, dict[str, int]] = (max(untileable.values()), untileable)
-        if best[0] <= budget:
-            best = None
+        phases = self._untileable(_padded(width), _padded(height), _frames_padded(frames))
+        need = max(phases.values())
+        if need <= budget:  # else no tiling can help
+            tried = []
             for tiling in self.candidates(vae_tile):
-                phases = self.estimate(width, height, frames, tiling)
-                need = max(phases.values())
-                if need <= budget:
-                    return RunPlan(width, height, frames, tiling, phases, budget)
-                if best is None or need < best[0]:
-                    best = (need, phases)
-        need, phases = best
+                estimate = self.estimate(width, height, frames, tiling)
+                if max(estimate.values()) <= budget:
+                    return RunPlan(width, height, frames, tiling, estimate, budget)
+                tried.append((max(estimate.values()), estimate))
+            need, phases = min(tried, key=lambda t: t[0])
         largest = self.largest_fitting(width, height, frames, vae_tile, budget=budget)
         phase = max(phases, key=phases.get)
         fits = f"the largest {_aspect(width, height)} output that fits is {largest[0]}x{largest[1]}" if largest else (

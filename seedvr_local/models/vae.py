@@ -215,7 +215,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     Set `temporal_slicing = False` to process long clips in one pass (same result, more memory). `channels_last`
     picks the activations' layout (same result either way): None (the default) means channels-last for half
     precision on CUDA, the layout cuDNN's half-precision convolutions work in, which otherwise converts every
-    activation to it and back (on an H100: the VAE phases 5% faster, their peak memory a quarter lower at 4K,
+    activation to it and back (on an H100: the VAE phases 5-10% faster, their peak memory a quarter lower at 4K,
     benchmarks/RESULTS.md); contiguous elsewhere, where it gained nothing.
     """
 
