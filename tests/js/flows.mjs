@@ -51,10 +51,11 @@ const polledLogs = updates.flatMap((update) => update.logs ?? []).map((log) => l
 check(polledLogs.some((message) => message.startsWith("dit")), `polled logs ${polledLogs}`);
 summary.subscribe = { requestId: result.requestId, statuses: [...new Set(updates.map((u) => u.status))] };
 
-// subscribe over server-sent events, with a Blob in the input (auto-uploaded)
+// subscribe over server-sent events, with a Blob in the input (auto-uploaded); the slow seed keeps the job
+// running until the stream is open, so it must report IN_PROGRESS (a fast job can finish before it connects)
 const streamed = [];
 const viaSse = await fal.subscribe(APP, {
-  input: { image_url: new Blob([png], { type: "image/png" }), upscale_factor: 3 },
+  input: { image_url: new Blob([png], { type: "image/png" }), upscale_factor: 3, seed: SLOW_SEED },
   mode: "streaming",
   logs: true,
   onQueueUpdate: (update) => streamed.push(update),
