@@ -525,8 +525,9 @@ class MemoryPlanner:
             ("color_fix", untileable["color_fix"]),
         )
 
-    def _untileable(self, w: int, h: int, t: int) -> dict[str, int]:
+    def _untileable(self, width: int, height: int, frames: int) -> dict[str, int]:
         """The phases VAE tiling cannot shrink: when one of them does not fit, no tiling needs to be tried."""
+        w, h, t = _padded(width), _padded(height), _frames_padded(frames)
         return {"dit": self.dit_bytes(t, h, w), "color_fix": _COLOR_FIX_VALUES_PER_PIXEL * t * h * w * 4}
 
     def dit_bytes(self, frames: int, height: int, width: int) -> int:
@@ -554,7 +555,7 @@ class MemoryPlanner:
         naming the largest output of the same aspect ratio that fits) when none does."""
         check_vae_tile(vae_tile)
         budget = self.budget(available)
-        phases = self._untileable(_padded(width), _padded(height), _frames_padded(frames))
+        phases = self._untileable(width, height, frames)
         need = max(phases.values())
         if need <= budget:  # else no tiling can help
             tried = []
@@ -594,7 +595,7 @@ class MemoryPlanner:
         """Whether some tiling fits; only the most frugal candidates are tried (the smallest tile at every store
         scale, and untiled, which wins for images smaller than a tile)."""
         budget = self.budget() if budget is None else budget
-        if max(self._untileable(_padded(width), _padded(height), _frames_padded(frames)).values()) > budget:
+        if max(self._untileable(width, height, frames).values()) > budget:
             return False
         tile = AUTO_TILES[-1] if vae_tile == "auto" else int(vae_tile)
         frugal = [None] * (vae_tile == "auto") + [VAETiling(tile, s) for s in STORE_SCALES]

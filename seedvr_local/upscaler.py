@@ -73,18 +73,18 @@ class UpscaleOptions:
 @dataclass
 class UpscaleResult:
     pixels: torch.Tensor  # the image as uint8 [3, H, W] on the CPU, laid out as PIL takes it (H, W, 3)
+    unrounded: torch.Tensor = field(repr=False)  # `rgb`, on the model's device
     alpha: torch.Tensor | None  # [1, H, W] float in [0, 1] when the input had alpha
     seed: int  # the seed used (drawn when the options had none)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase
     plan: RunPlan | None = None  # the memory plan it ran with (after an out-of-memory retry, the retry's)
-    unrounded: torch.Tensor | None = field(default=None, repr=False)  # `rgb`, on the model's device
 
     @functools.cached_property
     def rgb(self) -> torch.Tensor:
         """The image before rounding, [3, H, W] float in [0, 1] on the CPU. Moved from the model's device on
         first use: images only need `pixels`, and the float copy of a 4K output (100 MB of fresh, page-faulting
         host memory) took tens of milliseconds."""
-        return self.pixels.float() / 255 if self.unrounded is None else self.unrounded.cpu()
+        return self.unrounded.cpu()
 
     @property
     def image(self) -> Image.Image:
@@ -201,7 +201,7 @@ class Upscaler:
         # longer converting a 4K image than encoding it.
         pixels = to_uint8(rgb).permute(1, 2, 0).contiguous().cpu().permute(2, 0, 1)
         alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
-        result = UpscaleResult(pixels, alpha, seed, timings, plan, unrounded=rgb)
+        result = UpscaleResult(pixels, rgb, alpha, seed, timings, plan)
         clock.stop()
         return result
 
