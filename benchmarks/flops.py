@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
+from seedvr_local import kernels
 from seedvr_local.models import window_attention
 
 from benchmarks.models import TEXT_TOKENS

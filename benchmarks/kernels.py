@@ -22,8 +22,8 @@ from typing import Callable
 
 import torch
 
-import kernels
-from kernels import backend, reference
+from seedvr_local import kernels
+from seedvr_local.kernels import backend, reference
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # DiT: tokens, window tokens, dim, heads, head_dim, rope pairs; VAE: channels, groups, frame height and width.

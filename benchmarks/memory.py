@@ -67,7 +67,7 @@ def _device_and_dtype(spec: dict) -> tuple[torch.device, torch.dtype]:
 def _random_vae(device: torch.device, dtype: torch.dtype):
     from benchmarks.models import materialize_random_
     from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
-    from weights.bundle import parameters_on_meta
+    from seedvr_local.weights.bundle import parameters_on_meta
 
     with parameters_on_meta():
         vae = VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())
@@ -123,7 +123,7 @@ def measure_dit(spec: dict) -> dict:
     from seedvr_local.memory_planner import MemoryPlanner
     from seedvr_local.models.nadit import DiTConfig, NaDiT
     from seedvr_local.models.vae import VAEConfig
-    from weights.bundle import parameters_on_meta
+    from seedvr_local.weights.bundle import parameters_on_meta
 
     device, dtype = _device_and_dtype(spec)
     width, height = spec["size"]
@@ -162,7 +162,7 @@ def measure_restore(spec: dict) -> dict:
     from benchmarks.models import tiny_bundle_dir
     from seedvr_local.memory_planner import MemoryPlanner
     from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
-    from weights.bundle import load_models
+    from seedvr_local.weights.bundle import load_models
 
     device, dtype = _device_and_dtype(spec)
     width, height = spec["size"]

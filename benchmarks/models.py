@@ -53,7 +53,7 @@ def build_upscaler(model: str, device: str | None = None, dtype: str | None = No
 
     from seedvr_local.models.nadit import DiTConfig, NaDiT
     from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
-    from weights.bundle import parameters_on_meta
+    from seedvr_local.weights.bundle import parameters_on_meta
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)

@@ -21,7 +21,7 @@ import time
 import torch
 from PIL import Image
 
-import kernels
+from seedvr_local import kernels
 from benchmarks.measure import PeakMemory, gib
 from benchmarks.models import build_upscaler
 from seedvr_local.compilation import compile_pipeline

@@ -12,7 +12,7 @@ Backend: `select("auto" | "triton" | "torch")`, `active_backend()`; auto uses Tr
 a CUDA GPU is present. Triton is optional: without it everything runs the references.
 """
 
-from kernels.backend import (
+from seedvr_local.kernels.backend import (
     MODES,
     KernelBackendError,
     active_backend,
@@ -20,8 +20,8 @@ from kernels.backend import (
     select,
     triton_available,
 )
-from kernels.group_stats import GroupMoments, GroupStats, merge_moments
-from kernels.ops import (
+from seedvr_local.kernels.group_stats import GroupMoments, GroupStats, merge_moments
+from seedvr_local.kernels.ops import (
     gated_residual,
     gated_residual_rms_norm_modulate,
     group_norm_moments,

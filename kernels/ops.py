@@ -13,9 +13,9 @@ from types import ModuleType
 
 import torch
 
-from kernels import reference
-from kernels.backend import use_triton
-from kernels.group_stats import GroupMoments, GroupStats
+from seedvr_local.kernels import reference
+from seedvr_local.kernels.backend import use_triton
+from seedvr_local.kernels.group_stats import GroupMoments, GroupStats
 
 _KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # A row kernel program holds a whole row: wider rows use the reference rather than spill registers.
@@ -24,7 +24,7 @@ MAX_ROW_DIM = 16384
 
 @functools.cache
 def _triton_module(name: str) -> ModuleType:
-    return importlib.import_module(f"kernels.triton_{name}")
+    return importlib.import_module(f"seedvr_local.kernels.triton_{name}")
 
 
 def _kernel_ok(*tensors: torch.Tensor | None) -> bool:

@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from kernels.group_stats import GroupMoments, GroupStats
+from seedvr_local.kernels.group_stats import GroupMoments, GroupStats
 
 # Largest fp32 copy (bytes) the GroupNorm references make at once: big frames go a few groups at a time.
 _GROUPNORM_CHUNK_BYTES = 512 * 1024**2

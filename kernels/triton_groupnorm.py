@@ -18,8 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.group_stats import GroupMoments, GroupStats, merge_chunk_moments
-from kernels.reference import as_frames
+from seedvr_local.kernels.group_stats import GroupMoments, GroupStats, merge_chunk_moments
+from seedvr_local.kernels.reference import as_frames
 
 _TILE = 4096  # elements per program
 

@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
-    from server.cli import add_serve_arguments
+    from seedvr_local.server.cli import add_serve_arguments
 
     add_serve_arguments(serve)
     return parser
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale(args)
         if args.command == "download":
             return _run_download(args)
-        from server.cli import run_serve
+        from seedvr_local.server.cli import run_serve
 
         return run_serve(args)
     except KeyboardInterrupt:
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from weights.download import download
+    from seedvr_local.weights.download import download
     from seedvr_local.model_home import default_weights_dir
 
     dest = args.dir or default_weights_dir(args.model, args.variant)

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-import kernels
+from seedvr_local import kernels
 from seedvr_local.compilation import compile_pipeline
 from seedvr_local.image_io import decode_image
 from seedvr_local.model_home import find_installed_weights

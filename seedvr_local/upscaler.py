@@ -33,7 +33,7 @@ from seedvr_local.memory_planner import (
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
 from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
 from seedvr_local.sizes import output_size
-from weights.bundle import load_models
+from seedvr_local.weights.bundle import load_models
 
 UpscaleMode = Literal["factor", "target"]
 TargetResolution = Literal["720p", "1080p", "1440p", "2160p"]

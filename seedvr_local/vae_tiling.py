@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
-from kernels import GroupStats
+from seedvr_local import kernels
+from seedvr_local.kernels import GroupStats
 from seedvr_local.models.vae_blocks import (
     ATTENTION_CHUNK_BYTES,
     CausalConv3d,

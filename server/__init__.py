@@ -4,8 +4,8 @@
 can run the whole server with a fast stand-in for the model.
 """
 
-from server.app import create_app
-from server.engine import Engine, EngineFactory
-from server.settings import ServerSettings
+from seedvr_local.server.app import create_app
+from seedvr_local.server.engine import Engine, EngineFactory
+from seedvr_local.server.settings import ServerSettings
 
 __all__ = ["create_app", "Engine", "EngineFactory", "ServerSettings"]

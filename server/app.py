@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from server.endpoint import ENDPOINT_ID
-from server.engine import EngineFactory
-from server.errors import install_handlers
-from server.middleware import CrashGuardMiddleware, RequestIdMiddleware
-from server.netguard import NetGuard
-from server.proxy import FalProxyMiddleware
-from server.retention import Retention
-from server.routers import health, queue, run, storage, wellknown
-from server.settings import ServerSettings
-from server.state import ServerState
+from seedvr_local.server.endpoint import ENDPOINT_ID
+from seedvr_local.server.engine import EngineFactory
+from seedvr_local.server.errors import install_handlers
+from seedvr_local.server.middleware import CrashGuardMiddleware, RequestIdMiddleware
+from seedvr_local.server.netguard import NetGuard
+from seedvr_local.server.proxy import FalProxyMiddleware
+from seedvr_local.server.retention import Retention
+from seedvr_local.server.routers import health, queue, run, storage, wellknown
+from seedvr_local.server.settings import ServerSettings
+from seedvr_local.server.state import ServerState
 
 log = logging.getLogger("seedvr_local.server")
 

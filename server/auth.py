@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from server.errors import FalError
+from seedvr_local.server.errors import FalError
 
 
 def require_key(request: Request) -> None:

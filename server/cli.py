@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from server.settings import ServerSettings
+from seedvr_local.server.settings import ServerSettings
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -125,14 +125,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    import kernels
+    from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
     from seedvr_local.devices import resolve_device, resolve_dtype
     from seedvr_local.model_home import find_installed_weights
     from seedvr_local.upscaler import Upscaler
-    from server.app import create_app
-    from server.db import DataDirLock
-    from weights.bundle import inspect_weights_dir
+    from seedvr_local.server.app import create_app
+    from seedvr_local.server.db import DataDirLock
+    from seedvr_local.weights.bundle import inspect_weights_dir
 
     settings = settings_from_args(args)
     kernels.select(args.kernels)  # a forced backend this machine cannot run fails here, in one line

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from server.schema import InputError
+from seedvr_local.server.schema import InputError
 
 
 class FalError(Exception):

@@ -15,8 +15,8 @@ from urllib.parse import unquote_to_bytes
 
 import httpx
 
-from server.netguard import BlockedURLError, NetGuard
-from server.storage import FileStore
+from seedvr_local.server.netguard import BlockedURLError, NetGuard
+from seedvr_local.server.storage import FileStore
 
 _OWN_FILE = re.compile(r"/files/(?P<id>[A-Za-z0-9_-]{16,64})(?:/[^/]*)?$")
 USER_AGENT = "seedvr-local (image_url fetch)"

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from server.db import Database
-from server.errors import FalError, cancelled_error, request_error, timeout_error
+from seedvr_local.server.db import Database
+from seedvr_local.server.errors import FalError, cancelled_error, request_error, timeout_error
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 PRIORITIES = {"normal": 0, "low": 1}
@@ -231,7 +231,7 @@ class JobStore:
             self.on_completed(self.get(job_id), completion)
 
     def _complete(self, conn, job_id: str, completion: Completion, now: float, done: list) -> bool:
-        from server.webhooks import webhook_body  # the payload format lives with the sender
+        from seedvr_local.server.webhooks import webhook_body  # the payload format lives with the sender
 
         row = conn.execute("SELECT status, webhook_url FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None or row["status"] == COMPLETED:

@@ -16,14 +16,14 @@ from seedvr_local.image_io import ImageError, ImageTooLargeError, content_type_f
 from seedvr_local.memory_planner import MemoryPlanError, RunOutOfMemoryError
 from seedvr_local.sizes import SizeError
 from seedvr_local.upscaler import UpscaleOptions
-from server.engine import EngineHolder
-from server.errors import FalError, cancelled_error, model_error, request_error
-from server.fetch import FetchError, ImageFetcher
-from server.jobs import Completion, Job, JobStore
-from server.metrics import Metrics
-from server.schema import SeedVRImageInput
-from server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
-from server.storage import FileStore
+from seedvr_local.server.engine import EngineHolder
+from seedvr_local.server.errors import FalError, cancelled_error, model_error, request_error
+from seedvr_local.server.fetch import FetchError, ImageFetcher
+from seedvr_local.server.jobs import Completion, Job, JobStore
+from seedvr_local.server.metrics import Metrics
+from seedvr_local.server.schema import SeedVRImageInput
+from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
+from seedvr_local.server.storage import FileStore
 
 log = logging.getLogger("seedvr_local.server")
 

@@ -15,9 +15,9 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from server.db import Database
-from server.fetch import own_file_id
-from server.storage import FileStore
+from seedvr_local.server.db import Database
+from seedvr_local.server.fetch import own_file_id
+from seedvr_local.server.storage import FileStore
 
 log = logging.getLogger("seedvr_local.server")
 

@@ -7,21 +7,21 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from server.auth import UploadTokens
-from server.db import Database, DataDirLock
-from server.engine import EngineFactory, EngineHolder
-from server.events import ChangeNotifier
-from server.fetch import ImageFetcher
-from server.jobs import Completion, Job, JobStore
-from server.metrics import Metrics
-from server.netguard import NetGuard
-from server.processing import JobProcessor
-from server.retention import Retention
-from server.settings import ServerSettings
-from server.signing import WebhookSigner
-from server.storage import FileStore
-from server.webhooks import WebhookSender
-from server.worker import Worker, log_job
+from seedvr_local.server.auth import UploadTokens
+from seedvr_local.server.db import Database, DataDirLock
+from seedvr_local.server.engine import EngineFactory, EngineHolder
+from seedvr_local.server.events import ChangeNotifier
+from seedvr_local.server.fetch import ImageFetcher
+from seedvr_local.server.jobs import Completion, Job, JobStore
+from seedvr_local.server.metrics import Metrics
+from seedvr_local.server.netguard import NetGuard
+from seedvr_local.server.processing import JobProcessor
+from seedvr_local.server.retention import Retention
+from seedvr_local.server.settings import ServerSettings
+from seedvr_local.server.signing import WebhookSigner
+from seedvr_local.server.storage import FileStore
+from seedvr_local.server.webhooks import WebhookSender
+from seedvr_local.server.worker import Worker, log_job
 
 
 @dataclass

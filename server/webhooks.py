@@ -15,12 +15,12 @@ import time
 
 import httpx
 
-from server.db import Database
-from server.events import ANY, ChangeNotifier
-from server.metrics import Metrics
-from server.netguard import BlockedURLError, NetGuard
-from server.settings import ServerSettings
-from server.signing import WebhookSigner
+from seedvr_local.server.db import Database
+from seedvr_local.server.events import ANY, ChangeNotifier
+from seedvr_local.server.metrics import Metrics
+from seedvr_local.server.netguard import BlockedURLError, NetGuard
+from seedvr_local.server.settings import ServerSettings
+from seedvr_local.server.signing import WebhookSigner
 
 log = logging.getLogger("seedvr_local.server")
 

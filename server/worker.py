@@ -11,9 +11,9 @@ import logging
 import threading
 import time
 
-from server.engine import EngineHolder
-from server.jobs import Completion, Job, JobStore
-from server.processing import JobProcessor, ShuttingDown
+from seedvr_local.server.engine import EngineHolder
+from seedvr_local.server.jobs import Completion, Job, JobStore
+from seedvr_local.server.processing import JobProcessor, ShuttingDown
 
 log = logging.getLogger("seedvr_local.server")
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels
+from seedvr_local import kernels
 from seedvr_local.devices import AMPERE, cuda_capability
 from seedvr_local.models.window_attention import ATTENTION_BACKENDS, attention_backend_available
 from seedvr_local.upscaler import Upscaler, UpscaleOptions

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.reference import rotate_pairs
+from seedvr_local.kernels.reference import rotate_pairs
 from seedvr_local.models.nadit import DiTConfig, NaDiT
 from seedvr_local.models.window_attention import TokenLayout, resolve_attention_backend
 from seedvr_local.models.windows import window_boxes, window_size
@@ -330,7 +330,7 @@ def test_save_and_load_pretrained(tmp_path):
 def run_models_with_triton(out_path: str) -> None:
     """Subprocess entry (TRITON_INTERPRET=1): the tiny 3B and 7B forwards with the Triton kernels, with the
     windows grouped by shape (SDPA) and packed for a varlen kernel (a stand-in here) as on a GPU."""
-    import kernels
+    from seedvr_local import kernels
     from seedvr_local.models import window_attention
 
     kernels.select("triton")

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from weights import download as download_module
-from weights.bundle import inspect_weights_dir
-from weights.download import DownloadError, download, remote_files
+from seedvr_local.weights import download as download_module
+from seedvr_local.weights.bundle import inspect_weights_dir
+from seedvr_local.weights.download import DownloadError, download, remote_files
 
 
 def _content(repo_id: str, filename: str) -> bytes:

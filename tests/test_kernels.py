@@ -24,8 +24,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import backend, reference
+from seedvr_local import kernels
+from seedvr_local.kernels import backend, reference
 
 REPO = Path(__file__).resolve().parents[1]
 NO_TRITON = "triton is not installed (optional dependency: pip install 'seedvr-local[triton]')"
@@ -96,19 +96,19 @@ def test_unknown_mode_is_rejected():
 
 def test_choice_is_logged_once(monkeypatch, caplog):
     _fake_machine(monkeypatch, triton=False, cuda=False)
-    with caplog.at_level(logging.INFO, logger="kernels.backend"):
+    with caplog.at_level(logging.INFO, logger="seedvr_local.kernels.backend"):
         kernels.select("auto")
         kernels.select("auto")
         kernels.select("torch")
         kernels.active_backend()
-    records = [r.getMessage() for r in caplog.records if r.name == "kernels.backend"]
+    records = [r.getMessage() for r in caplog.records if r.name == "seedvr_local.kernels.backend"]
     assert records == ["kernels: torch (auto: triton not installed)"]
 
 
 def test_first_use_resolves_the_environment_variable(monkeypatch, caplog):
     _fake_machine(monkeypatch, triton=True, cuda=True)
     monkeypatch.setenv("SEEDVR_KERNELS", "torch")
-    with caplog.at_level(logging.INFO, logger="kernels.backend"):
+    with caplog.at_level(logging.INFO, logger="seedvr_local.kernels.backend"):
         assert kernels.active_backend() == "torch"
     assert [r.getMessage() for r in caplog.records] == ["kernels: torch (asked for)"]
     monkeypatch.setenv("SEEDVR_KERNELS", "sometimes")
@@ -121,7 +121,7 @@ def test_triton_backend_runs_the_reference_on_cpu_tensors(monkeypatch):
     # A forced triton backend with CPU tensors (no interpreter) must not launch a kernel, just use the reference.
     _fake_machine(monkeypatch, triton=True, cuda=True)
     kernels.select("triton")
-    monkeypatch.setattr("kernels.ops._triton_module", lambda name: pytest.fail(f"launched the {name} kernel"))
+    monkeypatch.setattr("seedvr_local.kernels.ops._triton_module", lambda name: pytest.fail(f"launched the {name} kernel"))
     x = torch.randn(5, 8)
     assert backend.use_triton(x) is False
     torch.testing.assert_close(kernels.rms_norm(x, None, 1e-5), reference.rms_norm_modulate(x, eps=1e-5))
@@ -130,7 +130,7 @@ def test_triton_backend_runs_the_reference_on_cpu_tensors(monkeypatch):
 def test_tensors_needing_gradients_use_the_references(monkeypatch):
     _fake_machine(monkeypatch, triton=True, cuda=False, interpret=True)
     kernels.select("triton")
-    monkeypatch.setattr("kernels.ops._triton_module", lambda name: pytest.fail(f"launched the {name} kernel"))
+    monkeypatch.setattr("seedvr_local.kernels.ops._triton_module", lambda name: pytest.fail(f"launched the {name} kernel"))
     weight = torch.ones(8, requires_grad=True)
     out = kernels.rms_norm(torch.randn(5, 8), weight, 1e-5)
     out.sum().backward()
@@ -458,7 +458,7 @@ def _as_tuple(out) -> tuple[torch.Tensor, ...]:
 def run_interpreter_cases(out_path: str, seed: int) -> None:
     """Subprocess entry (TRITON_INTERPRET=1): run every case's op with the triton backend, save the outputs
     and which kernel modules each case launched."""
-    from kernels import ops
+    from seedvr_local.kernels import ops
 
     assert backend.interpreter_enabled(), "run with TRITON_INTERPRET=1"
     kernels.select("triton")
@@ -545,7 +545,7 @@ def _to(value, device: str):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=["bf16", "fp16", "fp32"])
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_triton_kernel_matches_reference_on_cuda(monkeypatch, case, dtype):
-    from kernels import ops
+    from seedvr_local.kernels import ops
 
     seed = int(os.environ.get("KERNEL_TEST_SEED", random.randrange(2**20)))
     assert kernels.select("triton") == "triton"
@@ -565,7 +565,7 @@ def test_triton_kernel_matches_reference_on_cuda(monkeypatch, case, dtype):
 
 def _compile_variants(dtype: str) -> list[tuple[str, Any, dict[str, str], dict[str, Any], int]]:
     """(name, kernel, pointer types, constexprs, num_warps) as the launchers pick them for the 3B model at 2160p."""
-    from kernels import triton_groupnorm, triton_rmsnorm, triton_rope, triton_softmax
+    from seedvr_local.kernels import triton_groupnorm, triton_rmsnorm, triton_rope, triton_softmax
 
     p = f"*{dtype}"
     rows_ptrs = dict(x_ptr=p, h_ptr=p, res_out_ptr=p, out_ptr=p, idx_ptr="*i64")

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from tests.reference_data import reference_dir
-from weights.build_manifests import read_official_manifest
-from weights.manifest import MANIFEST_NAMES, format_manifest, load_manifest, parse_manifest
+from seedvr_local.weights.build_manifests import read_official_manifest
+from seedvr_local.weights.manifest import MANIFEST_NAMES, format_manifest, load_manifest, parse_manifest
 
 OFFICIAL_COUNTS = {  # spec section 4: tensors and parameters of the released files
     "seedvr2_ema_3b": (635, 3_391_476_448),

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-import kernels
+from seedvr_local import kernels
 from seedvr_local import vae_tiling
 from seedvr_local.models import vae_blocks
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
@@ -256,7 +256,7 @@ def _vae_outputs() -> dict[str, torch.Tensor]:
 
 def run_vae_with_triton(path: str) -> None:
     """Subprocess body (TRITON_INTERPRET=1): `_vae_outputs` through the Triton kernels, and which ran."""
-    from kernels import ops
+    from seedvr_local.kernels import ops
 
     kernels.select("triton")
     launched: set[str] = set()

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels.reference
+from seedvr_local import kernels
+import seedvr_local.kernels.reference
 from seedvr_local.models import vae_blocks
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder, convert_deprecated_attention_keys
 from seedvr_local.models.vae_blocks import ChunkMemory, FrameGroupNorm
-from weights.manifest import load_manifest
+from seedvr_local.weights.manifest import load_manifest
 
 # Every code path of the real model at toy size: 4 levels, 2 temporal resamplers, shortcut convs, attention.
 TINY = dict(block_out_channels=[8, 8, 16, 16], layers_per_block=1, norm_num_groups=4)

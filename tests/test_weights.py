@@ -10,16 +10,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from weights import bundle as bundle_module
-from weights.bundle import (
+from seedvr_local.weights import bundle as bundle_module
+from seedvr_local.weights.bundle import (
     MissingWeightsError,
     WeightsDirError,
     inspect_weights_dir,
     load_models,
     validate_dit_shapes,
 )
-from weights.checkpoint import CheckpointFormatError, read_dtypes, read_shapes, read_state_dict
-from weights.manifest import CheckpointMismatchError, load_manifest, validate_state_dict
+from seedvr_local.weights.checkpoint import CheckpointFormatError, read_dtypes, read_shapes, read_state_dict
+from seedvr_local.weights.manifest import CheckpointMismatchError, load_manifest, validate_state_dict
 
 FP8 = torch.float8_e4m3fn
 STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp8": FP8}

@@ -8,6 +8,6 @@
 Submodules are imported on use, so `import weights` stays cheap.
 """
 
-from weights.manifest import CheckpointMismatchError, Manifest, load_manifest, validate_state_dict
+from seedvr_local.weights.manifest import CheckpointMismatchError, Manifest, load_manifest, validate_state_dict
 
 __all__ = ["CheckpointMismatchError", "Manifest", "load_manifest", "validate_state_dict"]

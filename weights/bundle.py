@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, Iterator
 import torch
 from torch import nn
 
-from weights.checkpoint import (
+from seedvr_local.weights.checkpoint import (
     ROPE_FREQS_SUFFIX,
     CheckpointFormatError,
     is_rope_freqs,
     read_shapes,
     read_state_dict,
 )
-from weights.manifest import (
+from seedvr_local.weights.manifest import (
     DIT_MANIFESTS,
     VAE_MANIFEST,
     CheckpointMismatchError,

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 import torch
 from safetensors import SafetensorError, safe_open
 
-from weights.manifest import Shape
+from seedvr_local.weights.manifest import Shape
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-import kernels
+from seedvr_local import kernels
 from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, MMPair
 from seedvr_local.models.window_attention import TokenLayout, WindowAttention
 

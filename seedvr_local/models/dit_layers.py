@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 from torch import nn
 
-import kernels
+from seedvr_local import kernels
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """apex `FusedRMSNorm` maths: `x * rsqrt(mean(x^2) + eps) [* weight]` over the last dim, in fp32."""

@@ -16,7 +16,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-import kernels
+from seedvr_local import kernels
 
 from seedvr_local.models.dit_blocks import MMSRBlock
 from seedvr_local.models.dit_layers import MLP_TYPES, AdaSingle, PatchIn, PatchOut, RMSNorm, TimeEmbedding

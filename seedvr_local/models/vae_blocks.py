@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _triple
 
-import kernels
+from seedvr_local import kernels
 
 
 @dataclass

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import kernels
+from seedvr_local import kernels
 
 from seedvr_local.devices import AMPERE, cuda_capability
 from seedvr_local.models.dit_layers import MMPair, RMSNorm

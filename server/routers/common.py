@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from server.endpoint import request_urls
-from server.errors import FalError, request_error
-from server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
-from server.schema import SeedVRImageInput, parse_input
-from server.state import ServerState
+from seedvr_local.server.endpoint import request_urls
+from seedvr_local.server.errors import FalError, request_error
+from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
+from seedvr_local.server.schema import SeedVRImageInput, parse_input
+from seedvr_local.server.state import ServerState
 
 #: The input model in the OpenAPI document (the body is parsed by hand, see `read_input`).
 INPUT_BODY = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from server.jobs import IN_PROGRESS, IN_QUEUE
-from server.state import StateDep
+from seedvr_local.server.jobs import IN_PROGRESS, IN_QUEUE
+from seedvr_local.server.state import StateDep
 
 router = APIRouter(tags=["health"])
 

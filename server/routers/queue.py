@@ -14,12 +14,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from server.auth import require_key
-from server.endpoint import APP_ID, ENDPOINT_ID, request_urls
-from server.errors import FalError
-from server.jobs import COMPLETED, IN_QUEUE, Completion
-from server.netguard import BlockedURLError
-from server.routers.common import (
+from seedvr_local.server.auth import require_key
+from seedvr_local.server.endpoint import APP_ID, ENDPOINT_ID, request_urls
+from seedvr_local.server.errors import FalError
+from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, Completion
+from seedvr_local.server.netguard import BlockedURLError
+from seedvr_local.server.routers.common import (
     INPUT_BODY,
     body_limit,
     not_found,
@@ -30,8 +30,8 @@ from server.routers.common import (
     status_body,
     truthy,
 )
-from server.schema import CancelResult, InputError, QueueStatus, SeedVRImageOutput, parse_input
-from server.state import ServerState, StateDep
+from seedvr_local.server.schema import CancelResult, InputError, QueueStatus, SeedVRImageOutput, parse_input
+from seedvr_local.server.state import ServerState, StateDep
 
 router = APIRouter(tags=["queue"], dependencies=[Depends(require_key)])
 

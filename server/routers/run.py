@@ -11,12 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse
 
-from server.auth import require_key
-from server.endpoint import ENDPOINT_ID
-from server.jobs import COMPLETED, Job
-from server.routers.common import INPUT_BODY, parse_priority, parse_start_deadline, read_input, result_response
-from server.schema import SeedVRImageOutput
-from server.state import ServerState, StateDep
+from seedvr_local.server.auth import require_key
+from seedvr_local.server.endpoint import ENDPOINT_ID
+from seedvr_local.server.jobs import COMPLETED, Job
+from seedvr_local.server.routers.common import INPUT_BODY, parse_priority, parse_start_deadline, read_input, result_response
+from seedvr_local.server.schema import SeedVRImageOutput
+from seedvr_local.server.state import ServerState, StateDep
 
 router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
 

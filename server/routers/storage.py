@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel
 
-from server.auth import require_key, require_upload_auth
-from server.errors import FalError
-from server.state import ServerState, StateDep
-from server.storage import StorageError, StoredFile
+from seedvr_local.server.auth import require_key, require_upload_auth
+from seedvr_local.server.errors import FalError
+from seedvr_local.server.state import ServerState, StateDep
+from seedvr_local.server.storage import StorageError, StoredFile
 
 router = APIRouter(tags=["storage"])
 authorized = [Depends(require_key)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from server.state import StateDep
+from seedvr_local.server.state import StateDep
 
 router = APIRouter(tags=["webhooks"])
 

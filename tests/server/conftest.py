@@ -6,7 +6,7 @@ import threading
 import pytest
 from fastapi.testclient import TestClient
 
-from server import ServerSettings, create_app
+from seedvr_local.server import ServerSettings, create_app
 from tests.server.helpers import FakeEngine
 
 

@@ -17,8 +17,8 @@ from PIL import Image
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil
 from seedvr_local.sizes import output_size
 from seedvr_local.upscaler import UpscaleOptions
-from server import ServerSettings, create_app
-from server.netguard import NetGuard
+from seedvr_local.server import ServerSettings, create_app
+from seedvr_local.server.netguard import NetGuard
 
 ENGINE_PHASES = ("resize", "encode", "dit", "vae_decode", "color_fix", "finish")
 

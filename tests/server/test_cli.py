@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seedvr_local.cli import build_parser, main
-from server.cli import banner, settings_from_args
+from seedvr_local.server.cli import banner, settings_from_args
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -114,16 +114,16 @@ def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle, 
     """The engine factory (run in the worker before /readyz turns ready) loads the model and runs one image."""
     import uvicorn
 
-    import server.app
+    from seedvr_local.server import app as server_app
     from seedvr_local.upscaler import Upscaler
 
     factories, warm_ups = [], []
-    real_create_app, real_warm_up = server.app.create_app, Upscaler.warm_up
+    real_create_app, real_warm_up = server_app.create_app, Upscaler.warm_up
     def create_app(settings, factory, description):
         factories.append(factory)
         return real_create_app(settings, factory, description)
 
-    monkeypatch.setattr(server.app, "create_app", create_app)
+    monkeypatch.setattr(server_app, "create_app", create_app)
     def warm_up(self, sizes=()):
         warm_ups.append(sizes)
         return real_warm_up(self, sizes)

@@ -9,9 +9,9 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-from server import ServerSettings, create_app
-from server.db import Database, DataDirInUse
-from server.jobs import Completion, JobStore
+from seedvr_local.server import ServerSettings, create_app
+from seedvr_local.server.db import Database, DataDirInUse
+from seedvr_local.server.jobs import Completion, JobStore
 from tests.server.helpers import FakeEngine, data_uri, png_bytes, wait_status
 
 SUBMIT = "/queue/fal-ai/seedvr/upscale/image"

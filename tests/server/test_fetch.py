@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from server.netguard import BlockedURLError, NetGuard
+from seedvr_local.server.netguard import BlockedURLError, NetGuard
 from tests.server.helpers import LocalHTTP, allow_loopback_only, png_bytes
 
 RUN = "/fal-ai/seedvr/upscale/image"
@@ -148,7 +148,7 @@ def test_unresolvable_host_is_422(client):
 
 
 def test_policy_basics():
-    from server.netguard import is_public_address
+    from seedvr_local.server.netguard import is_public_address
 
     assert is_public_address(ipaddress.ip_address("93.184.216.34"))
     assert not is_public_address(ipaddress.ip_address("64:ff9b::a00:1"))  # NAT64 of 10.0.0.1

@@ -6,7 +6,7 @@ import threading
 
 from fastapi.testclient import TestClient
 
-from server import create_app
+from seedvr_local.server import create_app
 from tests.server.helpers import FakeEngine, data_uri, png_bytes, wait_status
 
 

@@ -144,7 +144,7 @@ def test_engine_failure_is_a_500_with_a_detail(make_client):
 def test_model_that_fails_to_load_gives_503(settings):
     from fastapi.testclient import TestClient
 
-    from server import create_app
+    from seedvr_local.server import create_app
 
     def broken():
         raise FileNotFoundError("ema_vae.pth is missing")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from server.schema import InputError, parse_input
+from seedvr_local.server.schema import InputError, parse_input
 
 
 def test_defaults_are_fal_defaults():

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from server import create_app
+from seedvr_local.server import create_app
 from tests.server.helpers import data_uri, free_port, png_bytes, wait_status
 
 RUN = "/fal-ai/seedvr/upscale/image"
