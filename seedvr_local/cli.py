@@ -1,4 +1,9 @@
-"""`seedvr-local`: upscale images, download weights, serve the fal-compatible API."""
+"""`seedvr-local`: upscale images, download weights, serve the fal-compatible API.
+
+The only module that knows every command. It imports nothing heavy: each command's module is imported when that
+command runs, and each loads torch only after its arguments are checked, so `--help` and argument errors answer
+at once.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,21 @@ import os
 import sys
 from pathlib import Path
 
+from seedvr_local import __version__
+from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
+from seedvr_local.options import COLOR_FIXES, MIN_VAE_TILE, OUTPUT_FORMATS
 from seedvr_local.sizes import TARGET_SHORT_SIDE
 
-OUTPUT_FORMATS = ("png", "jpg", "webp")
 
-
-class CliError(Exception):
-    """A user mistake, reported as one line."""
-
-
-def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group()
+def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--weights-dir", type=Path, help="directory with the DiT, VAE and pos_emb.pt files")
-    group.add_argument("--model", choices=("3b", "7b"), help="a model fetched with `seedvr-local download`")
+    group.add_argument(
+        "--model",
+        choices=MODELS,
+        help=f"a model fetched with `seedvr-local download`; {TINY_MODEL}: a toy model with random weights, "
+        "built in memory, to try the plumbing without downloading anything (its output is noise)",
+    )
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default=None,
                         help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)")
@@ -28,13 +35,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seedvr-local", description=__doc__)
+    parser = argparse.ArgumentParser(prog="seedvr-local", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     up = commands.add_parser("upscale", help="upscale an image or a directory of images")
     up.add_argument("input", type=Path, help="an image file or a directory of images")
     up.add_argument("-o", "--output", type=Path, help="output file (or directory when INPUT is a directory)")
-    _add_model_arguments(up)
+    _add_model_arguments(up, required=False)
     size = up.add_mutually_exclusive_group()
     size.add_argument("--upscale-factor", type=float, default=None, help="multiply both sides (default 2)")
     size.add_argument("--target-resolution", choices=tuple(TARGET_SHORT_SIDE), help="short side of the output")
@@ -42,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--noise-scale", type=float, default=0.1, help="condition noise augmentation (default 0.1)")
     up.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
                     help="default: the output file's extension, else png")
-    up.add_argument("--color-fix", choices=("wavelet", "adain", "lab", "none"), default="wavelet")
+    up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet")
     up.add_argument("--compile", action="store_true",
                     help="torch.compile the model and autotune cuDNN: faster from the second image of a size on, "
                          "the first image of each size compiles for seconds to minutes")
@@ -51,12 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "auto (default): untiled when it fits in memory, else the largest tiles that fit")
 
     dl = commands.add_parser("download", help="download SeedVR2 weights from Hugging Face")
-    dl.add_argument("--model", choices=("3b", "7b"), required=True)
-    dl.add_argument("--variant", choices=("official", "fp16", "fp8"), default="official")
+    dl.add_argument("--model", choices=DOWNLOADABLE_MODELS, required=True)
+    dl.add_argument("--variant", choices=VARIANTS, default="official")
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
-    from seedvr_local.server.cli import add_serve_arguments
+    _add_model_arguments(serve, required=True)
+    from seedvr_local.server.cli import add_serve_arguments  # torch-free: only the flags and their checks
 
     add_serve_arguments(serve)
     return parser
@@ -69,8 +78,8 @@ def _vae_tile(value: str) -> str | int:
         tile = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be 'auto' or a number of pixels, got {value!r}") from None
-    if tile < 8:
-        raise argparse.ArgumentTypeError(f"must be at least 8 pixels, got {tile}")
+    if tile < MIN_VAE_TILE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_VAE_TILE} pixels, got {tile}")
     return tile
 
 
@@ -99,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_download(args: argparse.Namespace) -> int:
     from seedvr_local.weights.download import download
-    from seedvr_local.model_home import default_weights_dir
 
     dest = args.dir or default_weights_dir(args.model, args.variant)
     path = download(args.model, args.variant, dest)

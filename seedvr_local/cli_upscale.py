@@ -1,4 +1,6 @@
-"""`seedvr-local upscale`: one image or a directory of images, the model loaded once."""
+"""`seedvr-local upscale`: one image or a directory of images, the model loaded once.
+
+Torch-free at import: the arguments are checked first, in milliseconds; `run_upscale` then loads the model."""
 
 from __future__ import annotations
 
@@ -7,11 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from seedvr_local import kernels
-from seedvr_local.compilation import compile_pipeline
-from seedvr_local.image_io import decode_image
-from seedvr_local.model_home import find_installed_weights
-from seedvr_local.upscaler import UpscaleOptions, Upscaler
+from seedvr_local.model_home import TINY_MODEL, find_installed_weights
+from seedvr_local.options import UpscaleOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
@@ -70,6 +69,8 @@ class _PhaseBar:
 
 
 def _read(source: Path):
+    from seedvr_local.image_io import decode_image
+
     try:
         return decode_image(source.read_bytes())
     except ValueError as exc:
@@ -79,15 +80,29 @@ def _read(source: Path):
 def run_upscale(args: argparse.Namespace) -> int:
     options = _options(args)
     jobs = _plan(args)
+    # None for the tiny model, built in memory. Missing weights are said before anything loads.
+    weights_dir = (
+        None if args.model == TINY_MODEL else args.weights_dir or find_installed_weights(args.model or "3b")
+    )
+
+    from seedvr_local import kernels
+    from seedvr_local.compilation import compile_pipeline
+    from seedvr_local.upscaler import Upscaler
+
     single = len(jobs) == 1 and not args.input.is_dir()
     first = _read(jobs[0][0]) if single else None  # a bad single input fails before the model loads
     backend = kernels.select(args.kernels)
-    weights_dir = args.weights_dir or find_installed_weights(args.model or "3b")
-    upscaler = Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype)
+    upscaler = (
+        Upscaler.tiny(device=args.device, dtype=args.dtype)
+        if weights_dir is None
+        else Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype)
+    )
     if args.compile:
         compile_pipeline(upscaler.pipeline)
     compiled = "; compiled on first use of each size" if args.compile else ""
     print(f"loaded {upscaler.description}; kernels: {backend}{compiled}", file=sys.stderr)
+    if upscaler.notice:
+        print(f"note: {upscaler.notice}", file=sys.stderr)
 
     bar = _PhaseBar(len(jobs))
     failed = 0

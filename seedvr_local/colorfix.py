@@ -19,8 +19,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-#: The methods `apply_color_fix` accepts (the product's `color_fix` option).
-COLOR_FIX_METHODS = ("wavelet", "adain", "lab", "none")
+from seedvr_local.options import COLOR_FIXES as COLOR_FIX_METHODS  # the methods `apply_color_fix` accepts
 
 WAVELET_LEVELS = 5
 

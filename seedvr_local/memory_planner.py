@@ -36,6 +36,7 @@ import torch
 
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.models.vae_blocks import CausalConv3d, attention_chunk_bytes
+from seedvr_local.options import VaeTile, check_vae_tile
 from seedvr_local.vae_tiling import (
     ATTENTION_KV_BLOCK_BYTES,
     STORE_SCALES,
@@ -59,7 +60,6 @@ GiB = 1024**3
 MiB = 1024**2
 PAD = 16  # the pipeline pads the output to a multiple of 16 (VAE 8 x DiT patch 2)
 
-VaeTile = int | Literal["auto"]
 Phase = Literal["encode", "dit", "decode", "color_fix"]
 PHASES: tuple[Phase, ...] = ("encode", "dit", "decode", "color_fix")
 
@@ -634,10 +634,3 @@ def _vae_peak(phases: dict[str, int]) -> int:
 def _aspect(width: int, height: int) -> str:
     g = math.gcd(width, height)
     return f"{width // g}:{height // g}"
-
-
-def check_vae_tile(vae_tile: VaeTile) -> None:
-    if vae_tile == "auto":
-        return
-    if isinstance(vae_tile, bool) or not isinstance(vae_tile, int) or vae_tile < 8:
-        raise ValueError(f"vae_tile must be 'auto' or a tile size of at least 8 pixels, got {vae_tile!r}")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+#: The models `seedvr-local download` fetches and `--model` finds in the models home.
+DOWNLOADABLE_MODELS = ("3b", "7b")
+#: `--model tiny`: a toy architecture with random weights built in memory (`seedvr_local.weights.tiny`).
+TINY_MODEL = "tiny"
+MODELS = (*DOWNLOADABLE_MODELS, TINY_MODEL)
 VARIANTS = ("official", "fp16", "fp8")
 
 
@@ -26,5 +31,5 @@ def find_installed_weights(model: str) -> Path:
             return path
     raise FileNotFoundError(
         f"no SeedVR2 {model.upper()} weights in {models_home()}: run `seedvr-local download --model {model}` "
-        "or pass --weights-dir"
+        f"or pass --weights-dir (or try the plumbing with --model {TINY_MODEL})"
     )

@@ -88,6 +88,10 @@ class RestorationPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.dit.parameters()).dtype
 
+    @property
+    def size_multiple(self) -> int:  # merged with vae branch
+        return 16
+
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """`[C, t, h, w]` of the latent of a `[3, frames, height, width]` input (after frame padding)."""
         padded = pad_frames(torch.empty(0, frames, 0, 0)).shape[1]

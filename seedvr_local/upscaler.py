@@ -15,59 +15,33 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
 import torch
 from PIL import Image
 
-from seedvr_local.colorfix import COLOR_FIX_METHODS
 from seedvr_local.devices import resolve_device, resolve_dtype
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil, to_uint8, upscale_alpha
-from seedvr_local.memory_planner import (
-    MemoryPlanner,
-    RunOutOfMemoryError,
-    RunPlan,
-    check_vae_tile,
-    use_mmap_for_large_cpu_tensors,
-)
+from seedvr_local.memory_planner import MemoryPlanner, RunOutOfMemoryError, RunPlan, use_mmap_for_large_cpu_tensors
+from seedvr_local.options import MAX_SEED, ProgressCallback, UpscaleOptions
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
 from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
-from seedvr_local.sizes import output_size
 from seedvr_local.weights.bundle import load_models
+from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE, build_tiny_models
 
-UpscaleMode = Literal["factor", "target"]
-TargetResolution = Literal["720p", "1080p", "1440p", "2160p"]
-ColorFix = Literal["wavelet", "adain", "lab", "none"]
-
-#: Called when a phase starts: "resize", "encode", "dit", "vae_decode", "color_fix", "finish".
-#: Raising from it (a cancellation, say) aborts the run between phases.
-ProgressCallback = Callable[[str], None]
-
-MAX_SEED = 2**31 - 1
+__all__ = ["PreparedRun", "ProgressCallback", "UpscaleOptions", "UpscaleResult", "Upscaler"]
 
 
 @dataclass(frozen=True)
-class UpscaleOptions:
-    """fal's `fal-ai/seedvr/upscale/image` input semantics (minus the image and the output format)."""
+class PreparedRun:
+    """One upscale, decided and checked before any work: what `Upscaler.prepare` returns, `Upscaler.run` takes."""
 
-    upscale_mode: UpscaleMode = "factor"
-    upscale_factor: float = 2.0
-    target_resolution: TargetResolution = "1080p"
-    seed: int | None = None
-    noise_scale: float = 0.1
-    color_fix: ColorFix = "wavelet"
-    vae_tile: int | Literal["auto"] = "auto"  # VAE tile in pixels; "auto": untiled if it fits, else the planner's
-
-    def validate(self) -> None:
-        """Raise ValueError with a one-line message for options no run could honour."""
-        output_size(64, 64, self.upscale_mode, self.upscale_factor, self.target_resolution)
-        if not 0.0 <= self.noise_scale <= 1.0:
-            raise ValueError(f"noise_scale must be between 0 and 1, got {self.noise_scale:g}")
-        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
-        if self.color_fix not in COLOR_FIX_METHODS:
-            raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIX_METHODS)}, got {self.color_fix!r}")
-        check_vae_tile(self.vae_tile)
+    source: DecodedImage
+    options: UpscaleOptions  # validated
+    seed: int  # `options.seed`, or the one drawn for this run
+    output_size: tuple[int, int]  # (width, height) of the result
+    padded_size: tuple[int, int]  # (width, height) the model runs at: the output padded to the pipeline's multiple
+    plan: RunPlan  # how it fits in memory
 
 
 @dataclass
@@ -101,11 +75,15 @@ class UpscaleResult:
 
 
 class Upscaler:
-    """SeedVR2 loaded on one device. Not thread-safe: run one upscale at a time."""
+    """SeedVR2 loaded on one device. Not thread-safe: run one upscale at a time.
 
-    def __init__(self, pipeline: RestorationPipeline, description: str = "SeedVR2"):
+    `notice`: a line a user must see about this model, shown by the CLI and the server's `/readyz` (the tiny
+    model's random weights), or None."""
+
+    def __init__(self, pipeline: RestorationPipeline, description: str = "SeedVR2", notice: str | None = None):
         self.pipeline = pipeline
         self.description = description
+        self.notice = notice
         self.planner = MemoryPlanner.for_pipeline(pipeline)
         if pipeline.device.type == "cpu":
             use_mmap_for_large_cpu_tensors()  # keeps the resident size what the planner predicts
@@ -129,6 +107,17 @@ class Upscaler:
         dtype_name = str(torch_dtype).removeprefix("torch.")
         return cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
 
+    @classmethod
+    def tiny(cls, device: str | None = None, dtype: str | torch.dtype | None = None) -> "Upscaler":
+        """A tiny SeedVR2 architecture with fixed random weights, built in memory (nothing to download): the
+        whole CLI and server run with it in seconds on a CPU, but the pictures it makes are noise."""
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        models = build_tiny_models(device=torch_device, dtype=torch_dtype)
+        pipeline = RestorationPipeline(models.dit, models.vae, models.pos_emb)
+        dtype_name = str(torch_dtype).removeprefix("torch.")
+        return cls(pipeline, f"tiny test model on {torch_device} ({dtype_name})", RANDOM_WEIGHTS_NOTICE)
+
     def warm_up(self, sizes: Sequence[tuple[int, int]] = ()) -> float:
         """Run small images through every phase and return the seconds it took, so that no real request pays for
         the device's one-time setup: the CUDA context, cuBLAS and cuDNN handles, the Triton kernels' compilation
@@ -143,10 +132,6 @@ class Upscaler:
             self.upscale(source, UpscaleOptions(upscale_factor=2, seed=0))
         return time.perf_counter() - started
 
-    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
-        """(width, height) of the result for an input of this size."""
-        return output_size(width, height, options.upscale_mode, options.upscale_factor, options.target_resolution)
-
     def plan(self, width: int, height: int, options: UpscaleOptions = UpscaleOptions()) -> RunPlan:
         """The memory plan for a `width x height` output on this device now. Raises `MemoryPlanError` (a
         ValueError with a one-line message naming the largest output that fits) when it cannot fit."""
@@ -158,28 +143,42 @@ class Upscaler:
         now, with the most frugal VAE tiling: a default for a server's output-size limit."""
         return self.planner.max_output_pixels(aspect)
 
+    def prepare(self, image: Image.Image | DecodedImage, options: UpscaleOptions = UpscaleOptions()) -> PreparedRun:
+        """Check the options, size the output and plan its memory, without touching the image's pixels.
+
+        Raises ValueError (`SizeError`, `MemoryPlanError`: one line each) for a run that cannot be done."""
+        options.validate()
+        source = image if isinstance(image, DecodedImage) else from_pil(image)
+        width, height = options.output_size(source.width, source.height)
+        multiple = self.pipeline.size_multiple
+        padded = (width + -width % multiple, height + -height % multiple)
+        plan = self.planner.plan(width, height, vae_tile=options.vae_tile)
+        seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        return PreparedRun(source, options, seed, (width, height), padded, plan)
+
     def upscale(
         self,
         image: Image.Image | DecodedImage,
         options: UpscaleOptions = UpscaleOptions(),
         progress: ProgressCallback | None = None,
     ) -> UpscaleResult:
-        """Raises `MemoryPlanError` before any work when the output cannot fit in memory. An out-of-memory
-        error during the run is retried once with a more frugal plan, then raised as `RunOutOfMemoryError`."""
-        options.validate()
-        source = image if isinstance(image, DecodedImage) else from_pil(image)
-        width, height = self.output_size(source.width, source.height, options)
-        plan = self.planner.plan(width, height, vae_tile=options.vae_tile)
-        seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        """`prepare`, then `run`."""
+        return self.run(self.prepare(image, options), progress)
+
+    def run(self, prepared: PreparedRun, progress: ProgressCallback | None = None) -> UpscaleResult:
+        """Upscale as prepared. An out-of-memory error is retried once with a more frugal plan, then raised
+        as `RunOutOfMemoryError`."""
+        source, options, plan = prepared.source, prepared.options, prepared.plan
+        width, height = prepared.output_size
         timings: dict[str, float] = {}
         clock = _PhaseClock(timings, progress, cuda=self.pipeline.device.type == "cuda")
 
         clock.start("resize")
         rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
         video = (rgb * 2 - 1).transpose(0, 1)  # [3, 1, H, W] in [-1, 1]
-        padded, _ = pad_to_multiple(video, 16)
+        padded, _ = pad_to_multiple(video, self.pipeline.size_multiple)
         latent_shape = self.pipeline.latent_shape(1, padded.shape[-2], padded.shape[-1])
-        noises = RestoreNoises.draw(latent_shape, seed)
+        noises = RestoreNoises.draw(latent_shape, prepared.seed)
 
         def restore(plan: RunPlan):
             return self.pipeline.restore(
@@ -201,7 +200,7 @@ class Upscaler:
         # longer converting a 4K image than encoding it.
         pixels = to_uint8(rgb).permute(1, 2, 0).contiguous().cpu().permute(2, 0, 1)
         alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
-        result = UpscaleResult(pixels, rgb, alpha, seed, timings, plan)
+        result = UpscaleResult(pixels, rgb, alpha, prepared.seed, timings, plan)
         clock.stop()
         return result
 

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from seedvr_local import __version__
 from seedvr_local.server.endpoint import ENDPOINT_ID
 from seedvr_local.server.engine import EngineFactory
 from seedvr_local.server.errors import install_handlers
@@ -73,7 +74,7 @@ def create_app(
     app = FastAPI(
         title="seedvr-local",
         summary=f"Self-hosted SeedVR2 speaking fal's {ENDPOINT_ID} protocol",
-        version="0.1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     install_handlers(app)

@@ -1,4 +1,6 @@
-"""`seedvr-local serve`: its flags, and starting the server (seedvr_local.cli calls these two functions)."""
+"""`seedvr-local serve`: its flags, and starting the server (seedvr_local.cli calls these two functions).
+
+Torch-free at import: `seedvr-local --help` builds these flags; `run_serve` loads the rest after checking them."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 import socket
 from pathlib import Path
 
+from seedvr_local.model_home import TINY_MODEL, find_installed_weights
 from seedvr_local.server.settings import ServerSettings
 
 log = logging.getLogger("seedvr_local.server")
@@ -16,22 +19,7 @@ DEFAULT_PORT = 8000
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--weights-dir", type=Path, help="directory with the DiT, VAE and pos_emb.pt files")
-    model.add_argument("--model", choices=("3b", "7b"), help="a model fetched with `seedvr-local download`")
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    parser.add_argument(
-        "--dtype",
-        choices=("fp32", "bf16", "fp16"),
-        default=None,
-        help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)",
-    )
-    parser.add_argument(
-        "--kernels",
-        choices=("auto", "triton", "torch"),
-        default="auto",
-        help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)",
-    )
+    """The server's own flags (seedvr_local.cli adds the model flags every command shares)."""
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -123,21 +111,28 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    # None for the tiny model, built in memory. No weights for `--model 3b`: said before anything loads.
+    weights_dir = (
+        None
+        if args.model == TINY_MODEL
+        else args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
+    )
+
     import uvicorn
 
     from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
     from seedvr_local.devices import resolve_device, resolve_dtype
-    from seedvr_local.model_home import find_installed_weights
-    from seedvr_local.upscaler import Upscaler
     from seedvr_local.server.app import create_app
     from seedvr_local.server.db import DataDirLock
+    from seedvr_local.upscaler import Upscaler
     from seedvr_local.weights.bundle import inspect_weights_dir
+    from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
 
-    settings = settings_from_args(args)
     kernels.select(args.kernels)  # a forced backend this machine cannot run fails here, in one line
-    weights_dir = args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
-    info = inspect_weights_dir(weights_dir)  # a missing or incomplete directory fails here, in one line
+    # A missing or incomplete directory fails here, in one line.
+    info = inspect_weights_dir(weights_dir) if weights_dir is not None else None
     device = resolve_device(args.device)
     resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
     lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
@@ -146,7 +141,11 @@ def run_serve(args: argparse.Namespace) -> int:
     port = args.port or _free_port(args.host)
 
     def load() -> Upscaler:
-        upscaler = Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+        upscaler = (
+            Upscaler.tiny(device=str(device), dtype=args.dtype)
+            if weights_dir is None
+            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+        )
         # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
         # compiling: compiled graphs are per size, and no request has the warm-up's.
         log.info("warmed up in %.1f s", upscaler.warm_up())
@@ -158,7 +157,13 @@ def run_serve(args: argparse.Namespace) -> int:
         return upscaler
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    description = f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
+    description = (
+        f"tiny test model on {device} ({RANDOM_WEIGHTS_NOTICE})"
+        if info is None
+        else f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
+    )
+    if info is None:
+        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
     app = create_app(settings, load, description)
     print(banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description), flush=True)
     uvicorn.run(

@@ -1,4 +1,4 @@
-"""What the server needs from the model: an object with `output_size` and `upscale`.
+"""What the server needs from the model: the `Engine` protocol.
 
 `seedvr_local.upscaler.Upscaler` is one. The server gets a factory instead of the object so the model
 loads in the worker thread after the server is up (`/readyz` says when), and so tests can inject a
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from seedvr_local.image_io import DecodedImage
-from seedvr_local.upscaler import ProgressCallback, UpscaleOptions
+from seedvr_local.options import ProgressCallback, UpscaleOptions
 
 
 class UpscaledImage(Protocol):
@@ -25,15 +25,30 @@ class UpscaledImage(Protocol):
     def encode(self, fmt: str) -> bytes: ...
 
 
+class PreparedUpscale(Protocol):
+    """A checked request, ready to run (the Upscaler's `PreparedRun`)."""
+
+    @property
+    def output_size(self) -> tuple[int, int]: ...
+
+
 class Engine(Protocol):
-    """Optionally also `plan(width, height, options)`, raising `MemoryPlanError` when an output of that
-    size cannot fit in memory (the Upscaler's): the server then answers 422 before doing any work."""
+    """Every call the server makes on the model, in the order a request makes them:
+    `prepare`, then `run`; `max_output_pixels` once, for the default output limit."""
 
-    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]: ...
+    description: str  # what /readyz and the start-up log call the model
+    notice: str | None  # a warning shown with the description (random weights), or None
 
-    def upscale(
-        self, image: DecodedImage, options: UpscaleOptions, progress: ProgressCallback | None = None
-    ) -> UpscaledImage: ...
+    def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
+        """The largest output of this aspect ratio that fits in the device's memory."""
+        ...
+
+    def prepare(self, image: DecodedImage, options: UpscaleOptions) -> PreparedUpscale:
+        """Validate and plan before any work: raises `SizeError` for an impossible size, `MemoryPlanError`
+        for an output that cannot fit in memory, ValueError for other bad options (the server answers 422)."""
+        ...
+
+    def run(self, prepared: PreparedUpscale, progress: ProgressCallback | None = None) -> UpscaledImage: ...
 
 
 EngineFactory = Callable[[], Engine]
@@ -45,6 +60,7 @@ class EngineHolder:
     def __init__(self, factory: EngineFactory, description: str = "SeedVR2"):
         self._factory = factory
         self.description = description
+        self.notice: str | None = None
         self._engine: Engine | None = None
         self.error: str | None = None
         self._lock = threading.Lock()
@@ -62,8 +78,9 @@ class EngineHolder:
         with self._lock:
             if self._engine is None and self.error is None:
                 try:
-                    self._engine = self._factory()
-                    self.description = getattr(self._engine, "description", self.description)
+                    engine = self._factory()
+                    self.description, self.notice = engine.description, engine.notice
+                    self._engine = engine
                 except Exception as exc:  # reported by /readyz and in every job's error
                     lines = str(exc).strip().splitlines()
                     self.error = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")

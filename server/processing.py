@@ -14,9 +14,9 @@ from collections.abc import Callable
 
 from seedvr_local.image_io import ImageError, ImageTooLargeError, content_type_for, decode_image
 from seedvr_local.memory_planner import MemoryPlanError, RunOutOfMemoryError
+from seedvr_local.options import UpscaleOptions
 from seedvr_local.sizes import SizeError
-from seedvr_local.upscaler import UpscaleOptions
-from seedvr_local.server.engine import EngineHolder
+from seedvr_local.server.engine import Engine, EngineHolder
 from seedvr_local.server.errors import FalError, cancelled_error, model_error, request_error
 from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.jobs import Completion, Job, JobStore
@@ -67,12 +67,11 @@ class JobProcessor:
         self.metrics = metrics
         self._output_limit: int | None = settings.max_output_pixels
 
-    def output_limit(self, engine) -> int:
+    def output_limit(self, engine: Engine) -> int:
         """`--max-output-pixels`, else the largest square output the loaded model fits in this device's memory
         (asked of the planner once, when the first job runs), capped at 8192x8192."""
         if self._output_limit is None:
-            planned = getattr(engine, "max_output_pixels", None)
-            self._output_limit = min(DEFAULT_MAX_OUTPUT_PIXELS, planned()) if planned else DEFAULT_MAX_OUTPUT_PIXELS
+            self._output_limit = min(DEFAULT_MAX_OUTPUT_PIXELS, engine.max_output_pixels())
         return self._output_limit
 
     def run(self, job: Job, should_stop: StopCheck) -> Completion:
@@ -129,9 +128,15 @@ class JobProcessor:
         )
         size_field = "upscale_factor" if params.upscale_mode == "factor" else "target_resolution"
         try:
-            width, height = engine.output_size(image.width, image.height, options)
+            prepared = engine.prepare(image, options)  # checks and plans, before any work
         except SizeError as exc:
             raise model_error(size_field, str(exc), "value_error") from None
+        except MemoryPlanError as exc:
+            ctx = {"max_width": exc.largest[0], "max_height": exc.largest[1]} if exc.largest else None
+            raise model_error(size_field, str(exc), "image_too_large", ctx) from None
+        except ValueError as exc:  # options the schema let through but the model refuses
+            raise model_error(None, str(exc), "value_error") from None
+        width, height = prepared.output_size
         limit = self.output_limit(engine)
         if width * height > limit:
             raise model_error(
@@ -141,15 +146,9 @@ class JobProcessor:
                 "image_too_large",
                 {"max_pixels": limit},
             )
-        plan = getattr(engine, "plan", None)  # the Upscaler can tell up front whether the output fits in memory
+        self.jobs.log(job.id, f"upscaling {image.width}x{image.height} to {width}x{height}")
         try:
-            if plan is not None:
-                plan(width, height, options)
-            self.jobs.log(job.id, f"upscaling {image.width}x{image.height} to {width}x{height}")
-            result = engine.upscale(image, options, progress=phases.model_phase)
-        except MemoryPlanError as exc:
-            ctx = {"max_width": exc.largest[0], "max_height": exc.largest[1]} if exc.largest else None
-            raise model_error(size_field, str(exc), "image_too_large", ctx) from None
+            result = engine.run(prepared, progress=phases.model_phase)
         except RunOutOfMemoryError as exc:
             raise request_error(503, str(exc), "runner_out_of_memory") from None
         phases.add_model_timings(result.timings)

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from seedvr_local.options import MAX_SEED, OutputFormat, TargetResolution, UpscaleMode
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR
-from seedvr_local.upscaler import MAX_SEED
 
 IMAGE_URL_SCHEMES = ("http://", "https://", "data:")
 
@@ -25,7 +25,7 @@ class SeedVRImageInput(BaseModel):
         description="The image to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server.",
         examples=["https://example.com/photo.jpg"],
     )
-    upscale_mode: Literal["factor", "target"] = Field(
+    upscale_mode: UpscaleMode = Field(
         "factor", description="'factor' multiplies both sides by upscale_factor; 'target' sets the short side."
     )
     upscale_factor: float = Field(
@@ -35,12 +35,12 @@ class SeedVRImageInput(BaseModel):
         allow_inf_nan=False,
         description="Multiplies the width and height when upscale_mode is 'factor'.",
     )
-    target_resolution: Literal["720p", "1080p", "1440p", "2160p"] = Field(
+    target_resolution: TargetResolution = Field(
         "1080p", description="Short side of the output when upscale_mode is 'target'."
     )
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="The same seed and input give the same image.")
     noise_scale: float = Field(0.1, ge=0.0, le=1.0, allow_inf_nan=False, description="Condition noise augmentation.")
-    output_format: Literal["png", "jpg", "webp"] = Field("jpg", description="Format of the output image.")
+    output_format: OutputFormat = Field("jpg", description="Format of the output image.")
     sync_mode: bool = Field(
         False, description="Return the image inline as a data URI instead of a URL; it is then not stored."
     )

@@ -26,11 +26,13 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from seedvr_local.models.nadit import DiTConfig, NaDiT
+from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.weights.checkpoint import (
     ROPE_FREQS_SUFFIX,
     CheckpointFormatError,
@@ -47,10 +49,6 @@ from seedvr_local.weights.manifest import (
     load_manifest,
     validate_state_dict,
 )
-
-if TYPE_CHECKING:
-    from seedvr_local.models.nadit import DiTConfig
-    from seedvr_local.models.vae import VAEConfig
 
 VARIANTS = ("3b", "7b")
 CONFIG_FILE = "config.json"
@@ -102,16 +100,12 @@ class WeightsDir:
     custom_vae: bool = False
 
     @property
-    def dit_config(self) -> "DiTConfig":
-        from seedvr_local.models.nadit import DiTConfig
-
+    def dit_config(self) -> DiTConfig:
         with self._config_errors("dit"):
             return DiTConfig.from_dict(self.dit_config_dict, self.variant)
 
     @property
-    def vae_config(self) -> "VAEConfig":
-        from seedvr_local.models.vae import VAEConfig
-
+    def vae_config(self) -> VAEConfig:
         with self._config_errors("vae"):
             return VAEConfig.from_dict(self.vae_config_dict)
 
@@ -132,11 +126,11 @@ class WeightsDir:
 
 @dataclass
 class LoadedModels:
-    dit: nn.Module  # seedvr_local.models.nadit.NaDiT
-    vae: nn.Module  # seedvr_local.models.vae.VideoAutoencoder
+    dit: NaDiT
+    vae: VideoAutoencoder
     pos_emb: torch.Tensor  # [L, txt_in_dim], on the device, in the load dtype
     neg_emb: torch.Tensor | None
-    weights_dir: WeightsDir
+    weights_dir: WeightsDir | None  # None for models built in memory (`weights.tiny`)
 
 
 def inspect_weights_dir(path: str | Path) -> WeightsDir:
@@ -238,8 +232,6 @@ def validate_dit_shapes(found: dict[str, Shape], variant: str, what: str) -> Non
 
 def _empty_dit(info: WeightsDir) -> tuple[nn.Module, str]:
     """The DiT without parameter memory, after checking the checkpoint's keys and shapes against it."""
-    from seedvr_local.models.nadit import NaDiT
-
     what = f"DiT checkpoint {info.dit_path}"
     found = read_shapes(info.dit_path)
     if not info.custom_dit:  # checked against the shipped manifest before any model code runs
@@ -252,8 +244,6 @@ def _empty_dit(info: WeightsDir) -> tuple[nn.Module, str]:
 
 
 def _empty_vae(info: WeightsDir) -> tuple[nn.Module, str]:
-    from seedvr_local.models.vae import VideoAutoencoder
-
     what = f"VAE checkpoint {info.vae_path}"
     found = read_shapes(info.vae_path)
     if not info.custom_vae:

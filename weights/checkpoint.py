@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import torch
 from safetensors import SafetensorError, safe_open
 
+from seedvr_local.models.vae import convert_deprecated_attention_keys
 from seedvr_local.weights.manifest import Shape
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -126,9 +127,7 @@ def _rename(by_stored_key: dict[str, object]) -> dict:
 def _rename_deprecated_attention(keys: list[str]) -> dict[str, str]:
     """key -> current key for the VAE's old diffusers attention names; other keys map to themselves."""
     if not any(_DEPRECATED_ATTENTION.search(key) for key in keys):
-        return {key: key for key in keys}  # nothing to rename: no need to import the VAE
-    from seedvr_local.models.vae import convert_deprecated_attention_keys
-
+        return {key: key for key in keys}
     # The converter renames the keys of a state_dict; give it each key as its own value to learn the mapping.
     converted = convert_deprecated_attention_keys({key: key for key in keys})
     mapping = {old: new for new, old in converted.items()}

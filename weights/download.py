@@ -22,8 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-MODELS = ("3b", "7b")
-VARIANTS = ("official", "fp16", "fp8")
+from seedvr_local.model_home import DOWNLOADABLE_MODELS as MODELS, VARIANTS
 
 OFFICIAL_REPOS = {"3b": "ByteDance-Seed/SeedVR2-3B", "7b": "ByteDance-Seed/SeedVR2-7B"}
 CONVERTED_REPO = "numz/SeedVR2_comfyUI"

@@ -19,10 +19,12 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(state: StateDep) -> JSONResponse:
-    """200 once the model is loaded; 503 while it loads or when it failed to."""
+    """200 once the model is loaded (with the model's `notice`, if it has one); 503 while it loads or when it
+    failed to."""
     engines = state.engines
     if engines.state == "ready":
-        return JSONResponse({"status": "ready", "model": engines.description})
+        notice = {"notice": engines.notice} if engines.notice else {}
+        return JSONResponse({"status": "ready", "model": engines.description, **notice})
     if engines.state == "failed":
         return JSONResponse({"detail": f"the model failed to load: {engines.error}", "status": "failed"}, 503)
     return JSONResponse({"detail": "the model is loading", "status": "loading"}, 503)

@@ -15,8 +15,7 @@ import uvicorn
 from PIL import Image
 
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil
-from seedvr_local.sizes import output_size
-from seedvr_local.upscaler import UpscaleOptions
+from seedvr_local.options import UpscaleOptions
 from seedvr_local.server import ServerSettings, create_app
 from seedvr_local.server.netguard import NetGuard
 
@@ -67,6 +66,13 @@ class FakeResult:
         return encode_image(self.rgb, self.alpha, fmt)
 
 
+@dataclass(frozen=True)
+class FakePrepared:
+    image: DecodedImage
+    options: UpscaleOptions
+    output_size: tuple[int, int]
+
+
 class FakeEngine:
     """Upscales with a plain bicubic resize, through the same phases and callbacks as the Upscaler.
 
@@ -77,6 +83,7 @@ class FakeEngine:
     """
 
     description = "fake engine (tests)"
+    notice = None
 
     def __init__(
         self,
@@ -92,12 +99,17 @@ class FakeEngine:
         self.entered = threading.Event()
         self.calls: list[tuple[int, int, UpscaleOptions]] = []
 
-    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
-        return output_size(width, height, options.upscale_mode, options.upscale_factor, options.target_resolution)
+    def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
+        return 2**62  # no memory limit: the server's own cap applies
 
-    def upscale(self, image: DecodedImage, options: UpscaleOptions, progress=None) -> FakeResult:
+    def prepare(self, image: DecodedImage, options: UpscaleOptions) -> FakePrepared:
+        options.validate()
+        return FakePrepared(image, options, options.output_size(image.width, image.height))
+
+    def run(self, prepared: FakePrepared, progress=None) -> FakeResult:
+        image, options = prepared.image, prepared.options
         self.calls.append((image.width, image.height, options))
-        width, height = self.output_size(image.width, image.height, options)
+        width, height = prepared.output_size
         timings = {}
         for phase in ENGINE_PHASES:
             if progress is not None:
@@ -273,14 +285,19 @@ class SlowSeeds:
     def __init__(self, engine, slow_seeds: dict[int, float]):
         self.engine = engine
         self.slow_seeds = slow_seeds
-        self.description = getattr(engine, "description", "engine")
+        self.description = engine.description
+        self.notice = engine.notice
         self.calls: list[tuple[int, int, UpscaleOptions]] = []
 
-    def output_size(self, width: int, height: int, options: UpscaleOptions) -> tuple[int, int]:
-        return self.engine.output_size(width, height, options)
+    def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
+        return self.engine.max_output_pixels(aspect)
 
-    def upscale(self, image: DecodedImage, options: UpscaleOptions, progress=None):
-        self.calls.append((image.width, image.height, options))
+    def prepare(self, image: DecodedImage, options: UpscaleOptions):
+        return self.engine.prepare(image, options)
+
+    def run(self, prepared, progress=None):
+        options = prepared.options
+        self.calls.append((prepared.source.width, prepared.source.height, options))
 
         def on_phase(phase: str) -> None:
             if progress is not None:
@@ -288,4 +305,4 @@ class SlowSeeds:
             if phase == "dit":
                 time.sleep(self.slow_seeds.get(options.seed, 0.0))
 
-        return self.engine.upscale(image, options, on_phase)
+        return self.engine.run(prepared, on_phase)

@@ -60,7 +60,7 @@ def test_bad_flags_are_one_line_errors(capsys, argv, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="triton can run here")
 def test_impossible_kernels_are_one_line(capsys, tmp_path):
-    assert main(["serve", "--model", "3b", "--kernels", "triton", "--data-dir", str(tmp_path)]) == 2
+    assert main(["serve", "--model", "tiny", "--kernels", "triton", "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--kernels triton needs" in err and "\n" not in err
 

@@ -160,7 +160,7 @@ def test_sync_runs_share_the_worker_one_at_a_time(make_client):
     engine = FakeEngine(phase_delay=0.01)
     active, peak = [0], [0]
     lock = threading.Lock()
-    original = engine.upscale
+    original = engine.run
 
     def counting(*args, **kwargs):
         with lock:
@@ -172,7 +172,7 @@ def test_sync_runs_share_the_worker_one_at_a_time(make_client):
             with lock:
                 active[0] -= 1
 
-    engine.upscale = counting
+    engine.run = counting
     with make_client(engine) as client:
         results = []
         threads = [
@@ -210,7 +210,8 @@ def test_output_that_cannot_fit_in_memory_is_422(make_client):
     from seedvr_local.memory_planner import MemoryPlanError
 
     class Planned(FakeEngine):
-        def plan(self, width, height, options):
+        def prepare(self, image, options):
+            width, height = super().prepare(image, options).output_size
             raise MemoryPlanError(
                 f"a {width}x{height} output needs 9 GiB, 4 GiB free; 1024x768 fits", 9, 4, (1024, 768)
             )
