@@ -79,3 +79,20 @@ def test_download_offline_fails_in_one_line(tmp_path, capsys, monkeypatch):
     assert main(["download", "--model", "3b", "--dir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "seedvr-local: error:" in err[0]
+
+
+def test_tiny_model_needs_nothing_beside_the_clone(tmp_path, monkeypatch):
+    """`--model tiny` builds its model in memory: no weights directory, no models home, a note that it is noise."""
+    monkeypatch.setenv("SEEDVR_HOME", str(tmp_path / "empty-home"))
+    source = _write_png(tmp_path / "in.png", 24, 16)
+    target = tmp_path / "out.webp"
+    done = subprocess.run(
+        [sys.executable, "-m", "seedvr_local.cli", "upscale", str(source), "-o", str(target), "--model", "tiny",
+         "--seed", "5", "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "random weights: output is noise" in done.stderr
+    with Image.open(target) as out:
+        assert out.format == "WEBP" and out.size == (48, 32)
+    assert not (tmp_path / "empty-home").exists()

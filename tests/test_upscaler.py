@@ -144,3 +144,45 @@ def test_fp16_vae_overflow_is_rerun_in_float32(tiny_bundle, caplog):
     ]
     for name, t in vae.state_dict().items():  # the fp16 weights are back, untouched
         assert t.dtype == torch.float16 and torch.equal(t, weights[name]), name
+
+
+def test_prepare_decides_everything_before_any_work(tiny_upscaler, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("prepare ran the model")
+
+    monkeypatch.setattr(tiny_upscaler.pipeline, "restore", no_work)
+    prepared = tiny_upscaler.prepare(_image(25, 13), UpscaleOptions(upscale_factor=1.5))
+    assert prepared.output_size == (38, 20)  # 37.5 -> 38, 19.5 -> 20: half to even
+    assert prepared.padded_size == (48, 32)  # the pipeline's multiple
+    assert 0 <= prepared.seed <= 2**31 - 1 and prepared.plan is not None
+    with pytest.raises(ValueError, match="noise_scale"):
+        tiny_upscaler.prepare(_image(8, 8), UpscaleOptions(noise_scale=2))
+
+
+def test_an_output_that_cannot_fit_is_refused_by_prepare(tiny_upscaler, monkeypatch):
+    from seedvr_local.memory_planner import MemoryPlanError
+
+    monkeypatch.setattr(tiny_upscaler.planner, "budget", lambda available=None: 1024)  # bytes: nothing fits
+    with pytest.raises(MemoryPlanError):
+        tiny_upscaler.prepare(_image(8, 8), UpscaleOptions(seed=1))
+
+
+def test_upscale_is_prepare_then_run_with_one_noise_draw(tiny_upscaler, monkeypatch):
+    """The noises of a run are drawn once, by RestoreNoises.draw, from the prepared seed (parity tests replace
+    that one function to inject the reference noises)."""
+    from seedvr_local.pipeline import RestoreNoises
+
+    draws = []
+    real_draw = RestoreNoises.draw.__func__
+
+    def counting_draw(cls, latent_shape, seed):
+        draws.append((tuple(latent_shape), seed))
+        return real_draw(cls, latent_shape, seed)
+
+    monkeypatch.setattr(RestoreNoises, "draw", classmethod(counting_draw))
+    image = _image(20, 12)
+    prepared = tiny_upscaler.prepare(image, UpscaleOptions())  # no seed: one is drawn and kept
+    by_steps = tiny_upscaler.run(prepared)
+    at_once = tiny_upscaler.upscale(image, UpscaleOptions(seed=prepared.seed))
+    assert draws == [((16, 1, 4, 6), prepared.seed)] * 2  # 40x24 output padded to 48x32, latent / 8
+    assert by_steps.seed == at_once.seed == prepared.seed and torch.equal(by_steps.pixels, at_once.pixels)

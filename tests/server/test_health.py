@@ -29,7 +29,25 @@ def test_readyz_waits_for_the_model(settings):
         release.set()
         wait_status(client, request_id)
         ready = client.get("/readyz")
-        assert ready.status_code == 200 and ready.json()["model"] == FakeEngine.description
+        assert ready.status_code == 200 and ready.json() == {"status": "ready", "model": FakeEngine.description}
+
+
+def test_readyz_carries_the_models_notice(settings):
+    engine = FakeEngine()
+    engine.notice = "random weights: output is noise"
+    with TestClient(create_app(settings, lambda: engine)) as client:
+        client.post("/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(png_bytes())})  # loads it
+        ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and ready["notice"] == "random weights: output is noise"
+
+
+def test_openapi_version_is_the_packages():
+    from importlib.metadata import version
+
+    from seedvr_local.server.settings import ServerSettings
+
+    app = create_app(ServerSettings(), lambda: FakeEngine())
+    assert app.version == version("seedvr-local")
 
 
 def test_metrics_count_outcomes_phases_and_megapixels(client):

@@ -1,4 +1,4 @@
-"""The server with the real model (the tiny bundle of the reference data), end to end."""
+"""The server with a real model, end to end: the tiny bundle of the reference data, and `--model tiny`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,39 @@ def test_real_model_behind_every_surface(settings, tiny_upscaler):
             assert phase in messages, messages
         inline = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}").json()["image"]["url"]
         assert base64.b64decode(inline.split(",", 1)[1]) == png
+
+
+def test_serve_model_tiny_answers_readyz_and_a_sync_upscale(tmp_path):
+    """`seedvr-local serve --model tiny` from a bare clone: no weights, ready with a note, one real upscale."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--model", "tiny", "--port", str(port),
+               "--data-dir", str(tmp_path / "data"), "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "SEEDVR_HOME": str(tmp_path / "empty-home")}
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not get ready"
+            try:
+                ready = httpx.get(f"{base}/readyz")
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        assert ready.json()["notice"] == "random weights: output is noise; for trying the plumbing"
+        assert "tiny" in ready.json()["model"]
+        response = httpx.post(
+            f"{base}{RUN}", json={"image_url": data_uri(png_bytes(20, 12)), "seed": 9, "sync_mode": True}, timeout=120
+        )
+        assert response.status_code == 200, response.text
+        image = response.json()["image"]
+        assert (image["width"], image["height"]) == (40, 24) and image["url"].startswith("data:image/jpeg")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=30)[0]
+    assert "random weights: output is noise" in output  # in the start-up log too
 
 
 @pytest.mark.slow
