@@ -10,10 +10,10 @@ import time
 from pathlib import Path
 
 from seedvr_local.model_home import TINY_MODEL, find_installed_weights
-from seedvr_local.options import UpscaleOptions
+from seedvr_local.options import OUTPUT_FORMATS, UpscaleOptions
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}
+FORMAT_BY_SUFFIX = {f".{fmt}": fmt for fmt in OUTPUT_FORMATS} | {".jpeg": "jpg"}
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[Path, Path, str]]:

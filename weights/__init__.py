@@ -4,6 +4,7 @@
 - `weights.checkpoint`: `read_state_dict` / `read_shapes` for `.pth` and `.safetensors` (fp32/fp16/bf16/fp8).
 - `weights.bundle`: `inspect_weights_dir` and `load_models` for a weights directory.
 - `weights.download`: `download` from Hugging Face.
+- `weights.tiny`: the tiny test model, random weights built in memory (`--model tiny`).
 
 Submodules are imported on use, so `import weights` stays cheap.
 """
