@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from seedvr_local import kernels
-from seedvr_local import vae_tiling
-from seedvr_local.models import vae_blocks
+from seedvr_local.models import vae_blocks, vae_tiling
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
-from seedvr_local.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
+from seedvr_local.models.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
 from tests.parity.restore import run_restore_case
 from tests.parity.vae import build_case_model
 from tests.reference_data import REPO_ROOT as REPO
@@ -319,7 +318,7 @@ def test_tile_grid_partitions_the_image_into_balanced_aligned_tiles(size, core):
 
 def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
     vae = _seedvr2_vae()
-    (segment,) = [s for s in segments(vae_tiling.decoder_blocks(vae), (8, 8), (64, 64), 1) if len(s.ops) == 6][:1]
+    (segment,) = [s for s in segments(vae.tile_blocks("decode"), (8, 8), (64, 64), 1) if len(s.ops) == 6][:1]
     # one ResNet at 1/8 scale: two 3x3 convs, so a 2-pixel halo on each inner side
     regions = required_regions(segment.ops, segment.sizes, (2, 4, 0, 3))
     assert regions[0] == (0, 6, 0, 5)
@@ -328,7 +327,7 @@ def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
 
 def test_store_scale_decides_where_full_frame_tensors_are_kept():
     vae = _seedvr2_vae()
-    blocks = vae_tiling.decoder_blocks(vae)
+    blocks = vae.tile_blocks("decode")
     image = (64, 64)
     scales = {s: [image[0] // seg.sizes[-1][0] for seg in segments(blocks, (8, 8), image, s)] for s in (1, 8)}
     assert scales[8] == [8, 8, 8, 8, 8, 8, 1]  # conv_in+res0, attn, res1, up0 res x3, then the rest at once
