@@ -187,17 +187,17 @@ class VAEMemoryModel:
         self, phase: str, frames: int, height: int, width: int, tiling: VAETiling | None, itemsize: int
     ) -> int:
         """Peak bytes of `phase` ("encode" or "decode") of a `frames x height x width` video (height and width
-        multiples of 8, frames 4n + 1), its input and output included."""
+        multiples of the VAE's spatial factor, frames already padded as `VideoAutoencoder.padded_frames`), its
+        input and output included."""
         cfg = self.vae.config
-        factor = self.vae.spatial_factor
-        latent_frames = self.vae.latent_shape(frames, height, width)[1]
+        channels, latent_frames, *latent_size = self.vae.latent_shape(frames, height, width)
         image_size = (height, width)
         pixels = cfg.out_channels * frames * height * width * itemsize
-        latent = cfg.latent_channels * latent_frames * (height // factor) * (width // factor) * itemsize
+        latent = channels * latent_frames * latent_size[0] * latent_size[1] * itemsize
         if phase == "encode":
             size, shape, outside = image_size, _Shape(cfg.in_channels, frames), pixels + 2 * latent
         else:
-            size, shape, outside = (height // factor, width // factor), _Shape(cfg.latent_channels, latent_frames), latent + pixels
+            size, shape, outside = tuple(latent_size), _Shape(channels, latent_frames), latent + pixels
         blocks = self.vae.tile_blocks(phase)
         if tiling is None:
             # Temporal slicing: the first chunk is the largest (5 frames in, 2 latent frames); the chunks'

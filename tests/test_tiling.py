@@ -341,3 +341,45 @@ def test_bad_tilings_are_refused():
     with pytest.raises(ValueError, match="store_scale"):
         VAETiling(64, 3)
     assert VAETiling(100).core == 104
+
+
+# ------------------------------------------------------------------------------------------------ structure
+
+
+def _source_tree(module: str):
+    import ast
+    import importlib.util
+
+    return ast.parse(open(importlib.util.find_spec(module).origin).read())
+
+
+def test_the_tiling_helper_does_not_import_the_vae_model():
+    """vae.py imports the tiling helper; the helper must not import it back (no cycle)."""
+    import ast
+
+    imported = set()
+    for node in ast.walk(_source_tree("seedvr_local.models.vae_tiling")):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "seedvr_local.models.vae_blocks" in imported  # the check sees imports
+    assert "seedvr_local.models.vae" not in imported
+
+
+VAE_INTERNALS = {"encoder", "decoder", "down_blocks", "up_blocks", "mid_block", "resnets", "downsamplers",
+                 "upsamplers", "quant_conv", "post_quant_conv", "temporal_ratio", "stride", "padding"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "module, asks",
+    [("seedvr_local.pipeline", "latent_shape"), ("seedvr_local.memory_cost", "tile_blocks"),
+     ("seedvr_local.memory_planner", "costs"), ("benchmarks.memory", "latent_shape")],
+)  # fmt: skip
+def test_only_the_vae_model_reads_its_internals(module, asks):
+    """The pipeline and the memory model ask the VAE for its geometry and tile programs instead."""
+    import ast
+
+    read = {node.attr for node in ast.walk(_source_tree(module)) if isinstance(node, ast.Attribute)}
+    assert asks in read  # the check sees attribute reads
+    assert not read & VAE_INTERNALS, sorted(read & VAE_INTERNALS)
