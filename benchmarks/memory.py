@@ -1,5 +1,5 @@
 """Peak memory and time of the VAE encode and decode for a series of output sizes, untiled and with exact tiling,
-next to the memory planner's prediction (`seedvr_local/memory_planner.py`).
+next to the memory model's prediction (`seedvr_local/memory_cost.py`).
 
     python -m benchmarks.memory                                        # CPU, fp32, 256^2 .. 2048^2
     python -m benchmarks.memory --sizes 512,1024 --tilings untiled,512/1,256/8 --phases decode
@@ -42,7 +42,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_tiling(text: str):
-    from seedvr_local.vae_tiling import VAETiling
+    from seedvr_local.models.vae_tiling import VAETiling
 
     if text == "untiled":
         return None
@@ -62,6 +62,14 @@ def _device_and_dtype(spec: dict) -> tuple[torch.device, torch.dtype]:
 
     device = resolve_device(spec["device"])
     return device, resolve_dtype(spec["dtype"], device)
+
+
+def _meta_vae():
+    """The full-size SeedVR2 VAE without weights: what the memory model needs."""
+    from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
+
+    with torch.device("meta"):
+        return VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())
 
 
 def _random_vae(device: torch.device, dtype: torch.dtype):
@@ -87,14 +95,13 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def measure_vae(spec: dict) -> dict:
     """One VAE phase of one size and tiling: peak bytes above the weights, seconds, and the prediction."""
-    from seedvr_local.memory_planner import VAEMemoryModel
+    from seedvr_local.memory_cost import VAEMemoryModel
 
     device, dtype = _device_and_dtype(spec)
     width, height = spec["size"]
     frames, phase, tiling = spec["frames"], spec["phase"], parse_tiling(spec["tiling"])
     vae = _random_vae(device, dtype)
     generator = torch.Generator().manual_seed(0)
-    latent_frames = (frames - 1) // 4 + 1
     gc.collect()
     meter = PeakMemory(device)
     base = _in_use(device)
@@ -104,7 +111,7 @@ def measure_vae(spec: dict) -> dict:
         x = (torch.rand(1, 3, frames, height, width, generator=generator) * 2 - 1).to(device, dtype)
         out = vae.encode(x, tiling)
     else:
-        z = torch.randn(1, 16, latent_frames, height // 8, width // 8, generator=generator).to(device, dtype)
+        z = torch.randn(1, *vae.latent_shape(frames, height, width), generator=generator).to(device, dtype)
         out = vae.decode(z, tiling)
     _sync(device)
     seconds = time.perf_counter() - started
@@ -112,7 +119,7 @@ def measure_vae(spec: dict) -> dict:
     meter.close()
     del out
     itemsize = torch.empty((), dtype=dtype).element_size()
-    predicted = VAEMemoryModel(vae.vae_config, device).bytes(phase, frames, height, width, tiling, itemsize)
+    predicted = VAEMemoryModel(vae, device).bytes(phase, frames, height, width, tiling, itemsize)
     return {**spec, "peak": peak, "seconds": seconds, "predicted": predicted}
 
 
@@ -120,9 +127,9 @@ def measure_vae(spec: dict) -> dict:
 def measure_dit(spec: dict) -> dict:
     """The 3B DiT's width with `dit_layers` layers (random weights) on a random latent: the DiT phase's peak."""
     from benchmarks.models import TEXT_TOKENS, materialize_random_
-    from seedvr_local.memory_planner import MemoryPlanner
+    from seedvr_local.memory_cost import PhaseCosts
     from seedvr_local.models.nadit import DiTConfig, NaDiT
-    from seedvr_local.models.vae import VAEConfig
+    from seedvr_local.pipeline import RestorationPipeline
     from seedvr_local.weights.bundle import parameters_on_meta
 
     device, dtype = _device_and_dtype(spec)
@@ -138,7 +145,9 @@ def measure_dit(spec: dict) -> dict:
     materialize_random_(dit, generator, dtype)
     dit = dit.to(device=device).eval().requires_grad_(False)
     dit.set_attention_backend(spec.get("attention", "auto"))
-    latent = (33, (spec["frames"] - 1) // 4 + 1, height // 8, width // 8)
+    pipeline = RestorationPipeline(dit, _meta_vae().to(dtype), torch.empty(0))
+    _, *latent_size = pipeline.latent_shape(spec["frames"], height, width)
+    latent = (config.vid_in_channels, *latent_size)
     text = torch.randn(TEXT_TOKENS, config.txt_in_dim, generator=generator, device=device, dtype=dtype)
     gc.collect()
     meter = PeakMemory(device)
@@ -152,15 +161,15 @@ def measure_dit(spec: dict) -> dict:
     peak = meter.peak() - base
     meter.close()
     del out
-    planner = MemoryPlanner(VAEConfig.seedvr2(), config, dtype, device)
-    return {**spec, "peak": peak, "seconds": seconds, "predicted": planner.dit_bytes(spec["frames"], height, width)}
+    predicted = PhaseCosts(pipeline, device).dit_bytes(pipeline.padded_frames(spec["frames"]), height, width)
+    return {**spec, "peak": peak, "seconds": seconds, "predicted": predicted}
 
 
 @torch.no_grad()
 def measure_restore(spec: dict) -> dict:
     """The whole restore (tiny DiT, full-size VAE) with per-phase peaks in one process."""
     from benchmarks.models import tiny_bundle_dir
-    from seedvr_local.memory_planner import MemoryPlanner
+    from seedvr_local.memory_cost import PhaseCosts
     from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
     from seedvr_local.weights.bundle import load_models
 
@@ -188,12 +197,12 @@ def measure_restore(spec: dict) -> dict:
     pipeline.restore(video, noises, on_phase=on_phase, vae_tiling=tiling)
     on_phase(None)
     meter.close()
-    predicted = MemoryPlanner.for_pipeline(pipeline).estimate(width, height, spec["frames"], tiling)
+    predicted = PhaseCosts(pipeline).estimate(width, height, spec["frames"], tiling)
     return {**spec, "peaks": peaks, "phase_seconds": seconds, "predicted_phases": predicted}
 
 
 def run_worker(spec: dict) -> dict:
-    from seedvr_local.memory_planner import use_mmap_for_large_cpu_tensors
+    from seedvr_local.device_memory import use_mmap_for_large_cpu_tensors
 
     use_mmap_for_large_cpu_tensors()  # as the Upscaler does on the CPU
     if spec.get("threads"):
@@ -247,15 +256,14 @@ def _cell(row: dict | None) -> tuple[str, str, str]:
 
 def _repredict(row: dict) -> dict:
     """`row` with the prediction of the current memory model."""
-    from seedvr_local.memory_planner import VAEMemoryModel
-    from seedvr_local.models.vae import VAEConfig
+    from seedvr_local.memory_cost import VAEMemoryModel
 
     if "error" in row:
         return row
     half = row.get("dtype") in ("bf16", "fp16") or (row.get("dtype") is None and row["device"].startswith("cuda"))
     itemsize = 2 if half else 4
     (width, height), tiling = row["size"], parse_tiling(row["tiling"])
-    model = VAEMemoryModel(VAEConfig.seedvr2(), "cuda" if row["device"].startswith("cuda") else "cpu")
+    model = VAEMemoryModel(_meta_vae(), "cuda" if row["device"].startswith("cuda") else "cpu")
     return {**row, "predicted": model.bytes(row["phase"], row["frames"], height, width, tiling, itemsize)}
 
 

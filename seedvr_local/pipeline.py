@@ -1,14 +1,15 @@
 """The SeedVR2 one-step restoration core, on tensors.
 
 `RestorationPipeline.restore` takes a video `[3, T, H, W]` in [-1, 1] whose H and W are multiples of
-16 and returns the restored video at the same size, with every intermediate of the official
-`generation_step` kept for inspection. Image decoding, resizing and padding live in `upscaler.py`.
+`size_multiple` (16 for SeedVR2) and returns the restored video at the same size, with every intermediate of the
+official `generation_step` kept for inspection. Image decoding, resizing and padding live in `upscaler.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -17,7 +18,7 @@ import torch
 from seedvr_local.colorfix import apply_color_fix
 from seedvr_local.diffusion import NUM_TIMESTEPS, condition_timestep, lerp_noise, v_lerp_to_x0
 from seedvr_local.preprocess import crop_to
-from seedvr_local.vae_tiling import VAETiling
+from seedvr_local.models.vae_tiling import VAETiling
 
 PhaseCallback = Callable[[str], None]
 log = logging.getLogger("seedvr_local")
@@ -52,13 +53,15 @@ class RestoreOutput:
     colorfixed: torch.Tensor  # [3, T, H, W]
 
 
-def pad_frames(video: torch.Tensor) -> torch.Tensor:
-    """Repeat the last frame up to 4n+1 frames (at least 5 for videos), as the causal VAE needs."""
-    frames = video.shape[1]
-    if frames == 1:
+def pad_frames(video: torch.Tensor, frames: int) -> torch.Tensor:
+    """`video [3, T, H, W]` with its last frame repeated up to `frames` frames (`VideoAutoencoder.padded_frames`
+    says how many the causal VAE needs)."""
+    extra = frames - video.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad {video.shape[1]} frames to {frames}")
+    if extra == 0:
         return video
-    target = 5 if frames <= 4 else frames + (-(frames - 1)) % 4
-    return torch.cat([video, video[:, -1:].expand(-1, target - frames, -1, -1)], dim=1)
+    return torch.cat([video, video[:, -1:].expand(-1, extra, -1, -1)], dim=1)
 
 
 class RestorationPipeline:
@@ -88,14 +91,35 @@ class RestorationPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.dit.parameters()).dtype
 
+    # ---- geometry, from the models' configs
+
     @property
-    def size_multiple(self) -> int:  # merged with vae branch
-        return 16
+    def dit_patch(self) -> tuple[int, int]:
+        """(rows, columns) of latent pixels per DiT token (its config's `patch_size`, `[t, h, w]` or one int)."""
+        patch = self.dit.config.patch_size
+        return (patch, patch) if isinstance(patch, int) else (int(patch[-2]), int(patch[-1]))
+
+    @property
+    def size_multiple(self) -> int:
+        """Height and width must be multiples of this: whole DiT patches of whole latent pixels (16 for SeedVR2:
+        the VAE's 8 x the DiT's 2)."""
+        factor = self.vae.spatial_factor
+        rows, columns = self.dit_patch
+        return math.lcm(factor * rows, factor * columns)
+
+    def padded_frames(self, frames: int) -> int:
+        """The frames a clip of `frames` is padded to, as the causal VAE needs (4n + 1)."""
+        return self.vae.padded_frames(frames)
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         """`[C, t, h, w]` of the latent of a `[3, frames, height, width]` input (after frame padding)."""
-        padded = pad_frames(torch.empty(0, frames, 0, 0)).shape[1]
-        return (16, (padded - 1) // 4 + 1, height // 8, width // 8)
+        return self.vae.latent_shape(frames, height, width)
+
+    def dit_tokens(self, frames: int, height: int, width: int) -> int:
+        """Tokens the DiT sees for a `[3, frames, height, width]` input (sizes multiples of `size_multiple`)."""
+        _, t, h, w = self.latent_shape(frames, height, width)
+        rows, columns = self.dit_patch
+        return t * (h // rows) * (w // columns)
 
     @torch.no_grad()
     def restore(
@@ -110,16 +134,17 @@ class RestorationPipeline:
     ) -> RestoreOutput:
         """`crop=(height, width)` cuts the decoded video back to the top-left region of the input that was
         not padding before the colour fix, so padding never influences the colours of the result.
-        `vae_tiling` runs the VAE in exact spatial tiles (same result, less memory; `seedvr_local/vae_tiling.py`)."""
+        `vae_tiling` runs the VAE in exact spatial tiles (same result, less memory; `seedvr_local/models/vae_tiling.py`)."""
         on_phase = on_phase or (lambda phase: None)
         frames, height, width = video.shape[1:]
-        if height % 16 or width % 16:
-            raise ValueError(f"height and width must be multiples of 16, got {height}x{width}")
+        multiple = self.size_multiple
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple}, got {height}x{width}")
         device, dtype = self.device, self.dtype
         f32 = lambda x: x.to(device=device, dtype=torch.float32)  # noqa: E731
 
         on_phase("encode")
-        x = pad_frames(video).to(device=device, dtype=dtype)
+        x = pad_frames(video, self.padded_frames(frames)).to(device=device, dtype=dtype)
         mean, logvar = self._vae("encode", x[None], vae_tiling)
         mean, logvar = f32(mean[0]), f32(logvar[0])
         latent = mean + torch.exp(0.5 * logvar) * f32(noises.posterior_eps) if self.sample_posterior else mean

@@ -11,7 +11,7 @@ from seedvr_local import kernels
 from seedvr_local.devices import AMPERE, cuda_capability
 from seedvr_local.models.window_attention import ATTENTION_BACKENDS, attention_backend_available
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
-from seedvr_local.vae_tiling import VAETiling
+from seedvr_local.models.vae_tiling import VAETiling
 from tests.test_dit import random_inputs, random_model
 from tests.test_upscaler import _image
 

@@ -1,6 +1,7 @@
 import torch
 
 from seedvr_local.diffusion import condition_timestep, lerp_noise, resolution_shift, v_lerp_to_x0
+from seedvr_local.models.vae import VideoAutoencoder
 from seedvr_local.pipeline import pad_frames
 
 
@@ -30,9 +31,11 @@ def test_v_lerp_round_trip():
 
 
 def test_frames_are_padded_to_4n_plus_1_by_repeating_the_last():
+    with torch.device("meta"):
+        vae = VideoAutoencoder()  # SeedVR2's: 4x temporal compression
     video = torch.arange(3 * 9 * 2 * 2, dtype=torch.float32).reshape(3, 9, 2, 2)
     for frames, padded in [(1, 1), (2, 5), (4, 5), (5, 5), (6, 9), (7, 9), (9, 9)]:
-        out = pad_frames(video[:, :frames])
+        out = pad_frames(video[:, :frames], vae.padded_frames(frames))
         assert out.shape[1] == padded
         assert torch.equal(out[:, :frames], video[:, :frames])
         assert torch.equal(out[:, frames - 1 :], video[:, frames - 1 : frames].expand_as(out[:, frames - 1 :]))

@@ -17,14 +17,6 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "seedvr_local"
 
-# The models/vae.py <-> vae_tiling.py cycle (vae_tiling names the VAE class for its type hints) is removed in the
-# vae branch. When that branch is merged, drop this set and the xfail of test_pending_vae_cycle_is_gone.
-PENDING_VAE_BRANCH_CYCLE = {
-    ("seedvr_local.models.vae", "seedvr_local.vae_tiling"),
-    ("seedvr_local.vae_tiling", "seedvr_local.models.vae"),
-}
-
-
 def _source_dirs() -> dict[str, Path]:
     """Package name -> folder, from pyproject (the package itself lives in its own folder)."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -106,7 +98,7 @@ def import_graph(at_import_only: bool = False) -> dict[str, set[str]]:
     return graph
 
 
-def cycles(graph: dict[str, set[str]], ignore: set[tuple[str, str]] = frozenset()) -> list[list[str]]:
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -119,8 +111,6 @@ def cycles(graph: dict[str, set[str]], ignore: set[tuple[str, str]] = frozenset(
         stack.append(node)
         on_stack.add(node)
         for target in sorted(graph[node]):
-            if (node, target) in ignore:
-                continue
             if target not in index:
                 visit(target)
                 low[node] = min(low[node], low[target])
@@ -189,11 +179,6 @@ def test_the_graph_sees_every_folder_and_lazy_imports(graph):
 
 
 def test_no_import_cycles(graph):
-    assert cycles(graph, ignore=PENDING_VAE_BRANCH_CYCLE) == []
-
-
-@pytest.mark.xfail(strict=True, reason="models/vae.py <-> vae_tiling.py: removed in the vae branch")
-def test_pending_vae_cycle_is_gone(graph):
     assert cycles(graph) == []
 
 

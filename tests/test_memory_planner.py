@@ -12,30 +12,33 @@ from PIL import Image
 
 from seedvr_local import memory_planner
 from seedvr_local.cli import build_parser
-from seedvr_local.memory_planner import (
-    CALIBRATION,
-    CUDA_CALIBRATION,
-    GiB,
-    MemoryPlanError,
-    MemoryPlanner,
-    RunOutOfMemoryError,
-    VAEMemoryModel,
-    available_memory,
-)
-from seedvr_local.models.nadit import DiTConfig
-from seedvr_local.models.vae import VAEConfig
+from seedvr_local.device_memory import available_memory
+from seedvr_local.memory_cost import VAEMemoryModel, calibration
+from seedvr_local.memory_planner import GiB, MemoryPlanError, MemoryPlanner, RunOutOfMemoryError
+from seedvr_local.models.nadit import DiTConfig, NaDiT
+from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
+from seedvr_local.models.vae_tiling import VAETiling
+from seedvr_local.pipeline import RestorationPipeline
 from seedvr_local.upscaler import UpscaleOptions
-from seedvr_local.vae_tiling import VAETiling
+
+
+def _seedvr2_vae() -> VideoAutoencoder:
+    """The full-size VAE without weights: its geometry is all the memory model reads."""
+    with torch.device("meta"):
+        return VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())
 
 
 @pytest.fixture(scope="module")
 def planner() -> MemoryPlanner:
-    """SeedVR2 3B in bf16 on a GPU-like device (the estimates do not depend on the device)."""
-    return MemoryPlanner(VAEConfig.seedvr2(), DiTConfig.seedvr2_3b(), torch.bfloat16, "cpu")
+    """SeedVR2 3B in bf16 (models on "meta"), planned for the CPU (the estimates do not depend on the device)."""
+    with torch.device("meta"):
+        dit = NaDiT.from_dit_config(DiTConfig.seedvr2_3b())
+    pipeline = RestorationPipeline(dit.to(torch.bfloat16), _seedvr2_vae().to(torch.bfloat16), torch.empty(0))
+    return MemoryPlanner.for_pipeline(pipeline, "cpu")
 
 
 def _decode_bytes(planner: MemoryPlanner, side: int, tiling: VAETiling | None) -> int:
-    return planner.estimate(side, side, 1, tiling)["decode"]
+    return planner.costs.estimate(side, side, 1, tiling)["decode"]
 
 
 def _output_bytes(side: int) -> int:
@@ -64,7 +67,7 @@ def test_smaller_tiles_need_less_memory(planner):
 
 
 def test_plan_prefers_untiled_then_least_recomputation_then_the_largest_tile(planner):
-    estimate = planner.estimate(3840, 2160, 1, None)
+    estimate = planner.costs.estimate(3840, 2160, 1, None)
     roomy = planner.plan(3840, 2160, available=_available_for(planner, max(estimate.values())))
     assert roomy.vae_tiling is None
     for fraction in (0.7, 0.4, 0.2):
@@ -72,7 +75,7 @@ def test_plan_prefers_untiled_then_least_recomputation_then_the_largest_tile(pla
         plan = planner.plan(3840, 2160, available=_available_for(planner, budget))
         assert plan.vae_tiling is not None and plan.peak_bytes <= budget
         earlier = planner.candidates("auto")[1 : planner.candidates("auto").index(plan.vae_tiling)]
-        assert all(max(planner.estimate(3840, 2160, 1, t).values()) > budget for t in earlier)
+        assert all(max(planner.costs.estimate(3840, 2160, 1, t).values()) > budget for t in earlier)
 
 
 def test_a_fixed_tile_size_is_kept(planner):
@@ -81,7 +84,7 @@ def test_a_fixed_tile_size_is_kept(planner):
 
 
 def test_an_impossible_request_is_refused_naming_the_largest_size_that_fits(planner):
-    budget = planner.estimate(2048, 1024, 1, VAETiling(128, 8))["dit"] * 3  # the DiT phase limits it
+    budget = planner.costs.estimate(2048, 1024, 1, VAETiling(128, 8))["dit"] * 3  # the DiT phase limits it
     with pytest.raises(MemoryPlanError) as info:
         planner.plan(8192, 4096, available=_available_for(planner, budget))
     message = str(info.value)
@@ -116,7 +119,7 @@ def test_fallback_needs_at_most_half_or_is_the_most_frugal(planner):
     retry = planner.fallback(plan)
     assert retry.vae_tiling is not None and retry.peak_bytes <= plan.peak_bytes // 2
     frugal = planner.candidates("auto")[-1]
-    last = memory_planner.RunPlan(2048, 2048, 1, frugal, planner.estimate(2048, 2048, 1, frugal), plan.budget)
+    last = memory_planner.RunPlan(2048, 2048, 1, frugal, planner.costs.estimate(2048, 2048, 1, frugal), plan.budget)
     assert planner.fallback(last) is None
 
 
@@ -124,26 +127,30 @@ def test_available_memory_is_positive():
     assert available_memory("cpu") > 0
 
 
+def _tiling(name: str) -> VAETiling | None:
+    return None if name == "untiled" else VAETiling(*map(int, name.split("/")))
+
+
 def test_calibration_measurements_are_reproduced():
     """Every measurement that backs the model is predicted within the stated error."""
-    assert CALIBRATION, "the model must be backed by measurements"
-    model = VAEMemoryModel(VAEConfig.seedvr2())
-    under, over = memory_planner.CALIBRATION_TOLERANCE
-    assert {(e.side, e.tiling) for e in CALIBRATION} >= {(s, t) for s in (512, 1024) for t in ("untiled", "512/1")}
-    for entry in CALIBRATION:
-        tiling = None if entry.tiling == "untiled" else VAETiling(*map(int, entry.tiling.split("/")))
-        predicted = model.bytes(entry.phase, 1, entry.side, entry.side, tiling, 4)
-        assert (1 - under) * entry.measured <= predicted <= (1 + over) * entry.measured, (entry, predicted)
+    series = calibration()["cpu"]
+    entries = series["measurements"]
+    assert {(e["side"], e["tiling"]) for e in entries} >= {(s, t) for s in (512, 1024) for t in ("untiled", "512/1")}
+    model = VAEMemoryModel(_seedvr2_vae())
+    under, over = series["tolerance"]["under"], series["tolerance"]["over"]
+    for e in entries:
+        predicted = model.bytes(e["phase"], 1, e["side"], e["side"], _tiling(e["tiling"]), 4)
+        assert (1 - under) * e["peak_bytes"] <= predicted <= (1 + over) * e["peak_bytes"], (e, predicted)
 
 
 def test_cuda_measurements_are_never_under_predicted():
     """On a GPU the CPU-fitted model may waste memory but must not promise memory a run then exceeds."""
-    assert CUDA_CALIBRATION
-    model = VAEMemoryModel(VAEConfig.seedvr2(), "cuda")
-    for entry in CUDA_CALIBRATION:
-        tiling = None if entry.tiling == "untiled" else VAETiling(*map(int, entry.tiling.split("/")))
-        predicted = model.bytes(entry.phase, 1, entry.side, entry.side, tiling, 2)
-        assert entry.measured <= predicted <= 1.5 * entry.measured, (entry, predicted)
+    series = calibration()["cuda"]
+    assert series["measurements"]
+    model = VAEMemoryModel(_seedvr2_vae(), "cuda")
+    for e in series["measurements"]:
+        predicted = model.bytes(e["phase"], 1, e["side"], e["side"], _tiling(e["tiling"]), 2)
+        assert e["peak_bytes"] <= predicted <= series["at_most"] * e["peak_bytes"], (e, predicted)
 
 
 # ------------------------------------------------------------------------------------- through the API
@@ -233,3 +240,22 @@ def test_cli_rejects_a_bad_vae_tile(value, capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["upscale", "in.png", "-o", "out.png", "--vae-tile", value])
     assert "--vae-tile" in capsys.readouterr().err
+
+
+def test_sizes_are_padded_as_the_pipeline_pads_them(planner):
+    assert planner.costs.size_multiple == planner.costs.pipeline.size_multiple == 16  # VAE 8 x DiT patch 2
+    assert planner.costs.estimate(1000, 700, 6) == planner.costs.estimate(1008, 704, 9)  # 4n + 1 frames
+    assert planner.costs.estimate(1000, 700) != planner.costs.estimate(1024, 704)
+
+
+def test_a_dropped_planner_is_freed(planner):
+    """Estimates are cached per planner: the cache must not keep a planner (and its models) alive."""
+    import gc
+    import weakref
+
+    dropped = MemoryPlanner.for_pipeline(planner.costs.pipeline, "cpu")
+    dropped.costs.estimate(512, 512)
+    ref = weakref.ref(dropped)
+    del dropped
+    gc.collect()
+    assert ref() is None

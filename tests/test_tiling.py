@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from seedvr_local import kernels
-from seedvr_local import vae_tiling
-from seedvr_local.models import vae_blocks
+from seedvr_local.models import vae_blocks, vae_tiling
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
-from seedvr_local.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
+from seedvr_local.models.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
 from tests.parity.restore import run_restore_case
 from tests.parity.vae import build_case_model
 from tests.reference_data import REPO_ROOT as REPO
@@ -319,7 +318,7 @@ def test_tile_grid_partitions_the_image_into_balanced_aligned_tiles(size, core):
 
 def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
     vae = _seedvr2_vae()
-    (segment,) = [s for s in segments(vae_tiling.decoder_blocks(vae), (8, 8), (64, 64), 1) if len(s.ops) == 6][:1]
+    (segment,) = [s for s in segments(vae.tile_blocks("decode"), (8, 8), (64, 64), 1) if len(s.ops) == 6][:1]
     # one ResNet at 1/8 scale: two 3x3 convs, so a 2-pixel halo on each inner side
     regions = required_regions(segment.ops, segment.sizes, (2, 4, 0, 3))
     assert regions[0] == (0, 6, 0, 5)
@@ -328,7 +327,7 @@ def test_regions_grow_by_the_receptive_field_and_stop_at_the_border():
 
 def test_store_scale_decides_where_full_frame_tensors_are_kept():
     vae = _seedvr2_vae()
-    blocks = vae_tiling.decoder_blocks(vae)
+    blocks = vae.tile_blocks("decode")
     image = (64, 64)
     scales = {s: [image[0] // seg.sizes[-1][0] for seg in segments(blocks, (8, 8), image, s)] for s in (1, 8)}
     assert scales[8] == [8, 8, 8, 8, 8, 8, 1]  # conv_in+res0, attn, res1, up0 res x3, then the rest at once
@@ -342,3 +341,45 @@ def test_bad_tilings_are_refused():
     with pytest.raises(ValueError, match="store_scale"):
         VAETiling(64, 3)
     assert VAETiling(100).core == 104
+
+
+# ------------------------------------------------------------------------------------------------ structure
+
+
+def _source_tree(module: str):
+    import ast
+    import importlib.util
+
+    return ast.parse(open(importlib.util.find_spec(module).origin).read())
+
+
+def test_the_tiling_helper_does_not_import_the_vae_model():
+    """vae.py imports the tiling helper; the helper must not import it back (no cycle)."""
+    import ast
+
+    imported = set()
+    for node in ast.walk(_source_tree("seedvr_local.models.vae_tiling")):
+        if isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    assert "seedvr_local.models.vae_blocks" in imported  # the check sees imports
+    assert "seedvr_local.models.vae" not in imported
+
+
+VAE_INTERNALS = {"encoder", "decoder", "down_blocks", "up_blocks", "mid_block", "resnets", "downsamplers",
+                 "upsamplers", "quant_conv", "post_quant_conv", "temporal_ratio", "stride", "padding"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "module, asks",
+    [("seedvr_local.pipeline", "latent_shape"), ("seedvr_local.memory_cost", "tile_blocks"),
+     ("seedvr_local.memory_planner", "costs"), ("benchmarks.memory", "latent_shape")],
+)  # fmt: skip
+def test_only_the_vae_model_reads_its_internals(module, asks):
+    """The pipeline and the memory model ask the VAE for its geometry and tile programs instead."""
+    import ast
+
+    read = {node.attr for node in ast.walk(_source_tree(module)) if isinstance(node, ast.Attribute)}
+    assert asks in read  # the check sees attribute reads
+    assert not read & VAE_INTERNALS, sorted(read & VAE_INTERNALS)

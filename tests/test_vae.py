@@ -14,6 +14,7 @@ import seedvr_local.kernels.reference
 from seedvr_local.models import vae_blocks
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder, convert_deprecated_attention_keys
 from seedvr_local.models.vae_blocks import ChunkMemory, FrameGroupNorm
+from seedvr_local.models.vae_tiling import VAETiling
 from seedvr_local.weights.manifest import load_manifest
 
 # Every code path of the real model at toy size: 4 levels, 2 temporal resamplers, shortcut convs, attention.
@@ -60,7 +61,31 @@ def test_config_from_official_dicts_and_round_trip():
     assert VAEConfig.from_dict(yaml_like) == VAEConfig.seedvr2()
     tiny = VAEConfig(**TINY)
     assert VAEConfig.from_dict(tiny.to_dict()) == tiny
-    assert VideoAutoencoder.from_vae_config(tiny).vae_config == tiny
+    model = VideoAutoencoder.from_vae_config(tiny)
+    assert VAEConfig.from_dict(model.config) == tiny  # the config lives in one place: read back from the model
+
+
+@torch.no_grad()
+def test_save_pretrained_and_from_pretrained_round_trip(tiny_vae, tmp_path):
+    tiny_vae.save_pretrained(tmp_path)
+    loaded = VideoAutoencoder.from_pretrained(tmp_path).eval()
+    assert VAEConfig.from_dict(loaded.config) == VAEConfig.from_dict(tiny_vae.config)
+    x, z = _video(5), _latent(2)
+    for got, expected in zip((*loaded.encode(x), loaded.decode(z)), (*tiny_vae.encode(x), tiny_vae.decode(z))):
+        assert torch.equal(got, expected)
+    assert loaded.config.block_out_channels != VAEConfig.seedvr2().block_out_channels  # not rebuilt from defaults
+
+
+def test_frame_padding_and_latent_shape_come_from_the_config():
+    vae = VideoAutoencoder.from_vae_config(VAEConfig(**TINY))
+    padded = {frames: vae.padded_frames(frames) for frames in (1, 2, 4, 5, 6, 9, 10)}
+    assert padded == {1: 1, 2: 5, 4: 5, 5: 5, 6: 9, 9: 9, 10: 13}
+    assert vae.latent_shape(6, 32, 24) == (16, 3, 4, 3)
+    with torch.device("meta"):  # temporal factor 2: one downsampler in time
+        coarse = VideoAutoencoder(**{**TINY, "temporal_scale_num": 1, "temporal_downsample_factor": 2})
+    assert coarse.padded_frames(4) == 5 and coarse.latent_shape(4, 32, 24)[1] == 3
+    with pytest.raises(ValueError, match="at least one frame"):
+        vae.padded_frames(0)
 
 
 @pytest.mark.parametrize(
@@ -154,8 +179,6 @@ def test_single_frame_shortcut_equals_the_causal_3d_convs(tiny_vae):
 @pytest.mark.parametrize("frames", [1, 13])  # an image; a clip with temporal chunks
 @pytest.mark.parametrize("tiled", [False, True])
 def test_channels_last_gives_the_same_result(tiny_vae, frames, tiled):
-    from seedvr_local.vae_tiling import VAETiling
-
     x, z = _video(frames, 48, 40), _latent((frames - 1) // 4 + 1, 6, 5)
     tiling = VAETiling(tile=16) if tiled else None
     layouts = []
@@ -253,7 +276,7 @@ def test_bad_decoder_inputs_raise_one_clear_error(tiny_vae):
 def test_half_precision_runs_close_to_float32(tiny_vae, dtype):
     x, z = _video(5), _latent(2)
     mean32, sample32 = tiny_vae.encode(x)[0], tiny_vae.decode(z)
-    half = VideoAutoencoder.from_vae_config(tiny_vae.vae_config).eval()
+    half = VideoAutoencoder.from_config(tiny_vae.config).eval()
     half.load_state_dict(tiny_vae.state_dict())
     half.to(dtype)
     mean, logvar = half.encode(x)  # float32 input is cast to the weights' dtype

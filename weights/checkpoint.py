@@ -10,14 +10,13 @@ casts floating-point ones (fp32, fp16, bf16, fp8 e4m3fn/e5m2) to the requested d
 from __future__ import annotations
 
 import pickle
-import re
 from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-from seedvr_local.models.vae import convert_deprecated_attention_keys
+from seedvr_local.models.vae import current_attention_key
 from seedvr_local.weights.manifest import Shape
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -32,8 +31,6 @@ NESTED_STATE_DICT_KEYS = ("state_dict", "model", "module", "ema")
 #: The persistent RoPE frequency buffers. Files may store them lossily (fp8), so their values are never
 #: used: the models compute their own in fp32. The keys are accepted, and may be absent.
 ROPE_FREQS_SUFFIX = "rope.rope.freqs"
-#: Old diffusers attention weight names (`attentions.0.query.weight` ...), renamed by the VAE module.
-_DEPRECATED_ATTENTION = re.compile(r"\.attentions\.\d+\.(query|key|value|proj_attn)\.")
 
 
 class CheckpointFormatError(ValueError):
@@ -125,13 +122,10 @@ def _rename(by_stored_key: dict[str, object]) -> dict:
 
 
 def _rename_deprecated_attention(keys: list[str]) -> dict[str, str]:
-    """key -> current key for the VAE's old diffusers attention names; other keys map to themselves."""
-    if not any(_DEPRECATED_ATTENTION.search(key) for key in keys):
-        return {key: key for key in keys}
-    # The converter renames the keys of a state_dict; give it each key as its own value to learn the mapping.
-    converted = convert_deprecated_attention_keys({key: key for key in keys})
-    mapping = {old: new for new, old in converted.items()}
-    if len(mapping) != len(keys):
+    """key -> current key for the VAE's old diffusers attention names (the VAE module's rule); other keys map to
+    themselves."""
+    mapping = {key: current_attention_key(key) for key in keys}
+    if len(set(mapping.values())) != len(keys):
         raise CheckpointFormatError("the VAE checkpoint holds both the old and the new name of an attention weight")
     return mapping
 

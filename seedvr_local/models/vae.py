@@ -12,13 +12,12 @@ pass, with far less memory. Runs in the dtype of its weights; GroupNorm is compu
 
 from __future__ import annotations
 
-import dataclasses
+import inspect
 import re
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -31,7 +30,17 @@ from seedvr_local.models.vae_blocks import (
     UpDecoderBlock3D,
     cat_frames,
 )
-from seedvr_local.vae_tiling import VAETiling, tiled_decode, tiled_encode
+from seedvr_local.models.vae_tiling import (
+    ALIGN,
+    Block,
+    VAETiling,
+    attention_block,
+    conv_block,
+    out_block,
+    resnet_block,
+    run_blocks,
+    sampler_block,
+)
 
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution
 
@@ -41,100 +50,88 @@ _IGNORED_FIELDS = {"sample_size", "scaling_factor", "shifting_factor", "force_up
 _FIXED_FIELDS = {"slicing_up_num": 0, "extra_cond_dim": None}
 
 
-@dataclass
-class VAEConfig:
-    """The VAE architecture, with the official field names (`s8_c16_t4_inflation_sd3.yaml` + `freeze_encoder`).
+class VAEConfig(FrozenDict):
+    """A checked VAE architecture, before any module is built: every `VideoAutoencoder` constructor argument
+    under its official name (`s8_c16_t4_inflation_sd3.yaml` + `freeze_encoder`), defaults filled in, lists as
+    tuples. Read fields as attributes (`config.latent_channels`), as from `VideoAutoencoder.config`.
 
-    The defaults are SeedVR2's. `inflation_mode` and `freeze_encoder` are kept for round trips only: the released
-    weights are already 3-D and nothing is trained here.
+    The fields and their defaults (SeedVR2's) are listed once, as the constructor's arguments. `inflation_mode`
+    and `freeze_encoder` are kept for round trips only: the released weights are already 3-D and nothing is
+    trained here.
     """
 
-    in_channels: int = 3
-    out_channels: int = 3
-    latent_channels: int = 16
-    block_out_channels: Sequence[int] = (128, 256, 512, 512)
-    layers_per_block: int = 2
-    norm_num_groups: int = 32
-    act_fn: str = "silu"
-    down_block_types: Sequence[str] = ("DownEncoderBlock3D",) * 4
-    up_block_types: Sequence[str] = ("UpDecoderBlock3D",) * 4
-    temporal_scale_num: int = 2
-    spatial_downsample_factor: int = 8
-    temporal_downsample_factor: int = 4
-    slicing_sample_min_size: int = 4  # frames per temporal chunk after the first (the pipeline's split_size)
-    time_receptive_field: str = "full"  # "half": the ResNets' first conv is 1x3x3
-    attention: bool = True  # mid-block attention
-    use_quant_conv: bool = False
-    use_post_quant_conv: bool = False
-    inflation_mode: str = "pad"
-    freeze_encoder: bool = False
-
-    def __post_init__(self):
-        self.block_out_channels = tuple(int(c) for c in self.block_out_channels)
-        self.down_block_types = tuple(self.down_block_types)
-        self.up_block_types = tuple(self.up_block_types)
-        levels = len(self.block_out_channels)
-        if levels < 1:
-            raise ValueError("block_out_channels must list at least one channel count")
-        if self.down_block_types != ("DownEncoderBlock3D",) * levels:
-            raise ValueError(f"down_block_types must be {levels} x 'DownEncoderBlock3D', got {self.down_block_types}")
-        if self.up_block_types != ("UpDecoderBlock3D",) * levels:
-            raise ValueError(f"up_block_types must be {levels} x 'UpDecoderBlock3D', got {self.up_block_types}")
-        if self.act_fn not in ("silu", "swish"):
-            raise ValueError(f"act_fn must be 'silu', got {self.act_fn!r}")
-        if self.time_receptive_field not in ("full", "half"):
-            raise ValueError(f"time_receptive_field must be 'full' or 'half', got {self.time_receptive_field!r}")
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"norm_num_groups {self.norm_num_groups} must divide every block_out_channels entry")
-        if not 0 <= self.temporal_scale_num < levels:
-            raise ValueError(f"temporal_scale_num must be in [0, {levels - 1}], got {self.temporal_scale_num}")
-        if self.spatial_downsample_factor != 2 ** (levels - 1):
-            raise ValueError(f"spatial_downsample_factor must be {2 ** (levels - 1)} for {levels} blocks")
-        if self.temporal_downsample_factor != 2**self.temporal_scale_num:
-            raise ValueError(f"temporal_downsample_factor must be 2**temporal_scale_num = {2**self.temporal_scale_num}")
-        split = self.slicing_sample_min_size
-        if split < 1 or split % self.temporal_downsample_factor:
-            raise ValueError(
-                f"slicing_sample_min_size must be a positive multiple of {self.temporal_downsample_factor}, got {split}"
-            )
+    def __init__(self, **fields: Any):
+        defaults = _constructor_defaults()
+        unknown = sorted(set(fields) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown field(s) in the VAE config: {', '.join(unknown)}")
+        values = {name: fields.get(name, default) for name, default in defaults.items()}
+        super().__init__({name: tuple(v) if isinstance(v, list) else v for name, v in values.items()})
+        _check_config(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "VAEConfig":
-        """From an official yaml-style dict (the yaml, case.json, manifests, tiny_model/config.json) or `to_dict()`.
+        """From an official yaml-style dict (the yaml, case.json, manifests, tiny_model/config.json), `to_dict()`
+        or a model's `config`.
 
-        Keys starting with `__` (yaml object markers) and official fields without effect at inference are ignored.
+        Keys starting with `_` (yaml object markers, diffusers' bookkeeping) and official fields without effect
+        at inference are ignored.
         """
-        d = {k: v for k, v in d.items() if not k.startswith("__") and k not in _IGNORED_FIELDS}
+        d = {k: v for k, v in d.items() if not k.startswith("_") and k not in _IGNORED_FIELDS}
         for name, value in _FIXED_FIELDS.items():
             given = d.pop(name, value)
             if given != value:
                 raise ValueError(f"VAE config field {name} must be {value!r} (SeedVR2), got {given!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown field(s) in the VAE config: {', '.join(unknown)}")
         return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         """Every field under its official name, JSON-friendly."""
-        return {
-            f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in dataclasses.fields(self)
-        }
+        return {name: list(v) if isinstance(v, tuple) else v for name, v in self.items()}
 
     @classmethod
     def seedvr2(cls) -> "VAEConfig":
         """The released SeedVR2 VAE (3B and 7B share it): 250 tensors, 250,648,227 parameters."""
         return cls()
 
-    @property
-    def levels(self) -> int:
-        return len(self.block_out_channels)
+
+def _constructor_defaults() -> dict[str, Any]:
+    parameters = inspect.signature(VideoAutoencoder.__init__).parameters
+    return {name: p.default for name, p in parameters.items() if name != "self"}
+
+
+def _check_config(cfg: VAEConfig) -> None:
+    levels = len(cfg.block_out_channels)
+    if levels < 1:
+        raise ValueError("block_out_channels must list at least one channel count")
+    if cfg.down_block_types != ("DownEncoderBlock3D",) * levels:
+        raise ValueError(f"down_block_types must be {levels} x 'DownEncoderBlock3D', got {cfg.down_block_types}")
+    if cfg.up_block_types != ("UpDecoderBlock3D",) * levels:
+        raise ValueError(f"up_block_types must be {levels} x 'UpDecoderBlock3D', got {cfg.up_block_types}")
+    if cfg.act_fn not in ("silu", "swish"):
+        raise ValueError(f"act_fn must be 'silu', got {cfg.act_fn!r}")
+    if cfg.time_receptive_field not in ("full", "half"):
+        raise ValueError(f"time_receptive_field must be 'full' or 'half', got {cfg.time_receptive_field!r}")
+    if any(c % cfg.norm_num_groups for c in cfg.block_out_channels):
+        raise ValueError(f"norm_num_groups {cfg.norm_num_groups} must divide every block_out_channels entry")
+    if not 0 <= cfg.temporal_scale_num < levels:
+        raise ValueError(f"temporal_scale_num must be in [0, {levels - 1}], got {cfg.temporal_scale_num}")
+    if cfg.spatial_downsample_factor != 2 ** (levels - 1):
+        raise ValueError(f"spatial_downsample_factor must be {2 ** (levels - 1)} for {levels} blocks")
+    if ALIGN % cfg.spatial_downsample_factor:
+        raise ValueError(f"spatial_downsample_factor must divide {ALIGN} (the tiling's alignment)")
+    if cfg.temporal_downsample_factor != 2**cfg.temporal_scale_num:
+        raise ValueError(f"temporal_downsample_factor must be 2**temporal_scale_num = {2**cfg.temporal_scale_num}")
+    split = cfg.slicing_sample_min_size
+    if split < 1 or split % cfg.temporal_downsample_factor:
+        raise ValueError(
+            f"slicing_sample_min_size must be a positive multiple of {cfg.temporal_downsample_factor}, got {split}"
+        )
 
 
 def _is_temporal_level(cfg: VAEConfig, level: int) -> bool:
     """Whether the downsampler of encoder level `level` is temporal too: the official encoder makes its *last*
     `temporal_scale_num` downsamplers temporal; the decoder mirrors this with its *first* upsamplers."""
-    return level >= cfg.levels - 1 - cfg.temporal_scale_num
+    return level >= len(cfg.block_out_channels) - 1 - cfg.temporal_scale_num
 
 
 class Encoder3D(nn.Module):
@@ -143,6 +140,7 @@ class Encoder3D(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         channels = cfg.block_out_channels
+        levels = len(channels)
         full = cfg.time_receptive_field == "full"
         groups = cfg.norm_num_groups
         self.conv_in = CausalConv3d(cfg.in_channels, channels[0], 3, padding=1)
@@ -152,11 +150,11 @@ class Encoder3D(nn.Module):
                 out_channels=channels[i],
                 num_layers=cfg.layers_per_block,
                 groups=groups,
-                downsample=i < cfg.levels - 1,
+                downsample=i < levels - 1,
                 temporal_down=_is_temporal_level(cfg, i),
                 full_time_field=full,
             )
-            for i in range(cfg.levels)
+            for i in range(levels)
         )
         self.mid_block = MidBlock3D(channels[-1], groups, cfg.attention, full)
         self.conv_norm_out = FrameGroupNorm(groups, channels[-1], eps=1e-6)
@@ -168,6 +166,19 @@ class Encoder3D(nn.Module):
             x = block(x, memory)
         x = self.mid_block(x, memory)
         return self.conv_out(self.conv_norm_out(x, silu=True), memory)
+
+    def tile_blocks(self, quant_conv: CausalConv3d | None) -> list[Block]:
+        """The encoder (and quant_conv) as tiling blocks. No cut right after conv_in (it is cheap to recompute)
+        nor before a downsampler (its output is 4x smaller and it comes after the segment's last norm)."""
+        blocks = [conv_block("conv_in", self.conv_in, cut_after=False)]
+        for i, down in enumerate(self.down_blocks):
+            for j, res in enumerate(down.resnets):
+                before_down = j == len(down.resnets) - 1 and len(down.downsamplers) > 0
+                blocks.append(resnet_block(f"down{i}.res{j}", res, cut_after=not before_down))
+            blocks += [sampler_block(f"down{i}.down", sampler) for sampler in down.downsamplers]
+        blocks += _mid_tile_blocks(self.mid_block)
+        blocks.append(out_block("out", self.conv_norm_out, self.conv_out, quant_conv))
+        return blocks
 
 
 class Decoder3D(nn.Module):
@@ -186,11 +197,11 @@ class Decoder3D(nn.Module):
                 out_channels=channels[i],
                 num_layers=cfg.layers_per_block + 1,
                 groups=groups,
-                upsample=i < cfg.levels - 1,
+                upsample=i < len(channels) - 1,
                 temporal_up=i < cfg.temporal_scale_num,
                 full_time_field=full,
             )
-            for i in range(cfg.levels)
+            for i in range(len(channels))
         )
         self.mid_block = MidBlock3D(channels[0], groups, cfg.attention, full)
         self.conv_norm_out = FrameGroupNorm(groups, channels[-1], eps=1e-6)
@@ -203,13 +214,35 @@ class Decoder3D(nn.Module):
             x = block(x, memory)
         return self.conv_out(self.conv_norm_out(x, silu=True), memory)
 
+    def tile_blocks(self, post_quant_conv: CausalConv3d | None) -> list[Block]:
+        """post_quant_conv and the decoder as tiling blocks. No cut after conv_in, nor right after an upsampler:
+        its output is 4x the size of its input, so the following ResNet recomputes it instead."""
+        blocks = []
+        if post_quant_conv is not None:
+            blocks.append(conv_block("post_quant_conv", post_quant_conv, cut_after=False))
+        blocks.append(conv_block("conv_in", self.conv_in, cut_after=False))
+        blocks += _mid_tile_blocks(self.mid_block)
+        for i, up in enumerate(self.up_blocks):
+            blocks += [resnet_block(f"up{i}.res{j}", res) for j, res in enumerate(up.resnets)]
+            blocks += [sampler_block(f"up{i}.up", sampler, cut_after=False) for sampler in up.upsamplers]
+        blocks.append(out_block("out", self.conv_norm_out, self.conv_out, None))
+        return blocks
+
+
+def _mid_tile_blocks(mid: MidBlock3D) -> list[Block]:
+    blocks = [resnet_block("mid.res0", mid.resnets[0])]
+    blocks += [attention_block("mid.attn", attention) for attention in mid.attentions]
+    blocks.append(resnet_block("mid.res1", mid.resnets[1]))
+    return blocks
+
 
 #: One pass of the encoder or decoder over a clip or temporal chunk.
 Stage = Callable[[torch.Tensor, ChunkMemory | None], torch.Tensor]
 
 
 class VideoAutoencoder(ModelMixin, ConfigMixin):
-    """The SeedVR2 video VAE. The constructor arguments are the `VAEConfig` fields (see `from_vae_config`).
+    """The SeedVR2 video VAE. The constructor's arguments are its config (official field names, SeedVR2's
+    defaults), read back as `self.config`; `VAEConfig` checks a config dict before a model is built.
 
     `encode` returns the posterior `(mean, logvar)`; sampling and latent scaling (0.9152) are the pipeline's job.
     Set `temporal_slicing = False` to process long clips in one pass (same result, more memory). `channels_last`
@@ -217,34 +250,36 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     precision on CUDA, the layout cuDNN's half-precision convolutions work in, which otherwise converts every
     activation to it and back (on an H100: the VAE phases 5-10% faster, their peak memory a quarter lower at 4K,
     benchmarks/RESULTS.md); contiguous elsewhere, where it gained nothing.
+
+    No module has to stay in float32 (diffusers' `_keep_in_fp32_modules` is left unset): every GroupNorm computes
+    its statistics and affine in float32 from weights of any dtype.
     """
 
     @register_to_config
     def __init__(
         self,
-        in_channels: int = VAEConfig.in_channels,
-        out_channels: int = VAEConfig.out_channels,
-        latent_channels: int = VAEConfig.latent_channels,
-        block_out_channels: Sequence[int] = VAEConfig.block_out_channels,
-        layers_per_block: int = VAEConfig.layers_per_block,
-        norm_num_groups: int = VAEConfig.norm_num_groups,
-        act_fn: str = VAEConfig.act_fn,
-        down_block_types: Sequence[str] = VAEConfig.down_block_types,
-        up_block_types: Sequence[str] = VAEConfig.up_block_types,
-        temporal_scale_num: int = VAEConfig.temporal_scale_num,
-        spatial_downsample_factor: int = VAEConfig.spatial_downsample_factor,
-        temporal_downsample_factor: int = VAEConfig.temporal_downsample_factor,
-        slicing_sample_min_size: int = VAEConfig.slicing_sample_min_size,
-        time_receptive_field: str = VAEConfig.time_receptive_field,
-        attention: bool = VAEConfig.attention,
-        use_quant_conv: bool = VAEConfig.use_quant_conv,
-        use_post_quant_conv: bool = VAEConfig.use_post_quant_conv,
-        inflation_mode: str = VAEConfig.inflation_mode,
-        freeze_encoder: bool = VAEConfig.freeze_encoder,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        latent_channels: int = 16,
+        block_out_channels: tuple[int, ...] = (128, 256, 512, 512),
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        act_fn: str = "silu",
+        down_block_types: tuple[str, ...] = ("DownEncoderBlock3D",) * 4,
+        up_block_types: tuple[str, ...] = ("UpDecoderBlock3D",) * 4,
+        temporal_scale_num: int = 2,
+        spatial_downsample_factor: int = 8,
+        temporal_downsample_factor: int = 4,
+        slicing_sample_min_size: int = 4,  # frames per temporal chunk after the first (the pipeline's split_size)
+        time_receptive_field: str = "full",  # "half": the ResNets' first conv is 1x3x3
+        attention: bool = True,  # mid-block attention
+        use_quant_conv: bool = False,
+        use_post_quant_conv: bool = False,
+        inflation_mode: str = "pad",
+        freeze_encoder: bool = False,
     ):
         super().__init__()
-        cfg = VAEConfig(**{f.name: self.config[f.name] for f in dataclasses.fields(VAEConfig)})
-        self.vae_config = cfg
+        cfg = VAEConfig.from_dict(self.config)
         self.encoder = Encoder3D(cfg)
         self.decoder = Decoder3D(cfg)
         latent = cfg.latent_channels
@@ -257,24 +292,49 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     def from_vae_config(cls, cfg: VAEConfig) -> "VideoAutoencoder":
         return cls(**cfg.to_dict())
 
+    # ---- geometry: what the pipeline and the memory planner ask
+
     @property
     def temporal_factor(self) -> int:
-        return self.vae_config.temporal_downsample_factor
+        return self.config.temporal_downsample_factor
 
     @property
     def spatial_factor(self) -> int:
-        return self.vae_config.spatial_downsample_factor
+        return self.config.spatial_downsample_factor
+
+    def padded_frames(self, frames: int) -> int:
+        """The frame count a clip of `frames` frames is padded to: the causal VAE encodes `4n + 1` frames (an
+        image stays one frame)."""
+        if frames < 1:
+            raise ValueError(f"a video needs at least one frame, got {frames}")
+        return frames + (-(frames - 1)) % self.temporal_factor
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(C, t, h, w)` of the latent of `frames` frames (padded as `padded_frames`) of `height x width`
+        pixels (multiples of `spatial_factor`)."""
+        f = self.spatial_factor
+        latent_frames = (self.padded_frames(frames) - 1) // self.temporal_factor + 1
+        return (self.config.latent_channels, latent_frames, height // f, width // f)
+
+    def tile_blocks(self, phase: str) -> list[Block]:
+        """The tiling blocks (tile programs) of "encode" or "decode", the order in which they run."""
+        if phase == "encode":
+            return self.encoder.tile_blocks(self.quant_conv)
+        if phase == "decode":
+            return self.decoder.tile_blocks(self.post_quant_conv)
+        raise ValueError(f"phase must be 'encode' or 'decode', got {phase!r}")
+
+    # ---- running
 
     def encode(self, x: torch.Tensor, tiling: VAETiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`x (B, 3, T, H, W)` in [-1, 1] -> posterior `(mean, logvar)`, each `(B, 16, (T-1)/4 + 1, H/8, W/8)`.
 
         T must be 4n + 1 (1 for an image) and H, W multiples of 8. logvar is clamped to [-30, 20].
-        With `tiling`, the encoder runs in exact spatial tiles (`seedvr_local/vae_tiling.py`): same result.
+        With `tiling`, the encoder runs in exact spatial tiles (`tiled_encode`): same result.
         """
-        cfg = self.vae_config
-        _check_shape(x, "x", cfg.in_channels)
+        _check_shape(x, "x", self.config.in_channels)
         frames, height, width = x.shape[2:]
-        if (frames - 1) % self.temporal_factor:
+        if self.padded_frames(frames) != frames:
             raise ValueError(
                 f"the causal VAE encodes {self.temporal_factor}n+1 frames (1 for an image), got {frames}: "
                 "pad the clip, e.g. by repeating its last frame"
@@ -283,24 +343,33 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
             raise ValueError(f"height and width must be multiples of {self.spatial_factor}, got {height}x{width}")
         x = self._prepare(x)
         if tiling is not None:
-            moments = tiled_encode(self, x, tiling)
+            moments = self.tiled_encode(x, tiling)
         else:
-            moments = self._sliced(self._encode, x, cfg.slicing_sample_min_size)
+            moments = self._sliced(self._encode, x, self.config.slicing_sample_min_size)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
     def decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> torch.Tensor:
         """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1].
 
-        With `tiling`, the decoder runs in exact spatial tiles (`seedvr_local/vae_tiling.py`): same result.
+        With `tiling`, the decoder runs in exact spatial tiles (`tiled_decode`): same result.
         """
-        cfg = self.vae_config
-        _check_shape(z, "z", cfg.latent_channels)
+        _check_shape(z, "z", self.config.latent_channels)
         z = self._prepare(z)
         if tiling is not None:
-            return tiled_decode(self, z, tiling)
-        split = cfg.slicing_sample_min_size // self.temporal_factor
+            return self.tiled_decode(z, tiling)
+        split = self.config.slicing_sample_min_size // self.temporal_factor
         return self._sliced(self._decode, z, split)
+
+    def tiled_encode(self, x: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+        """The encoder's moments `(B, 32, t, H/8, W/8)` of `x (B, 3, T, H, W)` (on the VAE's device and dtype),
+        computed in exact spatial tiles (`seedvr_local/models/vae_tiling.py`), all frames at once."""
+        return run_blocks(self.tile_blocks("encode"), x, tuple(x.shape[-2:]), tiling, x.device)
+
+    def tiled_decode(self, z: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+        """The decoded video `(B, 3, T, 8h, 8w)` of the latent `z (B, 16, t, h, w)`, in exact spatial tiles."""
+        image_size = (z.shape[-2] * self.spatial_factor, z.shape[-1] * self.spatial_factor)
+        return run_blocks(self.tile_blocks("decode"), z, image_size, tiling, z.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean."""
@@ -356,17 +425,16 @@ _DEPRECATED_ATTENTION_KEY = re.compile(
 _RENAMED_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 
 
-def convert_deprecated_attention_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Rename old diffusers attention keys of the VAE (`query`, `key`, `value`, `proj_attn` under
-    `*.mid_block.attentions.N`) to the current ones (`to_q`, `to_k`, `to_v`, `to_out.0`), keeping the order.
+def current_attention_key(key: str) -> str:
+    """The current name of a VAE state_dict key: old diffusers attention names (`query`, `key`, `value`,
+    `proj_attn` under `*.mid_block.attentions.N`) become `to_q`, `to_k`, `to_v`, `to_out.0`; other keys stay."""
+    match = _DEPRECATED_ATTENTION_KEY.match(key)
+    if match is None:
+        return key
+    prefix, old, param = match.groups()
+    return f"{prefix}{_RENAMED_ATTENTION[old]}.{param}"
 
-    Only keys change; values are passed through untouched. Other keys are kept as they are.
-    """
-    converted = {}
-    for key, value in state_dict.items():
-        match = _DEPRECATED_ATTENTION_KEY.match(key)
-        if match:
-            prefix, old, param = match.groups()
-            key = f"{prefix}{_RENAMED_ATTENTION[old]}.{param}"
-        converted[key] = value
-    return converted
+
+def convert_deprecated_attention_keys(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """`state_dict` with `current_attention_key` names, in the same order; values are passed through untouched."""
+    return {current_attention_key(key): value for key, value in state_dict.items()}

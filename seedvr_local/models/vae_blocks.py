@@ -66,6 +66,15 @@ class CausalConv3d(nn.Conv3d):
         self.head_frames = 2 * padding[0]
         self.tail_frames = kernel_size[0] - stride[0]
 
+    @property
+    def halo(self) -> tuple[int, int]:
+        """Rows and columns of input each output pixel reaches beyond its own on every side (the zero padding)."""
+        return self.padding[1], self.padding[2]
+
+    def frames_after(self, frames: int) -> int:
+        """Output frames of a whole clip of `frames` frames (the head frames in front of it)."""
+        return (frames + self.head_frames - self.kernel_size[0]) // self.stride[0] + 1
+
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
         if memory is None and x.shape[2] == 1 and self.kernel_size[0] == self.head_frames + 1:
             return self.single_frame(x)
@@ -141,6 +150,14 @@ class Downsample3D(nn.Module):
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)), memory)
 
+    def frames_after(self, frames: int) -> int:
+        return self.conv.frames_after(frames)
+
+    @staticmethod
+    def size_after(size: tuple[int, int]) -> tuple[int, int]:
+        """(rows, columns) after the right/bottom pad and the stride-2 3x3 conv: halved, rounding up."""
+        return (size[0] - 2) // 2 + 1, (size[1] - 2) // 2 + 1
+
 
 class Upsample3D(nn.Module):
     """A 1x1x1 conv to `C * r` channels, a pixel shuffle to `(2T or T, 2H, 2W)`, then a causal 3x3x3 conv.
@@ -157,6 +174,14 @@ class Upsample3D(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
         return self.conv(self.shuffle(x, memory), memory)
+
+    def frames_after(self, frames: int) -> int:
+        """A whole clip's frames: each frame becomes `temporal_ratio`, less the dropped copies of the first."""
+        return self.temporal_ratio * (frames - 1) + 1
+
+    @staticmethod
+    def size_after(size: tuple[int, int]) -> tuple[int, int]:
+        return 2 * size[0], 2 * size[1]
 
     def shuffle(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
         """Everything before the 3x3x3 conv: `upscale_conv`, the pixel shuffle and the head-frame drop."""

@@ -33,7 +33,7 @@ grows with the frame count.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -48,13 +48,12 @@ from seedvr_local.models.vae_blocks import (
     FrameAttention,
     FrameGroupNorm,
     ResnetBlock3D,
+    Upsample3D,
     query_chunks,
 )
 
-if TYPE_CHECKING:
-    from seedvr_local.models.vae import VideoAutoencoder
-
-#: Spatial alignment of tile cores in image pixels: the VAE's spatial factor, so cores map to whole latent pixels.
+#: Tile cores are multiples of this many image pixels, so that every level of a VAE with up to three 2x
+#: downsamplers (SeedVR2's: spatial factor 8) cuts them at whole pixels. `VideoAutoencoder` checks its factor.
 ALIGN = 8
 STORE_SCALES = (1, 2, 4, 8)
 
@@ -90,16 +89,55 @@ class VAETiling:
 class Op:
     """One step of a tile program. `kind`: "conv" (a stride-1 CausalConv3d), "norm" (FrameGroupNorm + SiLU,
     with whole-frame statistics), "push" (keep the ResNet input), "add" (pop it, through `module` if that is the
-    shortcut conv, and add), "down" (Downsample3D), "up" (Upsample3D)."""
+    shortcut conv, and add), "down" (Downsample3D), "up" (Upsample3D).
+
+    The methods below are the op's geometry as its module states it: what the memory model needs to follow a
+    tensor through the program without looking inside the modules."""
 
     kind: str
     module: nn.Module | None = None
+
+    @property
+    def conv(self) -> CausalConv3d | None:
+        """The causal conv the op runs on its tile (a sampler's own conv), if any; the shortcut is not counted."""
+        if self.kind == "conv":
+            return self.module
+        return self.module.conv if self.kind in ("down", "up") else None
+
+    def size_after(self, size: Size) -> Size:
+        return self.module.size_after(size) if self.kind in ("down", "up") else size
+
+    def frames_after(self, frames: int) -> int:
+        return self.module.frames_after(frames) if self.kind in ("down", "up") else frames
+
+    def channels_after(self, channels: int) -> int:
+        conv = self.conv
+        return channels if conv is None else conv.out_channels
+
+    @property
+    def weight_numel(self) -> int:
+        conv = self.conv
+        return 0 if conv is None else conv.weight.numel()
+
+    @property
+    def image_weight_numel(self) -> int:
+        """Values of the summed 2-D weight a tile run keeps for a single frame (`CausalConv3d.single_frame`)."""
+        conv = self.conv
+        return 0 if conv is None else conv.weight.numel() // conv.kernel_size[0]
+
+    @property
+    def head_frames(self) -> int:
+        """Frames a causal conv puts in front of a clip (copies of its first frame)."""
+        conv = self.conv
+        return 0 if conv is None else conv.head_frames
 
 
 @dataclass(eq=False)
 class Block:
     """A unit whose output may be kept as a cut. `ops` is its tile program; `whole` runs it on a whole frame
-    (the module's own forward); attention blocks have no program and always sit between two cuts."""
+    (the module's own forward); attention blocks have no program and always sit between two cuts. `name` is
+    `container.part` for the parts of a container module (`down1.res0`), whose input the module's forward keeps
+    alive while they run."""
 
     name: str
     ops: tuple[Op, ...]
@@ -108,11 +146,11 @@ class Block:
     cut_after: bool = True  # whether its output may be a cut (False where recomputing it is cheaper)
 
 
-def _conv_block(name: str, conv: CausalConv3d, cut_after: bool = True) -> Block:
+def conv_block(name: str, conv: CausalConv3d, cut_after: bool = True) -> Block:
     return Block(name, (Op("conv", conv),), conv, cut_after=cut_after)
 
 
-def _resnet_block(name: str, res: ResnetBlock3D, cut_after: bool = True) -> Block:
+def resnet_block(name: str, res: ResnetBlock3D, cut_after: bool = True) -> Block:
     ops = (
         Op("push"),
         Op("norm", res.norm1),
@@ -124,7 +162,12 @@ def _resnet_block(name: str, res: ResnetBlock3D, cut_after: bool = True) -> Bloc
     return Block(name, ops, res, cut_after=cut_after)
 
 
-def _out_block(name: str, norm: FrameGroupNorm, conv: CausalConv3d, extra: CausalConv3d | None) -> Block:
+def sampler_block(name: str, sampler: Downsample3D | Upsample3D, cut_after: bool = True) -> Block:
+    kind = "down" if isinstance(sampler, Downsample3D) else "up"
+    return Block(name, (Op(kind, sampler),), sampler, cut_after=cut_after)
+
+
+def out_block(name: str, norm: FrameGroupNorm, conv: CausalConv3d, extra: CausalConv3d | None) -> Block:
     ops = (Op("norm", norm), Op("conv", conv)) + ((Op("conv", extra),) if extra is not None else ())
 
     def whole(x: torch.Tensor) -> torch.Tensor:
@@ -134,49 +177,8 @@ def _out_block(name: str, norm: FrameGroupNorm, conv: CausalConv3d, extra: Causa
     return Block(name, ops, whole)
 
 
-def _attention_block(name: str, attention: FrameAttention) -> Block:
+def attention_block(name: str, attention: FrameAttention) -> Block:
     return Block(name, (), attention, attention=attention)
-
-
-def encoder_blocks(vae: "VideoAutoencoder") -> list[Block]:
-    """The encoder (and quant_conv) as blocks. No cut right after conv_in (it is cheap to recompute) nor before
-    a downsampler (its output is 4x smaller and it comes after the segment's last norm)."""
-    enc = vae.encoder
-    blocks = [_conv_block("conv_in", enc.conv_in, cut_after=False)]
-    for i, down in enumerate(enc.down_blocks):
-        for j, res in enumerate(down.resnets):
-            before_down = j == len(down.resnets) - 1 and len(down.downsamplers) > 0
-            blocks.append(_resnet_block(f"down{i}.res{j}", res, cut_after=not before_down))
-        for sampler in down.downsamplers:
-            blocks.append(Block(f"down{i}.down", (Op("down", sampler),), sampler))
-    blocks += _mid_blocks(enc.mid_block)
-    blocks.append(_out_block("out", enc.conv_norm_out, enc.conv_out, vae.quant_conv))
-    return blocks
-
-
-def decoder_blocks(vae: "VideoAutoencoder") -> list[Block]:
-    """post_quant_conv and the decoder as blocks. No cut after conv_in, nor right after an upsampler: its output
-    is 4x the size of its input, so the following ResNet recomputes it instead."""
-    dec = vae.decoder
-    blocks = []
-    if vae.post_quant_conv is not None:
-        blocks.append(_conv_block("post_quant_conv", vae.post_quant_conv, cut_after=False))
-    blocks.append(_conv_block("conv_in", dec.conv_in, cut_after=False))
-    blocks += _mid_blocks(dec.mid_block)
-    for i, up in enumerate(dec.up_blocks):
-        for j, res in enumerate(up.resnets):
-            blocks.append(_resnet_block(f"up{i}.res{j}", res))
-        for sampler in up.upsamplers:
-            blocks.append(Block(f"up{i}.up", (Op("up", sampler),), sampler, cut_after=False))
-    blocks.append(_out_block("out", dec.conv_norm_out, dec.conv_out, None))
-    return blocks
-
-
-def _mid_blocks(mid: nn.Module) -> list[Block]:
-    blocks = [_resnet_block("mid.res0", mid.resnets[0])]
-    blocks += [_attention_block("mid.attn", attention) for attention in mid.attentions]
-    blocks.append(_resnet_block("mid.res1", mid.resnets[1]))
-    return blocks
 
 
 @dataclass(eq=False)
@@ -188,6 +190,15 @@ class Segment:
     ops: tuple[Op, ...]
     sizes: list[Size]
 
+    @classmethod
+    def of(cls, blocks: list[Block], size: Size) -> "Segment":
+        """`blocks` run in one segment from an input frame of `size`."""
+        ops = tuple(op for block in blocks for op in block.ops)
+        sizes = [size]
+        for op in ops:
+            sizes.append(op.size_after(sizes[-1]))
+        return cls(blocks, ops, sizes)
+
     @property
     def attention(self) -> FrameAttention | None:
         return self.blocks[0].attention
@@ -196,13 +207,12 @@ class Segment:
 def segments(blocks: list[Block], size: Size, image_size: Size, store_scale: int) -> list[Segment]:
     """Split `blocks` (input frame `size`) at the cuts that `store_scale` allows: after a block whose output may
     be a cut and is at `1 / store_scale` of `image_size` or coarser, around attention, and at the end."""
-    out, current, ops, sizes = [], [], [], [size]
+    out, current = [], []
+    start = size
     for i, block in enumerate(blocks):
         for op in block.ops:
-            size = size_after(op, size)
-            sizes.append(size)
+            size = op.size_after(size)
         current.append(block)
-        ops += block.ops
         last = i == len(blocks) - 1
         scale = image_size[0] // size[0]
         cut = (
@@ -212,20 +222,12 @@ def segments(blocks: list[Block], size: Size, image_size: Size, store_scale: int
             or (block.cut_after and scale >= store_scale)
         )
         if cut:
-            out.append(Segment(current, tuple(ops), sizes))
-            current, ops, sizes = [], [], [size]
+            out.append(Segment.of(current, start))
+            current, start = [], size
     return out
 
 
 # --------------------------------------------------------------------------------------------------- geometry
-
-
-def size_after(op: Op, size: Size) -> Size:
-    if op.kind == "down":  # right/bottom pad by one, kernel 3, stride 2
-        return ((size[0] - 2) // 2 + 1, (size[1] - 2) // 2 + 1)
-    if op.kind == "up":
-        return (2 * size[0], 2 * size[1])
-    return size
 
 
 def _grow(a: int, b: int, halo: int, n: int) -> tuple[int, int]:
@@ -237,12 +239,12 @@ def _input_region(op: Op, need: Region, size_in: Size) -> Region:
     r0, r1, c0, c1 = need
     rows, cols = size_in
     if op.kind == "conv":
-        ph, pw = op.module.padding[1], op.module.padding[2]
+        ph, pw = op.module.halo
         return (*_grow(r0, r1, ph, rows), *_grow(c0, c1, pw, cols))
     if op.kind == "down":  # output i reads rows 2i .. 2i + 2; row `rows` is the zero pad
         return (2 * r0, min(2 * r1 + 1, rows), 2 * c0, min(2 * c1 + 1, cols))
     if op.kind == "up":  # the conv at twice the size, then the pixel shuffle
-        ph, pw = op.module.conv.padding[1], op.module.conv.padding[2]
+        ph, pw = op.module.conv.halo
         a0, a1, b0, b1 = (*_grow(r0, r1, ph, 2 * rows), *_grow(c0, c1, pw, 2 * cols))
         return (a0 // 2, -(-a1 // 2), b0 // 2, -(-b1 // 2))
     return need  # norm, push, add: pointwise
@@ -341,7 +343,7 @@ class _TileRun:
     def conv(self, conv: CausalConv3d, x: torch.Tensor, region: Region, size: Size) -> tuple[torch.Tensor, Region]:
         """A stride-1 conv with its own zero padding; the output rows and columns next to an inner tile side saw
         zeros instead of their neighbours and are dropped, so the tile shrinks by the padding there."""
-        ph, pw = conv.padding[1], conv.padding[2]
+        ph, pw = conv.halo
         r0, r1, c0, c1 = region
         top, bottom, left, right = ph * (r0 > 0), ph * (r1 < size[0]), pw * (c0 > 0), pw * (c1 < size[1])
         y = self.run_conv(conv, x)
@@ -478,18 +480,3 @@ def attention_in_place_(attention: FrameAttention, x: torch.Tensor, device: torc
         out = attention.attend(tokens(span), keys, values)  # (BT, 1, n, C)
         flat[..., span] += out.reshape(b, t, -1, c).permute(0, 3, 1, 2).to(x.device)
     return x
-
-
-# ----------------------------------------------------------------------------------------------- entry points
-
-
-def tiled_encode(vae: "VideoAutoencoder", x: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
-    """The encoder's moments `(B, 32, t, H/8, W/8)` of `x (B, 3, T, H, W)` (on the VAE's device and dtype)."""
-    return run_blocks(encoder_blocks(vae), x, tuple(x.shape[-2:]), tiling, x.device)
-
-
-def tiled_decode(vae: "VideoAutoencoder", z: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
-    """The decoded video `(B, 3, T, 8h, 8w)` of the latent `z (B, 16, t, h, w)`."""
-    factor = vae.spatial_factor
-    image_size = (z.shape[-2] * factor, z.shape[-1] * factor)
-    return run_blocks(decoder_blocks(vae), z, image_size, tiling, z.device)
