@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from seedvr_local.server.endpoint import ENDPOINT_ID
 from seedvr_local.server.engine import EngineFactory
@@ -75,7 +79,10 @@ def create_app(
         summary=f"Self-hosted SeedVR2 speaking fal's {ENDPOINT_ID} protocol",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served by `_serve_docs`, from this server's own files
+        redoc_url=None,
     )
+    _serve_docs(app)
     install_handlers(app)
     for router in (run.router, queue.router, storage.router, health.router, wellknown.router):
         app.include_router(router)
@@ -92,6 +99,39 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+#: Swagger UI and ReDoc as the fastapi-offline package ships them (kept current with their releases).
+DOCS_ASSETS = importlib.resources.files("fastapi_offline") / "static"
+DOCS_ASSETS_URL = "/docs-assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every script, style and icon from this server, not a CDN:
+    the pages work on a host without internet."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            # no validator badge: it would send the document to validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def _report_crash(task: asyncio.Task) -> None:
