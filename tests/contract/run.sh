@@ -5,12 +5,12 @@
 # deterministic data, and a hard wall-clock limit (CONTRACT_TIME_LIMIT_S, default 240 s).
 #
 #   tests/contract/run.sh                 # from the repository root, with .venv installed (.[test])
-#   MAX_EXAMPLES=200 tests/contract/run.sh   # longer, on demand
+#   MAX_EXAMPLES=1000 CONTRACT_TIME_LIMIT_S=1200 tests/contract/run.sh   # longer, on demand
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 PYTHON=${PYTHON:-.venv/bin/python}
-MAX_EXAMPLES=${MAX_EXAMPLES:-30}
+MAX_EXAMPLES=${MAX_EXAMPLES:-200}
 LIMIT_S=${CONTRACT_TIME_LIMIT_S:-240}
 WEIGHTS=${SEEDVR_TINY_MODEL:-${SEEDVR_REFERENCE_DIR:-../shared/reference}/tiny_model}
 if [ ! -d "$WEIGHTS" ]; then
