@@ -16,13 +16,17 @@ from seedvr_local.server.schema import IMAGE_URL_SCHEMES, SeedVRImageInput, pars
 from seedvr_local.server.state import ServerState
 
 
+def _any_case(text: str) -> str:
+    """A JSON Schema regex (ECMA syntax, no flags) matching `text` in any letter case."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
 
 def _input_schema() -> dict[str, Any]:
-    """The input model's JSON schema, with the image_url schemes the validator checks as a pattern
-    (case-insensitive, in the only regex syntax JSON Schema has), so generators know a valid value."""
+    """The input model's JSON schema, with the image_url schemes its validator checks as a pattern,
+    so the document (and a generator reading it) knows what a valid image_url starts with."""
     schema = SeedVRImageInput.model_json_schema()
-    any_case = ("".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in s) for s in IMAGE_URL_SCHEMES)
-    schema["properties"]["image_url"]["pattern"] = f"^(?:{'|'.join(any_case)})"
+    schemes = "|".join(_any_case(scheme) for scheme in IMAGE_URL_SCHEMES)
+    schema["properties"]["image_url"]["pattern"] = f"^(?:{schemes})"
     return schema
 
 

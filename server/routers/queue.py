@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, NamedTuple
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -41,8 +41,12 @@ router = APIRouter(tags=["queue"], dependencies=[Depends(require_key)], response
 
 #: Operation ids of the request routes, and the OpenAPI links from a submit's `request_id` to them
 #: (what lets a contract fuzzer follow a request through its life).
-_OPERATIONS = {"status": "queue_status", "status_stream": "queue_status_stream", "result": "queue_result",
-               "cancel": "queue_cancel"}
+_OPERATIONS = {
+    "status": "queue_status",
+    "status_stream": "queue_status_stream",
+    "result": "queue_result",
+    "cancel": "queue_cancel",
+}
 _SUBMIT_LINKS = {
     name.title().replace("_", ""): {
         "operationId": operation_id,
@@ -112,6 +116,8 @@ async def _check_webhook(state: ServerState, url: str) -> None:
 
 
 class EventStreamResponse(StreamingResponse):
+    """Server-sent events (the JS client reads a body as events only under this content type)."""
+
     media_type = "text/event-stream"
 
 
@@ -186,12 +192,22 @@ _STATUS_EVENT = {
         "event": {"type": "string"},
     },
 }
-_IN_FLIGHT = "The request has not completed yet (IN_QUEUE or IN_PROGRESS)"
-_CANCEL = {"model": CancelResult}
+
+
+class _RequestRoute(NamedTuple):
+    suffix: str
+    endpoint: Callable
+    method: str
+    model: type | None
+    summary: str
+    status_code: int
+    responses: dict
+
+
 # The request routes: canonical /queue/<owner>/<alias>/requests/..., plus tolerated spellings.
 _SPELLINGS = [f"/queue/{APP_ID}", f"/queue/{ENDPOINT_ID}", f"/{APP_ID}", f"/{ENDPOINT_ID}"]
 _ROUTES = [
-    (
+    _RequestRoute(
         "/requests/{request_id}/status",
         status,
         "GET",
@@ -204,7 +220,7 @@ _ROUTES = [
             **error_responses(404),
         },
     ),
-    (
+    _RequestRoute(
         "/requests/{request_id}/status/stream",
         status_stream,
         "GET",
@@ -220,7 +236,7 @@ _ROUTES = [
             **error_responses(404),
         },
     ),
-    (
+    _RequestRoute(
         "/requests/{request_id}",
         result,
         "GET",
@@ -229,11 +245,11 @@ _ROUTES = [
         200,
         {
             200: {"description": "The output", "headers": _HEADER_ID},
-            400: {"model": error_responses(400)[400]["model"], "description": _IN_FLIGHT},
+            400: {**error_responses(400)[400], "description": "Not completed yet (IN_QUEUE or IN_PROGRESS)"},
             **error_responses(404, 422, 499, 500, 503, 504),
         },
     ),
-    (
+    _RequestRoute(
         "/requests/{request_id}/cancel",
         cancel,
         "PUT",
@@ -241,25 +257,26 @@ _ROUTES = [
         "Cancel",
         202,
         {
-            202: {**_CANCEL, "description": "CANCELLATION_REQUESTED: a queued request never runs, a running one stops"},
-            400: {**_CANCEL, "description": "ALREADY_COMPLETED"},
-            **error_responses(404),
+            202: {"description": "CANCELLATION_REQUESTED: a queued request never runs, a running one stops"},
+            400: {"model": CancelResult, "description": "ALREADY_COMPLETED"},
+            404: {"model": CancelResult, "description": "NOT_FOUND (with `detail` and `error_type`)"},
         },
     ),
 ]
 for _index, _prefix in enumerate(_SPELLINGS):
-    for _suffix, _endpoint, _method, _model, _summary, _status, _responses in _ROUTES:
+    for _route in _ROUTES:
+        _name = _route.endpoint.__name__
         router.add_api_route(
-            _prefix + _suffix,
-            _endpoint,
-            methods=[_method],
-            response_model=_model,
+            _prefix + _route.suffix,
+            _route.endpoint,
+            methods=[_route.method],
+            response_model=_route.model,
             # no media type for the stream's route: its errors are JSON, its 200 is declared as events
-            response_class=StreamingResponse if _endpoint is status_stream else JSONResponse,
-            status_code=_status,
-            responses=_responses,
+            response_class=StreamingResponse if _route.endpoint is status_stream else JSONResponse,
+            status_code=_route.status_code,
+            responses=_route.responses,
             include_in_schema=_index == 0,
-            name=f"{_endpoint.__name__}{_index}",
-            operation_id=_OPERATIONS[_endpoint.__name__] if _index == 0 else None,
-            summary=_summary,
+            name=f"{_name}{_index}",
+            operation_id=_OPERATIONS[_name] if _index == 0 else None,
+            summary=_route.summary,
         )
