@@ -19,7 +19,7 @@ from seedvr_local.server.engine import EngineFactory
 from seedvr_local.server.errors import install_handlers
 from seedvr_local.server.middleware import CrashGuardMiddleware, RequestIdMiddleware
 from seedvr_local.server.netguard import NetGuard
-from seedvr_local.server.proxy import FalProxyMiddleware
+from seedvr_local.server.proxy import PROXY_PATH, FalProxyMiddleware, openapi_path
 from seedvr_local.server.retention import Retention
 from seedvr_local.server.routers import health, queue, run, storage, wellknown
 from seedvr_local.server.settings import ServerSettings
@@ -83,6 +83,7 @@ def create_app(
         redoc_url=None,
     )
     _serve_docs(app)
+    _document_proxy(app)
     install_handlers(app)
     for router in (run.router, queue.router, storage.router, health.router, wellknown.router):
         app.include_router(router)
@@ -132,6 +133,17 @@ def _serve_docs(app: FastAPI) -> None:
             redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
             with_google_fonts=False,
         )
+
+
+def _document_proxy(app: FastAPI) -> None:
+    """The proxy is middleware, invisible to FastAPI: its path joins the generated document."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            FastAPI.openapi(app)["paths"][PROXY_PATH] = openapi_path("#/components/schemas/RequestErrorBody")
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _report_crash(task: asyncio.Task) -> None:

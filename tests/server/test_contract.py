@@ -78,7 +78,7 @@ def test_every_error_answer_is_declared_with_fals_error_body(client):
     for path, operations in document["paths"].items():
         for method, operation in operations.items():
             for code, response in operation["responses"].items():
-                if int(code) >= 400:
+                if code == "default" or int(code) >= 400:
                     assert response.get("content"), (method, path, code)
 
 
@@ -184,3 +184,27 @@ def test_a_decompression_bomb_quotes_the_servers_pixel_limit(make_client):
     assert response.status_code == 422
     message = response.json()["detail"][0]["msg"]
     assert "1,234,567" in message and "178,956,970" not in message
+
+
+# --- the proxy route is in the document and keeps to it -----------------------------------------
+
+
+def test_the_proxy_is_documented(client):
+    operations = client.get("/openapi.json").json()["paths"]["/api/fal/proxy"]
+    assert set(operations) == {"get", "post", "put"}
+    [header] = operations["post"]["parameters"]
+    assert header["name"] == "x-fal-target-url" and header["required"]
+    assert re.match(header["schema"]["pattern"], "https://queue.fal.run/fal-ai/seedvr/upscale/image")
+    assert not re.match(header["schema"]["pattern"], "https://fal.run.evil.com/x")
+
+
+def test_the_proxy_answers_405_to_other_methods(client):
+    target = {"x-fal-target-url": "https://fal.run/fal-ai/seedvr/upscale/image"}
+    response = client.delete("/api/fal/proxy", headers=target)
+    assert response.status_code == 405 and response.headers["allow"] == "GET, POST, PUT"
+
+
+@pytest.mark.parametrize("target", ["https://fal.run:[/x", "https://fal.run:1@evil.com/", "https://FAL.run/x"])
+def test_malformed_proxy_targets_are_400_not_a_crash(client, target):
+    response = client.post("/api/fal/proxy", headers={"x-fal-target-url": target}, json={})
+    assert response.status_code == 400 and "detail" in response.json()
