@@ -29,7 +29,7 @@ trap cleanup EXIT
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
 "$PYTHON" -m seedvr_local.cli serve --weights-dir "$WEIGHTS" --device cpu --port "$port" \
-  --data-dir "$work/data" --access-log >"$work/server.log" 2>&1 &
+  --data-dir "$work/data" >"$work/server.log" 2>&1 &
 server_pid=$!
 
 for _ in $(seq 1 120); do
