@@ -64,7 +64,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
     """
     if not data:
         raise InvalidImageError("the image is empty (0 bytes)")
-    image = _open(data)
+    image = _open(data, max_pixels)
     width, height = image.size
     if width < 1 or height < 1:
         raise InvalidImageError(f"the image has no pixels ({width}x{height})")
@@ -160,8 +160,12 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _open(data: bytes) -> Image.Image:
-    """Open (parse the header of) image bytes; no pixel is decoded yet."""
+def _open(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Open (parse the header of) image bytes; no pixel is decoded yet.
+
+    Pillow refuses a header of more than twice its `MAX_IMAGE_PIXELS` before anyone sees the size; when
+    the caller has a lower limit of its own, that is the limit the refusal quotes.
+    """
     Image.init()
     formats = [name for name in _READABLE_FORMATS if name in Image.OPEN]
     with warnings.catch_warnings():
@@ -170,6 +174,8 @@ def _open(data: bytes) -> Image.Image:
         try:
             return Image.open(io.BytesIO(data), formats=formats)
         except Image.DecompressionBombError as exc:
+            if max_pixels is not None and max_pixels <= 2 * Image.MAX_IMAGE_PIXELS:
+                raise ImageTooLargeError(f"the image has more pixels than the limit of {max_pixels:,}") from exc
             raise ImageTooLargeError(f"the image is too large to decode safely: {_one_line(exc)}") from exc
         except Image.UnidentifiedImageError as exc:
             raise InvalidImageError(f"the data is not an image in a supported format ({', '.join(formats)})") from exc

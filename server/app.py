@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.resources
 import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from seedvr_local import __version__
 from seedvr_local.server.endpoint import ENDPOINT_ID
@@ -16,7 +20,7 @@ from seedvr_local.server.engine import EngineFactory
 from seedvr_local.server.errors import install_handlers
 from seedvr_local.server.middleware import CrashGuardMiddleware, RequestIdMiddleware
 from seedvr_local.server.netguard import NetGuard
-from seedvr_local.server.proxy import FalProxyMiddleware
+from seedvr_local.server.proxy import PROXY_PATH, FalProxyMiddleware, openapi_path
 from seedvr_local.server.retention import Retention
 from seedvr_local.server.routers import health, queue, run, storage, wellknown
 from seedvr_local.server.settings import ServerSettings
@@ -76,7 +80,11 @@ def create_app(
         summary=f"Self-hosted SeedVR2 speaking fal's {ENDPOINT_ID} protocol",
         version=__version__,
         lifespan=lifespan,
+        docs_url=None,  # served by `_serve_docs`, from this server's own files
+        redoc_url=None,
     )
+    _serve_docs(app)
+    _document_proxy(app)
     install_handlers(app)
     for router in (run.router, queue.router, storage.router, health.router, wellknown.router):
         app.include_router(router)
@@ -93,6 +101,50 @@ def create_app(
     )
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+#: Swagger UI and ReDoc as the fastapi-offline package ships them (kept current with their releases).
+DOCS_ASSETS = importlib.resources.files("fastapi_offline") / "static"
+DOCS_ASSETS_URL = "/docs-assets"
+
+
+def _serve_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with every script, style and icon from this server, not a CDN:
+    the pages work on a host without internet."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API",
+            swagger_js_url=f"{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            # no validator badge: it would send the document to validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=app.openapi_url,
+            title=f"{app.title} - API",
+            redoc_js_url=f"{DOCS_ASSETS_URL}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS_URL}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def _document_proxy(app: FastAPI) -> None:
+    """The proxy is middleware, invisible to FastAPI: its path joins the generated document."""
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            FastAPI.openapi(app)["paths"][PROXY_PATH] = openapi_path("#/components/schemas/RequestErrorBody")
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 def _report_crash(task: asyncio.Task) -> None:

@@ -13,8 +13,50 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from seedvr_local.server.schema import InputError
+
+
+class ErrorItem(BaseModel):
+    """One invalid input: where (`loc`, starting with "body", "query", "header" or "path"), what and why."""
+
+    model_config = ConfigDict(extra="allow")
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ModelErrorBody(BaseModel):
+    """An input the model cannot process (FastAPI's shape, as fal answers it)."""
+
+    detail: list[ErrorItem]
+
+
+class RequestErrorBody(BaseModel):
+    """Any other failure; `error_type` (also in the X-Fal-Error-Type header) when there is one."""
+
+    detail: str
+    error_type: str | None = Field(None, examples=["request_timeout", "client_cancelled", "bad_request"])
+
+
+#: What each status code means, wherever a route can answer it (the OpenAPI document quotes these).
+ERROR_MEANINGS: dict[int, tuple[type[BaseModel], str]] = {
+    400: (RequestErrorBody, "The request is malformed (a header, a JSON body) or not possible in this state"),
+    401: (RequestErrorBody, "The server has API keys and the request carries none of them"),
+    404: (RequestErrorBody, "No such request, file or upload (ids are the server's own)"),
+    413: (RequestErrorBody, "The body is larger than the server accepts"),
+    422: (ModelErrorBody, "The input is invalid, or names an image that cannot be used (download, decode, size)"),
+    499: (RequestErrorBody, "The request was cancelled (`client_cancelled`)"),
+    500: (RequestErrorBody, "The model failed on this input (`runner_server_error`)"),
+    503: (RequestErrorBody, "The model is not loaded, or ran out of device memory"),
+    504: (RequestErrorBody, "The request did not start within its x-fal-request-timeout (`request_timeout`)"),
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error codes, each with its body model and meaning."""
+    return {code: {"model": ERROR_MEANINGS[code][0], "description": ERROR_MEANINGS[code][1]} for code in codes}
 
 
 class FalError(Exception):

@@ -16,9 +16,9 @@ from urllib.parse import unquote_to_bytes
 import httpx
 
 from seedvr_local.server.netguard import BlockedURLError, NetGuard
-from seedvr_local.server.storage import FileStore
+from seedvr_local.server.storage import ID_PATTERN, FileStore
 
-_OWN_FILE = re.compile(r"/files/(?P<id>[A-Za-z0-9_-]{16,64})(?:/[^/]*)?$")
+_OWN_FILE = re.compile(rf"/files/(?P<id>{ID_PATTERN})(?:/[^/]*)?$")
 USER_AGENT = "seedvr-local (image_url fetch)"
 
 
@@ -39,6 +39,20 @@ class FetchError(Exception):
     def __init__(self, message: str, error_type: str = "file_download_error"):
         super().__init__(message)
         self.error_type = error_type
+
+
+def _decode_base64(payload: str) -> bytes:
+    """Standard or URL-safe base64 (some encoders use that alphabet), padding optional; anything else
+    is refused, never skipped (skipping turned broken base64 into an "empty image")."""
+    padded = payload + "=" * (-len(payload) % 4)
+    for altchars in (None, b"-_"):
+        try:
+            return base64.b64decode(padded, altchars=altchars, validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    bad = next((c for c in payload if not (c.isascii() and (c.isalnum() or c in "+/-_="))), None)
+    why = f"the character {bad!r} is not a base64 digit" if bad is not None else "its padding or length is wrong"
+    raise FetchError(f"the data URI is not valid base64: {why}")
 
 
 class ImageFetcher:
@@ -75,13 +89,7 @@ class ImageFetcher:
             payload = re.sub(r"\s+", "", payload)
             if len(payload) * 3 // 4 > self.max_bytes:
                 raise self._too_large()
-            try:
-                data = base64.b64decode(payload, validate=True)
-            except (binascii.Error, ValueError):
-                try:  # some encoders use the URL-safe alphabet
-                    data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
-                except (binascii.Error, ValueError):
-                    raise FetchError("the data URI is not valid base64") from None
+            data = _decode_base64(payload)
         else:
             data = unquote_to_bytes(payload)
         if len(data) > self.max_bytes:

@@ -20,7 +20,9 @@ from urllib.parse import quote
 
 from seedvr_local.server.db import Database
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
+#: File ids and upload tokens: what `secrets.token_urlsafe` makes, 16 to 64 characters.
+ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
+_ID = re.compile(f"^{ID_PATTERN}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PARTS = 10_000
 

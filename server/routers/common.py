@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import re
 import time
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import Request
+from fastapi import Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from seedvr_local.server.endpoint import request_urls
-from seedvr_local.server.errors import FalError, request_error
+from seedvr_local.server.errors import FalError
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
-from seedvr_local.server.schema import SeedVRImageInput, parse_input
+from seedvr_local.server.schema import IMAGE_URL_SCHEMES, SeedVRImageInput, parse_input
 from seedvr_local.server.state import ServerState
 
+
+def _any_case(text: str) -> str:
+    """A JSON Schema regex (ECMA syntax, no flags) matching `text` in any letter case."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+
+def _input_schema() -> dict[str, Any]:
+    """The input model's JSON schema, with the image_url schemes its validator checks as a pattern,
+    so the document (and a generator reading it) knows what a valid image_url starts with."""
+    schema = SeedVRImageInput.model_json_schema()
+    schemes = "|".join(_any_case(scheme) for scheme in IMAGE_URL_SCHEMES)
+    schema["properties"]["image_url"]["pattern"] = f"^(?:{schemes})"
+    return schema
+
+
 #: The input model in the OpenAPI document (the body is parsed by hand, see `read_input`).
-INPUT_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": SeedVRImageInput.model_json_schema()}},
-    }
-}
+INPUT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _input_schema()}}}}
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 
@@ -48,30 +59,32 @@ async def read_input(request: Request, state: ServerState) -> SeedVRImageInput:
     return parse_input(await read_body(request, body_limit(state)))
 
 
+#: x-fal-queue-priority: fal's values ("high" is in fal's queue API, sent by no official client, and
+#: jumps no queue here). An absent header is "normal".
+PriorityHeader = Annotated[
+    Literal[tuple([*PRIORITIES, "high"])] | None,  # type: ignore[misc]
+    Header(description="normal (the default) or low; high is accepted and treated as normal"),
+]
+
+#: x-fal-request-timeout: seconds the request may wait to start, a positive decimal number below 10^9
+#: (the JS client sends "30", the Python client "30.0").
+TimeoutHeader = Annotated[
+    str | None,
+    Header(
+        pattern=r"^(?:0*[1-9][0-9]{0,8}(?:\.[0-9]*)?|0*\.[0-9]*[1-9][0-9]*)$",
+        description="Seconds the request may wait in the queue before it fails with 504",
+        examples=["30"],
+    ),
+]
+
+
 def parse_priority(value: str | None) -> int:
-    if value is None or not value.strip():
-        return PRIORITIES["normal"]
-    name = value.strip().lower()
-    if name == "high":  # in fal's queue API, sent by no official client; no one jumps this queue
-        name = "normal"
-    if name not in PRIORITIES:
-        raise request_error(400, f"x-fal-queue-priority must be 'normal' or 'low', got {value!r}", "bad_request")
-    return PRIORITIES[name]
+    return PRIORITIES.get(value or "normal", PRIORITIES["normal"])
 
 
 def parse_start_deadline(value: str | None) -> float | None:
-    """x-fal-request-timeout: seconds the request may wait to start (the JS client sends "30", Python "30.0")."""
-    if value is None or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0 or seconds == float("inf"):
-        raise request_error(
-            400, f"x-fal-request-timeout must be a positive number of seconds, got {value!r}", "bad_request"
-        )
-    return time.time() + seconds
+    """The deadline of an x-fal-request-timeout header (validated by `TimeoutHeader`)."""
+    return None if value is None else time.time() + float(value)
 
 
 def truthy(value: str | None) -> bool:
@@ -103,5 +116,33 @@ def result_response(job: Job) -> JSONResponse:
     return JSONResponse(job.response_body, status_code=job.response_status or 500, headers=headers)
 
 
-def not_found(request_id: str) -> FalError:
-    return FalError(404, f"Request {request_id!r} not found")
+#: Request ids are the server's own: lowercase UUIDs. Anything else is no request of this server.
+REQUEST_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_REQUEST_ID = re.compile(REQUEST_ID_PATTERN)
+
+#: The request id path parameter. The pattern is documented, not enforced by FastAPI: its 422 would
+#: echo the id; `find_job` answers 404 instead, without repeating what the client sent.
+RequestIdPath = Annotated[
+    str,
+    Path(
+        description="The request_id the submit answered",
+        json_schema_extra={"pattern": REQUEST_ID_PATTERN, "format": "uuid"},
+    ),
+]
+
+
+def lookup_job(state: ServerState, request_id: str) -> Job | None:
+    """The job with this id, if it is one of the server's ids and the job exists."""
+    return state.jobs.get(request_id) if _REQUEST_ID.match(request_id) else None
+
+
+def request_not_found() -> FalError:
+    """The 404 of an unknown request id; it does not repeat the id (which may hold anything)."""
+    return FalError(404, "No request with this request_id on this server", "request_not_found")
+
+
+def find_job(state: ServerState, request_id: str) -> Job:
+    job = lookup_job(state, request_id)
+    if job is None:
+        raise request_not_found()
+    return job

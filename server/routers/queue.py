@@ -8,54 +8,87 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, NamedTuple
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from seedvr_local.server.auth import require_key
 from seedvr_local.server.endpoint import APP_ID, ENDPOINT_ID, request_urls
-from seedvr_local.server.errors import FalError
-from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, Completion
+from seedvr_local.server.errors import FalError, error_responses
+from seedvr_local.server.jobs import COMPLETED, IN_QUEUE
 from seedvr_local.server.netguard import BlockedURLError
 from seedvr_local.server.routers.common import (
     INPUT_BODY,
-    body_limit,
-    not_found,
+    PriorityHeader,
+    RequestIdPath,
+    TimeoutHeader,
+    find_job,
+    lookup_job,
     parse_priority,
     parse_start_deadline,
-    read_body,
+    read_input,
+    request_not_found,
     result_response,
     status_body,
     truthy,
 )
-from seedvr_local.server.schema import CancelResult, InputError, QueueStatus, SeedVRImageOutput, parse_input
+from seedvr_local.server.schema import CancelResult, QueueStatus, SeedVRImageOutput
 from seedvr_local.server.state import ServerState, StateDep
 
-router = APIRouter(tags=["queue"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["queue"], dependencies=[Depends(require_key)], responses=error_responses(401))
+
+#: Operation ids of the request routes, and the OpenAPI links from a submit's `request_id` to them
+#: (what lets a contract fuzzer follow a request through its life).
+_OPERATIONS = {
+    "status": "queue_status",
+    "status_stream": "queue_status_stream",
+    "result": "queue_result",
+    "cancel": "queue_cancel",
+}
+_SUBMIT_LINKS = {
+    name.title().replace("_", ""): {
+        "operationId": operation_id,
+        "parameters": {"request_id": "$response.body#/request_id"},
+    }
+    for name, operation_id in _OPERATIONS.items()
+}
+_HEADER_ID = {"x-fal-request-id": {"description": "The request's id", "schema": {"type": "string"}}}
 
 
-@router.post(f"/queue/{ENDPOINT_ID}", response_model=QueueStatus, openapi_extra=INPUT_BODY, summary="Submit")
+@router.post(
+    f"/queue/{ENDPOINT_ID}",
+    response_model=QueueStatus,
+    openapi_extra=INPUT_BODY,
+    summary="Submit",
+    operation_id="queue_submit",
+    responses={
+        200: {"description": "Queued (status IN_QUEUE)", "links": _SUBMIT_LINKS, "headers": _HEADER_ID},
+        **error_responses(413, 422),
+    },
+)
 async def submit(
     request: Request,
     state: StateDep,
-    fal_webhook: Annotated[str | None, Query(description="URL to POST the result to when it completes")] = None,
-    x_fal_queue_priority: Annotated[str | None, Header()] = None,
-    x_fal_request_timeout: Annotated[str | None, Header()] = None,
+    x_fal_queue_priority: PriorityHeader = None,
+    x_fal_request_timeout: TimeoutHeader = None,
+    fal_webhook: Annotated[
+        str | None,
+        Query(
+            description="http(s) URL to POST the result to when it completes",
+            pattern=r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+",
+        ),
+    ] = None,
 ) -> JSONResponse:
-    """Queue a request. An invalid input is accepted too, as on fal: it completes at once with its 422."""
+    """Queue a request; an invalid input is refused at once with fal's 422 (the clients raise the same
+    ValidationError they raise when a result answers 422)."""
     priority = parse_priority(x_fal_queue_priority)
     deadline = parse_start_deadline(x_fal_request_timeout)
     if fal_webhook is not None:
         await _check_webhook(state, fal_webhook)
-    raw = await read_body(request, body_limit(state))
-    completion, data = None, {}
-    try:
-        data = parse_input(raw).model_dump()
-    except InputError as exc:
-        completion = Completion.failure(FalError(422, exc.detail))
-    job = state.jobs.create("queue", data, state.base_url(request), priority, fal_webhook or None, deadline, completion)
+    data = (await read_input(request, state)).model_dump()
+    job = state.jobs.create("queue", data, state.base_url(request), priority, fal_webhook, deadline)
     state.worker.wake()
     body = {
         "status": IN_QUEUE,
@@ -82,29 +115,27 @@ async def _check_webhook(state: ServerState, url: str) -> None:
         raise FalError(422, detail) from None
 
 
-async def status(
-    request_id: str,
-    state: StateDep,
-    logs: Annotated[str | None, Query(description="1 or true to include the request's logs")] = None,
-) -> JSONResponse:
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events (the JS client reads a body as events only under this content type)."""
+
+    media_type = "text/event-stream"
+
+
+LogsQuery = Annotated[str | None, Query(description="1 or true to include the request's logs")]
+
+
+async def status(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> JSONResponse:
     """IN_QUEUE (202), IN_PROGRESS (202) or COMPLETED (200)."""
-    job = state.jobs.get(request_id)
-    if job is None:
-        raise not_found(request_id)
+    job = find_job(state, request_id)
     body = status_body(state, job, truthy(logs))
     return JSONResponse(body, status_code=200 if job.status == COMPLETED else 202, headers={"x-fal-request-id": job.id})
 
 
-async def status_stream(
-    request_id: str,
-    state: StateDep,
-    logs: Annotated[str | None, Query(description="1 or true to include the request's logs")] = None,
-) -> StreamingResponse:
+async def status_stream(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> EventStreamResponse:
     """Server-sent events: one `data:` status per change, closed after COMPLETED."""
-    if state.jobs.get(request_id) is None:
-        raise not_found(request_id)
-    headers = {"x-fal-request-id": request_id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return StreamingResponse(_events(state, request_id, truthy(logs)), media_type="text/event-stream", headers=headers)
+    job = find_job(state, request_id)
+    headers = {"x-fal-request-id": job.id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return EventStreamResponse(_events(state, job.id, truthy(logs)), headers=headers)
 
 
 async def _events(state: ServerState, request_id: str, with_logs: bool) -> AsyncIterator[str]:
@@ -127,43 +158,125 @@ async def _events(state: ServerState, request_id: str, with_logs: bool) -> Async
                 yield ": keep-alive\n\n"
 
 
-async def result(request_id: str, state: StateDep) -> JSONResponse:
+async def result(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """The output (200), or the request's error with its own status and body (e.g. 422)."""
-    job = state.jobs.get(request_id)
-    if job is None:
-        raise not_found(request_id)
+    job = find_job(state, request_id)
     if job.status != COMPLETED:
         raise FalError(400, "Request is still in progress", headers={"x-fal-request-id": job.id})
     return result_response(job)
 
 
-async def cancel(request_id: str, state: StateDep) -> JSONResponse:
+async def cancel(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """202 CANCELLATION_REQUESTED (queued: never runs; running: stops at the next phase), 400 ALREADY_COMPLETED, 404."""
-    outcome = state.jobs.request_cancel(request_id)
-    headers = {"x-fal-request-id": request_id}
-    if outcome == "NOT_FOUND":
-        return JSONResponse({"status": outcome, "detail": f"Request {request_id!r} not found"}, 404, headers)
+    job = lookup_job(state, request_id)
+    outcome = state.jobs.request_cancel(job.id) if job is not None else "NOT_FOUND"
+    if outcome == "NOT_FOUND":  # fal's outcome, in the body as the other outcomes are
+        error = request_not_found()
+        return JSONResponse({"status": outcome, **error.body}, error.status_code, error.response_headers)
+    headers = {"x-fal-request-id": job.id}
     if outcome == "ALREADY_COMPLETED":
         return JSONResponse({"status": outcome, "detail": "Request already completed"}, 400, headers)
     return JSONResponse({"status": outcome}, 202, headers)
 
 
+#: One server-sent event of the stream: its data is a status object in JSON.
+_STATUS_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": "#/components/schemas/QueueStatus"},
+        },
+        "event": {"type": "string"},
+    },
+}
+
+
+class _RequestRoute(NamedTuple):
+    suffix: str
+    endpoint: Callable
+    method: str
+    model: type | None
+    summary: str
+    status_code: int
+    responses: dict
+
+
 # The request routes: canonical /queue/<owner>/<alias>/requests/..., plus tolerated spellings.
 _SPELLINGS = [f"/queue/{APP_ID}", f"/queue/{ENDPOINT_ID}", f"/{APP_ID}", f"/{ENDPOINT_ID}"]
 _ROUTES = [
-    ("/requests/{request_id}/status", status, ["GET"], QueueStatus, "Status"),
-    ("/requests/{request_id}/status/stream", status_stream, ["GET"], None, "Status stream (SSE)"),
-    ("/requests/{request_id}", result, ["GET"], SeedVRImageOutput, "Result"),
-    ("/requests/{request_id}/cancel", cancel, ["PUT"], CancelResult, "Cancel"),
+    _RequestRoute(
+        "/requests/{request_id}/status",
+        status,
+        "GET",
+        QueueStatus,
+        "Status",
+        200,
+        {
+            200: {"description": "COMPLETED (also when it failed or was cancelled)", "headers": _HEADER_ID},
+            202: {"model": QueueStatus, "description": "IN_QUEUE or IN_PROGRESS", "headers": _HEADER_ID},
+            **error_responses(404),
+        },
+    ),
+    _RequestRoute(
+        "/requests/{request_id}/status/stream",
+        status_stream,
+        "GET",
+        None,
+        "Status stream (SSE)",
+        200,
+        {
+            200: {
+                "description": "Server-sent events, each `data:` a status object; closed after COMPLETED",
+                "content": {"text/event-stream": {"schema": _STATUS_EVENT}},
+                "headers": _HEADER_ID,
+            },
+            **error_responses(404),
+        },
+    ),
+    _RequestRoute(
+        "/requests/{request_id}",
+        result,
+        "GET",
+        SeedVRImageOutput,
+        "Result",
+        200,
+        {
+            200: {"description": "The output", "headers": _HEADER_ID},
+            400: {**error_responses(400)[400], "description": "Not completed yet (IN_QUEUE or IN_PROGRESS)"},
+            **error_responses(404, 422, 499, 500, 503, 504),
+        },
+    ),
+    _RequestRoute(
+        "/requests/{request_id}/cancel",
+        cancel,
+        "PUT",
+        CancelResult,
+        "Cancel",
+        202,
+        {
+            202: {"description": "CANCELLATION_REQUESTED: a queued request never runs, a running one stops"},
+            400: {"model": CancelResult, "description": "ALREADY_COMPLETED"},
+            404: {"model": CancelResult, "description": "NOT_FOUND (with `detail` and `error_type`)"},
+        },
+    ),
 ]
 for _index, _prefix in enumerate(_SPELLINGS):
-    for _suffix, _endpoint, _methods, _model, _summary in _ROUTES:
+    for _route in _ROUTES:
+        _name = _route.endpoint.__name__
         router.add_api_route(
-            _prefix + _suffix,
-            _endpoint,
-            methods=_methods,
-            response_model=_model,
+            _prefix + _route.suffix,
+            _route.endpoint,
+            methods=[_route.method],
+            response_model=_route.model,
+            # no media type for the stream's route: its errors are JSON, its 200 is declared as events
+            response_class=StreamingResponse if _route.endpoint is status_stream else JSONResponse,
+            status_code=_route.status_code,
+            responses=_route.responses,
             include_in_schema=_index == 0,
-            name=f"{_endpoint.__name__}{_index}",
-            summary=_summary,
+            name=f"{_name}{_index}",
+            operation_id=_OPERATIONS[_name] if _index == 0 else None,
+            summary=_route.summary,
         )

@@ -6,31 +6,39 @@ when it completes. A client that hangs up cancels its request.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from seedvr_local.server.auth import require_key
 from seedvr_local.server.endpoint import ENDPOINT_ID
+from seedvr_local.server.errors import error_responses
 from seedvr_local.server.jobs import COMPLETED, Job
-from seedvr_local.server.routers.common import INPUT_BODY, parse_priority, parse_start_deadline, read_input, result_response
+from seedvr_local.server.routers.common import (
+    INPUT_BODY,
+    PriorityHeader,
+    TimeoutHeader,
+    parse_priority,
+    parse_start_deadline,
+    read_input,
+    result_response,
+)
 from seedvr_local.server.schema import SeedVRImageOutput
 from seedvr_local.server.state import ServerState, StateDep
 
-router = APIRouter(tags=["run"], dependencies=[Depends(require_key)])
+router = APIRouter(tags=["run"], dependencies=[Depends(require_key)], responses=error_responses(401))
 
+#: The request's own outcome, as its result call would answer it (a client that hangs up gets nothing).
 _RESPONSES = {
-    422: {"description": "Invalid input (FastAPI-style `detail` list)"},
-    504: {"description": "Did not start within x-fal-request-timeout"},
+    200: {"headers": {"x-fal-request-id": {"description": "The request's id", "schema": {"type": "string"}}}},
+    **error_responses(413, 422, 499, 500, 503, 504),
 }
 
 
 async def run(
     request: Request,
     state: StateDep,
-    x_fal_queue_priority: Annotated[str | None, Header()] = None,
-    x_fal_request_timeout: Annotated[str | None, Header()] = None,
+    x_fal_queue_priority: PriorityHeader = None,
+    x_fal_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
     """Upscale an image and wait for the result."""
     priority = parse_priority(x_fal_queue_priority)
@@ -66,5 +74,6 @@ for _path, _visible in ((f"/{ENDPOINT_ID}", True), (f"/run/{ENDPOINT_ID}", False
         openapi_extra=INPUT_BODY,
         include_in_schema=_visible,
         name=f"run{_path.replace('/', '_')}",
+        operation_id="run" if _visible else None,
         summary="Run (sync)",
     )

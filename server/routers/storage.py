@@ -9,24 +9,98 @@ JS (`fal.storage.upload`): POST /storage/upload/initiate -> PUT the bytes to the
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from starlette.convertors import Convertor, register_url_convertor
 
 from seedvr_local.server.auth import require_key, require_upload_auth
-from seedvr_local.server.errors import FalError
+from seedvr_local.server.errors import FalError, error_responses
+from seedvr_local.server.schema import validation_detail
 from seedvr_local.server.state import ServerState, StateDep
-from seedvr_local.server.storage import StorageError, StoredFile
+from seedvr_local.server.storage import ID_PATTERN, MAX_PARTS, StorageError, StoredFile
+
+
+class _IdConvertor(Convertor[str]):
+    """Path segments shaped like a file id or upload token. A route only matches such a segment, so
+    `/files/upload` or `/storage/upload/initiate` never reach a `{file_id}` or `{token}` route: another
+    method on them is a 405, not a lookup of the id "upload"."""
+
+    regex = ID_PATTERN
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("storage_id", _IdConvertor())
 
 router = APIRouter(tags=["storage"])
 authorized = [Depends(require_key)]
+
+_ID_DOC = {"pattern": f"^{ID_PATTERN}$"}
+FileId = Annotated[str, Path(description="The file's id, from its URL", json_schema_extra=_ID_DOC)]
+Token = Annotated[str, Path(description="The secret token of the upload URL", json_schema_extra=_ID_DOC)]
+PartNumber = Annotated[int, Path(ge=1, le=MAX_PARTS, description="1 to 10,000, as in S3")]
+_BINARY_BODY = {"requestBody": {"content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}}}
+_ETAG = {"ETag": {"description": "The part's ETag, to list in complete", "schema": {"type": "string"}}}
+
+
+class StoredUpload(BaseModel):
+    file_url: str
+    size: int | None = None
+
+
+class UploadedPart(BaseModel):
+    partNumber: int
+    etag: str
+
+
+class AccessUrl(BaseModel):
+    access_url: str
+
+
+class MultipartUpload(BaseModel):
+    access_url: str
+    uploadId: str
+
+
+class UploadToken(BaseModel):
+    token: str
+    token_type: str
+    expires_at: str
+    base_url: str
 
 
 class InitiateUpload(BaseModel):
     content_type: str | None = None
     file_name: str | None = None
+
+
+#: The body of a multipart complete (read by hand in `_complete`, which says what is wrong with one).
+_COMPLETE_SCHEMA = {
+    "type": "object",
+    "required": ["parts"],
+    "properties": {
+        "parts": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["partNumber"],
+                "properties": {"partNumber": {"type": "integer"}, "etag": {"type": "string"}},
+            },
+        }
+    },
+}
+
+
+def _json_body(schema: dict[str, Any], required: bool) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its JSON by hand."""
+    return {"requestBody": {"required": required, "content": {"application/json": {"schema": schema}}}}
 
 
 class UploadTarget(BaseModel):
@@ -37,7 +111,13 @@ class UploadTarget(BaseModel):
 # --- JS flow (and Python's fallback) ----------------------------------------------------------------
 
 
-@router.post("/storage/upload/initiate", response_model=UploadTarget, dependencies=authorized)
+@router.post(
+    "/storage/upload/initiate",
+    response_model=UploadTarget,
+    dependencies=authorized,
+    responses=error_responses(400, 401, 413, 422),
+    openapi_extra=_json_body(InitiateUpload.model_json_schema(), required=False),
+)
 async def initiate(request: Request, state: StateDep) -> JSONResponse:
     """Reserve a file; PUT its bytes to `upload_url`, then use `file_url` as an image_url."""
     spec = await _initiate_body(request)
@@ -46,7 +126,13 @@ async def initiate(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse({"upload_url": f"{base}/storage/upload/{token}", "file_url": stored.url(base)})
 
 
-@router.post("/storage/upload/initiate-multipart", response_model=UploadTarget, dependencies=authorized)
+@router.post(
+    "/storage/upload/initiate-multipart",
+    response_model=UploadTarget,
+    dependencies=authorized,
+    responses=error_responses(400, 401, 413, 422),
+    openapi_extra=_json_body(InitiateUpload.model_json_schema(), required=False),
+)
 async def initiate_multipart(request: Request, state: StateDep) -> JSONResponse:
     spec = await _initiate_body(request)
     stored, token = state.files.new_upload(spec.file_name, spec.content_type, multipart=True)
@@ -54,24 +140,39 @@ async def initiate_multipart(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse({"upload_url": f"{base}/storage/multipart/{token}", "file_url": stored.url(base)})
 
 
-@router.put("/storage/upload/{token}")
-async def upload(token: str, request: Request, state: StateDep) -> JSONResponse:
+@router.put(
+    "/storage/upload/{token:storage_id}",
+    response_model=StoredUpload,
+    responses=error_responses(404, 413),
+    openapi_extra=_BINARY_BODY,
+)
+async def upload(token: Token, request: Request, state: StateDep) -> JSONResponse:
     """The bytes of a single-part upload (the secret token is the authorisation)."""
     stored = _by_token(state, token, multipart=False)
     stored = await _receive(state, stored, request)
     return JSONResponse({"file_url": stored.url(state.base_url(request)), "size": stored.size})
 
 
-@router.put("/storage/multipart/{token}/{part}")
-async def upload_part(token: str, part: int, request: Request, state: StateDep) -> JSONResponse:
+@router.put(
+    "/storage/multipart/{token:storage_id}/{part:int}",
+    response_model=UploadedPart,
+    responses={200: {"headers": _ETAG}, **error_responses(400, 404, 413)},
+    openapi_extra=_BINARY_BODY,
+)
+async def upload_part(token: Token, part: PartNumber, request: Request, state: StateDep) -> JSONResponse:
     """One part; the JS client reads partNumber and etag from this JSON body."""
     stored = _by_token(state, token, multipart=True)
     etag = await _receive_part(state, stored, part, request)
     return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
 
 
-@router.post("/storage/multipart/{token}/complete")
-async def complete_multipart(token: str, request: Request, state: StateDep) -> JSONResponse:
+@router.post(
+    "/storage/multipart/{token:storage_id}/complete",
+    response_model=StoredUpload,
+    responses=error_responses(400, 404, 413),
+    openapi_extra=_json_body(_COMPLETE_SCHEMA, required=True),
+)
+async def complete_multipart(token: Token, request: Request, state: StateDep) -> JSONResponse:
     stored = _by_token(state, token, multipart=True)
     stored = _complete(state, stored, await _json(request))
     return JSONResponse({"file_url": stored.url(state.base_url(request))})
@@ -80,13 +181,21 @@ async def complete_multipart(token: str, request: Request, state: StateDep) -> J
 # --- Python flow -------------------------------------------------------------------------------------
 
 
-@router.post("/storage/auth/token", dependencies=authorized)
+@router.post(
+    "/storage/auth/token", dependencies=authorized, response_model=UploadToken, responses=error_responses(401)
+)
 async def upload_token(request: Request, state: StateDep) -> JSONResponse:
     """A token for POST {base_url}/files/upload."""
     return JSONResponse({**state.upload_tokens.issue(), "base_url": state.base_url(request)})
 
 
-@router.post("/files/upload", dependencies=[Depends(require_upload_auth)])
+@router.post(
+    "/files/upload",
+    dependencies=[Depends(require_upload_auth)],
+    response_model=AccessUrl,
+    responses=error_responses(401, 413),
+    openapi_extra=_BINARY_BODY,
+)
 async def files_upload(request: Request, state: StateDep) -> JSONResponse:
     """Raw bytes in the body, the name in X-Fal-File-Name; answers the file's `access_url`."""
     stored, _ = state.files.new_upload(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
@@ -94,7 +203,12 @@ async def files_upload(request: Request, state: StateDep) -> JSONResponse:
     return JSONResponse({"access_url": stored.url(state.base_url(request))})
 
 
-@router.post("/files/upload/multipart", dependencies=[Depends(require_upload_auth)])
+@router.post(
+    "/files/upload/multipart",
+    dependencies=[Depends(require_upload_auth)],
+    response_model=MultipartUpload,
+    responses=error_responses(401),
+)
 async def files_upload_multipart(request: Request, state: StateDep) -> JSONResponse:
     stored, token = state.files.new_upload(
         request.headers.get("x-fal-file-name"), request.headers.get("content-type"), multipart=True
@@ -102,9 +216,14 @@ async def files_upload_multipart(request: Request, state: StateDep) -> JSONRespo
     return JSONResponse({"access_url": stored.url(state.base_url(request)), "uploadId": token})
 
 
-@router.put("/files/{file_id}/{name}/multipart/{token}/{part}")
+@router.put(
+    "/files/{file_id:storage_id}/{name}/multipart/{token:storage_id}/{part:int}",
+    response_model=UploadedPart,
+    responses={200: {"headers": _ETAG}, **error_responses(400, 404, 413)},
+    openapi_extra=_BINARY_BODY,
+)
 async def files_upload_part(
-    file_id: str, name: str, token: str, part: int, request: Request, state: StateDep
+    file_id: FileId, name: str, token: Token, part: PartNumber, request: Request, state: StateDep
 ) -> Response:
     """The Python client reads the part's ETag from the response header."""
     stored = _by_token(state, token, multipart=True, file_id=file_id)
@@ -112,8 +231,13 @@ async def files_upload_part(
     return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
 
 
-@router.post("/files/{file_id}/{name}/multipart/{token}/complete")
-async def files_complete(file_id: str, name: str, token: str, request: Request, state: StateDep) -> JSONResponse:
+@router.post(
+    "/files/{file_id:storage_id}/{name}/multipart/{token:storage_id}/complete",
+    response_model=AccessUrl,
+    responses=error_responses(400, 404, 413),
+    openapi_extra=_json_body(_COMPLETE_SCHEMA, required=True),
+)
+async def files_complete(file_id: FileId, name: str, token: Token, request: Request, state: StateDep) -> JSONResponse:
     stored = _by_token(state, token, multipart=True, file_id=file_id)
     stored = _complete(state, stored, await _json(request))
     return JSONResponse({"access_url": stored.url(state.base_url(request))})
@@ -122,7 +246,7 @@ async def files_complete(file_id: str, name: str, token: str, request: Request, 
 # --- serving ---------------------------------------------------------------------------------------
 
 
-async def get_file(file_id: str, state: StateDep, name: str | None = None) -> FileResponse:
+async def get_file(file_id: FileId, state: StateDep, name: str | None = None) -> FileResponse:
     """A stored file (upload or output), by its unguessable URL; no key needed."""
     stored = state.files.read(file_id)
     if stored is None:
@@ -135,21 +259,40 @@ async def get_file(file_id: str, state: StateDep, name: str | None = None) -> Fi
     }
     return FileResponse(
         state.files.path(stored),
-        media_type=stored.content_type,
+        media_type=_served_type(stored.content_type),
         headers=headers,
         filename=stored.name,
         content_disposition_type="inline",
     )
 
 
+_FILE_RESPONSES = {
+    200: {
+        "description": "The file's bytes, with the content type it was stored with",
+        "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    **error_responses(404),
+}
 for _path, _methods, _visible in (
-    ("/files/{file_id}/{name}", ["GET"], True),
-    ("/files/{file_id}/{name}", ["HEAD"], False),
-    ("/files/{file_id}", ["GET", "HEAD"], False),
+    ("/files/{file_id:storage_id}/{name}", ["GET"], True),
+    ("/files/{file_id:storage_id}/{name}", ["HEAD"], False),
+    ("/files/{file_id:storage_id}", ["GET", "HEAD"], False),
 ):
     router.add_api_route(
-        _path, get_file, methods=_methods, include_in_schema=_visible, name=f"get_file{len(_path)}{_methods[0]}"
+        _path,
+        get_file,
+        methods=_methods,
+        include_in_schema=_visible,
+        name=f"get_file{len(_path)}{_methods[0]}",
+        response_class=Response,
+        responses=_FILE_RESPONSES,
     )
+
+
+def _served_type(content_type: str) -> str:
+    """Images (what the server reads and writes) keep their type; any other upload is served as plain
+    bytes, so a browser or client never interprets what a client labelled HTML, JSON or YAML."""
+    return content_type if content_type.startswith("image/") else "application/octet-stream"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -166,13 +309,10 @@ async def _json(request: Request) -> Any:
 
 
 async def _initiate_body(request: Request) -> InitiateUpload:
-    data = await _json(request)
-    if not isinstance(data, dict):
-        raise FalError(422, [{"type": "model_type", "loc": ["body"], "msg": "expected a JSON object", "input": None}])
-    return InitiateUpload(
-        content_type=str(data.get("content_type") or "") or None,
-        file_name=str(data.get("file_name") or "") or None,
-    )
+    try:
+        return InitiateUpload.model_validate(await _json(request))
+    except ValidationError as exc:
+        raise FalError(422, validation_detail(exc)) from None
 
 
 def _by_token(state: ServerState, token: str, multipart: bool, file_id: str | None = None) -> StoredFile:

@@ -53,7 +53,8 @@ def test_openapi_version_is_the_packages():
 def test_metrics_count_outcomes_phases_and_megapixels(client):
     client.post("/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(png_bytes(100, 100))})
     client.post("/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(b"junk")})
-    request_id = client.post("/queue/fal-ai/seedvr/upscale/image", json={}).json()["request_id"]
+    queued = client.post("/queue/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(b"junk")})
+    request_id = queued.json()["request_id"]
     wait_status(client, request_id)
     response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")

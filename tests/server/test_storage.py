@@ -79,8 +79,8 @@ def test_multipart_complete_checks_parts(client):
     assert client.post(f"{upload}/complete", json={"parts": [{"partNumber": 1, "etag": '"wrong"'}]}).status_code == 400
     assert client.post(f"{upload}/complete", json={"parts": []}).status_code == 400
     assert client.post(f"{upload}/complete", content=b"not json").status_code == 400
-    assert client.put(f"{upload}/0", content=b"x").status_code == 400
-    assert client.put(f"{upload}/abc", content=b"x").status_code == 422
+    assert client.put(f"{upload}/0", content=b"x").status_code == 422  # part numbers start at 1
+    assert client.put(f"{upload}/abc", content=b"x").status_code == 404  # no such URL
 
 
 def test_python_token_and_files_upload(client):
