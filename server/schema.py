@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -18,12 +19,22 @@ from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR
 IMAGE_URL_SCHEMES = ("http://", "https://", "data:")
 
 
+def _any_case_prefix(prefixes: tuple[str, ...]) -> str:
+    """A JSON Schema regex (ECMA syntax, no flags) for a string starting with one of `prefixes`, in any case."""
+    def any_case(text: str) -> str:
+        return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
+
+    return f"^(?:{'|'.join(any_case(prefix) for prefix in prefixes)})"
+
+
 class SeedVRImageInput(BaseModel):
     model_config = ConfigDict(extra="ignore", title="SeedVRImageInput")
 
     image_url: str = Field(
         description="The image to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server.",
         examples=["https://example.com/photo.jpg"],
+        # Documented for clients and the contract fuzzer; enforced by `_known_scheme` with a plainer message.
+        json_schema_extra={"pattern": _any_case_prefix(IMAGE_URL_SCHEMES)},
     )
     upscale_mode: UpscaleMode = Field(
         "factor", description="'factor' multiplies both sides by upscale_factor; 'target' sets the short side."

@@ -12,26 +12,14 @@ from fastapi.responses import JSONResponse
 from seedvr_local.server.endpoint import request_urls
 from seedvr_local.server.errors import FalError
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
-from seedvr_local.server.schema import IMAGE_URL_SCHEMES, SeedVRImageInput, parse_input
+from seedvr_local.server.schema import SeedVRImageInput, parse_input
 from seedvr_local.server.state import ServerState
 
 
-def _any_case(text: str) -> str:
-    """A JSON Schema regex (ECMA syntax, no flags) matching `text` in any letter case."""
-    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in text)
-
-
-def _input_schema() -> dict[str, Any]:
-    """The input model's JSON schema, with the image_url schemes its validator checks as a pattern,
-    so the document (and a generator reading it) knows what a valid image_url starts with."""
-    schema = SeedVRImageInput.model_json_schema()
-    schemes = "|".join(_any_case(scheme) for scheme in IMAGE_URL_SCHEMES)
-    schema["properties"]["image_url"]["pattern"] = f"^(?:{schemes})"
-    return schema
-
-
 #: The input model in the OpenAPI document (the body is parsed by hand, see `read_input`).
-INPUT_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": _input_schema()}}}}
+INPUT_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": SeedVRImageInput.model_json_schema()}}}
+}
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 

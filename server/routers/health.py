@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel
 
 from seedvr_local.server.jobs import IN_PROGRESS, IN_QUEUE
 from seedvr_local.server.state import StateDep
 
 router = APIRouter(tags=["health"])
+
+
+class NotReady(BaseModel):
+    detail: str
+    status: Literal["loading", "failed"]
 
 
 @router.get("/healthz")
@@ -17,7 +25,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"model": NotReady, "description": "the model is loading or failed to load"}})
 async def readyz(state: StateDep) -> JSONResponse:
     """200 once the model is loaded (with the model's `notice`, if it has one); 503 while it loads or when it
     failed to."""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The API contract, checked by fuzzing: `seedvr-local serve` with the tiny real model, and schemathesis
-# against its /openapi.json with every check, stateful links included (submit -> status/result/cancel).
+# The API contract, checked by fuzzing: `seedvr-local serve --model tiny` (the real pipeline with random
+# weights), and schemathesis against its /openapi.json with every check, stateful links included
+# (submit -> status/result/cancel).
 # Zero failures, zero server errors in the server's log. Bounded: MAX_EXAMPLES cases per operation,
 # deterministic data, and a hard wall-clock limit (CONTRACT_TIME_LIMIT_S, default 240 s).
 #
@@ -12,11 +13,6 @@ cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-.venv/bin/python}
 MAX_EXAMPLES=${MAX_EXAMPLES:-200}
 LIMIT_S=${CONTRACT_TIME_LIMIT_S:-240}
-WEIGHTS=${SEEDVR_TINY_MODEL:-${SEEDVR_REFERENCE_DIR:-../shared/reference}/tiny_model}
-if [ ! -d "$WEIGHTS" ]; then
-  echo "contract: the tiny model bundle is not at $WEIGHTS (set SEEDVR_REFERENCE_DIR or SEEDVR_TINY_MODEL)" >&2
-  exit 1
-fi
 
 work=$(mktemp -d)
 server_pid=""
@@ -28,7 +24,7 @@ trap cleanup EXIT
 
 port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 base="http://127.0.0.1:$port"
-"$PYTHON" -m seedvr_local.cli serve --weights-dir "$WEIGHTS" --device cpu --port "$port" \
+"$PYTHON" -m seedvr_local.cli serve --model tiny --device cpu --port "$port" \
   --data-dir "$work/data" >"$work/server.log" 2>&1 &
 server_pid=$!
 
