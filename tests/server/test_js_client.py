@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import requires
 from tests.server.helpers import FakeEngine, LiveServer, LocalHTTP, SlowSeeds, png_bytes
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -20,12 +20,9 @@ KEY = "js-key"
 @pytest.fixture(scope="session")
 def node() -> str:
     """node, with tests/js's packages installed (`npm ci` when they are not)."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the JS client tests need node >= 18 and npm")
+    node = requires.executable("node", "the JS client tests need node >= 18 and npm")
     if not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install tests/js (npm ci --prefix tests/js)"
+        npm = requires.executable("npm", "needed to install tests/js: npm ci --prefix tests/js")
         done = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True, text=True, timeout=600
         )
