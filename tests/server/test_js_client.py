@@ -85,3 +85,24 @@ def test_js_client_is_refused_without_the_key(node, tmp_path, settings):
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["status"] == 401 and "Authorization" in answer["detail"]
+
+
+def test_js_client_uploads_a_large_file_in_parts(node, settings):
+    """The client switches to its multipart protocol over 90 MiB: the server must take the parts and serve back
+    the same bytes."""
+    settings.api_keys = (KEY,)
+    with LiveServer(settings, FakeEngine) as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FAL_")},
+            "PROXY_URL": f"{server.url}/api/fal/proxy",
+            "UPLOAD_MIB": "91",
+            "FAL_KEY": KEY,
+        }
+        done = subprocess.run([node, "multipart.mjs"], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        file_id = summary["url"].split("/files/", 1)[1].split("/", 1)[0]
+        stored = server.state.files.get(file_id)
+    assert stored is not None and stored.multipart, "the client did not use the multipart protocol"
+    assert summary["status"] == 200 and summary["servedSize"] == summary["size"]
+    assert summary["servedSha256"] == summary["sha256"]
