@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
-from tests.precision import DIT_LIMITS, UPSCALE_LIMITS, assert_within, errors, within
+from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
+from tests.precision import DIT_LIMITS, UPSCALE_LIMITS, VAE_LIMITS, assert_within, errors, within
 from tests.test_dit import random_inputs, random_model
 from tests.test_upscaler import _image
+from tests.test_vae import TINY, _latent, _video
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +43,37 @@ def test_dit_fp16_limits_fail_a_bf16_computation(dit_runs):
     assert not within(dit_runs["bf16"], dit_runs["fp32"], DIT_LIMITS[torch.float16]), (
         f"bf16 DiT (rel {rel:.3g}, max {max_abs:.3g}) passes the fp16 limits: they cannot tell the two apart"
     )
+
+
+@pytest.fixture(scope="module")
+def vae_runs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """(encoder mean, decoded sample) of a tiny VAE with perturbed weights, per dtype."""
+    torch.manual_seed(0)
+    model = VideoAutoencoder.from_vae_config(VAEConfig(**TINY)).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+    x, z = _video(5), _latent(2)
+    runs = {}
+    with torch.no_grad():
+        for name, dtype in {"fp32": torch.float32, **HALF}.items():
+            copy = VideoAutoencoder.from_vae_config(model.vae_config).eval()
+            copy.load_state_dict(model.state_dict())
+            copy.to(dtype)
+            runs[name] = (copy.encode(x)[0], copy.decode(z))
+    return runs
+
+
+@pytest.mark.parametrize("dtype_name", HALF)
+def test_vae_in_half_precision_is_within_its_limits(vae_runs, dtype_name):
+    limits = VAE_LIMITS[HALF[dtype_name]]
+    for part, (got, want) in zip(("encode", "decode"), zip(vae_runs[dtype_name], vae_runs["fp32"])):
+        assert_within(got, want, limits, f"VAE {part} in {dtype_name}")
+
+
+def test_vae_fp16_limits_fail_a_bf16_computation(vae_runs):
+    for got, want in zip(vae_runs["bf16"], vae_runs["fp32"]):
+        assert not within(got, want, VAE_LIMITS[torch.float16])
 
 
 def _upscale(tiny_bundle, dtype: str | None) -> torch.Tensor:
