@@ -674,9 +674,16 @@ def test_bf16_kernels_compile_for_h100(name):
     assert _compile_for_cuda(kernel, pointers, constexprs, num_warps, arch=90).asm["cubin"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+# Each pair compiles every kernel (about 4 s): the default run covers the other arch (sm80) and the other dtypes
+# (fp16 runs before Ampere, fp32 when asked); the remaining pairs run with `-m slow` (.ci/slow).
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "dtype, arch",
+    [("fp16", 80), ("fp32", 80), pytest.param("bf16", 80, marks=_SLOW), pytest.param("fp16", 90, marks=_SLOW),
+     pytest.param("fp32", 90, marks=_SLOW)],
+)  # fmt: skip
 def test_all_kernels_compile_for_gpus(dtype, arch):
     _skip_without_compiler()
     for _, kernel, pointers, constexprs, num_warps in _compile_variants(dtype):
