@@ -20,6 +20,11 @@ def reference_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "reference"
 
 
+class ReferenceDataError(AssertionError):
+    """A reference case whose files do not hold what its case.json lists (a test must fail on it, not pass
+    with nothing compared)."""
+
+
 @dataclass
 class Tolerance:
     atol: float
@@ -67,20 +72,45 @@ class ReferenceCase:
         return Tolerance(atol=float(tol["atol"]), rtol=float(tol["rtol"]))
 
     def _load(self, file: str) -> dict[str, torch.Tensor]:
+        """A tensor file that must exist and be a safetensors file (possibly holding no tensor)."""
         path = self.path / file
-        return load_file(str(path)) if path.exists() and path.stat().st_size > 0 else {}
+        if not path.is_file():
+            raise ReferenceDataError(f"case {self.name}: {file} is missing")
+        if path.stat().st_size == 0:
+            raise ReferenceDataError(f"case {self.name}: {file} is empty (0 bytes)")
+        return load_file(str(path))
+
+    def _load_listed(self, file: str, section: str) -> dict[str, torch.Tensor]:
+        """A tensor file whose names, shapes and dtypes must be exactly those `case.json` lists under
+        `tensors.<section>`, and which must hold at least one tensor: a truncated or emptied file fails here
+        instead of leaving a test with nothing to compare."""
+        tensors = self._load(file)
+        listed = self.meta.get("tensors", {}).get(section, {})
+        if not listed:
+            raise ReferenceDataError(f"case {self.name}: case.json lists no {section} tensors")
+        missing, extra = sorted(set(listed) - set(tensors)), sorted(set(tensors) - set(listed))
+        if missing or extra:
+            raise ReferenceDataError(f"case {self.name}: {file} lacks {missing} and has unlisted {extra}")
+        for name, spec in listed.items():
+            shape, dtype = tuple(tensors[name].shape), str(tensors[name].dtype).removeprefix("torch.")
+            if shape != tuple(spec["shape"]) or dtype != spec["dtype"]:
+                raise ReferenceDataError(
+                    f"case {self.name}: {file}:{name} is {dtype} {shape}, case.json says {spec['dtype']} {spec['shape']}"
+                )
+        return tensors
 
     @cached_property
     def weights(self) -> dict[str, torch.Tensor]:
+        """The module's state_dict; holds no tensor for kinds without a module (colorfix, preprocess)."""
         return self._load("weights.safetensors")
 
     @cached_property
     def inputs(self) -> dict[str, torch.Tensor]:
-        return self._load("inputs.safetensors")
+        return self._load_listed("inputs.safetensors", "inputs")
 
     @cached_property
     def expected(self) -> dict[str, torch.Tensor]:
-        return self._load("expected.safetensors")
+        return self._load_listed("expected.safetensors", "expected")
 
     def indexed(self, tensors: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
         """`prefix_0, prefix_1, ...` in index order (the per-sample tensors of batch cases)."""
@@ -96,3 +126,22 @@ def discover_cases(root: Path | None = None) -> list[ReferenceCase]:
     if not cases_dir.is_dir():
         return []
     return [ReferenceCase.load(p) for p in sorted(cases_dir.iterdir()) if (p / "case.json").is_file()]
+
+
+def assert_matches_expected(case: ReferenceCase, actual: dict[str, torch.Tensor]) -> None:
+    """Every expected tensor of `case` (there is at least one, see `ReferenceCase.expected`) is in `actual`,
+    with its shape, within the case's tolerance. All mismatches are reported together."""
+    failures = []
+    for name, expected in case.expected.items():
+        if name not in actual:
+            failures.append(f"{name}: not produced")
+            continue
+        got = actual[name]
+        if tuple(got.shape) != tuple(expected.shape):
+            failures.append(f"{name}: shape {tuple(got.shape)} != {tuple(expected.shape)}")
+            continue
+        tol = case.tolerance(name)
+        ok, err = tol.check(got, expected)
+        if not ok:
+            failures.append(f"{name}: max abs error {err:.3g} > atol {tol.atol} (rtol {tol.rtol})")
+    assert not failures, f"case {case.name}: " + "; ".join(failures)

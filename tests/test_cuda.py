@@ -12,13 +12,14 @@ from seedvr_local.devices import AMPERE, cuda_capability
 from seedvr_local.models.window_attention import ATTENTION_BACKENDS, attention_backend_available
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
 from seedvr_local.models.vae_tiling import VAETiling
+from tests import requires
+from tests.precision import DIT_LIMITS, UPSCALE_LIMITS, assert_within, within
 from tests.test_dit import random_inputs, random_model
 from tests.test_upscaler import _image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-#: Relative error (‖out − ref‖ / ‖ref‖) against the CPU float32 result that each CUDA dtype must stay under.
-REL_TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @pytest.fixture(autouse=True)
@@ -51,7 +52,7 @@ def _dit_outputs(model, vids, txts, device, dtype) -> torch.Tensor:
 @pytest.mark.parametrize("kernel_backend", ["torch", "triton"])
 def test_dit_on_cuda_matches_cpu_for_every_attention_backend(variant, dtype, kernel_backend):
     if kernel_backend == "triton" and not kernels.triton_available():
-        pytest.skip("triton is not installed")
+        requires.missing("triton", "pip install 'seedvr-local[triton]'")
     vids, txts = random_inputs([(1, 42, 50), (3, 16, 20)], [6, 9])
     kernels.select("torch")
     reference = _dit_outputs(random_model(variant), vids, txts, "cpu", torch.float32)
@@ -63,8 +64,7 @@ def test_dit_on_cuda_matches_cpu_for_every_attention_backend(variant, dtype, ker
         if not attention_backend_available(backend, probe):
             continue
         model.set_attention_backend(backend)
-        err = rel_error(_dit_outputs(model, vids, txts, "cuda", dtype), reference)
-        assert err < REL_TOL[dtype], f"{backend}: relative error {err:.3g}"
+        assert_within(_dit_outputs(model, vids, txts, "cuda", dtype), reference, DIT_LIMITS[dtype], backend)
         ran.append(backend)
     assert "sdpa" in ran and "per_window" in ran
     if dtype != torch.float32 and cuda_capability(torch.device("cuda")) >= AMPERE:  # flash: half precision, sm80+
@@ -85,15 +85,18 @@ def _upscale(upscaler: Upscaler, tile: int | str = "auto"):
 def test_upscale_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype):
     expected = _upscale(cpu_upscaler)
     cuda = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype=dtype)
-    bound = {"fp32": 1e-5, "bf16": 2 / 255, "fp16": 1 / 255}[dtype]  # mean abs error against CPU float32
     # untiled, and with exact tiling on the ragged 64-pixel grid of the 122x90 output
     outputs = {tile: _upscale(cuda, tile) for tile in ("auto", 64)}
     for tile, got in outputs.items():
-        assert got.shape == expected.shape
-        mean_abs = float((got - expected).abs().mean())
-        assert mean_abs < bound, f"vae_tile={tile}: mean abs error {mean_abs:.3g}"
+        assert_within(got, expected, UPSCALE_LIMITS[DTYPES[dtype]], f"{dtype}, vae_tile={tile}")
     if dtype == "fp32":  # exact: half precision rounds tiles and frames differently
         assert float((outputs[64] - outputs["auto"]).abs().max()) < 1e-4
+
+
+def test_fp16_limits_on_cuda_fail_a_bf16_upscale(tiny_bundle, cpu_upscaler):
+    """The fp16 limits can tell fp16 from bf16: a bf16 cast in the fp16 path would fail them."""
+    bf16 = _upscale(Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype="bf16"))
+    assert not within(bf16, _upscale(cpu_upscaler), UPSCALE_LIMITS[torch.float16])
 
 
 @pytest.mark.parametrize("channels_last", [True, False], ids=["channels_last", "contiguous"])
@@ -103,10 +106,8 @@ def test_either_vae_layout_on_cuda_matches_cpu(tiny_bundle, cpu_upscaler, dtype,
     cuda = Upscaler.from_weights_dir(tiny_bundle, device="cuda", dtype=dtype)
     assert cuda.pipeline.vae.uses_channels_last == (dtype == "bf16")  # the default
     cuda.pipeline.vae.channels_last = channels_last
-    bound = {"fp32": 1e-5, "bf16": 2 / 255}[dtype]
     for tile in ("auto", 64):
-        mean_abs = float((_upscale(cuda, tile) - expected).abs().mean())
-        assert mean_abs < bound, f"vae_tile={tile}: mean abs error {mean_abs:.3g}"
+        assert_within(_upscale(cuda, tile), expected, UPSCALE_LIMITS[DTYPES[dtype]], f"{dtype}, vae_tile={tile}")
 
 
 @pytest.mark.parametrize("store_scale", [1, 8])
@@ -153,4 +154,4 @@ def test_compiled_upscale_on_cuda_equals_eager(tiny_bundle):
     eager = _upscale(upscaler)
     compile_pipeline(upscaler.pipeline)
     compiled = _upscale(upscaler)
-    assert float((compiled - eager).abs().mean()) < 1 / 255
+    assert_within(compiled, eager, UPSCALE_LIMITS[torch.bfloat16], "compiled against eager, both bf16")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -26,9 +25,12 @@ import torch.nn.functional as F
 
 from seedvr_local import kernels
 from seedvr_local.kernels import backend, reference
+from tests import requires
 
 REPO = Path(__file__).resolve().parents[1]
-NO_TRITON = "triton is not installed (optional dependency: pip install 'seedvr-local[triton]')"
+NO_TRITON = "optional dependency: pip install 'seedvr-local[triton]'"
+# One fixed seed for the kernel cases, so a run is reproducible; KERNEL_TEST_SEED explores others on demand.
+KERNEL_TEST_SEED = int(os.environ.get("KERNEL_TEST_SEED", "20260"))
 
 
 @pytest.fixture(autouse=True)
@@ -216,9 +218,38 @@ def test_whole_frame_statistics_from_tiles():
     torch.testing.assert_close(merged.mean, whole.mean, rtol=1e-6, atol=0)
     torch.testing.assert_close(merged.m2, whole.m2, rtol=1e-5, atol=0)
     stats = merged.stats(1e-6)
+    crop = (..., slice(4, None), slice(9, None))
+    # The normalisation (our code) is exact: the same float32 operations on the same values.
+    normalized = kernels.group_norm_silu(x, 2, weight, bias, stats=stats, silu=False)
+    assert torch.equal(kernels.group_norm_silu(x[crop], 2, weight, bias, stats=stats, silu=False), normalized[crop])
+    # SiLU then runs on bit-identical inputs, but PyTorch's CPU SiLU computes the body of its loop with vector
+    # instructions and the remainder with the scalar ones, which differ in the last bits (up to 2 ulp over 20k
+    # values on AVX512, and each element's path depends on its position in the tensor). So the tile, laid out
+    # differently from the frame, may differ from it by that much, and no more.
     full = kernels.group_norm_silu(x, 2, weight, bias, stats=stats)
-    tile = kernels.group_norm_silu(x[..., 4:, 9:], 2, weight, bias, stats=stats)
-    assert torch.equal(tile, full[..., 4:, 9:])
+    tile = kernels.group_norm_silu(x[crop], 2, weight, bias, stats=stats)
+    assert _ulp_distance(tile, full[crop]) <= PLATFORM_SILU_ULP
+
+
+#: Largest difference between PyTorch's vectorised and scalar CPU SiLU on the same float32 input, in ulp
+#: (`test_platform_silu_depends_on_the_position_in_the_tensor` measures it).
+PLATFORM_SILU_ULP = 2
+
+
+def _ulp_distance(a: torch.Tensor, b: torch.Tensor) -> int:
+    """Largest distance in float32 ulp between same-signed elements (their integer bit patterns differ by that)."""
+    assert a.dtype == b.dtype == torch.float32 and bool(((a >= 0) == (b >= 0)).all())
+    return int((a.view(torch.int32).long() - b.view(torch.int32).long()).abs().max())
+
+
+def test_platform_silu_depends_on_the_position_in_the_tensor():
+    """The cause of the bound above, shown on the platform alone: SiLU of each value on its own (the scalar path)
+    against SiLU of all of them at once (mostly the vector path). The same inputs give results up to
+    PLATFORM_SILU_ULP apart; where both paths agree everywhere (another CPU) the bound is simply not needed."""
+    values = 4 * torch.randn(4096, generator=torch.Generator().manual_seed(6))
+    together = F.silu(values)
+    alone = torch.cat([F.silu(v.reshape(1).clone()) for v in values])
+    assert _ulp_distance(together, alone) <= PLATFORM_SILU_ULP
 
 
 def test_group_norm_reference_chunking_is_exact(monkeypatch):
@@ -477,8 +508,8 @@ def run_interpreter_cases(out_path: str, seed: int) -> None:
 @pytest.fixture(scope="module")
 def interpreter_results(tmp_path_factory):
     if not backend.triton_available():
-        pytest.skip(NO_TRITON)
-    seed = int(os.environ.get("KERNEL_TEST_SEED", random.randrange(2**20)))
+        requires.missing("triton", NO_TRITON)
+    seed = KERNEL_TEST_SEED
     out = tmp_path_factory.mktemp("kernels") / "interpreter.pt"
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(REPO)}
     code = "import sys; from tests.test_kernels import run_interpreter_cases as r; r(sys.argv[1], int(sys.argv[2]))"
@@ -547,7 +578,7 @@ def _to(value, device: str):
 def test_triton_kernel_matches_reference_on_cuda(monkeypatch, case, dtype):
     from seedvr_local.kernels import ops
 
-    seed = int(os.environ.get("KERNEL_TEST_SEED", random.randrange(2**20)))
+    seed = KERNEL_TEST_SEED
     assert kernels.select("triton") == "triton"
     launched: list[str] = []
     real_module = ops._triton_module
@@ -624,7 +655,7 @@ def _compile_for_cuda(kernel, pointers: dict[str, str], constexprs: dict[str, An
 
 def _skip_without_compiler():
     if not backend.triton_available():
-        pytest.skip(NO_TRITON)
+        requires.missing("triton", NO_TRITON)
     if backend.interpreter_enabled():
         pytest.skip("TRITON_INTERPRET=1 replaces the compiler with the interpreter")
 
@@ -632,7 +663,7 @@ def _skip_without_compiler():
 BF16_VARIANTS = (
     [v[0] for v in _compile_variants("bf16")]
     if backend.triton_available()
-    else [pytest.param("all", marks=pytest.mark.skip(reason=NO_TRITON))]
+    else ["all"]  # fails in CI, skips elsewhere: see _skip_without_compiler
 )
 
 
@@ -643,9 +674,16 @@ def test_bf16_kernels_compile_for_h100(name):
     assert _compile_for_cuda(kernel, pointers, constexprs, num_warps, arch=90).asm["cubin"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("arch", [80, 90])
-@pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
+# Each pair compiles every kernel (about 4 s): the default run covers the other arch (sm80) and the other dtypes
+# (fp16 runs before Ampere, fp32 when asked); the remaining pairs run with `-m slow` (.ci/slow).
+_SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "dtype, arch",
+    [("fp16", 80), ("fp32", 80), pytest.param("bf16", 80, marks=_SLOW), pytest.param("fp16", 90, marks=_SLOW),
+     pytest.param("fp32", 90, marks=_SLOW)],
+)  # fmt: skip
 def test_all_kernels_compile_for_gpus(dtype, arch):
     _skip_without_compiler()
     for _, kernel, pointers, constexprs, num_warps in _compile_variants(dtype):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.parity import RUNNERS, runner_for
-from tests.reference_data import discover_cases, reference_dir
+from tests.reference_data import assert_matches_expected, discover_cases, reference_dir
 
 CASES = discover_cases()
 
@@ -24,13 +24,4 @@ def test_reference_case(case):
     torch.manual_seed(0)  # runners must not depend on it; this only makes a failure reproducible
     with torch.no_grad():
         actual = run(case)
-    failures = []
-    for name, expected in case.expected.items():
-        assert name in actual, f"case {case.name}: runner produced no {name!r}"
-        got = actual[name]
-        assert tuple(got.shape) == tuple(expected.shape), f"{name}: shape {tuple(got.shape)} != {tuple(expected.shape)}"
-        ok, err = case.tolerance(name).check(got, expected)
-        if not ok:
-            tol = case.tolerance(name)
-            failures.append(f"{name}: max abs error {err:.3g} > atol {tol.atol} (rtol {tol.rtol})")
-    assert not failures, f"case {case.name}: " + "; ".join(failures)
+    assert_matches_expected(case, actual)

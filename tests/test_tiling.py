@@ -18,7 +18,7 @@ from seedvr_local.models.vae_tiling import VAETiling, attention_in_place_, requi
 from tests.parity.restore import run_restore_case
 from tests.parity.vae import build_case_model
 from tests.reference_data import REPO_ROOT as REPO
-from tests.reference_data import discover_cases, reference_dir
+from tests.reference_data import assert_matches_expected, discover_cases, reference_dir
 
 ATOL = 1e-4
 # Any case set in the reference format: the tests pick cases by kind, never by name.
@@ -179,9 +179,7 @@ def _check_vae_case(case) -> None:
 
     with torch.no_grad():
         out = (run_encode_case if case.kind == "vae_encode" else run_decode_case)(case)
-    for key, expected in case.expected.items():
-        ok, err = case.tolerance(key).check(out[key], expected)
-        assert ok, f"{case.name}/{key}: max abs error {err:.3g}"
+    assert_matches_expected(case, out)
 
 
 def _with_tiling(method, tiling):
@@ -208,9 +206,7 @@ def test_tiled_restore_matches_the_official_reference(case, monkeypatch):
     monkeypatch.setattr(RestorationPipeline, "restore", tiled_restore)
     with torch.no_grad():
         out = run_restore_case(case)
-    for key, expected in case.expected.items():
-        ok, err = case.tolerance(key).check(out[key], expected)
-        assert ok, f"{case.name}/{key}: max abs error {err:.3g}"
+    assert_matches_expected(case, out)
 
 
 # ---------------------------------------------------------------------------------- the test can fail

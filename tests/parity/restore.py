@@ -25,28 +25,42 @@ def _check_input_transform(case: ReferenceCase) -> None:
     assert err <= case.tolerance("video").atol, f"input transform differs from the case's video by {err:.3g}"
 
 
-def run_restore_case(case: ReferenceCase) -> dict[str, torch.Tensor]:
-    config = case.config
+def build_pipeline(case: ReferenceCase) -> RestorationPipeline:
+    """The case's tiny DiT and VAE with its weights, its text embedding and its pipeline settings."""
+    config, params = case.config, case.params
     dit = NaDiT.from_dit_config(DiTConfig.from_dict(config["dit"], config["dit_variant"]))
     vae = VideoAutoencoder.from_vae_config(VAEConfig.from_dict(config["vae"]))
     dit.load_state_dict(_submodule_state(case.weights, "dit."), strict=True)
     vae.load_state_dict(_submodule_state(case.weights, "vae."), strict=True)
     dit.eval()
     vae.eval()
-    _check_input_transform(case)
-
-    params = case.params
-    inputs = case.inputs
-    pipeline = RestorationPipeline(
+    return RestorationPipeline(
         dit,
         vae,
-        inputs["text_pos"],
+        case.inputs["text_pos"],
         scaling_factor=params["scaling_factor"],
         shifting_factor=params["shifting_factor"],
         sample_posterior=params["vae_use_sample"],
     )
-    noises = RestoreNoises(inputs["posterior_eps"], inputs["noise"], inputs["aug_noise"])
-    out = pipeline.restore(inputs["video"], noises, cond_noise_scale=params["cond_noise_scale"], color_fix="wavelet")
+
+
+def case_noises(case: ReferenceCase) -> RestoreNoises:
+    inputs = case.inputs
+    return RestoreNoises(inputs["posterior_eps"], inputs["noise"], inputs["aug_noise"])
+
+
+def case_color_fix(case: ReferenceCase) -> str:
+    """The colour fix of the case's colour-fixed outputs: the first word of `params.color_fix`."""
+    return case.params["color_fix"].split()[0]
+
+
+def run_restore_case(case: ReferenceCase) -> dict[str, torch.Tensor]:
+    _check_input_transform(case)
+    pipeline = build_pipeline(case)
+    inputs = case.inputs
+    out = pipeline.restore(
+        inputs["video"], case_noises(case), cond_noise_scale=case.params["cond_noise_scale"], color_fix=case_color_fix(case)
+    )
 
     image_key = "image_uint8" if inputs["video"].shape[1] == 1 else "frames_uint8"
     fixed, raw = to_uint8_frames(out.colorfixed), to_uint8_frames(out.decoded)

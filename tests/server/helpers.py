@@ -265,17 +265,32 @@ class LocalHTTP:
             return list(self.requests)
 
 
-def wait_status(client, request_id: str, wanted: str = "COMPLETED", timeout: float = 10.0, logs: bool = False) -> dict:
-    """Poll a TestClient's status route until the request reaches `wanted`."""
+def wait_until(condition, what: str, timeout: float = 10.0):
+    """Poll `condition()` until it returns something truthy (returned), failing after `timeout` seconds with
+    `what` in the message. The deadline only bounds a hang: it is generous, never part of what is tested."""
     deadline = time.monotonic() + timeout
     while True:
-        response = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}/status", params={"logs": int(logs)})
-        body = response.json()
-        if body.get("status") == wanted:
-            return body
+        value = condition()
+        if value:
+            return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"request {request_id} still {body.get('status')} after {timeout} s: {body}")
+            raise AssertionError(f"not after {timeout} s: {what}")
         time.sleep(0.02)
+
+
+def wait_status(client, request_id: str, wanted: str = "COMPLETED", timeout: float = 10.0, logs: bool = False) -> dict:
+    """Poll a TestClient's status route until the request reaches `wanted`."""
+    last: dict = {}
+
+    def reached():
+        response = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}/status", params={"logs": int(logs)})
+        last.update(body=response.json())
+        return last["body"] if last["body"].get("status") == wanted else None
+
+    try:
+        return wait_until(reached, f"request {request_id} {wanted}", timeout)
+    except AssertionError:
+        raise AssertionError(f"request {request_id} still {last['body'].get('status')} after {timeout} s: {last['body']}")
 
 
 class SlowSeeds:

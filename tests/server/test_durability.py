@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -103,7 +102,7 @@ def test_accepted_job_is_on_disk_before_the_response(settings):
         row = other.query_one("SELECT status FROM jobs WHERE id = ?", (request_id,))
         other.close()
         gated.gate.set()
-        time.sleep(0.05)
+        wait_status(client, request_id)  # shut down only once the job is done
     assert row is not None
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import requires
 from tests.server.helpers import FakeEngine, LiveServer, SlowSeeds, make_certificate
 
 SLOW_SEED = 777
@@ -25,7 +26,7 @@ def flow_engine(request):
 
 
 def test_fal_client_flows_over_tls(tmp_path, settings, flow_engine):
-    pytest.importorskip("fal_client", reason="fal-client is in the test extra: pip install -e '.[test]'")
+    requires.module("fal_client", "it is in the test extra: pip install -e '.[test]'")
     cert, key = make_certificate(tmp_path)
     settings.api_keys = (KEY,)
     engine = flow_engine

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests import requires
 from tests.server.helpers import FakeEngine, LiveServer, LocalHTTP, SlowSeeds, png_bytes
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
@@ -20,12 +20,9 @@ KEY = "js-key"
 @pytest.fixture(scope="session")
 def node() -> str:
     """node, with tests/js's packages installed (`npm ci` when they are not)."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed: the JS client tests need node >= 18 and npm")
+    node = requires.executable("node", "the JS client tests need node >= 18 and npm")
     if not (JS_DIR / "node_modules" / "@fal-ai" / "client").is_dir():
-        npm = shutil.which("npm")
-        assert npm, "npm is needed to install tests/js (npm ci --prefix tests/js)"
+        npm = requires.executable("npm", "needed to install tests/js: npm ci --prefix tests/js")
         done = subprocess.run(
             [npm, "ci", "--no-audit", "--no-fund"], cwd=JS_DIR, capture_output=True, text=True, timeout=600
         )
@@ -88,3 +85,24 @@ def test_js_client_is_refused_without_the_key(node, tmp_path, settings):
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     assert answer["status"] == 401 and "Authorization" in answer["detail"]
+
+
+def test_js_client_uploads_a_large_file_in_parts(node, settings):
+    """The client switches to its multipart protocol over 90 MiB: the server must take the parts and serve back
+    the same bytes."""
+    settings.api_keys = (KEY,)
+    with LiveServer(settings, FakeEngine) as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("FAL_")},
+            "PROXY_URL": f"{server.url}/api/fal/proxy",
+            "UPLOAD_MIB": "91",
+            "FAL_KEY": KEY,
+        }
+        done = subprocess.run([node, "multipart.mjs"], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        file_id = summary["url"].split("/files/", 1)[1].split("/", 1)[0]
+        stored = server.state.files.get(file_id)
+    assert stored is not None and stored.multipart, "the client did not use the multipart protocol"
+    assert summary["status"] == 200 and summary["servedSize"] == summary["size"]
+    assert summary["servedSha256"] == summary["sha256"]

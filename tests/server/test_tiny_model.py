@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from seedvr_local.server import create_app
-from tests.server.helpers import data_uri, free_port, png_bytes, wait_status
+from tests.server.helpers import data_uri, free_port, png_bytes, wait_status, wait_until
 
 RUN = "/fal-ai/seedvr/upscale/image"
 
@@ -119,8 +119,11 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
             ]
             for n in range(3)
         ]
-        while httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{ids[0]}/status").json()["status"] != "IN_PROGRESS":
-            time.sleep(0.02)
+        wait_until(
+            lambda: httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{ids[0]}/status").json()["status"] == "IN_PROGRESS",
+            "the first job started",
+            timeout=120,
+        )
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(30)
@@ -128,12 +131,13 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
     second = start()
     try:
         for request_id in ids:
-            deadline = time.monotonic() + 120
-            while (status := httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}/status").json())[
-                "status"
-            ] != "COMPLETED":
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+            status = wait_until(
+                lambda: (body := httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}/status").json())[
+                    "status"
+                ] == "COMPLETED" and body,
+                f"request {request_id} completed after the restart",
+                timeout=120,
+            )
             assert "error" not in status, status
             result = httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}")
             assert result.status_code == 200 and httpx.get(result.json()["image"]["url"]).status_code == 200

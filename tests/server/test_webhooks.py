@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.server.helpers import LocalHTTP, data_uri, png_bytes, wait_status
+from tests.server.helpers import LocalHTTP, data_uri, png_bytes, wait_status, wait_until
 
 SUBMIT = "/queue/fal-ai/seedvr/upscale/image"
 
@@ -38,6 +38,17 @@ def test_error_payload_for_an_unreadable_image(make_client):
     assert payload["payload"]["detail"][0]["loc"] == ["body", "image_url"]
 
 
+def _webhook_row(client, request_id: str, columns: str, until: str):
+    """The webhook row of a job once its state is `until` (the delivery is recorded after the receiver answers)."""
+    db = client.app.state.server.db
+
+    def row():
+        found = db.query_one(f"SELECT state, {columns} FROM webhooks WHERE job_id = ?", (request_id,))
+        return tuple(found)[1:] if found is not None and found[0] == until else None
+
+    return wait_until(row, f"the webhook of {request_id} {until}")
+
+
 def test_retries_until_delivered(make_client):
     answers = iter([503, 500, 200])
 
@@ -47,10 +58,7 @@ def test_retries_until_delivered(make_client):
     with LocalHTTP({"/hook": flaky}) as receiver, make_client(allow_private_urls=True) as client:
         request_id = _submit(client, f"{receiver.url}/hook")
         calls = receiver.wait_for(3)
-        time.sleep(0.1)
-        row = client.app.state.server.db.query_one(
-            "SELECT state, attempts FROM webhooks WHERE job_id = ?", (request_id,)
-        )
+        row = _webhook_row(client, request_id, "state, attempts", until="delivered")
         metrics = client.get("/metrics").text
     assert len(calls) == 3 and calls[0][3] == calls[2][3]  # the same payload every time
     assert tuple(row) == ("delivered", 3)
@@ -64,10 +72,7 @@ def test_gives_up_after_max_attempts(make_client):
     ):
         request_id = _submit(client, f"{receiver.url}/hook")
         receiver.wait_for(3)
-        time.sleep(0.5)
-        row = client.app.state.server.db.query_one(
-            "SELECT state, attempts, last_error FROM webhooks WHERE job_id = ?", (request_id,)
-        )
+        row = _webhook_row(client, request_id, "state, attempts, last_error", until="failed")
     assert len(receiver.requests) == 3
     assert tuple(row) == ("failed", 3, "HTTP 500")
 
@@ -103,10 +108,7 @@ def test_pending_webhook_is_delivered_after_a_restart(make_client):
         # ... the next one, on the same data dir, delivers it
         with make_client(allow_private_urls=True) as client:
             calls = receiver.wait_for(2)
-            time.sleep(0.1)
-            state = client.app.state.server.db.query_one("SELECT state FROM webhooks WHERE job_id = ?", (request_id,))[
-                0
-            ]
+            state = _webhook_row(client, request_id, "state", until="delivered")[0]
     assert len(calls) == 2 and json.loads(calls[1][3])["request_id"] == request_id
     assert state == "delivered"
 
