@@ -133,11 +133,11 @@ def measure_dit(spec: dict) -> dict:
     config.mm_layers = min(config.mm_layers, layers - 1)
     config.window, config.window_method = config.window[:layers], config.window_method[:layers]
     with parameters_on_meta():
-        dit = NaDiT.from_dit_config(config)
+        dit = NaDiT.from_config(config)
     generator = torch.Generator(device).manual_seed(0)
     materialize_random_(dit, generator, dtype)
     dit = dit.to(device=device).eval().requires_grad_(False)
-    dit.set_attention_backend(spec.get("attention", "auto"))
+    dit.set_window_attention_backend(spec.get("attention", "auto"))
     latent = (33, (spec["frames"] - 1) // 4 + 1, height // 8, width // 8)
     text = torch.randn(TEXT_TOKENS, config.txt_in_dim, generator=generator, device=device, dtype=dtype)
     gc.collect()

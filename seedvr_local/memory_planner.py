@@ -493,7 +493,7 @@ class MemoryPlanner:
 
     @classmethod
     def for_pipeline(cls, pipeline: "RestorationPipeline", **kwargs) -> "MemoryPlanner":
-        dit_config = getattr(pipeline.dit, "dit_config", None)
+        dit_config = getattr(pipeline.dit, "config", None)
         vae_dtype = next(pipeline.vae.parameters()).dtype
         return cls(pipeline.vae.vae_config, dit_config, vae_dtype, pipeline.device, **kwargs)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -38,5 +36,12 @@ def test_bf16_on_a_gpu_without_it_is_refused_in_one_line(monkeypatch):
 def test_flash_varlen_attention_needs_ampere(monkeypatch, capability, expected):
     monkeypatch.setattr(window_attention, "cuda_capability", lambda device: capability)
     monkeypatch.setattr(window_attention, "_flash_attn_varlen", lambda: None)  # whatever is installed here
-    q = SimpleNamespace(is_cuda=True, dtype=torch.float16, shape=(1, 1, 1, 128), device=CUDA)
-    assert window_attention.resolve_attention_backend("auto", q) == expected
+    monkeypatch.setattr(window_attention, "_torch_varlen", lambda: object())  # present on any CUDA torch build
+    assert window_attention.resolve_attention_backend("auto", CUDA, torch.float16, 128)[0] == expected
+    assert window_attention.resolve_attention_backend("auto", CUDA, torch.float32, 128)[0] == "sdpa"
+
+
+def test_one_gpu_capability_helper():
+    from seedvr_local.kernels import backend
+
+    assert window_attention.cuda_capability is devices.cuda_capability is backend.cuda_capability

@@ -22,6 +22,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from seedvr_local import kernels
 from seedvr_local.models.vae_blocks import (
     CausalConv3d,
     ChunkMemory,
@@ -208,7 +209,7 @@ class Decoder3D(nn.Module):
 Stage = Callable[[torch.Tensor, ChunkMemory | None], torch.Tensor]
 
 
-class VideoAutoencoder(ModelMixin, ConfigMixin):
+class VideoAutoencoder(kernels.ModelBackends, ModelMixin, ConfigMixin):
     """The SeedVR2 video VAE. The constructor arguments are the `VAEConfig` fields (see `from_vae_config`).
 
     `encode` returns the posterior `(mean, logvar)`; sampling and latent scaling (0.9152) are the pipeline's job.
@@ -218,6 +219,8 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     activation to it and back (on an H100: the VAE phases 5-10% faster, their peak memory a quarter lower at 4K,
     benchmarks/RESULTS.md); contiguous elsewhere, where it gained nothing.
     """
+
+    _repeated_blocks = ["ResnetBlock3D"]  # regional compilation (seedvr_local/compilation.py)
 
     @register_to_config
     def __init__(
@@ -265,6 +268,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     def spatial_factor(self) -> int:
         return self.vae_config.spatial_downsample_factor
 
+    @kernels.runs_kernels
     def encode(self, x: torch.Tensor, tiling: VAETiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`x (B, 3, T, H, W)` in [-1, 1] -> posterior `(mean, logvar)`, each `(B, 16, (T-1)/4 + 1, H/8, W/8)`.
 
@@ -289,6 +293,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
+    @kernels.runs_kernels
     def decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> torch.Tensor:
         """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1].
 

@@ -27,7 +27,7 @@ def _check_input_transform(case: ReferenceCase) -> None:
 
 def run_restore_case(case: ReferenceCase) -> dict[str, torch.Tensor]:
     config = case.config
-    dit = NaDiT.from_dit_config(DiTConfig.from_dict(config["dit"], config["dit_variant"]))
+    dit = NaDiT.from_config(DiTConfig.from_dict(config["dit"], config["dit_variant"]))
     vae = VideoAutoencoder.from_vae_config(VAEConfig.from_dict(config["vae"]))
     dit.load_state_dict(_submodule_state(case.weights, "dit."), strict=True)
     vae.load_state_dict(_submodule_state(case.weights, "vae."), strict=True)
