@@ -23,7 +23,6 @@ from seedvr_local.models.rope import MMRope3d, PixelRope3d
 from seedvr_local.models.window_attention import TokenLayout, resolve_attention_backend
 from seedvr_local.models.windows import WINDOW_METHODS
 
-VARIANTS = ("3b", "7b")
 SEEDVR2_WINDOW = (4, 3, 3)
 SEEDVR2_WINDOW_METHODS = ("720pwin_by_size_bysize", "720pswin_by_size_bysize")  # alternating, even layers first
 _RMS_NORMS = ("fusedrms", "rms")  # apex fused and plain RMSNorm: the same maths
@@ -33,15 +32,24 @@ _VARIANT_FIELDS = {
     "3b": ("mm_layers", "rope_type", "rope_dim", "output_norm", "txt_in_norm"),
     "7b": ("qk_rope", "shared_mlp", "shared_qkv"),
 }
-#: Constructor arguments named differently from the official config: `vid_out_norm` is the output norm's
-#: submodule (its checkpoint keys), and a config field of that name would shadow it (diffusers reads config
-#: fields as attributes).
+#: Constructor arguments named differently from the official config field: `vid_out_norm` is also the name of the
+#: output norm's submodule (its checkpoint keys), which a config field of that name would shadow (diffusers answers
+#: attribute reads of config fields with the config value).
 _OFFICIAL_NAMES = {"output_norm": "vid_out_norm"}
 # Accepted in official configs: ignored by the official inference code, or checked to hold the only value it has.
 _IGNORED_FIELDS = {
     "msa_type", "mca_type", "block_type", "gradient_checkpoint", "patch_type", "txt_in_norm_scale_factor",
     "txt_proj_type", "temporal_window_size", "temporal_shifted",
 }  # fmt: skip
+
+
+def _other_variant(variant: str) -> str:
+    return next(v for v in _VARIANT_FIELDS if v != variant)
+
+
+def _check_variant(variant: Any) -> None:
+    if variant not in _VARIANT_FIELDS:
+        raise ValueError(f"DiT variant must be '3b' or '7b', got {variant!r}")
 
 
 def _constructor_defaults() -> dict[str, Any]:
@@ -54,8 +62,8 @@ class DiTConfig(FrozenDict):
     """A checked NaDiT architecture: `NaDiT`'s constructor arguments with the defaults filled in, `patch_size` a
     tuple, `window` and `window_method` one per layer. Read-only, by key or attribute.
 
-    It is what a model's `config` holds; `NaDiT.from_config(cfg)` builds the model. `from_dict` reads the official
-    yaml field names (`configs_3b|7b/main.yaml` under `dit.model`), strictly.
+    A model's `config` holds the same items; `NaDiT.from_config(cfg)` builds the model. `from_dict` reads the
+    official yaml field names (`configs_3b|7b/main.yaml` under `dit.model`), strictly.
     """
 
     @classmethod
@@ -66,14 +74,14 @@ class DiTConfig(FrozenDict):
         unknown = sorted(set(fields) - set(defaults))
         if unknown:
             raise TypeError(f"unknown NaDiT argument(s): {', '.join(unknown)}")
-        missing = [name for name, default in defaults.items() if default is inspect.Parameter.empty and name not in fields]
+        required = [name for name, default in defaults.items() if default is inspect.Parameter.empty]
+        missing = [name for name in required if name not in fields]
         if missing:
             raise ValueError(f"a NaDiT config needs {', '.join(missing)}")
         cfg = {name: fields.get(name, default) for name, default in defaults.items()}
         variant = cfg["variant"]
-        if variant not in VARIANTS:
-            raise ValueError(f"DiT variant must be '3b' or '7b', got {variant!r}")
-        other = next(v for v in VARIANTS if v != variant)
+        _check_variant(variant)
+        other = _other_variant(variant)
         stray = [name for name in _VARIANT_FIELDS[other] if cfg[name] != defaults[name]]
         if stray:
             raise ValueError(f"the {variant} DiT has no {', '.join(stray)} (a {other} field)")
@@ -90,9 +98,8 @@ class DiTConfig(FrozenDict):
         variant = variant or stated
         if stated is not None and stated != variant:
             raise ValueError(f"the DiT config says variant {stated!r} but {variant!r} was asked for")
-        if variant not in VARIANTS:
-            raise ValueError(f"DiT variant must be '3b' or '7b', got {variant!r}")
-        other = set(_VARIANT_FIELDS[next(v for v in VARIANTS if v != variant)])
+        _check_variant(variant)
+        other = set(_VARIANT_FIELDS[_other_variant(variant)])
         allowed = {_OFFICIAL_NAMES.get(name, name) for name in _constructor_defaults() if name not in other}
         allowed -= {"variant"}
         unknown = sorted(set(d) - allowed - _IGNORED_FIELDS)
@@ -108,7 +115,7 @@ class DiTConfig(FrozenDict):
 
     def to_dict(self) -> dict[str, Any]:
         """The official field names of this variant plus `variant`, JSON-friendly."""
-        other = _VARIANT_FIELDS[next(v for v in VARIANTS if v != self.variant)]
+        other = _VARIANT_FIELDS[_other_variant(self.variant)]
         out = {}
         for name, value in self.items():
             if name in other:
@@ -157,7 +164,8 @@ def _check_common(cfg: dict[str, Any]) -> None:
     for name in ("norm", "qk_norm", "output_norm"):
         value = cfg[name]
         if value is not None and value not in _RMS_NORMS:
-            raise ValueError(f"{_OFFICIAL_NAMES.get(name, name)} must be an RMS norm ({', '.join(_RMS_NORMS)}), got {value!r}")
+            official = _OFFICIAL_NAMES.get(name, name)
+            raise ValueError(f"{official} must be an RMS norm ({', '.join(_RMS_NORMS)}), got {value!r}")
     if cfg["norm"] is None:
         raise ValueError("norm must be an RMS norm, got None")
 
