@@ -128,10 +128,11 @@ def measure_dit(spec: dict) -> dict:
     device, dtype = _device_and_dtype(spec)
     width, height = spec["size"]
     layers = spec["dit_layers"]
-    config = DiTConfig.seedvr2_3b()
-    config.num_layers = layers
-    config.mm_layers = min(config.mm_layers, layers - 1)
-    config.window, config.window_method = config.window[:layers], config.window_method[:layers]
+    full = DiTConfig.seedvr2_3b()
+    config = DiTConfig.checked(**{
+        **full, "num_layers": layers, "mm_layers": min(full.mm_layers, layers - 1),
+        "window": full.window[:layers], "window_method": full.window_method[:layers],
+    })  # fmt: skip
     with parameters_on_meta():
         dit = NaDiT.from_config(config)
     generator = torch.Generator(device).manual_seed(0)
