@@ -25,7 +25,7 @@ from typing import Callable, Iterator, TypeVar
 
 import torch
 
-from seedvr_local.devices import cuda_capability
+from seedvr_local import devices
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def resolve(mode: str, device: torch.device) -> tuple[str, str]:
     if mode == "torch":
         return "torch", "asked for"
     on_gpu = device.type == "cuda"
+    capability = devices.cuda_capability(device) if on_gpu else None
     if mode == "triton":
         if not triton_available():
             raise KernelBackendError(
@@ -78,17 +79,16 @@ def resolve(mode: str, device: torch.device) -> tuple[str, str]:
             )
         if not (on_gpu or interpreter_enabled()):
             raise KernelBackendError("--kernels triton needs a CUDA GPU (or TRITON_INTERPRET=1 for testing)")
-        if on_gpu and cuda_capability(device) < TRITON_MIN_CAPABILITY:
+        if on_gpu and capability < TRITON_MIN_CAPABILITY:
             raise KernelBackendError(f"--kernels triton needs a GPU of compute capability 7.0 or newer, this one is "
-                                     f"{'.'.join(map(str, cuda_capability(device)))}")  # fmt: skip
+                                     f"{'.'.join(map(str, capability))}")  # fmt: skip
         return "triton", "asked for"
     if not triton_available():
         return "torch", "auto: triton not installed"
     if not on_gpu:
         return "torch", f"auto: the model is on {device.type}, not a CUDA GPU"
-    if cuda_capability(device) < TRITON_MIN_CAPABILITY:
-        capability = ".".join(map(str, cuda_capability(device)))
-        return "torch", f"auto: GPU compute capability {capability} is below Triton's 7.0"
+    if capability < TRITON_MIN_CAPABILITY:
+        return "torch", f"auto: GPU compute capability {'.'.join(map(str, capability))} is below Triton's 7.0"
     return "triton", f"auto: CUDA and triton {triton_version()} available"
 
 

@@ -34,14 +34,20 @@ def test_bf16_on_a_gpu_without_it_is_refused_in_one_line(monkeypatch):
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), "torch_varlen"), ((7, 5), "sdpa")])
 def test_flash_varlen_attention_needs_ampere(monkeypatch, capability, expected):
-    monkeypatch.setattr(window_attention, "cuda_capability", lambda device: capability)
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
     monkeypatch.setattr(window_attention, "_flash_attn_varlen", lambda: None)  # whatever is installed here
     monkeypatch.setattr(window_attention, "_torch_varlen", lambda: object())  # present on any CUDA torch build
     assert window_attention.resolve_attention_backend("auto", CUDA, torch.float16, 128)[0] == expected
     assert window_attention.resolve_attention_backend("auto", CUDA, torch.float32, 128)[0] == "sdpa"
 
 
-def test_one_gpu_capability_helper():
+@pytest.mark.parametrize("capability, dtype, kernels", [((9, 0), torch.bfloat16, "triton"),
+                                                        ((6, 1), torch.float16, "torch")])  # fmt: skip
+def test_one_capability_helper_decides_dtype_attention_and_kernels(monkeypatch, capability, dtype, kernels):
     from seedvr_local.kernels import backend
 
-    assert window_attention.cuda_capability is devices.cuda_capability is backend.cuda_capability
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
+    monkeypatch.setattr(backend, "triton_version", lambda: "3.test")
+    assert devices.resolve_dtype(None, CUDA) == dtype
+    assert backend.resolve("auto", CUDA)[0] == kernels
+    assert window_attention.attention_backend_available("torch_varlen", CUDA, dtype, 128) == (capability >= (8, 0))

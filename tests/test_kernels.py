@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from seedvr_local import kernels
+from seedvr_local import devices, kernels
 from seedvr_local.kernels import backend, reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def _fake_machine(
     monkeypatch, *, triton: bool, interpret: bool = False, capability: tuple[int, int] = (9, 0)
 ) -> None:
     monkeypatch.setattr(backend, "triton_version", lambda: "3.test" if triton else None)
-    monkeypatch.setattr(backend, "cuda_capability", lambda device: capability)
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
     monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
 
 

@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seedvr_local import kernels
-
-from seedvr_local.devices import AMPERE, cuda_capability
+from seedvr_local import devices, kernels
 from seedvr_local.models.dit_layers import MMPair, RMSNorm
 from seedvr_local.models.windows import window_boxes
 
@@ -260,7 +258,7 @@ def attention_backend_available(name: str, device: torch.device, dtype: torch.dt
         return True
     flash_ok = (
         device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
-        and cuda_capability(device) >= AMPERE  # both varlen kernels are flash attention 2: Ampere or newer
+        and devices.cuda_capability(device) >= devices.AMPERE  # both varlen kernels are flash attention 2: sm80+
     )  # fmt: skip
     library = _flash_attn_varlen if name == "flash_attn" else _torch_varlen
     return flash_ok and library() is not None
