@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import sys
@@ -50,7 +51,7 @@ def count_flops(model: str, width: int, height: int) -> dict[str, float]:
     config = DiTConfig.seedvr2_3b() if model == "3b" else DiTConfig.seedvr2_7b()
     height, width = _padded(height), _padded(width)
     with torch.device("meta"):
-        dit = NaDiT.from_dit_config(config).eval()
+        dit = NaDiT.from_config(config).eval()
         vae = VideoAutoencoder.from_vae_config(VAEConfig.seedvr2()).eval()
         latent = torch.empty(33, 1, height // 8, width // 8)
         text = torch.empty(TEXT_TOKENS, config.txt_in_dim)
@@ -113,22 +114,26 @@ def count_launches(model: str, width: int, height: int, attention: str = "packed
     config = DiTConfig.seedvr2_3b() if model == "3b" else DiTConfig.seedvr2_7b()
     height, width = _padded(height), _padded(width)
     with torch.device("meta"):
-        dit = NaDiT.from_dit_config(config).eval().to(torch.bfloat16)
+        # All parameters bf16, the modulation offsets too: launches do not depend on them, and `ModelMixin.to`
+        # would warn that it casts `_keep_in_fp32_modules` (which a checkpoint load keeps in fp32).
+        dit = torch.nn.Module.to(NaDiT.from_config(config).eval(), torch.bfloat16)
         latent = torch.empty(33, 1, height // 8, width // 8, dtype=torch.bfloat16)
         text = torch.empty(TEXT_TOKENS, config.txt_in_dim, dtype=torch.bfloat16)
     counter = _LaunchCounter()
     with contextlib.ExitStack() as patches:
         for name in _FUSED_OPS:
             patches.enter_context(mock.patch.object(kernels, name, counter.one_launch(getattr(kernels, name), name)))
+        registry = window_attention.ATTENTION_BACKENDS
         sdpa = counter.one_launch(window_attention.sdpa_attention, "attention")
-        patches.enter_context(mock.patch.dict(window_attention.GROUPED_BACKENDS, {"sdpa": sdpa}))
+        patches.enter_context(mock.patch.dict(registry, {"sdpa": dataclasses.replace(registry["sdpa"], kernel=sdpa)}))
         if attention == "packed":  # the meta device has no flash kernel: stand in for the one launch it makes
             varlen = counter.one_launch(lambda q, k, v, packed: torch.empty_like(q), "attention")
-            patches.enter_context(mock.patch.dict(window_attention.PACKED_BACKENDS, {"torch_varlen": varlen}))
+            stand_in = dataclasses.replace(registry["torch_varlen"], kernel=varlen)
+            patches.enter_context(mock.patch.dict(registry, {"torch_varlen": stand_in}))
             patches.enter_context(mock.patch.object(window_attention, "attention_backend_available", lambda *a: True))
-            dit.set_attention_backend("torch_varlen")
+            dit.set_window_attention_backend("torch_varlen")
         else:
-            dit.set_attention_backend("sdpa")
+            dit.set_window_attention_backend("sdpa")
         with torch.no_grad(), counter:
             dit.forward_samples([latent], [text], 1000.0)
     return counter.launches

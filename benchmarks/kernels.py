@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -145,10 +145,20 @@ def max_err(a, b) -> float:
     return (_first(a).float() - _first(b).float()).abs().max().item()
 
 
+def _with_triton(op: Callable[[], Any]) -> Callable[[], Any]:
+    """`op` run as a model with the triton backend runs it."""
+
+    def run_op():
+        with kernels.use("triton"):
+            return op()
+
+    return run_op
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
-    active = kernels.select("auto" if device.type == "cuda" else "torch")
+    active, _ = backend.resolve("auto", device)
     impls = ["torch"] + (["triton"] if active == "triton" else []) + (["inductor"] if args.compile else [])
     rows = []
     for bench in build(args.size, device, dtype):
@@ -157,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
             if impl == "torch":
                 fn = bench.ref
             elif impl == "triton":
-                fn = bench.op
+                fn = _with_triton(bench.op)
             else:
                 fn = torch.compile(bench.ref, dynamic=False)
             out = fn()

@@ -135,16 +135,17 @@ def measure_dit(spec: dict) -> dict:
     device, dtype = _device_and_dtype(spec)
     width, height = spec["size"]
     layers = spec["dit_layers"]
-    config = DiTConfig.seedvr2_3b()
-    config.num_layers = layers
-    config.mm_layers = min(config.mm_layers, layers - 1)
-    config.window, config.window_method = config.window[:layers], config.window_method[:layers]
+    full = DiTConfig.seedvr2_3b()
+    config = DiTConfig.checked(**{
+        **full, "num_layers": layers, "mm_layers": min(full.mm_layers, layers - 1),
+        "window": full.window[:layers], "window_method": full.window_method[:layers],
+    })  # fmt: skip
     with parameters_on_meta():
-        dit = NaDiT.from_dit_config(config)
+        dit = NaDiT.from_config(config)
     generator = torch.Generator(device).manual_seed(0)
     materialize_random_(dit, generator, dtype)
     dit = dit.to(device=device).eval().requires_grad_(False)
-    dit.set_attention_backend(spec.get("attention", "auto"))
+    dit.set_window_attention_backend(spec.get("attention", "auto"))
     pipeline = RestorationPipeline(dit, _meta_vae().to(dtype), torch.empty(0))
     _, *latent_size = pipeline.latent_shape(spec["frames"], height, width)
     latent = (config.vid_in_channels, *latent_size)

@@ -61,7 +61,7 @@ def build_upscaler(model: str, device: str | None = None, dtype: str | None = No
     generator = torch.Generator(torch_device).manual_seed(0)
     models = []
     with parameters_on_meta():
-        built = [NaDiT.from_dit_config(dit_config), VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())]
+        built = [NaDiT.from_config(dit_config), VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())]
     for module in built:
         materialize_random_(module, generator, torch_dtype)
         models.append(module.to(device=torch_device, dtype=torch_dtype).eval().requires_grad_(False))

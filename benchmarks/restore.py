@@ -112,19 +112,21 @@ def main(argv: list[str] | None = None) -> int:
                              "most time to this file, a section per size")
     args = parser.parse_args(argv)
 
-    kernels.select(args.kernels)
     started = time.perf_counter()
     upscaler = build_upscaler(args.model, args.device, args.dtype)
     load_s = time.perf_counter() - started
+    dit = upscaler.pipeline.dit
+    kernel_backend = dit.set_kernel_backend(args.kernels)
+    upscaler.pipeline.vae.set_kernel_backend(args.kernels)  # on the same device: the same choice
+    attention = dit.set_window_attention_backend(args.attention)
     if args.compile:
         compile_pipeline(upscaler.pipeline)
-    upscaler.pipeline.dit.set_attention_backend(args.attention)
     vae = upscaler.pipeline.vae
     vae.channels_last = VAE_LAYOUTS[args.vae_layout]
     device = upscaler.pipeline.device
     memory = PeakMemory(device)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
-    print(f"# {upscaler.description}; attention {args.attention}; kernels {kernels.active_backend()}; "
+    print(f"# {upscaler.description}; attention {attention}; kernels {kernel_backend}; "
           f"compile {'on' if args.compile else 'off'}; VAE {'channels-last' if vae.uses_channels_last else 'contiguous'}; "
           f"loaded in {load_s:.1f}s; {machine}")
 
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if profile is not None:
         profile.close()
     if args.json:
-        report = {"model": args.model, "attention": args.attention, "kernels": kernels.active_backend(), "compile": args.compile, "channels_last": vae.uses_channels_last, "description": upscaler.description, "machine": machine,
+        report = {"model": args.model, "attention": attention, "kernels": kernel_backend, "compile": args.compile, "channels_last": vae.uses_channels_last, "description": upscaler.description, "machine": machine,
                   "torch": torch.__version__, "load_s": load_s, "results": rows}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -8,17 +8,19 @@ reference that computes the same numbers:
   fused with SiLU, from statistics that may come from the whole frame while the tensor is one tile of it;
 - `unnormalized_softmax`: the softmax of the VAE attention's two-GEMM path in two passes over the scores.
 
-Backend: `select("auto" | "triton" | "torch")`, `active_backend()`; auto uses Triton when it is installed and
-a CUDA GPU is present. Triton is optional: without it everything runs the references.
+Backend: chosen per model (`ModelBackends.set_kernel_backend("auto" | "triton" | "torch")`, see `backend`); the
+ops called while a model's `@runs_kernels` method runs use that model's backend, elsewhere the references. Triton
+is optional: without it everything runs the references.
 """
 
 from seedvr_local.kernels.backend import (
     MODES,
     KernelBackendError,
-    active_backend,
+    ModelBackends,
     interpreter_enabled,
-    select,
+    runs_kernels,
     triton_available,
+    use,
 )
 from seedvr_local.kernels.group_stats import GroupMoments, GroupStats, merge_moments
 from seedvr_local.kernels.ops import (
@@ -38,7 +40,7 @@ __all__ = [
     "GroupMoments",
     "GroupStats",
     "KernelBackendError",
-    "active_backend",
+    "ModelBackends",
     "gated_residual",
     "gated_residual_rms_norm_modulate",
     "group_norm_moments",
@@ -49,7 +51,8 @@ __all__ = [
     "rms_norm",
     "rms_norm_modulate",
     "rotate_pairs",
-    "select",
+    "runs_kernels",
     "triton_available",
     "unnormalized_softmax",
+    "use",
 ]

@@ -87,16 +87,18 @@ def run_upscale(args: argparse.Namespace) -> int:
 
     from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
+    from seedvr_local.devices import resolve_device
     from seedvr_local.upscaler import Upscaler
 
     single = len(jobs) == 1 and not args.input.is_dir()
     first = _read(jobs[0][0]) if single else None  # a bad single input fails before the model loads
-    backend = kernels.select(args.kernels)
+    kernels.backend.resolve(args.kernels, resolve_device(args.device))  # an impossible --kernels fails before loading
     upscaler = (
-        Upscaler.tiny(device=args.device, dtype=args.dtype)
+        Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels)
         if weights_dir is None
-        else Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype)
+        else Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype, kernels=args.kernels)
     )
+    backend = upscaler.kernel_backend
     if args.compile:
         compile_pipeline(upscaler.pipeline)
     compiled = "; compiled on first use of each size" if args.compile else ""

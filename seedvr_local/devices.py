@@ -11,9 +11,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 AMPERE = (8, 0)
 
 
-@functools.cache  # asked per attention call; a device's capability never changes
+@functools.cache  # a device's capability never changes
 def cuda_capability(device: torch.device) -> tuple[int, int]:
-    """(major, minor) compute capability of a CUDA device."""
+    """(major, minor) compute capability of a CUDA device: the one helper for it (dtypes, attention, kernels)."""
     return tuple(torch.cuda.get_device_capability(device))
 
 

@@ -90,9 +90,14 @@ class Upscaler:
 
     @classmethod
     def from_weights_dir(
-        cls, weights_dir: str | Path, device: str | None = None, dtype: str | torch.dtype | None = None
+        cls,
+        weights_dir: str | Path,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        kernels: str | None = None,
     ) -> "Upscaler":
-        """Load the DiT, the VAE and the text embedding of a weights directory (see README)."""
+        """Load the DiT, the VAE and the text embedding of a weights directory (see README). `kernels`: "auto",
+        "triton" or "torch" for both models (default: `$SEEDVR_KERNELS`, else auto)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         models = load_models(weights_dir, device=torch_device, dtype=torch_dtype)
@@ -105,10 +110,15 @@ class Upscaler:
             shifting_factor=info.shifting_factor,
         )
         dtype_name = str(torch_dtype).removeprefix("torch.")
-        return cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
+        upscaler = cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
+        if kernels is not None:
+            upscaler.set_kernel_backend(kernels)
+        return upscaler
 
     @classmethod
-    def tiny(cls, device: str | None = None, dtype: str | torch.dtype | None = None) -> "Upscaler":
+    def tiny(
+        cls, device: str | None = None, dtype: str | torch.dtype | None = None, kernels: str | None = None
+    ) -> "Upscaler":
         """A tiny SeedVR2 architecture with fixed random weights, built in memory (nothing to download): the
         whole CLI and server run with it in seconds on a CPU, but the pictures it makes are noise."""
         torch_device = resolve_device(device)
@@ -116,7 +126,20 @@ class Upscaler:
         models = build_tiny_models(device=torch_device, dtype=torch_dtype)
         pipeline = RestorationPipeline(models.dit, models.vae, models.pos_emb)
         dtype_name = str(torch_dtype).removeprefix("torch.")
-        return cls(pipeline, f"tiny test model on {torch_device} ({dtype_name})", RANDOM_WEIGHTS_NOTICE)
+        upscaler = cls(pipeline, f"tiny test model on {torch_device} ({dtype_name})", RANDOM_WEIGHTS_NOTICE)
+        if kernels is not None:
+            upscaler.set_kernel_backend(kernels)
+        return upscaler
+
+    def set_kernel_backend(self, mode: str) -> str:
+        """Run both models with the "auto", "triton" or "torch" kernels -> the backend chosen ("triton" or
+        "torch"; both models are on one device, so they choose alike)."""
+        self.pipeline.vae.set_kernel_backend(mode)
+        return self.pipeline.dit.set_kernel_backend(mode)
+
+    @property
+    def kernel_backend(self) -> str:
+        return self.pipeline.dit.kernel_backend
 
     def warm_up(self, sizes: Sequence[tuple[int, int]] = ()) -> float:
         """Run small images through every phase and return the seconds it took, so that no real request pays for

@@ -130,10 +130,10 @@ def run_serve(args: argparse.Namespace) -> int:
     from seedvr_local.weights.bundle import inspect_weights_dir
     from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
 
-    kernels.select(args.kernels)  # a forced backend this machine cannot run fails here, in one line
     # A missing or incomplete directory fails here, in one line.
     info = inspect_weights_dir(weights_dir) if weights_dir is not None else None
     device = resolve_device(args.device)
+    kernels.backend.resolve(args.kernels, device)  # a forced backend this machine cannot run fails here, in one line
     resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
     lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
     lock.acquire()
@@ -142,9 +142,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
     def load() -> Upscaler:
         upscaler = (
-            Upscaler.tiny(device=str(device), dtype=args.dtype)
+            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels)
             if weights_dir is None
-            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype)
+            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels)
         )
         # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
         # compiling: compiled graphs are per size, and no request has the warm-up's.

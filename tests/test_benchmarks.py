@@ -37,7 +37,7 @@ def test_flops_counts_the_full_size_model(tmp_path, capsys):
     from seedvr_local.models.nadit import DiTConfig, NaDiT
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in NaDiT.from_dit_config(DiTConfig.seedvr2_3b()).blocks.parameters())
+        params = sum(p.numel() for p in NaDiT.from_config(DiTConfig.seedvr2_3b()).blocks.parameters())
     assert 0.6 * 2 * params * 120 * 68 < counted["dit"] < 1.2 * 2 * params * 120 * 68
     assert counted["vae_decode"] > counted["encode"] > 0
 

@@ -16,6 +16,8 @@ def test_compile_pipeline_compiles_the_repeated_blocks(tiny_bundle):
     resnets = [m for m in upscaler.pipeline.vae.modules() if isinstance(m, ResnetBlock3D)]
     assert resnets and all(m._compiled_call_impl is not None for m in resnets)
     assert all(block._compiled_call_impl is not None for block in upscaler.pipeline.dit.blocks)
+    # Regional: only the models' `_repeated_blocks`, never a whole model.
+    assert upscaler.pipeline.dit._compiled_call_impl is None and upscaler.pipeline.dit.vid_in._compiled_call_impl is None
 
 
 @pytest.mark.slow  # about a minute of compilation on two CPU cores; tests/test_cuda.py runs it on a GPU

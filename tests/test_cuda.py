@@ -29,7 +29,6 @@ def exact_float32():
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     yield
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-    kernels.backend.reset()
 
 
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -54,16 +53,14 @@ def test_dit_on_cuda_matches_cpu_for_every_attention_backend(variant, dtype, ker
     if kernel_backend == "triton" and not kernels.triton_available():
         requires.missing("triton", "pip install 'seedvr-local[triton]'")
     vids, txts = random_inputs([(1, 42, 50), (3, 16, 20)], [6, 9])
-    kernels.select("torch")
-    reference = _dit_outputs(random_model(variant), vids, txts, "cpu", torch.float32)
-    kernels.select(kernel_backend)
-    model = random_model(variant)
-    probe = torch.zeros(1, 1, 1, 16, device="cuda", dtype=dtype)
+    reference = _dit_outputs(random_model(variant), vids, txts, "cpu", torch.float32)  # on the CPU: torch kernels
+    model = random_model(variant).to(device="cuda", dtype=dtype)
+    assert model.set_kernel_backend(kernel_backend) == kernel_backend
     ran = []
     for backend in ATTENTION_BACKENDS:
-        if not attention_backend_available(backend, probe):
+        if not attention_backend_available(backend, model.device, dtype, model.config.head_dim):
             continue
-        model.set_attention_backend(backend)
+        model.set_window_attention_backend(backend)
         assert_within(_dit_outputs(model, vids, txts, "cuda", dtype), reference, DIT_LIMITS[dtype], backend)
         ran.append(backend)
     assert "sdpa" in ran and "per_window" in ran

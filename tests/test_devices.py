@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
@@ -36,7 +34,20 @@ def test_bf16_on_a_gpu_without_it_is_refused_in_one_line(monkeypatch):
 
 @pytest.mark.parametrize("capability, expected", [((9, 0), "torch_varlen"), ((7, 5), "sdpa")])
 def test_flash_varlen_attention_needs_ampere(monkeypatch, capability, expected):
-    monkeypatch.setattr(window_attention, "cuda_capability", lambda device: capability)
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
     monkeypatch.setattr(window_attention, "_flash_attn_varlen", lambda: None)  # whatever is installed here
-    q = SimpleNamespace(is_cuda=True, dtype=torch.float16, shape=(1, 1, 1, 128), device=CUDA)
-    assert window_attention.resolve_attention_backend("auto", q) == expected
+    monkeypatch.setattr(window_attention, "_torch_varlen", lambda: object())  # present on any CUDA torch build
+    assert window_attention.resolve_attention_backend("auto", CUDA, torch.float16, 128)[0] == expected
+    assert window_attention.resolve_attention_backend("auto", CUDA, torch.float32, 128)[0] == "sdpa"
+
+
+@pytest.mark.parametrize("capability, dtype, kernels", [((9, 0), torch.bfloat16, "triton"),
+                                                        ((6, 1), torch.float16, "torch")])  # fmt: skip
+def test_one_capability_helper_decides_dtype_attention_and_kernels(monkeypatch, capability, dtype, kernels):
+    from seedvr_local.kernels import backend
+
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
+    monkeypatch.setattr(backend, "triton_version", lambda: "3.test")
+    assert devices.resolve_dtype(None, CUDA) == dtype
+    assert backend.resolve("auto", CUDA)[0] == kernels
+    assert window_attention.attention_backend_available("torch_varlen", CUDA, dtype, 128) == (capability >= (8, 0))

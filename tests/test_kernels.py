@@ -17,13 +17,17 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from seedvr_local import kernels
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from seedvr_local import devices, kernels
 from seedvr_local.kernels import backend, reference
 from tests import requires
 
@@ -33,119 +37,180 @@ NO_TRITON = "optional dependency: pip install 'seedvr-local[triton]'"
 KERNEL_TEST_SEED = int(os.environ.get("KERNEL_TEST_SEED", "20260"))
 
 
-@pytest.fixture(autouse=True)
-def fresh_backend():
-    backend.reset()
-    yield
-    backend.reset()
-
-
 # ------------------------------------------------------------------------------------------- selection
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
 def _fake_machine(
-    monkeypatch, *, triton: bool, cuda: bool, interpret: bool = False, capability: tuple[int, int] = (9, 0)
+    monkeypatch, *, triton: bool, interpret: bool = False, capability: tuple[int, int] = (9, 0)
 ) -> None:
     monkeypatch.setattr(backend, "triton_version", lambda: "3.test" if triton else None)
-    monkeypatch.setattr(backend, "cuda_available", lambda: cuda)
-    monkeypatch.setattr(backend, "gpu_capability", lambda: capability)
+    monkeypatch.setattr(devices, "cuda_capability", lambda device: capability)
     monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
 
 
 @pytest.mark.parametrize(
-    "triton_ok, cuda_ok, expected",
-    [(True, True, "triton"), (True, False, "torch"), (False, True, "torch"), (False, False, "torch")],
+    "triton_ok, device, expected",
+    [(True, CUDA, "triton"), (True, CPU, "torch"), (False, CUDA, "torch"), (False, CPU, "torch")],
 )
-def test_auto_uses_triton_only_with_cuda_and_triton(monkeypatch, triton_ok, cuda_ok, expected):
-    _fake_machine(monkeypatch, triton=triton_ok, cuda=cuda_ok)
-    assert kernels.select("auto") == expected
-    assert kernels.active_backend() == expected
+def test_auto_uses_triton_only_with_cuda_and_triton(monkeypatch, triton_ok, device, expected):
+    _fake_machine(monkeypatch, triton=triton_ok)
+    assert backend.resolve("auto", device)[0] == expected
 
 
 def test_auto_stays_on_torch_under_the_interpreter(monkeypatch):
     # The interpreter is for tests: only an explicit "triton" runs kernels on CPU tensors.
-    _fake_machine(monkeypatch, triton=True, cuda=False, interpret=True)
-    assert kernels.select("auto") == "torch"
-    assert kernels.select("triton") == "triton"
+    _fake_machine(monkeypatch, triton=True, interpret=True)
+    assert backend.resolve("auto", CPU)[0] == "torch"
+    assert backend.resolve("triton", CPU)[0] == "triton"
 
 
 def test_gpus_older_than_triton_supports_use_torch(monkeypatch):
-    _fake_machine(monkeypatch, triton=True, cuda=True, capability=(6, 1))
-    assert kernels.select("auto") == "torch"
+    _fake_machine(monkeypatch, triton=True, capability=(6, 1))
+    assert backend.resolve("auto", CUDA) == ("torch", "auto: GPU compute capability 6.1 is below Triton's 7.0")
     with pytest.raises(kernels.KernelBackendError, match="compute capability 7.0 or newer, this one is 6.1"):
-        kernels.select("triton")
+        backend.resolve("triton", CUDA)
 
 
 def test_torch_is_always_available(monkeypatch):
-    _fake_machine(monkeypatch, triton=False, cuda=False)
-    assert kernels.select("torch") == "torch"
+    _fake_machine(monkeypatch, triton=False)
+    assert backend.resolve("torch", CUDA) == ("torch", "asked for")
 
 
 @pytest.mark.parametrize(
-    "triton_ok, cuda_ok, message",
-    [(False, True, "needs the optional triton package"), (True, False, "needs a CUDA GPU")],
+    "triton_ok, device, message",
+    [(False, CUDA, "needs the optional triton package"), (True, CPU, "needs a CUDA GPU")],
 )
-def test_forced_triton_fails_clearly(monkeypatch, triton_ok, cuda_ok, message):
-    _fake_machine(monkeypatch, triton=triton_ok, cuda=cuda_ok)
+def test_forced_triton_fails_clearly(monkeypatch, triton_ok, device, message):
+    _fake_machine(monkeypatch, triton=triton_ok)
     with pytest.raises(kernels.KernelBackendError, match=message):
-        kernels.select("triton")
+        backend.resolve("triton", device)
 
 
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="auto, triton, torch"):
-        kernels.select("cuda")
+        backend.resolve("cuda", CPU)
 
 
-def test_choice_is_logged_once(monkeypatch, caplog):
-    _fake_machine(monkeypatch, triton=False, cuda=False)
+class TinyModel(kernels.ModelBackends, ModelMixin, ConfigMixin):
+    """A model with one kernel op, to watch the per-model choice."""
+
+    @register_to_config
+    def __init__(self, dim: int = 8):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(dim))
+
+    @kernels.runs_kernels
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, 1e-5)
+
+
+@pytest.fixture
+def launches(monkeypatch) -> list[str]:
+    """The Triton kernels launched (each one runs its reference instead, so no triton is needed)."""
+    from seedvr_local.kernels import ops
+
+    launched: list[str] = []
+
+    def row_op(x, *, eps, weight, **_):
+        return None, reference.rms_norm_modulate(x, eps=eps, weight=weight)
+
+    def fake_module(name: str):
+        launched.append(name)
+        return SimpleNamespace(row_op=row_op)
+
+    monkeypatch.setattr(ops, "_triton_module", fake_module)
+    return launched
+
+
+def test_each_model_runs_its_own_backend(monkeypatch, launches):
+    _fake_machine(monkeypatch, triton=True, interpret=True)  # CPU tensors may run the kernels
+    fused, plain = TinyModel(), TinyModel()
+    assert fused.set_kernel_backend("triton") == "triton" and fused.kernel_backend == "triton"
+    assert plain.set_kernel_backend("torch") == "torch"
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        plain(x)
+        assert launches == []
+        torch.testing.assert_close(fused(x), plain(x))
+        assert launches == ["rmsnorm"]
+        kernels.rms_norm(x, None, 1e-5)  # outside any model call: the reference
+    assert launches == ["rmsnorm"]
+
+
+def test_a_refused_mode_keeps_the_previous_choice(monkeypatch):
+    _fake_machine(monkeypatch, triton=False)
+    model = TinyModel()
+    assert model.set_kernel_backend("torch") == "torch"
+    with pytest.raises(kernels.KernelBackendError, match="needs the optional triton package"):
+        model.set_kernel_backend("triton")
+    with pytest.raises(ValueError, match="auto, triton, torch"):
+        model.set_kernel_backend("fast")
+    assert model.kernel_backend == "torch"
+
+
+def test_choice_is_logged_once_per_model(monkeypatch, caplog):
+    _fake_machine(monkeypatch, triton=False)
+    model = TinyModel()
     with caplog.at_level(logging.INFO, logger="seedvr_local.kernels.backend"):
-        kernels.select("auto")
-        kernels.select("auto")
-        kernels.select("torch")
-        kernels.active_backend()
+        model.set_kernel_backend("auto")
+        model.set_kernel_backend("auto")
+        model.set_kernel_backend("torch")  # the same backend, asked for
+        model(torch.randn(2, 8))
+        model.to(torch.float64)(torch.randn(2, 8, dtype=torch.float64))  # resolved again, still torch
     records = [r.getMessage() for r in caplog.records if r.name == "seedvr_local.kernels.backend"]
-    assert records == ["kernels: torch (auto: triton not installed)"]
+    assert records == ["TinyModel kernels: torch (auto: triton not installed)"]
 
 
-def test_first_use_resolves_the_environment_variable(monkeypatch, caplog):
-    _fake_machine(monkeypatch, triton=True, cuda=True)
-    monkeypatch.setenv("SEEDVR_KERNELS", "torch")
-    with caplog.at_level(logging.INFO, logger="seedvr_local.kernels.backend"):
-        assert kernels.active_backend() == "torch"
-    assert [r.getMessage() for r in caplog.records] == ["kernels: torch (asked for)"]
+def test_a_model_never_set_resolves_the_environment_variable(monkeypatch, launches):
+    _fake_machine(monkeypatch, triton=True, interpret=True)
+    monkeypatch.setenv("SEEDVR_KERNELS", "triton")
+    model = TinyModel()
+    with torch.no_grad():
+        model(torch.randn(2, 8))
+    assert model.kernel_backend == "triton" and launches == ["rmsnorm"]
     monkeypatch.setenv("SEEDVR_KERNELS", "sometimes")
-    backend.reset()
     with pytest.raises(ValueError, match="sometimes"):
-        kernels.active_backend()
+        TinyModel()(torch.randn(2, 8))
+
+
+def test_moving_a_model_resolves_its_mode_again(monkeypatch):
+    _fake_machine(monkeypatch, triton=True)
+    model = TinyModel()
+    model.set_kernel_backend("auto")
+    assert model.kernel_backend == "torch"  # on the CPU
+    monkeypatch.setattr(TinyModel, "device", property(lambda self: CUDA))  # as if moved to a GPU
+    assert model.kernel_backend == "triton"
 
 
 def test_triton_backend_runs_the_reference_on_cpu_tensors(monkeypatch):
-    # A forced triton backend with CPU tensors (no interpreter) must not launch a kernel, just use the reference.
-    _fake_machine(monkeypatch, triton=True, cuda=True)
-    kernels.select("triton")
+    # A triton backend with CPU tensors (no interpreter) must not launch a kernel, just use the reference.
+    _fake_machine(monkeypatch, triton=True)
     monkeypatch.setattr("seedvr_local.kernels.ops._triton_module", lambda name: pytest.fail(f"launched the {name} kernel"))
     x = torch.randn(5, 8)
-    assert backend.use_triton(x) is False
-    torch.testing.assert_close(kernels.rms_norm(x, None, 1e-5), reference.rms_norm_modulate(x, eps=1e-5))
+    with kernels.use("triton"):
+        assert backend.use_triton(x) is False
+        torch.testing.assert_close(kernels.rms_norm(x, None, 1e-5), reference.rms_norm_modulate(x, eps=1e-5))
 
 
 def test_tensors_needing_gradients_use_the_references(monkeypatch):
-    _fake_machine(monkeypatch, triton=True, cuda=False, interpret=True)
-    kernels.select("triton")
+    _fake_machine(monkeypatch, triton=True, interpret=True)
     monkeypatch.setattr("seedvr_local.kernels.ops._triton_module", lambda name: pytest.fail(f"launched the {name} kernel"))
     weight = torch.ones(8, requires_grad=True)
-    out = kernels.rms_norm(torch.randn(5, 8), weight, 1e-5)
+    with kernels.use("triton"):
+        out = kernels.rms_norm(torch.randn(5, 8), weight, 1e-5)
     out.sum().backward()
     assert weight.grad is not None
 
 
 def test_compiled_graphs_use_the_references(monkeypatch):
-    _fake_machine(monkeypatch, triton=True, cuda=False, interpret=True)
-    kernels.select("triton")
+    _fake_machine(monkeypatch, triton=True, interpret=True)
     x = torch.empty(1)
-    assert backend.use_triton(x) is True
-    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
-    assert backend.use_triton(x) is False
+    with kernels.use("triton"):
+        assert backend.use_triton(x) is True
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert backend.use_triton(x) is False
 
 
 # ----------------------------------------------------------------------- references vs the models' maths
@@ -492,7 +557,6 @@ def run_interpreter_cases(out_path: str, seed: int) -> None:
     from seedvr_local.kernels import ops
 
     assert backend.interpreter_enabled(), "run with TRITON_INTERPRET=1"
-    kernels.select("triton")
     launched: list[str] = []
     real_module = ops._triton_module
     ops._triton_module = lambda name: launched.append(name) or real_module(name)
@@ -500,7 +564,8 @@ def run_interpreter_cases(out_path: str, seed: int) -> None:
     for case in CASES:
         for dtype_name, dtype in INTERPRETER_DTYPES.items():
             launched.clear()
-            outputs = _as_tuple(case.op(**case.make(_case_seed(seed, case, dtype_name), dtype)))
+            with kernels.use("triton"):
+                outputs = _as_tuple(case.op(**case.make(_case_seed(seed, case, dtype_name), dtype)))
             results[f"{case.name}-{dtype_name}"] = {"outputs": outputs, "launched": sorted(set(launched))}
     torch.save(results, out_path)
 
@@ -579,12 +644,13 @@ def test_triton_kernel_matches_reference_on_cuda(monkeypatch, case, dtype):
     from seedvr_local.kernels import ops
 
     seed = KERNEL_TEST_SEED
-    assert kernels.select("triton") == "triton"
+    assert backend.resolve("triton", torch.device("cuda"))[0] == "triton"
     launched: list[str] = []
     real_module = ops._triton_module
     monkeypatch.setattr(ops, "_triton_module", lambda name: launched.append(name) or real_module(name))
     inputs = {k: _to(v, "cuda") for k, v in case.make(_case_seed(seed, case, "cuda"), dtype).items()}
-    outputs = _as_tuple(case.op(**inputs))
+    with kernels.use("triton"):
+        outputs = _as_tuple(case.op(**inputs))
     assert launched, "the triton backend did not launch its kernel"
     expected = _as_tuple(case.ref(**inputs))
     for got, want in zip(outputs, expected):

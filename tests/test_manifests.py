@@ -63,7 +63,7 @@ def test_full_size_dit_on_meta_has_exactly_the_manifest_keys_and_shapes(variant)
     preset = DiTConfig.seedvr2_3b() if variant == "3b" else DiTConfig.seedvr2_7b()
     for config in (preset, DiTConfig.from_dict(manifest.config, variant)):
         with torch.device("meta"):
-            model = NaDiT.from_dit_config(config)
+            model = NaDiT.from_config(config)
         assert _meta_shapes(model) == manifest.shapes
 
 

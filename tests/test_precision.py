@@ -57,7 +57,7 @@ def vae_runs() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     runs = {}
     with torch.no_grad():
         for name, dtype in {"fp32": torch.float32, **HALF}.items():
-            copy = VideoAutoencoder.from_vae_config(model.vae_config).eval()
+            copy = VideoAutoencoder.from_config(model.config).eval()
             copy.load_state_dict(model.state_dict())
             copy.to(dtype)
             runs[name] = (copy.encode(x)[0], copy.decode(z))

@@ -253,7 +253,7 @@ def run_vae_with_triton(path: str) -> None:
     """Subprocess body (TRITON_INTERPRET=1): `_vae_outputs` through the Triton kernels, and which ran."""
     from seedvr_local.kernels import ops
 
-    kernels.select("triton")
+    os.environ[kernels.backend.ENV_VAR] = "triton"  # the models built here run the Triton kernels
     launched: set[str] = set()
     real_module = ops._triton_module
     ops._triton_module = lambda name: launched.add(name) or real_module(name)

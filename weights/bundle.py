@@ -237,7 +237,7 @@ def _empty_dit(info: WeightsDir) -> tuple[nn.Module, str]:
     if not info.custom_dit:  # checked against the shipped manifest before any model code runs
         validate_dit_shapes(found, info.variant, what)
     with parameters_on_meta():
-        model = NaDiT.from_dit_config(info.dit_config)
+        model = NaDiT.from_config(info.dit_config)
     if info.custom_dit:
         _validate(found, _module_shapes(model), what)
     return model, what

@@ -57,7 +57,7 @@ def build_tiny_models(device: str | torch.device = "cpu", dtype: torch.dtype = t
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         dit_config = tiny_dit_config()
-        dit = NaDiT.from_dit_config(dit_config)
+        dit = NaDiT.from_config(dit_config)
         vae = VideoAutoencoder.from_vae_config(tiny_vae_config())
         pos_emb = torch.randn(_TEXT_TOKENS, dit_config.txt_in_dim)
     return LoadedModels(

@@ -83,8 +83,9 @@ class MMSRBlock(nn.Module):
         ada_vid, ada_txt = self.ada.vid_branch, self.ada.txt_branch
         vid_mod = BlockModulation(*ada_vid.modulation(emb).flatten(0, 1))
         vid_rows, txt_rows = layout.sample_index("vid"), layout.sample_index("txt")
-        # The layers run in the weights' dtype; the residual streams may be wider (fp32 under fp16 weights).
-        norm = dict(eps=self.norm_eps, out_dtype=ada_vid.attn_shift.dtype)
+        # The layers run in the weights' dtype; the residual streams may be wider (fp32 under fp16 weights), and
+        # the modulation offsets stay fp32 (NaDiT._keep_in_fp32_modules).
+        norm = dict(eps=self.norm_eps, out_dtype=self.attn.proj_qkv.vid_branch.weight.dtype)
 
         x = kernels.rms_norm_modulate(vid, vid_mod.attn_scale, vid_mod.attn_shift, **norm, index=vid_rows)
         if ada_txt is None:

@@ -21,6 +21,7 @@ from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_c
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from seedvr_local import kernels
 from seedvr_local.models.vae_blocks import (
     CausalConv3d,
     ChunkMemory,
@@ -240,7 +241,7 @@ def _mid_tile_blocks(mid: MidBlock3D) -> list[Block]:
 Stage = Callable[[torch.Tensor, ChunkMemory | None], torch.Tensor]
 
 
-class VideoAutoencoder(ModelMixin, ConfigMixin):
+class VideoAutoencoder(kernels.ModelBackends, ModelMixin, ConfigMixin):
     """The SeedVR2 video VAE. The constructor's arguments are its config (official field names, SeedVR2's
     defaults), read back as `self.config`; `VAEConfig` checks a config dict before a model is built.
 
@@ -254,6 +255,8 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
     No module has to stay in float32 (diffusers' `_keep_in_fp32_modules` is left unset): every GroupNorm computes
     its statistics and affine in float32 from weights of any dtype.
     """
+
+    _repeated_blocks = ["ResnetBlock3D"]  # regional compilation (seedvr_local/compilation.py)
 
     @register_to_config
     def __init__(
@@ -326,6 +329,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
 
     # ---- running
 
+    @kernels.runs_kernels
     def encode(self, x: torch.Tensor, tiling: VAETiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """`x (B, 3, T, H, W)` in [-1, 1] -> posterior `(mean, logvar)`, each `(B, 16, (T-1)/4 + 1, H/8, W/8)`.
 
@@ -349,6 +353,7 @@ class VideoAutoencoder(ModelMixin, ConfigMixin):
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
+    @kernels.runs_kernels
     def decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> torch.Tensor:
         """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1].
 

@@ -7,7 +7,7 @@ is evaluated once per window of its sample and its outputs are averaged over tho
 No loop over windows: on CUDA in half precision every window of a layer is packed into one token list and run
 through one variable-length flash attention call (flash-attn's or torch's varlen kernel); elsewhere windows of
 equal shape are gathered into one `(n, S, heads, head_dim)` batch per shape for `scaled_dot_product_attention`.
-`ATTENTION_BACKENDS` lists the paths; all give the same numbers.
+`ATTENTION_BACKENDS` is the one registry of these paths; all give the same numbers.
 """
 
 from __future__ import annotations
@@ -20,9 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seedvr_local import kernels
-
-from seedvr_local.devices import AMPERE, cuda_capability
+from seedvr_local import devices, kernels
 from seedvr_local.models.dit_layers import MMPair, RMSNorm
 from seedvr_local.models.windows import window_boxes
 
@@ -50,14 +48,15 @@ class WindowPlan:
 
 
 class TokenLayout:
-    """Where each sample's tokens sit in the flat video/text token lists of one forward.
+    """Where each sample's tokens sit in the flat video/text token lists of one forward, and the attention
+    backend (a key of `ATTENTION_BACKENDS`, resolved by the model) that runs on them.
 
     Built once per forward and shared by all blocks: it memoises the window plans of each layout method and the
     RoPE tables, so they are computed once per forward and never per block.
     """
 
-    def __init__(self, grids: list[Grid], txt_lens: list[int], device: torch.device):
-        self.grids, self.txt_lens, self.device = grids, txt_lens, device
+    def __init__(self, grids: list[Grid], txt_lens: list[int], device: torch.device, attention: str):
+        self.grids, self.txt_lens, self.device, self.attention = grids, txt_lens, device, attention
         self.vid_lens = [t * h * w for t, h, w in grids]
         self.vid_offsets = [sum(self.vid_lens[:i]) for i in range(len(grids))]
         self.txt_offsets = [sum(txt_lens[:i]) for i in range(len(grids))]
@@ -228,40 +227,54 @@ def torch_varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pa
     return _torch_varlen()(q, k, v, cu, cu, longest, longest)
 
 
-#: Attention over the packed windows of a layer `(packed tokens, heads, d)`, one sequence per window.
-PACKED_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {
-    "flash_attn": flash_attn_attention,
-    "torch_varlen": torch_varlen_attention,
+@dataclass(frozen=True)
+class AttentionBackend:
+    """One exact way to run a layer's window attention; they differ only in speed.
+
+    `layout`: "packed" (every window of the layer in one varlen call: `kernel(q, k, v, packed)` on
+    `(packed tokens, heads, d)`), "grouped" (one call per window shape: `kernel(q, k, v)` on `(n, S, heads, d)`)
+    or "per_window" (gather, rotate and attend one window at a time, with the grouped kernel on one window).
+    """
+
+    layout: str
+    kernel: Callable[..., torch.Tensor]
+
+
+#: Every attention backend, in the order `auto` tries them. `per_window` is the naive loop over windows that a
+#: direct port runs: the baseline the others are measured and checked against.
+ATTENTION_BACKENDS: dict[str, AttentionBackend] = {
+    "flash_attn": AttentionBackend("packed", flash_attn_attention),
+    "torch_varlen": AttentionBackend("packed", torch_varlen_attention),
+    "sdpa": AttentionBackend("grouped", sdpa_attention),
+    "per_window": AttentionBackend("per_window", sdpa_attention),
 }
-#: Attention over a group of equal-shape windows `(n, S, heads, d)`.
-GROUPED_BACKENDS: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa_attention}
-#: Every exact path, in the order `auto` tries them. `per_window` is the naive loop over windows that a direct
-#: port runs: the baseline the others are measured and checked against.
-ATTENTION_BACKENDS = ("flash_attn", "torch_varlen", "sdpa", "per_window")
 
 
-def attention_backend_available(name: str, q: torch.Tensor) -> bool:
-    """Whether backend `name` can run on tensors like `q` (device, dtype, head size)."""
-    if name in ("sdpa", "per_window"):
+def attention_backend_available(name: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether backend `name` can run a model on `device` with weights of `dtype` and heads of `head_dim`."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {name!r}; known: auto, {', '.join(ATTENTION_BACKENDS)}")
+    if ATTENTION_BACKENDS[name].layout != "packed":
         return True
     flash_ok = (
-        q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] % 8 == 0 and q.shape[-1] <= 256
-        and cuda_capability(q.device) >= AMPERE  # both varlen kernels are flash attention 2: Ampere or newer
+        device.type == "cuda" and dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
+        and devices.cuda_capability(device) >= devices.AMPERE  # both varlen kernels are flash attention 2: sm80+
     )  # fmt: skip
-    if name == "flash_attn":
-        return flash_ok and _flash_attn_varlen() is not None
-    if name == "torch_varlen":
-        return flash_ok and _torch_varlen() is not None
-    raise ValueError(f"unknown attention backend {name!r}; known: auto, {', '.join(ATTENTION_BACKENDS)}")
+    library = _flash_attn_varlen if name == "flash_attn" else _torch_varlen
+    return flash_ok and library() is not None
 
 
-def resolve_attention_backend(name: str, q: torch.Tensor) -> str:
-    """`auto` -> the first available of flash_attn, torch_varlen, sdpa; a named backend must be available."""
+def resolve_attention_backend(
+    name: str, device: torch.device, dtype: torch.dtype, head_dim: int
+) -> tuple[str, str]:
+    """`name` -> (backend, why): `auto` picks the first available of `ATTENTION_BACKENDS`; a named backend must
+    be available. Resolved once per model (see `NaDiT.set_window_attention_backend`), never per layer."""
     if name == "auto":
-        return next(b for b in ATTENTION_BACKENDS if attention_backend_available(b, q))
-    if not attention_backend_available(name, q):
-        raise ValueError(f"attention backend {name!r} cannot run {q.dtype} on {q.device}")
-    return name
+        backend = next(b for b in ATTENTION_BACKENDS if attention_backend_available(b, device, dtype, head_dim))
+        return backend, f"auto: the fastest for {dtype} on {device.type}"
+    if not attention_backend_available(name, device, dtype, head_dim):
+        raise ValueError(f"attention backend {name!r} cannot run {dtype} on {device}")
+    return name, "asked for"
 
 
 class WindowAttention(nn.Module):
@@ -294,7 +307,6 @@ class WindowAttention(nn.Module):
         self.norm_q = MMPair(make_norm, vid_dim, txt_dim, shared_qk_norm)
         self.norm_k = MMPair(make_norm, vid_dim, txt_dim, shared_qk_norm)
         self.rope = rope
-        self.attention_backend = "auto"  # see ATTENTION_BACKENDS; set for a whole model by NaDiT
 
     def forward(self, vid: torch.Tensor, txt: torch.Tensor, layout: TokenLayout) -> tuple[torch.Tensor, torch.Tensor]:
         vid_qkv, txt_qkv = self.proj_qkv(vid, txt)
@@ -303,16 +315,14 @@ class WindowAttention(nn.Module):
         txt_q, txt_k, txt_v = txt_qkv.unflatten(-1, (3, self.heads, self.head_dim)).unbind(1)
         vid_q, txt_q = self.norm_q(vid_q, txt_q)
         vid_k, txt_k = self.norm_k(vid_k, txt_k)
-        backend = resolve_attention_backend(self.attention_backend, vid_q)
-        if backend in PACKED_BACKENDS:
-            attend = self._attend_packed
-        else:
-            attend = self._attend_per_window if backend == "per_window" else self._attend_grouped
-        vid_out, txt_out = attend((vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v), layout, backend)
+        backend = ATTENTION_BACKENDS[layout.attention]
+        attend = {"packed": self._attend_packed, "grouped": self._attend_grouped,
+                  "per_window": self._attend_per_window}[backend.layout]  # fmt: skip
+        vid_out, txt_out = attend((vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v), layout, backend.kernel)
         return self.proj_out(vid_out.flatten(1), txt_out.flatten(1))
 
     def _attend_packed(
-        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, backend: str
+        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, kernel: Callable[..., torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """All windows in one call: a dozen launches per layer whatever the number of windows."""
         packed = layout.packed_windows(self.window_method, self.window)
@@ -323,11 +333,11 @@ class WindowAttention(nn.Module):
             table = packed.rope_table(self.rope)
             q = kernels.rotate_pairs(q, *table, index=packed.rows)
             k = kernels.rotate_pairs(k, *table, index=packed.rows)
-        out = PACKED_BACKENDS[backend](q, k, v[packed.rows], packed)
+        out = kernel(q, k, v[packed.rows], packed)
         return out[packed.vid_pos], packed.average_text(out)
 
     def _attend_per_window(
-        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, backend: str
+        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, kernel: Callable[..., torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gather, rotate and attend one window at a time."""
         packed = layout.packed_windows(self.window_method, self.window)
@@ -340,11 +350,11 @@ class WindowAttention(nn.Module):
             if table is not None:
                 cos, sin = table[0][a:b], table[1][a:b]
                 q, k = kernels.rotate_pairs(q, cos, sin), kernels.rotate_pairs(k, cos, sin)
-            out[a:b] = sdpa_attention(q[None], k[None], v_all[rows][None])[0]
+            out[a:b] = kernel(q[None], k[None], v_all[rows][None])[0]
         return out[packed.vid_pos], packed.average_text(out)
 
     def _attend_grouped(
-        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, backend: str
+        self, vid_qkv: QKV, txt_qkv: QKV, layout: TokenLayout, kernel: Callable[..., torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One call per window shape (a handful per layer)."""
         (vid_q, vid_k, vid_v), (txt_q, txt_k, txt_v) = vid_qkv, txt_qkv
@@ -366,7 +376,7 @@ class WindowAttention(nn.Module):
                 # The window gather is fused into the rotation.
                 q = kernels.rotate_pairs(vid_q, *table, index=group.vid_idx)
                 k = kernels.rotate_pairs(vid_k, *table, index=group.vid_idx)
-            out = GROUPED_BACKENDS[backend](
+            out = kernel(
                 torch.cat((q, txt_q[group.txt_idx]), dim=1),
                 torch.cat((k, txt_k[group.txt_idx]), dim=1),
                 torch.cat((vid_v[group.vid_idx], txt_v[group.txt_idx]), dim=1),

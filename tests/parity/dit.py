@@ -11,7 +11,7 @@ from tests.reference_data import ReferenceCase
 def build_case_model(case: ReferenceCase) -> NaDiT:
     """The case's tiny NaDiT with its weights loaded strictly by name."""
     variant = case.kind.removeprefix("dit")
-    model = NaDiT.from_dit_config(DiTConfig.from_dict(case.config, variant))
+    model = NaDiT.from_config(DiTConfig.from_dict(case.config, variant))
     model.load_state_dict(case.weights, strict=True)
     return model.eval()
 

@@ -28,7 +28,7 @@ def _check_input_transform(case: ReferenceCase) -> None:
 def build_pipeline(case: ReferenceCase) -> RestorationPipeline:
     """The case's tiny DiT and VAE with its weights, its text embedding and its pipeline settings."""
     config, params = case.config, case.params
-    dit = NaDiT.from_dit_config(DiTConfig.from_dict(config["dit"], config["dit_variant"]))
+    dit = NaDiT.from_config(DiTConfig.from_dict(config["dit"], config["dit_variant"]))
     vae = VideoAutoencoder.from_vae_config(VAEConfig.from_dict(config["vae"]))
     dit.load_state_dict(_submodule_state(case.weights, "dit."), strict=True)
     vae.load_state_dict(_submodule_state(case.weights, "vae."), strict=True)
