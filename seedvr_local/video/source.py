@@ -8,7 +8,6 @@ failure is a `VideoError` with a one-line message.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -45,7 +44,6 @@ class VideoInfo:
 class SourceFrame:
     pixels: np.ndarray  # [H, W, 3] RGB, or [H, W, 4] RGBA when the video has alpha; uint8
     pts: int | None  # in `VideoInfo.time_base`
-    display_matrix: tuple[int, ...] | None
 
 
 def _one_line(exc: BaseException) -> str:
@@ -105,11 +103,20 @@ def probe_video(path: str | Path, max_input_pixels: int = MAX_INPUT_PIXELS) -> V
             raise InvalidVideoError(f"the video is damaged or truncated: {_one_line(exc)}") from None
     if frames == 0:
         raise InvalidVideoError("the video has no frames")
-    with contextlib.closing(decode_frames(path, info["has_alpha"])) as decoded:
-        first = next(decoded, None)
-    if first is None:
-        raise InvalidVideoError("the video has no decodable frames")
-    return VideoInfo(frames=frames, display_matrix=first.display_matrix, **info)
+    return VideoInfo(frames=frames, display_matrix=_first_display_matrix(path), **info)
+
+
+def _first_display_matrix(path: str | Path) -> tuple[int, ...] | None:
+    """The display matrix FFmpeg attaches to the first frame (read once: `frame.side_data` holds a reference
+    cycle, which would keep every frame's pixels alive until the garbage collector runs)."""
+    with _open(path) as container:
+        try:
+            frame = next(container.decode(_video_stream(container)), None)
+        except av.FFmpegError as exc:
+            raise InvalidVideoError(f"the video is damaged or truncated: {_one_line(exc)}") from None
+        if frame is None:
+            raise InvalidVideoError("the video has no decodable frames")
+        return _display_matrix(frame)
 
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
@@ -130,6 +137,6 @@ def decode_frames(path: str | Path, alpha: bool) -> Iterator[SourceFrame]:
         try:
             for frame in container.decode(stream):
                 pixels = frame.to_ndarray(format="rgba" if alpha else "rgb24", src_color_range=frame.color_range)
-                yield SourceFrame(pixels, frame.pts, _display_matrix(frame))
+                yield SourceFrame(pixels, frame.pts)
         except av.FFmpegError as exc:
             raise InvalidVideoError(f"the video is damaged or truncated: {_one_line(exc)}") from None
