@@ -1,0 +1,31 @@
+"""Video restoration: decode, restore in overlapping clips of 4n+1 frames, encode, in bounded memory.
+
+The public API (the CLI and the server use only this)::
+
+    from seedvr_local.video import VideoOptions, VideoRestorer
+    result = VideoRestorer(pipeline).restore("in.mp4", "out.mp4", VideoOptions(output_format="mp4", seed=1))
+
+The names load on first use, so that importing a light part (the format table, say) loads neither PyAV nor the
+pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# name -> the module of this package that defines it
+_EXPORTS = {
+    "InvalidVideoError": "errors", "VideoError": "errors", "VideoTooLargeError": "errors",
+    "OUTPUT_FORMATS": "formats", "OUTPUT_QUALITIES": "formats", "OUTPUT_WRITE_MODES": "formats",
+    "OutputFormat": "formats", "output_format": "formats",
+    "VideoJob": "restorer", "VideoLimits": "restorer", "VideoOptions": "restorer", "VideoProgress": "restorer",
+    "VideoRestorer": "restorer", "VideoResult": "restorer", "clip_seed": "restorer",
+    "VideoInfo": "source", "probe_video": "source",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
