@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# common/diffusion: the schedule, the v_lerp prediction, the timestep shift; rewritten for this project (see NOTICE).
 """The diffusion maths SeedVR2 uses: lerp schedule (T = 1000), v_lerp prediction, the SD3-style
 resolution shift of the condition-noise timestep, and the one-step Euler endpoint."""
 

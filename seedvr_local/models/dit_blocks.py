@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/dit_v2 (3B) and models/dit (7B): the NaMMSR transformer block; rewritten for this project (see NOTICE).
 """The NaDiT transformer block (`NaMMSRTransformerBlock`, spec 2.7), shared by the 3B and 7B models."""
 
 from __future__ import annotations

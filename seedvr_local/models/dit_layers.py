@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/dit_v2 (3B) and models/dit (7B): norms, MM modules, AdaSingle, MLPs, embeddings; rewritten here (see NOTICE).
 """Building blocks of the NaDiT: norms, the video/text module pair, AdaSingle, MLPs, time and patch embeddings.
 
 Precision rule for low-precision weights (bf16/fp16): statistics, sinusoids and modulation sums are computed in

@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/dit_v2 (3B) and models/dit (7B): the NaDiT and its configs; rewritten for this project (see NOTICE).
 """The SeedVR2 NaDiT (native-resolution diffusion transformer), 3B and 7B variants (spec section 2).
 
 State dict keys and shapes are exactly the official ones, so the released checkpoints load with `strict=True`.

@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/dit_v2 (3B) and models/dit (7B): the rotary embeddings; rewritten for this project (see NOTICE).
 """Rotary position embeddings of the NaDiT windows (spec 2.10).
 
 Both variants rotate adjacent pairs of head dims `(x[2j], x[2j+1])` by an angle `pos * freq`. The head dims are

@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/video_vae_v3: the causal video VAE; rewritten for this project (see NOTICE).
 """The SeedVR2 causal video VAE (official `models/video_vae_v3`, `VideoAutoencoderKLWrapper`; spec section 3).
 
 An SD3-style 16-channel KL autoencoder inflated to causal 3-D: 8x spatial and 4x temporal compression, a clip of

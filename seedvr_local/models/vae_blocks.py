@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/video_vae_v3: the causal video VAE's blocks; rewritten for this project (see NOTICE).
 """Building blocks of the SeedVR2 causal video VAE (spec section 3): causal 3-D conv, per-frame GroupNorm,
 ResNet block, down/up-samplers and the mid-block attention.
 

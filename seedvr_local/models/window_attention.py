@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/dit_v2 (3B) and models/dit (7B): the window attention; rewritten for this project (see NOTICE).
 """Window attention over video + text tokens (spec 2.9), and the per-forward token layout it runs on.
 
 Every window of every sample is its own attention sequence: the window's video tokens followed by all text tokens

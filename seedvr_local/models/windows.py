@@ -1,3 +1,5 @@
+# Ported from ByteDance Seed's SeedVR (https://github.com/ByteDance-Seed/SeedVR, Apache-2.0),
+# models/dit_v2 (3B) and models/dit (7B): the window layouts; rewritten for this project (see NOTICE).
 """Window layouts of the NaDiT's window attention (spec 2.9.2).
 
 Windows live on the post-patch token grid `(t, h, w)` of one sample. Their size is chosen so that a window holds
