@@ -26,7 +26,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -296,7 +296,7 @@ def _load_into(
     model: nn.Module, path: Path, what: str, device: torch.device | str, dtype: torch.dtype
 ) -> nn.Module:
     # The RoPE frequencies the model computed itself are kept; a file's (possibly fp8) copy is never read.
-    state_dict = read_state_dict(path, dtype, skip=is_rope_freqs)
+    state_dict = read_state_dict(path, dtype, skip=is_rope_freqs, float32=_kept_in_float32(model))
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     missing = [key for key in missing if not is_rope_freqs(key)]
     if missing or unexpected:  # validation ran first, so this means the model and its expectations disagree
@@ -305,6 +305,13 @@ def _load_into(
     if still_meta:
         raise CheckpointMismatchError(what, still_meta, [], {})
     return model.to(device).eval().requires_grad_(False)
+
+
+def _kept_in_float32(model: nn.Module) -> Callable[[str], bool]:
+    """Whether a key belongs to one of the model's `_keep_in_fp32_modules` (diffusers' rule: a module name is
+    one of the key's dotted parts), loaded in float32 whatever the load dtype."""
+    names = set(getattr(model, "_keep_in_fp32_modules", None) or ())
+    return lambda key: not names.isdisjoint(key.split("."))
 
 
 def _validate(found: dict, expected: Manifest | dict, what: str) -> None:

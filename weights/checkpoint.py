@@ -69,26 +69,32 @@ def read_state_dict(
     dtype: torch.dtype | None = None,
     *,
     skip: Callable[[str], bool] | None = None,
+    float32: Callable[[str], bool] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The file's tensors on the CPU with official key names.
 
     Floating-point tensors are cast to `dtype` (None keeps the stored dtypes, fp8 included) as each one is
-    read, so peak memory stays near the size of the result. Keys for which `skip(official_key)` is true are
+    read, so peak memory stays near the size of the result; those for which `float32(official_key)` is true
+    to float32 instead (a model's `_keep_in_fp32_modules`). Keys for which `skip(official_key)` is true are
     not read.
     """
+
+    def cast(tensor: torch.Tensor, key: str) -> torch.Tensor:
+        return _cast(tensor, torch.float32 if dtype is not None and float32 and float32(key) else dtype)
+
     path = Path(path)
     if _is_safetensors(path):
         with _open_safetensors(path) as file:
             names = _official_names(file.keys())
             state_dict = {
-                new: _cast(file.get_tensor(old), dtype)
+                new: cast(file.get_tensor(old), new)
                 for old, new in names.items()
                 if not (skip and skip(new))
             }
     else:
         tensors = _load_pth(path)
         names = _official_names(tensors.keys())
-        state_dict = {new: _cast(tensors[old], dtype) for old, new in names.items() if not (skip and skip(new))}
+        state_dict = {new: cast(tensors[old], new) for old, new in names.items() if not (skip and skip(new))}
     return state_dict
 
 
