@@ -31,7 +31,7 @@ def _seedvr2_vae() -> VideoAutoencoder:
 def planner() -> MemoryPlanner:
     """SeedVR2 3B in bf16 (models on "meta"), planned for the CPU (the estimates do not depend on the device)."""
     with torch.device("meta"):
-        dit = NaDiT.from_dit_config(DiTConfig.seedvr2_3b())
+        dit = NaDiT.from_config(DiTConfig.seedvr2_3b())
     pipeline = RestorationPipeline(dit.to(torch.bfloat16), _seedvr2_vae().to(torch.bfloat16), torch.empty(0))
     return MemoryPlanner.for_pipeline(pipeline, "cpu")
 
