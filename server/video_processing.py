@@ -37,8 +37,8 @@ from seedvr_local.video import (
 
 #: The log line of each finished clip's frames starts with this (a rerun reads the last one back).
 PROGRESS_PREFIX = "frames: "
-#: The first log line of every run of a video job.
-START_MESSAGE = "download: fetching video_url"
+#: What the first phase of every run of a video job logs (as "download: ..."): a rerun finds it.
+DOWNLOAD_MESSAGE = "fetching video_url"
 
 
 class Phases(Protocol):
@@ -98,7 +98,7 @@ class VideoJobRunner:
         source_file = scratch / f"video-{job.id}.source"
         output_file = scratch / f"video-{job.id}.output"
         try:
-            phases.start("download", START_MESSAGE.split(": ", 1)[1])
+            phases.start("download", DOWNLOAD_MESSAGE)
             try:
                 path, origin = self.fetcher.fetch_to_file(params.video_url, source_file, "video_url")
             except FetchError as exc:
@@ -205,7 +205,7 @@ class VideoJobRunner:
     def _say_if_rerun(self, job: Job) -> None:
         """A video job that ran before (the server stopped during it) runs again from the first frame: say so."""
         earlier = self.jobs.logs(job.id)
-        if not any(entry.message == START_MESSAGE for entry in earlier):
+        if not any(entry.message == f"download: {DOWNLOAD_MESSAGE}" for entry in earlier):
             return
         done = [entry.message for entry in earlier if entry.message.startswith(PROGRESS_PREFIX)]
         # "frames: 8/13 (61%), ..." -> "after 8/13 frames"

@@ -382,3 +382,25 @@ def test_video_jobs_keep_their_endpoint_in_the_stored_input(make_client, clip_en
         jobs: JobStore = client.app.state.server.jobs
         stored = jobs.get(request_id).input
     assert stored["fal_endpoint"] == "fal-ai/seedvr/upscale/video" and stored["video_url"].startswith("data:video")
+
+
+def test_the_video_routes_need_the_key(make_client, clip_engine):
+    with make_client(clip_engine, api_keys=("k",)) as client:
+        refused = [client.post(route, json={"video_url": "data:,"}).status_code for route in (RUN, SUBMIT)]
+        accepted = client.post(SUBMIT, json={"video_url": "data:,"}, headers={"Authorization": "Key k"})
+    assert refused == [401, 401] and accepted.status_code == 200
+
+
+def test_serve_flags_set_the_video_limits():
+    from seedvr_local.cli import build_parser
+    from seedvr_local.server.cli import settings_from_args
+
+    def settings(*flags: str) -> ServerSettings:
+        return settings_from_args(build_parser().parse_args(["serve", "--model", "tiny", *flags]))
+
+    default = settings()
+    assert (default.max_video_frames, default.max_video_pixel_frames) == (None, None)
+    chosen = settings("--max-video-frames", "600", "--max-video-pixel-frames", "1000000")
+    assert (chosen.max_video_frames, chosen.max_video_pixel_frames) == (600, 1_000_000)
+    with pytest.raises(ValueError, match="--max-video-frames must be positive"):
+        settings("--max-video-frames", "0")
