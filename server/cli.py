@@ -73,6 +73,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
     parser.add_argument("--max-output-pixels", type=int, default=None,
                         help="default: the largest output the model fits in this device's memory (at most 8192x8192)")
+    # video limits, checked before any frame is restored (a 422 naming the largest allowed)
+    parser.add_argument("--max-video-frames", type=int, default=None, metavar="N",
+                        help="the most frames a video may have (default: the video library's limit)")
+    parser.add_argument("--max-video-pixel-frames", type=int, default=None, metavar="N",
+                        help="the most output pixels times frames of one video, e.g. 1920*1080*600 (default: no limit)")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
@@ -91,6 +96,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_input_pixels < 1 or (args.max_output_pixels is not None and args.max_output_pixels < 1):
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
+    for flag, value in (("--max-video-frames", args.max_video_frames),
+                        ("--max-video-pixel-frames", args.max_video_pixel_frames)):  # fmt: skip
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be positive, got {value}")
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
@@ -105,6 +114,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
         max_input_pixels=args.max_input_pixels,
         max_output_pixels=args.max_output_pixels,
+        max_video_frames=args.max_video_frames,
+        max_video_pixel_frames=args.max_video_pixel_frames,
         retention_s=args.retention_hours * 3600 or None,
         webhook_user_id=args.webhook_user_id,
     )

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from seedvr_local.image_io import DecodedImage
 from seedvr_local.options import ProgressCallback, UpscaleOptions
+
+if TYPE_CHECKING:  # annotations only: the server loads torch with the model, in the worker
+    from seedvr_local.memory_planner import RunPlan
+    from seedvr_local.pipeline import RestorationPipeline
 
 
 class UpscaledImage(Protocol):
@@ -32,12 +36,22 @@ class PreparedUpscale(Protocol):
     def output_size(self) -> tuple[int, int]: ...
 
 
+class ClipPlanner(Protocol):
+    def plan(self, width: int, height: int, frames: int = 1) -> RunPlan:
+        """How a clip of `frames` frames of `width x height` fits in memory; raises `MemoryPlanError` (naming
+        the largest size that fits) when it cannot."""
+        ...
+
+
 class Engine(Protocol):
-    """Every call the server makes on the model, in the order a request makes them:
-    `prepare`, then `run`; `max_output_pixels` once, for the default output limit."""
+    """Every call the server makes on the model, in the order a request makes them: for an image
+    `prepare`, then `run`; `max_output_pixels` once, for the default output limit. A video is restored
+    with `pipeline` (through `seedvr_local.video.VideoRestorer`), in clips `planner` sizes."""
 
     description: str  # what /readyz and the start-up log call the model
     notice: str | None  # a warning shown with the description (random weights), or None
+    pipeline: RestorationPipeline
+    planner: ClipPlanner
 
     def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
         """The largest output of this aspect ratio that fits in the device's memory."""

@@ -1,4 +1,5 @@
-"""Turn an `image_url` into bytes: a data: URI, a file of this server, or an http(s) download.
+"""Turn an `image_url` into bytes, or a `video_url` into a file: a data: URI, a file of this server, or an http(s)
+download.
 
 The server's own file URLs are read from storage directly (whatever host name the client used), so
 uploads work without the server ever fetching itself. Downloads are guarded (see netguard) and
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import re
 import time
+from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
 import httpx
@@ -19,7 +23,7 @@ from seedvr_local.server.netguard import BlockedURLError, NetGuard
 from seedvr_local.server.storage import ID_PATTERN, FileStore
 
 _OWN_FILE = re.compile(rf"/files/(?P<id>{ID_PATTERN})(?:/[^/]*)?$")
-USER_AGENT = "seedvr-local (image_url fetch)"
+USER_AGENT = "seedvr-local (image_url and video_url fetch)"
 
 
 def own_file_id(url: str) -> str | None:
@@ -72,14 +76,30 @@ class ImageFetcher:
         self.max_redirects = max_redirects
         self.transport = transport
 
-    def fetch(self, url: str) -> tuple[bytes, str]:
-        """(bytes, where they came from: "data URI", "upload", or the host)."""
+    def fetch(self, url: str, field: str = "image_url") -> tuple[bytes, str]:
+        """(bytes, where they came from: "data URI", "stored file", or the host). `field` names the URL in
+        error messages."""
         if url[:5].lower() == "data:":
             return self._data_uri(url), "data URI"
-        own = self._own_file(url)
+        own = self._own_file_path(url, field)
+        if own is not None:
+            return own.read_bytes(), "stored file"
+        sink = io.BytesIO()
+        self._download(url, field, sink)
+        return sink.getvalue(), httpx.URL(url).host
+
+    def fetch_to_file(self, url: str, target: Path, field: str) -> tuple[Path, str]:
+        """(the path of the file's bytes, where they came from): a stored file is read where it is, anything
+        else is written to `target`, never held whole in memory when downloaded."""
+        own = self._own_file_path(url, field)
         if own is not None:
             return own, "stored file"
-        return self._download(url), httpx.URL(url).host
+        if url[:5].lower() == "data:":  # already in memory: it came in the request body
+            target.write_bytes(self._data_uri(url))
+            return target, "data URI"
+        with open(target, "wb") as sink:
+            self._download(url, field, sink)
+        return target, httpx.URL(url).host
 
     def _data_uri(self, url: str) -> bytes:
         header, comma, payload = url[5:].partition(",")
@@ -96,17 +116,19 @@ class ImageFetcher:
             raise self._too_large()
         return data
 
-    def _own_file(self, url: str) -> bytes | None:
+    def _own_file_path(self, url: str, field: str) -> Path | None:
+        if url[:5].lower() == "data:":
+            return None
         file_id = own_file_id(url)
         known = self.files.get(file_id) if file_id is not None else None
         if known is None:
             return None  # not one of ours after all: fetch it like any other URL
         stored = self.files.read(known.id)
         if stored is None:
-            raise FetchError("image_url names a file of this server whose upload has not finished")
-        return self.files.path(stored).read_bytes()
+            raise FetchError(f"{field} names a file of this server whose upload has not finished")
+        return self.files.path(stored)
 
-    def _download(self, url: str) -> bytes:
+    def _download(self, url: str, field: str, sink: BinaryIO) -> None:
         deadline = time.monotonic() + self.timeout_s
         timeout = httpx.Timeout(min(10.0, self.timeout_s), read=self.timeout_s)
         current = url
@@ -115,8 +137,8 @@ class ImageFetcher:
                 try:
                     target = self.guard.prepare(current)
                 except BlockedURLError as exc:
-                    raise FetchError(f"refused to fetch image_url: {exc}") from None
-                headers = {"User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.5", **target.headers}
+                    raise FetchError(f"refused to fetch {field}: {exc}") from None
+                headers = {"User-Agent": USER_AGENT, "Accept": "image/*,video/*,*/*;q=0.5", **target.headers}
                 try:
                     with client.stream("GET", target.url, headers=headers, extensions=target.extensions) as response:
                         if response.is_redirect and "location" in response.headers:
@@ -124,28 +146,28 @@ class ImageFetcher:
                             continue
                         if response.status_code != 200:
                             raise FetchError(
-                                f"could not download image_url: the server answered HTTP {response.status_code}"
+                                f"could not download {field}: the server answered HTTP {response.status_code}"
                             )
-                        return self._read_capped(response, deadline)
+                        self._read_capped(response, deadline, field, sink)
+                        return
                 except httpx.TimeoutException:
-                    raise FetchError(f"could not download image_url: timed out after {self.timeout_s:g} s") from None
+                    raise FetchError(f"could not download {field}: timed out after {self.timeout_s:g} s") from None
                 except httpx.HTTPError as exc:
-                    raise FetchError(f"could not download image_url: {type(exc).__name__}: {exc}") from None
-        raise FetchError(f"could not download image_url: more than {self.max_redirects} redirects")
+                    raise FetchError(f"could not download {field}: {type(exc).__name__}: {exc}") from None
+        raise FetchError(f"could not download {field}: more than {self.max_redirects} redirects")
 
-    def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+    def _read_capped(self, response: httpx.Response, deadline: float, field: str, sink: BinaryIO) -> None:
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise self._too_large()
-        chunks, size = [], 0
+        size = 0
         for chunk in response.iter_bytes():
             size += len(chunk)
             if size > self.max_bytes:
                 raise self._too_large()
             if time.monotonic() > deadline:
-                raise FetchError(f"could not download image_url: took longer than {self.timeout_s:g} s")
-            chunks.append(chunk)
-        return b"".join(chunks)
+                raise FetchError(f"could not download {field}: took longer than {self.timeout_s:g} s")
+            sink.write(chunk)
 
     def _too_large(self) -> FetchError:
-        return FetchError(f"the image file is larger than the limit of {self.max_bytes:,} bytes", "file_too_large")
+        return FetchError(f"the file is larger than the limit of {self.max_bytes:,} bytes", "file_too_large")

@@ -1,4 +1,5 @@
-"""One job, start to end: fetch the image, upscale it, store (or inline) the result.
+"""One job, start to end: fetch the image, upscale it, store (or inline) the result; a video job is handed to
+server/video_processing.py.
 
 Each phase is logged on the job (`status?logs=1`, the SSE stream) and timed for /metrics; between
 phases the job can be stopped (cancel, shutdown). Every way a job can fail ends in a `Completion`
@@ -16,6 +17,7 @@ from seedvr_local.image_io import ImageError, ImageTooLargeError, content_type_f
 from seedvr_local.memory_planner import MemoryPlanError, RunOutOfMemoryError
 from seedvr_local.options import UpscaleOptions
 from seedvr_local.sizes import SizeError
+from seedvr_local.server.endpoint import VIDEO, endpoint_of
 from seedvr_local.server.engine import Engine, EngineHolder
 from seedvr_local.server.errors import FalError, cancelled_error, model_error, request_error
 from seedvr_local.server.fetch import FetchError, ImageFetcher
@@ -24,6 +26,7 @@ from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.schema import SeedVRImageInput
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
 from seedvr_local.server.storage import FileStore
+from seedvr_local.server.video_processing import VideoJobRunner
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -66,10 +69,12 @@ class JobProcessor:
         self.settings = settings
         self.metrics = metrics
         self._output_limit: int | None = settings.max_output_pixels
+        self.videos = VideoJobRunner(jobs, files, fetcher, settings, metrics, self.output_limit)
 
     def output_limit(self, engine: Engine) -> int:
-        """`--max-output-pixels`, else the largest square output the loaded model fits in this device's memory
-        (asked of the planner once, when the first job runs), capped at 8192x8192."""
+        """`--max-output-pixels` (of an image, or of each frame of a video), else the largest square output the
+        loaded model fits in this device's memory (asked of the planner once, when the first job runs), capped at
+        8192x8192."""
         if self._output_limit is None:
             self._output_limit = min(DEFAULT_MAX_OUTPUT_PIXELS, engine.max_output_pixels())
         return self._output_limit
@@ -96,16 +101,23 @@ class JobProcessor:
         return Completion.success(output, time.perf_counter() - started)
 
     def _run(self, job: Job, should_stop: StopCheck) -> dict:
-        params = SeedVRImageInput.model_validate(job.input)
         phases = _Phases(self.jobs, job.id, should_stop, self.metrics)
+        if endpoint_of(job.input) is VIDEO:
+            return self.videos.run(job, self._engine(), phases)
+        return self._run_image(job, phases)
 
-        phases.start("download", "fetching image_url")
+    def _engine(self) -> Engine:
         try:
-            engine = self.engines.get()
+            return self.engines.get()
         except RuntimeError as exc:
             raise request_error(503, str(exc), "runner_scheduling_failure") from None
+
+    def _run_image(self, job: Job, phases: _Phases) -> dict:
+        params = SeedVRImageInput.model_validate(job.input)
+        phases.start("download", "fetching image_url")
+        engine = self._engine()
         try:
-            data, source = self.fetcher.fetch(params.image_url)
+            data, source = self.fetcher.fetch(params.image_url, "image_url")
         except FetchError as exc:
             raise model_error("image_url", str(exc), exc.error_type) from None
 

@@ -4,7 +4,7 @@ fal keeps results for about an hour; a self-hosted server that kept everything w
 output images. A request is removed with its logs once it finished longer ago than the retention (not while a
 webhook for it is still being retried); its status and result then answer 404, as fal's do after expiry. A stored
 file (an output, an upload, an unfinished upload) is removed once it is older than the retention, unless a
-request that has not finished yet names it as its `image_url`.
+request that has not finished yet names it as its `image_url` or `video_url`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from seedvr_local.server.db import Database
+from seedvr_local.server.endpoint import input_url
 from seedvr_local.server.fetch import own_file_id
 from seedvr_local.server.storage import FileStore
 
@@ -70,7 +71,7 @@ class Retention:
     def _files_named_by_unfinished_jobs(conn) -> set[str]:
         names = set()
         for row in conn.execute("SELECT input FROM jobs WHERE status != 'COMPLETED'"):
-            file_id = own_file_id(json.loads(row["input"]).get("image_url", ""))
+            file_id = own_file_id(input_url(json.loads(row["input"])))
             if file_id is not None:
                 names.add(file_id)
         return names

@@ -1,4 +1,5 @@
-"""fal's input and output schema of `fal-ai/seedvr/upscale/image`, and of its queue, as pydantic models.
+"""fal's input and output schemas of `fal-ai/seedvr/upscale/image` and `fal-ai/seedvr/upscale/video`, and of
+their queue, as pydantic models.
 
 The input model is the validation: unknown fields are ignored, every invalid value is a 422 with a
 FastAPI-style `detail` list (what fal, itself FastAPI, returns).
@@ -15,8 +16,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from seedvr_local.options import MAX_SEED, OutputFormat, TargetResolution, UpscaleMode
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR
+from seedvr_local.video.formats import (
+    DEFAULT_FORMAT,
+    DEFAULT_QUALITY,
+    DEFAULT_WRITE_MODE,
+    OUTPUT_FORMATS,
+    OUTPUT_QUALITIES,
+    OUTPUT_WRITE_MODES,
+)
 
-IMAGE_URL_SCHEMES = ("http://", "https://", "data:")
+#: What an image_url or video_url may be: an http(s) URL (this server's file URLs are ones) or a data: URI.
+URL_SCHEMES = ("http://", "https://", "data:")
+
+# Literal types of the video choices, from the table in seedvr_local.video.formats (fal's strings, verbatim).
+VideoOutputFormat = Literal[tuple(fmt.fal_name for fmt in OUTPUT_FORMATS)]  # type: ignore[valid-type]
+VideoQuality = Literal[OUTPUT_QUALITIES]  # type: ignore[valid-type]
+VideoWriteMode = Literal[OUTPUT_WRITE_MODES]  # type: ignore[valid-type]
 
 
 def _any_case_prefix(prefixes: tuple[str, ...]) -> str:
@@ -27,15 +42,26 @@ def _any_case_prefix(prefixes: tuple[str, ...]) -> str:
     return f"^(?:{'|'.join(any_case(prefix) for prefix in prefixes)})"
 
 
-class SeedVRImageInput(BaseModel):
-    model_config = ConfigDict(extra="ignore", title="SeedVRImageInput")
-
-    image_url: str = Field(
-        description="The image to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server.",
-        examples=["https://example.com/photo.jpg"],
-        # Documented for clients and the contract fuzzer; enforced by `_known_scheme` with a plainer message.
-        json_schema_extra={"pattern": _any_case_prefix(IMAGE_URL_SCHEMES)},
+def _url_field(kind: str, example: str) -> Any:
+    return Field(
+        description=f"The {kind} to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server.",
+        examples=[example],
+        # Documented for clients and the contract fuzzer; enforced by `_check_url` with a plainer message.
+        json_schema_extra={"pattern": _any_case_prefix(URL_SCHEMES)},
     )
+
+
+def _check_url(field: str, value: str) -> str:
+    if not value.lower().startswith(URL_SCHEMES):
+        raise ValueError(f"{field} must be an http(s) URL, a data: URI or the URL of a file of this server")
+    return value
+
+
+class _UpscaleInput(BaseModel):
+    """The fields the image and the video endpoints share, with the same rules."""
+
+    model_config = ConfigDict(extra="ignore")
+
     upscale_mode: UpscaleMode = Field(
         "factor", description="'factor' multiplies both sides by upscale_factor; 'target' sets the short side."
     )
@@ -49,8 +75,14 @@ class SeedVRImageInput(BaseModel):
     target_resolution: TargetResolution = Field(
         "1080p", description="Short side of the output when upscale_mode is 'target'."
     )
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="The same seed and input give the same image.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="The same seed and input give the same output.")
     noise_scale: float = Field(0.1, ge=0.0, le=1.0, allow_inf_nan=False, description="Condition noise augmentation.")
+
+
+class SeedVRImageInput(_UpscaleInput):
+    model_config = ConfigDict(title="SeedVRImageInput")
+
+    image_url: str = _url_field("image", "https://example.com/photo.jpg")
     output_format: OutputFormat = Field("jpg", description="Format of the output image.")
     sync_mode: bool = Field(
         False, description="Return the image inline as a data URI instead of a URL; it is then not stored."
@@ -59,9 +91,28 @@ class SeedVRImageInput(BaseModel):
     @field_validator("image_url")
     @classmethod
     def _known_scheme(cls, value: str) -> str:
-        if not value.lower().startswith(IMAGE_URL_SCHEMES):
-            raise ValueError("image_url must be an http(s) URL, a data: URI or the URL of a file of this server")
-        return value
+        return _check_url("image_url", value)
+
+
+class SeedVRVideoInput(_UpscaleInput):
+    model_config = ConfigDict(title="SeedVRVideoInput")
+
+    video_url: str = _url_field("video", "https://example.com/clip.mp4")
+    output_format: VideoOutputFormat = Field(
+        DEFAULT_FORMAT.fal_name, description="Container and codec of the output video (fal's names, verbatim)."
+    )
+    output_quality: VideoQuality = Field(DEFAULT_QUALITY, description="How much detail the encoder keeps.")
+    output_write_mode: VideoWriteMode = Field(
+        DEFAULT_WRITE_MODE, description="The encoder's trade-off: fast to write, balanced, or small files."
+    )
+    sync_mode: bool = Field(
+        False, description="Return the video inline as a data URI instead of a URL; it is then not stored."
+    )
+
+    @field_validator("video_url")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _check_url("video_url", value)
 
 
 class Image(BaseModel):
@@ -76,6 +127,20 @@ class Image(BaseModel):
 class SeedVRImageOutput(BaseModel):
     image: Image
     seed: int = Field(description="The seed used; pass it back to get the same image.")
+
+
+class File(BaseModel):
+    """fal's File: a video has no width or height in it."""
+
+    url: str = Field(description="Where to download the file; a data: URI with sync_mode.")
+    content_type: str = Field(examples=["video/mp4"])
+    file_name: str
+    file_size: int
+
+
+class SeedVRVideoOutput(BaseModel):
+    video: File
+    seed: int = Field(description="The seed used; pass it back to get the same video.")
 
 
 class RequestLog(BaseModel):
@@ -113,8 +178,8 @@ class InputError(Exception):
         self.detail = detail
 
 
-def parse_input(raw: bytes) -> SeedVRImageInput:
-    """Validate a request body; an empty body is `{}` (the JS client sends none for an empty input)."""
+def parse_input(raw: bytes, model: type[_UpscaleInput] = SeedVRImageInput) -> _UpscaleInput:
+    """Validate a request body as `model`; an empty body is `{}` (the JS client sends none for an empty input)."""
     if not raw.strip():
         raw = b"{}"
     try:
@@ -126,7 +191,7 @@ def parse_input(raw: bytes) -> SeedVRImageInput:
             f"JSON decode error: {exc}" if isinstance(exc, ValueError) else "body nests too deeply", 0
         ) from None
     try:
-        return SeedVRImageInput.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InputError(validation_detail(exc)) from None
 

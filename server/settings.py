@@ -29,6 +29,13 @@ class ServerSettings:
     max_upload_bytes: int = 512 * 1024 * 1024
     download_timeout_s: float = 30.0
     max_redirects: int = 5
+    #: The most frames a video may have; None: the video library's limit (seedvr_local.video's DEFAULT_MAX_FRAMES).
+    max_video_frames: int | None = None
+    #: The most output pixels times frames a video job may make (what fal prices); None: no such limit.
+    max_video_pixel_frames: int | None = None
+    #: The longest clip (4n+1 frames) a video is restored in; the memory planner may choose shorter ones.
+    #: Longer clips share more context (less flicker at seams); a cancel waits for the clip in progress.
+    max_video_clip_frames: int = 81
 
     # Webhooks: up to `webhook_max_attempts` POSTs, waiting base * 2**n (capped) between them.
     webhook_max_attempts: int = 10

@@ -120,6 +120,25 @@ class FileStore:
         )
         return self.get(file_id)
 
+    def adopt(self, path: Path, name: str, content_type: str) -> StoredFile:
+        """Store a file the server wrote (an output video) by moving it in: `path` must be on the same file
+        system, e.g. under `tmp_dir`."""
+        file_id = secrets.token_urlsafe(16)
+        with open(path, "rb") as written:  # on disk before the database names it, as `save` does
+            os.fsync(written.fileno())
+        size = path.stat().st_size
+        os.replace(path, self.root / file_id)
+        self.db.execute(
+            "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
+            (file_id, safe_file_name(name), content_type, size, time.time()),
+        )
+        return self.get(file_id)
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the store's file system (what `adopt` can move from)."""
+        return self.root / "tmp"
+
     async def receive(
         self, stored: StoredFile, chunks: AsyncIterator[bytes], content_type: str | None = None
     ) -> StoredFile:

@@ -82,7 +82,10 @@ def log_job(job: Job, completion: Completion) -> None:
     """The one log line of a finished job."""
     queued = (job.started_at or job.finished_at or job.created_at) - job.created_at
     took = f"{completion.inference_time:.2f}s" if completion.inference_time is not None else "-"
-    if completion.outcome == "ok":
+    if completion.outcome == "ok" and "video" in completion.body:
+        video = completion.body["video"]
+        what = f"{video['content_type']} {video['file_size']} bytes seed={completion.body['seed']}"
+    elif completion.outcome == "ok":
         image = completion.body["image"]
         what = f"{image['width']}x{image['height']} {image['content_type']} seed={completion.body['seed']}"
     else:

@@ -9,17 +9,17 @@ from typing import Annotated, Any, Literal
 from fastapi import Header, Path, Request
 from fastapi.responses import JSONResponse
 
-from seedvr_local.server.endpoint import request_urls
+from seedvr_local.server.endpoint import Endpoint, request_urls, stored_input
 from seedvr_local.server.errors import FalError
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
-from seedvr_local.server.schema import SeedVRImageInput, parse_input
+from seedvr_local.server.schema import parse_input
 from seedvr_local.server.state import ServerState
 
 
-#: The input model in the OpenAPI document (the body is parsed by hand, see `read_input`).
-INPUT_BODY = {
-    "requestBody": {"required": True, "content": {"application/json": {"schema": SeedVRImageInput.model_json_schema()}}}
-}
+def input_body(endpoint: Endpoint) -> dict[str, Any]:
+    """The endpoint's input model in the OpenAPI document (the body is parsed by hand, see `read_input`)."""
+    schema = endpoint.input_model.model_json_schema()
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 
@@ -38,13 +38,13 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def body_limit(state: ServerState) -> int:
-    """Room for a data: URI of the largest image accepted, plus the rest of the input."""
+    """Room for a data: URI of the largest file (image or video) accepted, plus the rest of the input."""
     return state.settings.max_download_bytes * 4 // 3 + 1024 * 1024
 
 
-async def read_input(request: Request, state: ServerState) -> SeedVRImageInput:
-    """The validated input; raises InputError (a 422) for an invalid one."""
-    return parse_input(await read_body(request, body_limit(state)))
+async def read_input(request: Request, state: ServerState, endpoint: Endpoint) -> dict[str, Any]:
+    """The validated input of `endpoint`, as a job stores it; raises InputError (a 422) for an invalid one."""
+    return stored_input(endpoint, parse_input(await read_body(request, body_limit(state)), endpoint.input_model))
 
 
 #: x-fal-queue-priority: fal's values ("high" is in fal's queue API, sent by no official client, and

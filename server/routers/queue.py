@@ -9,22 +9,22 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, NamedTuple
+from typing import Annotated, NamedTuple, Union
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from seedvr_local.server.auth import require_key
-from seedvr_local.server.endpoint import APP_ID, ENDPOINT_ID, request_urls
+from seedvr_local.server.endpoint import APP_ID, ENDPOINTS, Endpoint, request_urls
 from seedvr_local.server.errors import FalError, error_responses
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE
 from seedvr_local.server.netguard import BlockedURLError
 from seedvr_local.server.routers.common import (
-    INPUT_BODY,
     PriorityHeader,
     RequestIdPath,
     TimeoutHeader,
     find_job,
+    input_body,
     lookup_job,
     parse_priority,
     parse_start_deadline,
@@ -34,7 +34,7 @@ from seedvr_local.server.routers.common import (
     status_body,
     truthy,
 )
-from seedvr_local.server.schema import CancelResult, QueueStatus, SeedVRImageOutput
+from seedvr_local.server.schema import CancelResult, QueueStatus
 from seedvr_local.server.state import ServerState, StateDep
 
 router = APIRouter(tags=["queue"], dependencies=[Depends(require_key)], responses=error_responses(401))
@@ -57,47 +57,62 @@ _SUBMIT_LINKS = {
 _HEADER_ID = {"x-fal-request-id": {"description": "The request's id", "schema": {"type": "string"}}}
 
 
-@router.post(
-    f"/queue/{ENDPOINT_ID}",
-    response_model=QueueStatus,
-    openapi_extra=INPUT_BODY,
-    summary="Submit",
-    operation_id="queue_submit",
-    responses={
-        200: {"description": "Queued (status IN_QUEUE)", "links": _SUBMIT_LINKS, "headers": _HEADER_ID},
-        **error_responses(413, 422),
-    },
-)
-async def submit(
-    request: Request,
-    state: StateDep,
-    x_fal_queue_priority: PriorityHeader = None,
-    x_fal_request_timeout: TimeoutHeader = None,
-    fal_webhook: Annotated[
-        str | None,
-        Query(
-            description="http(s) URL to POST the result to when it completes",
-            pattern=r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+",
-        ),
-    ] = None,
-) -> JSONResponse:
-    """Queue a request; an invalid input is refused at once with fal's 422 (the clients raise the same
-    ValidationError they raise when a result answers 422)."""
-    priority = parse_priority(x_fal_queue_priority)
-    deadline = parse_start_deadline(x_fal_request_timeout)
-    if fal_webhook is not None:
-        await _check_webhook(state, fal_webhook)
-    data = (await read_input(request, state)).model_dump()
-    job = state.jobs.create("queue", data, state.base_url(request), priority, fal_webhook, deadline)
-    state.worker.wake()
-    body = {
-        "status": IN_QUEUE,
-        "request_id": job.id,
-        "gateway_request_id": job.id,
-        **request_urls(job.base_url, job.id),
-        "queue_position": state.jobs.queue_position(job) if job.status == IN_QUEUE else 0,
-    }
-    return JSONResponse(body, headers={"x-fal-request-id": job.id})
+#: fal_webhook: where to POST the outcome.
+WebhookQuery = Annotated[
+    str | None,
+    Query(
+        description="http(s) URL to POST the result to when it completes",
+        pattern=r"^[hH][tT][tT][pP][sS]?://[^/?#\s]+",
+    ),
+]
+
+
+def _submit_route(endpoint: Endpoint):
+    async def submit(
+        request: Request,
+        state: StateDep,
+        x_fal_queue_priority: PriorityHeader = None,
+        x_fal_request_timeout: TimeoutHeader = None,
+        fal_webhook: WebhookQuery = None,
+    ) -> JSONResponse:
+        priority = parse_priority(x_fal_queue_priority)
+        deadline = parse_start_deadline(x_fal_request_timeout)
+        if fal_webhook is not None:
+            await _check_webhook(state, fal_webhook)
+        data = await read_input(request, state, endpoint)
+        job = state.jobs.create("queue", data, state.base_url(request), priority, fal_webhook, deadline)
+        state.worker.wake()
+        body = {
+            "status": IN_QUEUE,
+            "request_id": job.id,
+            "gateway_request_id": job.id,
+            **request_urls(job.base_url, job.id),
+            "queue_position": state.jobs.queue_position(job) if job.status == IN_QUEUE else 0,
+        }
+        return JSONResponse(body, headers={"x-fal-request-id": job.id})
+
+    submit.__doc__ = (
+        f"{endpoint.summary}, queued; an invalid input is refused at once with fal's 422 (the clients raise the "
+        "same ValidationError they raise when a result answers 422)."
+    )
+    return submit
+
+
+for _endpoint in ENDPOINTS:
+    router.add_api_route(
+        f"/queue/{_endpoint.id}",
+        _submit_route(_endpoint),
+        methods=["POST"],
+        response_model=QueueStatus,
+        openapi_extra=input_body(_endpoint),
+        summary=f"Submit: {_endpoint.summary.lower()}",
+        name=f"queue_submit{_endpoint.operation_suffix}",
+        operation_id=f"queue_submit{_endpoint.operation_suffix}",
+        responses={
+            200: {"description": "Queued (status IN_QUEUE)", "links": _SUBMIT_LINKS, "headers": _HEADER_ID},
+            **error_responses(413, 422),
+        },
+    )
 
 
 async def _check_webhook(state: ServerState, url: str) -> None:
@@ -205,7 +220,12 @@ class _RequestRoute(NamedTuple):
 
 
 # The request routes: canonical /queue/<owner>/<alias>/requests/..., plus tolerated spellings.
-_SPELLINGS = [f"/queue/{APP_ID}", f"/queue/{ENDPOINT_ID}", f"/{APP_ID}", f"/{ENDPOINT_ID}"]
+_SPELLINGS = [
+    f"/queue/{APP_ID}",
+    *(f"/queue/{endpoint.id}" for endpoint in ENDPOINTS),
+    f"/{APP_ID}",
+    *(f"/{endpoint.id}" for endpoint in ENDPOINTS),
+]
 _ROUTES = [
     _RequestRoute(
         "/requests/{request_id}/status",
@@ -240,7 +260,7 @@ _ROUTES = [
         "/requests/{request_id}",
         result,
         "GET",
-        SeedVRImageOutput,
+        Union[tuple(endpoint.output_model for endpoint in ENDPOINTS)],  # the output of the request's endpoint
         "Result",
         200,
         {

@@ -1,4 +1,5 @@
-"""Sync run: `POST /fal-ai/seedvr/upscale/image` (and `/run/...`, for FAL_RUN_HOST=host:port/run).
+"""Sync run: `POST /fal-ai/seedvr/upscale/image` and `/fal-ai/seedvr/upscale/video` (and `/run/...`, for
+FAL_RUN_HOST=host:port/run).
 
 The request joins the same queue as queued ones (one device, one worker) and the response is sent
 when it completes. A client that hangs up cancels its request.
@@ -10,19 +11,18 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from seedvr_local.server.auth import require_key
-from seedvr_local.server.endpoint import ENDPOINT_ID
+from seedvr_local.server.endpoint import ENDPOINTS, Endpoint
 from seedvr_local.server.errors import error_responses
 from seedvr_local.server.jobs import COMPLETED, Job
 from seedvr_local.server.routers.common import (
-    INPUT_BODY,
     PriorityHeader,
     TimeoutHeader,
+    input_body,
     parse_priority,
     parse_start_deadline,
     read_input,
     result_response,
 )
-from seedvr_local.server.schema import SeedVRImageOutput
 from seedvr_local.server.state import ServerState, StateDep
 
 router = APIRouter(tags=["run"], dependencies=[Depends(require_key)], responses=error_responses(401))
@@ -34,22 +34,25 @@ _RESPONSES = {
 }
 
 
-async def run(
-    request: Request,
-    state: StateDep,
-    x_fal_queue_priority: PriorityHeader = None,
-    x_fal_request_timeout: TimeoutHeader = None,
-) -> JSONResponse:
-    """Upscale an image and wait for the result."""
-    priority = parse_priority(x_fal_queue_priority)
-    deadline = parse_start_deadline(x_fal_request_timeout)
-    params = await read_input(request, state)
-    job = state.jobs.create("sync", params.model_dump(), state.base_url(request), priority, start_deadline=deadline)
-    state.worker.wake()
-    done = await _wait(state, job, request)
-    if done is None:  # the client has gone; nobody reads this
-        return JSONResponse({"detail": "client disconnected"}, status_code=499)
-    return result_response(done)
+def _run_route(endpoint: Endpoint):
+    async def run(
+        request: Request,
+        state: StateDep,
+        x_fal_queue_priority: PriorityHeader = None,
+        x_fal_request_timeout: TimeoutHeader = None,
+    ) -> JSONResponse:
+        priority = parse_priority(x_fal_queue_priority)
+        deadline = parse_start_deadline(x_fal_request_timeout)
+        data = await read_input(request, state, endpoint)
+        job = state.jobs.create("sync", data, state.base_url(request), priority, start_deadline=deadline)
+        state.worker.wake()
+        done = await _wait(state, job, request)
+        if done is None:  # the client has gone; nobody reads this
+            return JSONResponse({"detail": "client disconnected"}, status_code=499)
+        return result_response(done)
+
+    run.__doc__ = f"{endpoint.summary} and wait for the result."
+    return run
 
 
 async def _wait(state: ServerState, job: Job, request: Request) -> Job | None:
@@ -64,16 +67,18 @@ async def _wait(state: ServerState, job: Job, request: Request) -> Job | None:
             await changes.wait(1.0)
 
 
-for _path, _visible in ((f"/{ENDPOINT_ID}", True), (f"/run/{ENDPOINT_ID}", False)):
-    router.add_api_route(
-        _path,
-        run,
-        methods=["POST"],
-        response_model=SeedVRImageOutput,
-        responses=_RESPONSES,
-        openapi_extra=INPUT_BODY,
-        include_in_schema=_visible,
-        name=f"run{_path.replace('/', '_')}",
-        operation_id="run" if _visible else None,
-        summary="Run (sync)",
-    )
+for _endpoint in ENDPOINTS:
+    _run = _run_route(_endpoint)
+    for _path, _visible in ((f"/{_endpoint.id}", True), (f"/run/{_endpoint.id}", False)):
+        router.add_api_route(
+            _path,
+            _run,
+            methods=["POST"],
+            response_model=_endpoint.output_model,
+            responses=_RESPONSES,
+            openapi_extra=input_body(_endpoint),
+            include_in_schema=_visible,
+            name=f"run{_path.replace('/', '_')}",
+            operation_id=f"run{_endpoint.operation_suffix}" if _visible else None,
+            summary=f"Run (sync): {_endpoint.summary.lower()}",
+        )

@@ -290,9 +290,9 @@ for _path, _methods, _visible in (
 
 
 def _served_type(content_type: str) -> str:
-    """Images (what the server reads and writes) keep their type; any other upload is served as plain
+    """Images and videos (what the server reads and writes) keep their type; any other upload is served as plain
     bytes, so a browser or client never interprets what a client labelled HTML, JSON or YAML."""
-    return content_type if content_type.startswith("image/") else "application/octet-stream"
+    return content_type if content_type.startswith(("image/", "video/")) else "application/octet-stream"
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 // The flows of the official @fal-ai/client against a seedvr-local server, as a user writes them.
 // The client is configured only with proxyUrl (and FAL_KEY from the environment, which it reads itself).
-// Run by tests/server/test_js_client.py with PROXY_URL, WEBHOOK_URL, IMAGE_PATH and SLOW_SEED set;
+// Run by tests/server/test_js_client.py with PROXY_URL, WEBHOOK_URL, IMAGE_PATH, VIDEO_PATH and SLOW_SEED set;
 // prints one JSON summary line, exits non-zero on the first failed check.
 import { readFileSync } from "node:fs";
 import { fal, ApiError, ValidationError } from "@fal-ai/client";
 
 const APP = "fal-ai/seedvr/upscale/image";
-const { PROXY_URL, WEBHOOK_URL, IMAGE_PATH } = process.env;
+const VIDEO_APP = "fal-ai/seedvr/upscale/video";
+const { PROXY_URL, WEBHOOK_URL, IMAGE_PATH, VIDEO_PATH } = process.env;
 const SLOW_SEED = Number(process.env.SLOW_SEED);
 const serverBase = new URL(PROXY_URL).origin;
 
@@ -118,5 +119,38 @@ check(subscribeError instanceof ValidationError, `subscribe error is ${subscribe
 const fields = subscribeError.fieldErrors.map((error) => error.loc.at(-1)).sort();
 check(JSON.stringify(fields) === JSON.stringify(["image_url", "output_format"]), `fields ${fields}`);
 summary.validation = fields;
+
+// video: a File in the input (auto-uploaded), subscribe with logs, fal's enum strings; the test reads the output
+// back with PyAV
+const videoFile = new File([readFileSync(VIDEO_PATH)], "input.mp4", { type: "video/mp4" });
+const videoUpdates = [];
+const upscaled = await fal.subscribe(VIDEO_APP, {
+  input: { video_url: videoFile, seed: 9, output_format: "VP9 (.webm)", output_quality: "medium", output_write_mode: "fast" },
+  logs: true,
+  pollInterval: 50,
+  onQueueUpdate: (update) => videoUpdates.push(update),
+});
+const videoOut = upscaled.data.video;
+check(videoOut.content_type === "video/webm" && upscaled.data.seed === 9, `video output ${JSON.stringify(upscaled.data)}`);
+check(videoOut.url.startsWith(`${serverBase}/files/`) && videoOut.file_name.endsWith(".webm"), "video url");
+const videoLogs = videoUpdates.flatMap((update) => update.logs ?? []).map((log) => log.message);
+check(videoLogs.some((message) => /^frames: 9\/9 \(100%\), [0-9.]+ frames\/s, about \d+ s left$/.test(message)), `video logs ${videoLogs}`);
+
+// the same video over server-sent events, run (sync) inline, and fal's strings are the only ones accepted
+const streamedVideo = [];
+const viaSseVideo = await fal.subscribe(VIDEO_APP, {
+  input: { video_url: new Blob([readFileSync(VIDEO_PATH)], { type: "video/mp4" }), output_format: "GIF (.gif)" },
+  mode: "streaming",
+  logs: true,
+  onQueueUpdate: (update) => streamedVideo.push(update),
+});
+check(viaSseVideo.data.video.content_type === "image/gif", "streaming video output");
+const streamedVideoLogs = (streamedVideo.at(-1).logs ?? []).map((log) => log.message);
+check(streamedVideoLogs.at(-1).startsWith("done: 64x48, 9 frames"), `sse video logs ${streamedVideoLogs}`);
+const inline = await fal.run(VIDEO_APP, { input: { video_url: videoOut.url, sync_mode: true, upscale_factor: 1 } });
+check(inline.data.video.url.startsWith("data:video/mp4;base64,"), "video run with sync_mode");
+const videoError = await expectError(fal.run(VIDEO_APP, { input: { video_url: videoOut.url, output_format: "mp4" } }), "video 422");
+check(videoError instanceof ValidationError && videoError.getFieldErrors("output_format").length === 1, `video 422 ${videoError}`);
+summary.video = { url: videoOut.url, gif: viaSseVideo.data.video.url, inlineSize: inline.data.video.file_size };
 
 console.log(JSON.stringify(summary));

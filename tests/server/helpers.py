@@ -1,4 +1,5 @@
-"""Test doubles and tools for the server tests: a fast fake engine, images, a live uvicorn server."""
+"""Test doubles and tools for the server tests: a fast fake engine (images and videos), images, a live uvicorn
+server."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
+import torch
 import uvicorn
 from PIL import Image
 
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil
+from seedvr_local.memory_planner import MemoryPlanError, RunPlan
 from seedvr_local.options import UpscaleOptions
 from seedvr_local.server import ServerSettings, create_app
 from seedvr_local.server.netguard import NetGuard
@@ -91,6 +95,7 @@ class FakeEngine:
         fail: Exception | None = None,
         phase_delay: float = 0.0,
         slow_seeds: dict[int, float] | None = None,
+        max_clip_frames: int | None = None,
     ):
         self.gate = gate
         self.slow_seeds = slow_seeds or {}
@@ -98,6 +103,17 @@ class FakeEngine:
         self.phase_delay = phase_delay
         self.entered = threading.Event()
         self.calls: list[tuple[int, int, UpscaleOptions]] = []
+        self.pipeline = IdentityPipeline(self)
+        self.planner = FakePlanner(max_clip_frames)
+
+    def enter_dit(self, seed: int | None) -> None:
+        """The "dit" phase of an image, or of each video clip: where the gate, `fail` and `slow_seeds` act."""
+        self.entered.set()
+        if self.gate is not None and not self.gate.wait(timeout=30):
+            raise TimeoutError("the test never opened the engine's gate")
+        if self.fail is not None:
+            raise self.fail
+        time.sleep(self.slow_seeds.get(seed, 0.0))
 
     def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
         return 2**62  # no memory limit: the server's own cap applies
@@ -116,18 +132,46 @@ class FakeEngine:
                 progress(phase)
             started = time.perf_counter()
             if phase == "dit":
-                self.entered.set()
-                if self.gate is not None and not self.gate.wait(timeout=30):
-                    raise TimeoutError("the test never opened the engine's gate")
-                if self.fail is not None:
-                    raise self.fail
-                time.sleep(self.slow_seeds.get(options.seed, 0.0))
+                self.enter_dit(options.seed)
             if self.phase_delay:
                 time.sleep(self.phase_delay)
             timings[phase] = time.perf_counter() - started
         resized = from_pil(to_pil(image.rgb, image.alpha).resize((width, height), Image.BICUBIC))
         seed = options.seed if options.seed is not None else 424242
         return FakeResult(resized.rgb, resized.alpha, seed, timings)
+
+
+class IdentityPipeline:
+    """The fake engine's `RestorationPipeline` for videos: each clip comes back as it went in (already resized by
+    the video library), after the engine's "dit" phase. `clips` records the frames of each clip restored."""
+
+    device = torch.device("cpu")
+    size_multiple = 16
+
+    def __init__(self, engine: FakeEngine):
+        self.engine = engine
+        self.clips: list[int] = []
+
+    def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
+        return (1, 1, 1, 1)  # the noises are drawn, and unused
+
+    def restore(self, video, noises, cond_noise_scale, color_fix, on_phase, crop, vae_tiling):
+        self.clips.append(video.shape[1])
+        self.engine.enter_dit(None)
+        height, width = crop
+        return SimpleNamespace(colorfixed=video[..., :height, :width].clone())
+
+
+class FakePlanner:
+    """Every clip fits, up to `max_clip_frames` frames (None: any length)."""
+
+    def __init__(self, max_clip_frames: int | None = None):
+        self.max_clip_frames = max_clip_frames
+
+    def plan(self, width: int, height: int, frames: int = 1) -> RunPlan:
+        if self.max_clip_frames is not None and frames > self.max_clip_frames:
+            raise MemoryPlanError(f"a clip of {frames} frames does not fit", 2, 1, None)
+        return RunPlan(width, height, frames, None, {"dit": 0}, 2**40)
 
 
 def allow_loopback_only() -> NetGuard:
@@ -302,6 +346,8 @@ class SlowSeeds:
         self.slow_seeds = slow_seeds
         self.description = engine.description
         self.notice = engine.notice
+        self.pipeline = engine.pipeline  # videos run at full speed
+        self.planner = engine.planner
         self.calls: list[tuple[int, int, UpscaleOptions]] = []
 
     def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:

@@ -7,10 +7,13 @@ import os
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests import requires
+from seedvr_local.video.samples import make_video
 from tests.server.helpers import FakeEngine, LiveServer, LocalHTTP, SlowSeeds, png_bytes
+from tests.video_helpers import read_video
 
 JS_DIR = Path(__file__).resolve().parents[1] / "js"
 SLOW_SEED = 777
@@ -43,6 +46,7 @@ def test_js_client_flows_through_the_proxy(node, tmp_path, settings, flow_engine
     settings.allow_private_urls = True  # the webhook receiver is on this machine
     image = tmp_path / "input.png"
     image.write_bytes(png_bytes(24, 16))
+    video = make_video(tmp_path / "input.mp4", 32, 24, frames=9, fps=12, audio="aac")
     engine = flow_engine
     with LocalHTTP({"/hook": (200, {}, b"")}) as receiver, LiveServer(settings, lambda: engine) as server:
         env = {
@@ -50,6 +54,7 @@ def test_js_client_flows_through_the_proxy(node, tmp_path, settings, flow_engine
             "PROXY_URL": f"{server.url}/api/fal/proxy",
             "WEBHOOK_URL": f"{receiver.url}/hook",
             "IMAGE_PATH": str(image),
+            "VIDEO_PATH": str(video),
             "SLOW_SEED": str(SLOW_SEED),
             "FAL_KEY": KEY,
         }
@@ -59,11 +64,20 @@ def test_js_client_flows_through_the_proxy(node, tmp_path, settings, flow_engine
         [(_, _, _, body)] = receiver.wait_for(1)
         jobs = server.state.jobs
         assert jobs.get(summary["webhookRequest"]).priority == 1
+        outputs = {}
+        for name in ("url", "gif"):
+            outputs[name] = tmp_path / f"output-{name}"
+            outputs[name].write_bytes(httpx.get(summary["video"][name]).raise_for_status().content)
     hook = json.loads(body)
     assert hook["status"] == "OK" and hook["request_id"] == summary["webhookRequest"]
     assert hook["payload"]["image"]["width"] == 48
     assert summary["streaming"][-1] == "COMPLETED" and "IN_PROGRESS" in summary["streaming"]
     assert summary["validation"] == ["image_url", "output_format"]
+    webm, gif = read_video(outputs["url"]), read_video(outputs["gif"])
+    assert (webm["codec"], webm["width"], webm["height"], webm["frames"]) == ("vp9", 64, 48, 9)
+    assert webm["average_rate"] == 12 and webm["audio"] == "opus"
+    assert (gif["codec"], gif["frames"], gif["audio"]) == ("gif", 9, None)
+    assert summary["video"]["inlineSize"] > 0
 
 
 def test_js_client_is_refused_without_the_key(node, tmp_path, settings):

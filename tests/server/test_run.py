@@ -187,7 +187,7 @@ def test_sync_runs_share_the_worker_one_at_a_time(make_client):
 
 
 def test_unknown_routes_are_fal_shaped_404s(client):
-    response = client.post("/fal-ai/seedvr/upscale/video", json={})
+    response = client.post("/fal-ai/seedvr/upscale/audio", json={})
     assert response.status_code == 404 and "detail" in response.json()
     assert response.headers["x-fal-request-id"]
 

@@ -2,7 +2,8 @@
 
 Run by test_fal_client.py in a fresh interpreter, configured only as a user would: FAL_RUN_HOST,
 FAL_QUEUE_RUN_HOST, SSL_CERT_FILE and FAL_KEY in the environment (fal_client reads them on import).
-SLOW_SEED makes the test server's fake engine take a second. Prints one JSON summary line.
+SLOW_SEED makes the test server's fake engine take a second; VIDEO_PATH is a small video (9 frames of 32x24).
+Prints one JSON summary line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fal_client
 from PIL import Image
 
 APP = "fal-ai/seedvr/upscale/image"
+VIDEO_APP = "fal-ai/seedvr/upscale/video"
 SLOW_SEED = int(os.environ["SLOW_SEED"])
 summary: dict = {}
 
@@ -125,6 +127,35 @@ def main() -> None:
     output = fal_client.run(APP, {"image_url": uploaded})
     check(output["image"]["width"] == 48, "an uploaded file as image_url")
     summary["upload"] = uploaded
+
+    video_flows()
+
+
+def video_flows() -> None:
+    video_path = os.environ["VIDEO_PATH"]
+    video_url = fal_client.encode_file(video_path)  # a data: URI
+    check(video_url.startswith("data:video/mp4;base64,"), "encode_file gives a video data URI")
+
+    output = fal_client.run(VIDEO_APP, {"video_url": video_url, "seed": 4, "output_format": "PRORES4444 (.mov)"})
+    check(output["video"]["content_type"] == "video/quicktime" and output["seed"] == 4, f"video run {output}")
+    summary["video_run"] = output["video"]["url"]
+
+    updates = []
+    result = fal_client.subscribe(
+        VIDEO_APP, {"video_url": fal_client.upload_file(video_path), "output_quality": "low"},
+        with_logs=True, on_queue_update=updates.append,
+    )  # fmt: skip
+    check(result["video"]["content_type"] == "video/mp4", f"video subscribe {result}")
+    messages = [log["message"] for update in updates for log in (getattr(update, "logs", None) or [])]
+    check(any(message.startswith("frames: 9/9 (100%)") for message in messages), f"video logs {messages}")
+    summary["video_subscribe"] = result["video"]["url"]
+
+    try:
+        fal_client.run(VIDEO_APP, {"video_url": video_url, "output_format": "mp4", "noise_scale": 2})
+        raise AssertionError("a format that is not fal's string must fail")
+    except fal_client.FalClientHTTPError as exc:
+        locs = sorted(item["loc"][-1] for item in exc.message)
+        check(exc.status_code == 422 and locs == ["noise_scale", "output_format"], f"video 422 {exc.message}")
 
 
 if __name__ == "__main__":
