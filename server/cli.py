@@ -16,6 +16,8 @@ from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettin
 log = logging.getLogger("seedvr_local.server")
 
 DEFAULT_PORT = 8000
+#: --cpu-memory: see `device_memory.keep_freed_cpu_memory`.
+CPU_MEMORY_POLICIES = ("keep", "release")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +84,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
                         help="delete finished requests and stored files older than this many hours, 0 or more "
                         "(default 24; 0 keeps them)")
+    parser.add_argument(
+        "--cpu-memory",
+        choices=CPU_MEMORY_POLICIES,
+        default="keep",
+        help="on the CPU, what memory freed after a job does: keep (default) holds it for the next job, sparing "
+        "its page faults and the slow first job after an idle spell on VMs that hand free memory to their host; "
+        "release returns it to the system at once (lower resident memory between jobs)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
@@ -128,6 +138,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
+    from seedvr_local.device_memory import keep_freed_cpu_memory
     from seedvr_local.devices import resolve_device, resolve_dtype
     from seedvr_local.server.app import create_app
     from seedvr_local.server.db import DataDirLock
@@ -186,6 +197,8 @@ def run_serve(args: argparse.Namespace) -> int:
     text = banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description)
     try:
         _load_tls(config, args)
+        if device.type == "cpu" and args.cpu_memory == "keep":
+            keep_freed_cpu_memory()  # before the server's threads start: the worker allocates from the one heap
         server = ListeningServer(config, on_listening=lambda: print(text, flush=True))
         server.run(sockets=[sock])
     except SystemExit as exited:  # uvicorn exits when the app's startup fails; it has logged why

@@ -88,8 +88,13 @@ def test_banner_tells_clients_how_to_connect():
 
 
 def _fake_serving(monkeypatch, seen: dict) -> None:
-    """ListeningServer.run records its config and socket and says it listens, instead of serving."""
+    """ListeningServer.run records its config and socket and says it listens, instead of serving; the CPU
+    allocator policy (process-wide) is recorded, not applied to the test process."""
+    from seedvr_local import device_memory
     from seedvr_local.server.listening import ListeningServer
+
+    seen["kept"] = []
+    monkeypatch.setattr(device_memory, "keep_freed_cpu_memory", lambda: seen["kept"].append(True))
 
     def run(self, sockets):
         seen.update(config=self.config, sockets=sockets, ports=[sock.getsockname()[1] for sock in sockets])
@@ -118,6 +123,7 @@ def test_run_serve_wires_the_app(monkeypatch, tiny_bundle, tmp_path, capsys):
     config, (sock,), (port,) = seen["config"], seen["sockets"], seen["ports"]
     assert config.host == "127.0.0.1" and port > 0 and config.port == port and config.access_log is False
     assert sock.fileno() == -1  # closed once the server is done
+    assert seen["kept"] == [True]  # --cpu-memory keep, the default on the CPU
     out = capsys.readouterr().out
     assert f"http://127.0.0.1:{port}/api/fal/proxy" in out and "3B" in out
 
