@@ -88,9 +88,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--cpu-memory",
         choices=CPU_MEMORY_POLICIES,
         default="keep",
-        help="on the CPU, what memory freed after a job does: keep (default) holds it for the next job, sparing "
-        "its page faults and the slow first job after an idle spell on VMs that hand free memory to their host; "
-        "release returns it to the system at once (lower resident memory between jobs)",
+        help="on the CPU, where freed memory goes: keep (default) holds it for the next tensors and jobs, sparing "
+        "their page faults and the slow first job after an idle spell on VMs that hand free memory to their host; "
+        "release returns it to the system (lower resident memory between jobs, more page faults)",
     )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
