@@ -51,10 +51,11 @@ def keep_freed_cpu_memory() -> bool:
     every allocation from one heap (M_ARENA_MAX 1, so `available_memory` sees all of it), none from its own mmap
     (M_MMAP_MAX 0; glibc mmaps every block above 32 MiB otherwise, whatever `use_mmap_for_large_cpu_tensors`
     says), the heap never trimmed. Measured with `benchmarks/restore.py`: a warm 256 x 256 job of the full-size
-    VAE faults 8 thousand pages instead of 890 thousand, at the same peak resident size, and nothing is handed
-    back between jobs, so a VM that returns free guest memory to its host (virtio-balloon free page reporting)
-    has nothing to take away while the server is idle. The process keeps its highest resident size. Process-wide;
-    for a long-running server. Returns False where it is not available (not glibc)."""
+    VAE and a 4-block 3B DiT faults 8 thousand pages instead of 890 thousand, at the same peak resident size.
+    Nothing is handed back between jobs, so a VM that returns free guest memory to its host (virtio-balloon free
+    page reporting) has nothing to take away while the server is idle. The process keeps its highest resident
+    size. Process-wide, for a long-running server; call it before starting threads. Returns False where it is
+    not available (not glibc)."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
