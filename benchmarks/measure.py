@@ -1,10 +1,13 @@
-"""Peak memory per phase: CUDA max-allocated, or the process RSS on the CPU (sampled every few ms)."""
+"""Peak memory per phase: CUDA max-allocated, or the process RSS on the CPU (sampled every few ms); and what a
+phase cost the process in CPU time and page faults."""
 
 from __future__ import annotations
 
 import os
+import resource
 import threading
 import time
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -61,3 +64,30 @@ class PeakMemory:
 
 def gib(n: int) -> float:
     return n / 2**30
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the whole process (every thread) used: wall, user and system seconds, minor and major page faults.
+    `Usage.now() - earlier` is what happened in between."""
+
+    wall_s: float
+    user_s: float
+    system_s: float
+    minor_faults: int
+    major_faults: int
+
+    @classmethod
+    def now(cls) -> "Usage":
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return cls(time.perf_counter(), usage.ru_utime, usage.ru_stime, usage.ru_minflt, usage.ru_majflt)
+
+    def __sub__(self, other: "Usage") -> "Usage":
+        return Usage(*(getattr(self, f.name) - getattr(other, f.name) for f in fields(self)))
+
+    @classmethod
+    def zero(cls) -> "Usage":
+        return cls(0.0, 0.0, 0.0, 0, 0)
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))

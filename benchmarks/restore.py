@@ -7,6 +7,8 @@
 random weights: same speed and memory as the real model) or a weights directory. Sizes are output sizes;
 each input is a random image of that size divided by `--factor`. The first run of each size is a warm-up,
 reported apart as `first s` (the first-call cost: CUDA context, kernel compilation, `--compile`'s graphs).
+A second table gives what each phase cost the process: wall, user and system seconds, minor and major page
+faults, for the first run, the median warm run and, with `--idle S`, a run after S seconds of idleness.
 """
 
 from __future__ import annotations
@@ -17,14 +19,16 @@ import json
 import platform
 import sys
 import time
+from dataclasses import asdict, dataclass
 
 import torch
 from PIL import Image
 
 from seedvr_local import kernels
-from benchmarks.measure import PeakMemory, gib
+from benchmarks.measure import PeakMemory, Usage, gib
 from benchmarks.models import build_upscaler
 from seedvr_local.compilation import compile_pipeline
+from seedvr_local.device_memory import keep_freed_cpu_memory
 from seedvr_local.image_io import decode_image
 from seedvr_local.upscaler import UpscaleOptions
 
@@ -49,19 +53,35 @@ def random_png(width: int, height: int, seed: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def run_once(upscaler, png: bytes, factor: float, memory: PeakMemory) -> tuple[dict, dict, tuple[int, int]]:
-    """One request as the server runs it. Returns (seconds per phase, peak bytes per phase, output size)."""
+@dataclass
+class Run:
+    """One request: seconds, peak bytes and process usage (CPU time, page faults) per phase, the output size."""
+
+    times: dict[str, float]
+    peaks: dict[str, int]
+    usage: dict[str, Usage]
+    size: tuple[int, int]
+
+    def total(self) -> Usage:
+        return sum(self.usage.values(), Usage.zero())
+
+
+def run_once(upscaler, png: bytes, factor: float, memory: PeakMemory) -> Run:
+    """One request as the server runs it."""
     times: dict[str, float] = {}
     peaks: dict[str, int] = {}
-    current = {"phase": None, "start": 0.0}
+    usage: dict[str, Usage] = {}
+    current = {"phase": None, "start": 0.0, "usage": None}
 
     def enter(phase: str | None) -> None:
+        now = Usage.now()
         if current["phase"] is not None:
+            usage[current["phase"]] = now - current["usage"]
             peaks[current["phase"]] = memory.peak()
             if current["phase"] in ("decode_image", "encode_image"):
                 times[current["phase"]] = time.perf_counter() - current["start"]
-        current["phase"], current["start"] = phase, time.perf_counter()
         memory.reset()
+        current["phase"], current["start"], current["usage"] = phase, time.perf_counter(), Usage.now()
 
     enter("decode_image")
     image = decode_image(png)
@@ -71,7 +91,13 @@ def run_once(upscaler, png: bytes, factor: float, memory: PeakMemory) -> tuple[d
     result.encode("png")
     enter(None)
     times.update(result.timings)
-    return times, peaks, result.size
+    return Run(times, peaks, usage, result.size)
+
+
+def usage_rows(output: str, label: str, run: Run) -> list[dict]:
+    """One row per phase and one for the whole run: wall, user and system seconds, page faults."""
+    phases = [(p, run.usage[p]) for p in PHASES if p in run.usage] + [("total", run.total())]
+    return [{"output": output, "run": label, "phase": phase, **asdict(used)} for phase, used in phases]
 
 
 def write_profile(upscaler, png: bytes, factor: float, file, rows: int = 40) -> None:
@@ -106,12 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", default="auto", choices=kernels.MODES, help="fused kernels (see kernels/)")
     parser.add_argument("--vae-layout", default="auto", choices=tuple(VAE_LAYOUTS),
                         help="the VAE activations' layout (auto: channels-last for half precision on CUDA)")
+    parser.add_argument("--idle", type=float, action="append", default=[], metavar="S",
+                        help="after the timed runs of each size, sit idle S seconds and run once more (repeatable): "
+                             "what a server's first request after a quiet spell costs")
+    parser.add_argument("--cpu-memory", default="release", choices=("keep", "release"),
+                        help="keep: glibc keeps freed memory for the next tensors, as `serve` does on the CPU "
+                             "(device_memory.keep_freed_cpu_memory); release: the library's default")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--profile", default=None,
                         help="after the timed runs of each size, profile one more and write the ops that took the "
                              "most time to this file, a section per size")
     args = parser.parse_args(argv)
 
+    if args.cpu_memory == "keep":
+        keep_freed_cpu_memory()
     started = time.perf_counter()
     upscaler = build_upscaler(args.model, args.device, args.dtype)
     load_s = time.perf_counter() - started
@@ -130,23 +164,29 @@ def main(argv: list[str] | None = None) -> int:
           f"compile {'on' if args.compile else 'off'}; VAE {'channels-last' if vae.uses_channels_last else 'contiguous'}; "
           f"loaded in {load_s:.1f}s; {machine}")
 
-    rows = []
+    rows, usage = [], []
     profile = open(args.profile, "w") if args.profile else None
     for width, height in args.sizes:
         png = random_png(max(1, round(width / args.factor)), max(1, round(height / args.factor)))
         started = time.perf_counter()
-        run_once(upscaler, png, args.factor, memory)  # warm-up: allocator, kernels, caches, compilation
+        first = run_once(upscaler, png, args.factor, memory)  # warm-up: allocator, kernels, caches, compilation
         first_s = time.perf_counter() - started
         runs = [run_once(upscaler, png, args.factor, memory) for _ in range(args.repeat)]
-        runs.sort(key=lambda run: sum(run[0].values()))
-        times, peaks, size = runs[len(runs) // 2]
+        runs.sort(key=lambda run: sum(run.times.values()))
+        median = runs[len(runs) // 2]
+        times, peaks, size = median.times, median.peaks, median.size
         total = sum(times.values())
+        output = f"{size[0]}x{size[1]}"
         rows.append({
-            "output": f"{size[0]}x{size[1]}", "first_s": first_s, "total_s": total,
+            "output": output, "first_s": first_s, "total_s": total,
             "megapixels_per_s": size[0] * size[1] / 1e6 / total,
             "seconds": {p: times.get(p, 0.0) for p in PHASES},
             "peak_gib": {p: gib(peaks.get(p, 0)) for p in PHASES}, "max_peak_gib": gib(max(peaks.values())),
         })  # fmt: skip
+        usage += usage_rows(output, "first", first) + usage_rows(output, "warm", median)
+        for idle_s in args.idle:
+            time.sleep(idle_s)
+            usage += usage_rows(output, f"after {idle_s:g} s idle", run_once(upscaler, png, args.factor, memory))
         if profile is not None:
             profile.write(f"## {size[0]}x{size[1]}\n\n")
             write_profile(upscaler, png, args.factor, profile)
@@ -158,12 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         cells = " ".join(f"{row['seconds'][p]:>12.3f}" for p in PHASES)
         print(f"{row['output']:>11} {row['first_s']:>8.3f} {row['total_s']:>8.3f} {row['megapixels_per_s']:>7.3f} {cells} "
               f"{row['max_peak_gib']:>9.2f}")
+    print(f"\n{'output':>11} {'run':>18} {'phase':>12} {'wall s':>8} {'user s':>8} {'sys s':>8} {'minor faults':>13} "
+          f"{'major':>6}")
+    for row in usage:
+        print(f"{row['output']:>11} {row['run']:>18} {row['phase']:>12} {row['wall_s']:>8.3f} {row['user_s']:>8.3f} "
+              f"{row['system_s']:>8.3f} {row['minor_faults']:>13} {row['major_faults']:>6}")
     memory.close()
     if profile is not None:
         profile.close()
     if args.json:
         report = {"model": args.model, "attention": attention, "kernels": kernel_backend, "compile": args.compile, "channels_last": vae.uses_channels_last, "description": upscaler.description, "machine": machine,
-                  "torch": torch.__version__, "load_s": load_s, "results": rows}
+                  "torch": torch.__version__, "load_s": load_s, "cpu_memory": args.cpu_memory, "results": rows,
+                  "usage": usage}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0

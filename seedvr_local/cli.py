@@ -14,8 +14,8 @@ from pathlib import Path
 
 from seedvr_local import __version__
 from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
-from seedvr_local.options import COLOR_FIXES, MIN_VAE_TILE, OUTPUT_FORMATS
-from seedvr_local.sizes import TARGET_SHORT_SIDE
+from seedvr_local.options import COLOR_FIXES, MAX_SEED, MIN_VAE_TILE, OUTPUT_FORMATS
+from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR, TARGET_SHORT_SIDE
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -41,16 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser("upscale", help="upscale an image or a directory of images")
     up.add_argument("input", type=Path, help="an image file or a directory of images")
-    up.add_argument("-o", "--output", type=Path, help="output file (or directory when INPUT is a directory)")
+    up.add_argument("-o", "--output", type=Path,
+                    help="output file, or directory when INPUT is a directory (default: INPUT_upscaled.EXT beside a "
+                         "file, INPUT_upscaled/ beside a directory)")
+    up.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refuse)")
     _add_model_arguments(up, required=False)
     size = up.add_mutually_exclusive_group()
-    size.add_argument("--upscale-factor", type=float, default=None, help="multiply both sides (default 2)")
-    size.add_argument("--target-resolution", choices=tuple(TARGET_SHORT_SIDE), help="short side of the output")
-    up.add_argument("--seed", type=int, default=None, help="makes the output reproducible")
-    up.add_argument("--noise-scale", type=float, default=0.1, help="condition noise augmentation (default 0.1)")
+    size.add_argument("--upscale-factor", type=float, default=None,
+                      help=f"multiply both sides, {MIN_UPSCALE_FACTOR:g} to {MAX_UPSCALE_FACTOR:g} (default 2)")
+    size.add_argument("--target-resolution", choices=tuple(TARGET_SHORT_SIDE),
+                      help="scale so the output's short side has this many lines, instead of a factor")
+    up.add_argument("--seed", type=int, default=None,
+                    help=f"0 to {MAX_SEED}: the same seed gives the same output (default: a random one, printed)")
+    up.add_argument("--noise-scale", type=float, default=0.1,
+                    help="noise added to the input's latent before restoring, 0 to 1 (default 0.1)")
     up.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
-                    help="default: the output file's extension, else png")
-    up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet")
+                    help="default: the extension of -o, else the input's, else png")
+    up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet",
+                    help="match the output's colours to the input's (default wavelet; none keeps the model's)")
     up.add_argument("--compile", action="store_true",
                     help="torch.compile the model and autotune cuDNN: faster from the second image of a size on, "
                          "the first image of each size compiles for seconds to minutes")
@@ -59,8 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "auto (default): untiled when it fits in memory, else the largest tiles that fit")
 
     dl = commands.add_parser("download", help="download SeedVR2 weights from Hugging Face")
-    dl.add_argument("--model", choices=DOWNLOADABLE_MODELS, required=True)
-    dl.add_argument("--variant", choices=VARIANTS, default="official")
+    dl.add_argument("--model", choices=DOWNLOADABLE_MODELS, required=True,
+                    help="the model's size in parameters: 7b needs more than twice the memory and time of 3b")
+    dl.add_argument("--variant", choices=VARIANTS, default="official",
+                    help="which file of the DiT's weights: official (as published, the default), or the smaller "
+                         "community conversions fp16 and fp8")
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")

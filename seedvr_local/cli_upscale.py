@@ -16,26 +16,54 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".g
 FORMAT_BY_SUFFIX = {f".{fmt}": fmt for fmt in OUTPUT_FORMATS} | {".jpeg": "jpg"}
 
 
-def _plan(args: argparse.Namespace) -> list[tuple[Path, Path, str]]:
-    """(input, output, format) for every image, checked before the model is loaded."""
+def _plan(args: argparse.Namespace) -> tuple[list[tuple[Path, Path, str]], list[str]]:
+    """(input, output, format) for every image, and a line for every entry of a directory input that is skipped;
+    checked before the model is loaded."""
     source: Path = args.input
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or directory")
     if source.is_dir():
-        inputs = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        inputs = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        skipped = [
+            f"skipped {p.name}: " + ("a directory (not searched)" if p.is_dir() else "not an image file")
+            for p in sorted(source.iterdir())
+            if p not in inputs
+        ]
         if not inputs:
             raise ValueError(f"{source}: no images in this directory")
         out_dir = args.output or source.with_name(source.name + "_upscaled")
         if out_dir.exists() and not out_dir.is_dir():
             raise ValueError(f"{out_dir}: exists and is not a directory")
         fmt = args.output_format or "png"
-        return [(p, out_dir / f"{p.stem}.{fmt}", fmt) for p in inputs]
-    if args.output is None:
-        raise ValueError("give the output file with -o OUTPUT")
-    fmt = args.output_format or FORMAT_BY_SUFFIX.get(args.output.suffix.lower())
-    if fmt is None:
-        raise ValueError(f"{args.output}: unknown image extension; use .png/.jpg/.webp or --output-format")
-    return [(source, args.output, fmt)]
+        jobs = [(p, out_dir / f"{p.stem}.{fmt}", fmt) for p in inputs]
+    else:
+        skipped = []
+        target = args.output or _beside(source, args.output_format)
+        fmt = args.output_format or FORMAT_BY_SUFFIX.get(target.suffix.lower())
+        if fmt is None:
+            raise ValueError(f"{target}: unknown image extension; use .png/.jpg/.webp or --output-format")
+        jobs = [(source, target, fmt)]
+    _refuse_overwriting(jobs, args.overwrite)
+    return jobs, skipped
+
+
+def _beside(source: Path, output_format: str | None) -> Path:
+    """`photo.jpg` -> `photo_upscaled.jpg`; `--output-format`'s extension, or .png for an input no format writes."""
+    if output_format is not None:
+        suffix = f".{output_format}"
+    else:
+        suffix = source.suffix if source.suffix.lower() in FORMAT_BY_SUFFIX else ".png"
+    return source.with_name(f"{source.stem}_upscaled{suffix}")
+
+
+def _refuse_overwriting(jobs: list[tuple[Path, Path, str]], overwrite: bool) -> None:
+    for source, target, _ in jobs:
+        if target.exists() and target.resolve() == source.resolve():
+            raise ValueError(f"{target}: the output would replace its input; give another -o")
+    existing = [target for _, target, _ in jobs if target.exists()]
+    if existing and not overwrite:
+        names = ", ".join(str(t) for t in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise FileExistsError(f"{names} already exist{'s' if len(existing) == 1 else ''}: pass --overwrite to replace")
 
 
 def _options(args: argparse.Namespace) -> UpscaleOptions:
@@ -79,7 +107,9 @@ def _read(source: Path):
 
 def run_upscale(args: argparse.Namespace) -> int:
     options = _options(args)
-    jobs = _plan(args)
+    jobs, skipped = _plan(args)
+    for line in skipped:  # before the model loads: a user sees at once what the run leaves out
+        print(line, file=sys.stderr)
     # None for the tiny model, built in memory. Missing weights are said before anything loads.
     weights_dir = (
         None if args.model == TINY_MODEL else args.weights_dir or find_installed_weights(args.model or "3b")

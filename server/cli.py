@@ -7,15 +7,17 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import socket
+import ssl
 from pathlib import Path
 
 from seedvr_local.model_home import TINY_MODEL, find_installed_weights
-from seedvr_local.server.settings import ServerSettings
+from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
 
 log = logging.getLogger("seedvr_local.server")
 
 DEFAULT_PORT = 8000
+#: --cpu-memory: see `device_memory.keep_freed_cpu_memory`.
+CPU_MEMORY_POLICIES = ("keep", "release")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +39,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)"
     )
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free port")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"0 to 65535 (default {DEFAULT_PORT}); 0 picks a free port")
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -70,18 +73,31 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ORIGIN",
         help="origin allowed to call from a browser (repeatable; default any)",
     )
-    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
+    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels,
+                        help="refuse input images with more pixels than this, 1 or more "
+                        f"(default {ServerSettings.max_input_pixels})")
     parser.add_argument("--max-output-pixels", type=int, default=None,
-                        help="default: the largest output the model fits in this device's memory (at most 8192x8192)")
+                        help="refuse requests for larger outputs, 1 or more (default: the largest output the model "
+                        f"fits in this device's memory, at most {DEFAULT_MAX_OUTPUT_PIXELS})")
     # video limits, checked before any frame is restored (a 422 naming the largest allowed)
     parser.add_argument("--max-video-frames", type=int, default=None, metavar="N",
                         help="the most frames a video may have (default: the video library's limit)")
     parser.add_argument("--max-video-pixel-frames", type=int, default=None, metavar="N",
-                        help="the most output pixels times frames of one video, e.g. 1920*1080*600 (default: no limit)")
+                        help="the most output width x height x frames of one video, e.g. 1244160000 for 600 frames of "
+                        "1080p (default: no limit)")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
-                        help="delete finished requests and stored files older than this (default 24; 0 keeps them)")
+                        help="delete finished requests and stored files older than this many hours, 0 or more "
+                        "(default 24; 0 keeps them)")
+    parser.add_argument(
+        "--cpu-memory",
+        choices=CPU_MEMORY_POLICIES,
+        default="keep",
+        help="on the CPU, where freed memory goes: keep (default) holds it for the next tensors and jobs, sparing "
+        "their page faults and the slow first job after an idle spell on VMs that hand free memory to their host; "
+        "release returns it to the system (lower resident memory between jobs, more page faults)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
@@ -134,9 +150,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
     from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
+    from seedvr_local.device_memory import keep_freed_cpu_memory
     from seedvr_local.devices import resolve_device, resolve_dtype
     from seedvr_local.server.app import create_app
     from seedvr_local.server.db import DataDirLock
+    from seedvr_local.server.listening import ListeningServer, bind_socket
     from seedvr_local.upscaler import Upscaler
     from seedvr_local.weights.bundle import inspect_weights_dir
     from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
@@ -149,7 +167,9 @@ def run_serve(args: argparse.Namespace) -> int:
     lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
     lock.acquire()
     lock.release()
-    port = args.port or _free_port(args.host)
+    # Bound now, before the model loads: a port in use is one line here, not a failure after the load.
+    sock = bind_socket(args.host, args.port)
+    port = sock.getsockname()[1]
 
     def load() -> Upscaler:
         upscaler = (
@@ -176,8 +196,7 @@ def run_serve(args: argparse.Namespace) -> int:
     if info is None:
         log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
     app = create_app(settings, load, description)
-    print(banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description), flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host,
         port=port,
@@ -187,7 +206,30 @@ def run_serve(args: argparse.Namespace) -> int:
         log_level="info",
         timeout_graceful_shutdown=5,
     )
+    text = banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description)
+    try:
+        _load_tls(config, args)
+        if device.type == "cpu" and args.cpu_memory == "keep":
+            keep_freed_cpu_memory()  # before the server's threads start: the worker allocates from the one heap
+        server = ListeningServer(config, on_listening=lambda: print(text, flush=True))
+        server.run(sockets=[sock])
+    except SystemExit as exited:  # uvicorn exits when the app's startup fails; it has logged why
+        raise RuntimeError(f"the server did not start (exit code {exited.code}): see the log above") from None
+    finally:
+        sock.close()
     return 0
+
+
+def _load_tls(config, args: argparse.Namespace) -> None:
+    """Build uvicorn's TLS context now: a certificate or key that is not PEM fails in one line, before the model
+    loads (uvicorn would build it at startup)."""
+    try:
+        config.load()
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"--ssl-certfile {args.ssl_certfile} and --ssl-keyfile {args.ssl_keyfile} are not a PEM certificate "
+            f"and its key ({exc.reason or exc})"
+        ) from None
 
 
 def banner(settings: ServerSettings, host: str, port: int, tls: bool, description: str) -> str:
@@ -233,13 +275,6 @@ def banner(settings: ServerSettings, host: str, port: int, tls: bool, descriptio
         + ' -d \'{"image_url": "https://..."}\'',
     ]
     return "\n".join(lines)
-
-
-def _free_port(host: str) -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _sizes(text: str) -> tuple[tuple[int, int], ...]:

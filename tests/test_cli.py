@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import re
 import subprocess
 import sys
 
@@ -10,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from seedvr_local.cli import main
+from seedvr_local.cli import build_parser, main
 
 
 def _write_png(path, width, height, mode="RGB"):
@@ -39,8 +41,11 @@ def test_directory_input_writes_a_sibling_folder(tmp_path, tiny_bundle, capsys):
     _write_png(folder / "a.png", 20, 16)
     _write_png(folder / "b.png", 16, 24)
     (folder / "notes.txt").write_text("not an image")
+    (folder / "raw").mkdir()
     assert main(["upscale", str(folder), "--weights-dir", str(tiny_bundle), "--output-format", "jpg",
                  "--target-resolution", "720p", "--seed", "2"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "skipped notes.txt: not an image file" in err and "skipped raw: a directory (not searched)" in err
     out = tmp_path / "photos_upscaled"
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.jpg"]
     assert Image.open(out / "a.jpg").size == (900, 720)  # 20x16 scaled by 720/16
@@ -96,3 +101,84 @@ def test_tiny_model_needs_nothing_beside_the_clone(tmp_path, monkeypatch):
     with Image.open(target) as out:
         assert out.format == "WEBP" and out.size == (48, 32)
     assert not (tmp_path / "empty-home").exists()
+
+
+def _options(parser: argparse.ArgumentParser):
+    """(command, option) for every option of every command, the shared ones included."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command, sub in action.choices.items():
+                yield from ((f"{command} {name}", option) for name, option in _options(sub))
+        elif action.option_strings and not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield action.option_strings[-1], action
+
+
+RANGE = re.compile(r"\d(\.\d+)? to \d|\d or more")
+
+
+def test_every_option_has_help_with_its_range_or_choices():
+    parser = build_parser()
+    options = list(_options(parser))
+    assert len(options) > 30  # every command's options were found
+    for name, option in options:
+        assert option.help, f"{name} has no help text"
+        if option.choices is not None:
+            assert option.metavar is None, f"{name} hides its choices"  # argparse lists them: {a,b,c}
+        elif option.type in (int, float):
+            assert RANGE.search(option.help), f"{name} does not say its range: {option.help!r}"
+    upscale = parser._subparsers._group_actions[0].choices["upscale"].format_help()
+    assert "{wavelet,adain,lab,none}" in upscale and "1 to 10" in " ".join(upscale.split())
+
+
+def _upscale(*argv: str) -> int:
+    return main(["upscale", *argv, "--model", "tiny", "--device", "cpu", "--seed", "3"])
+
+
+def test_a_file_without_output_is_upscaled_beside_it_and_never_overwritten(tmp_path, capsys):
+    source = _write_png(tmp_path / "photo.jpg", 12, 10)
+    assert _upscale(str(source)) == 0
+    target = tmp_path / "photo_upscaled.jpg"
+    with Image.open(target) as out:
+        assert out.format == "JPEG" and out.size == (24, 20)
+    capsys.readouterr()
+
+    target.write_bytes(b"the user's own file")
+    assert _upscale(str(source)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists: pass --overwrite" in err[0] and str(target) in err[0], err
+    assert target.read_bytes() == b"the user's own file"
+
+    assert _upscale(str(source), "--overwrite") == 0
+    with Image.open(target) as out:
+        assert out.format == "JPEG"
+
+
+def test_an_input_no_format_writes_gets_a_png_beside_it(tmp_path):
+    source = tmp_path / "scan.bmp"
+    Image.new("RGB", (8, 8), "red").save(source)
+    assert _upscale(str(source)) == 0
+    assert Image.open(tmp_path / "scan_upscaled.png").size == (16, 16)
+    assert _upscale(str(source), "--output-format", "webp") == 0
+    assert Image.open(tmp_path / "scan_upscaled.webp").format == "WEBP"
+
+
+def test_existing_outputs_of_a_directory_run_are_not_replaced(tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in "abcd":
+        _write_png(folder / f"{name}.png", 8, 8)
+    out = tmp_path / "photos_upscaled"
+    out.mkdir()
+    for name in "abcd":
+        (out / f"{name}.png").write_text("kept")
+    assert _upscale(str(folder)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "and 1 more already exist: pass --overwrite" in err[0], err
+    assert all((out / f"{name}.png").read_text() == "kept" for name in "abcd")
+
+
+def test_the_output_never_replaces_its_input(tmp_path, capsys):
+    source = _write_png(tmp_path / "in.png", 8, 8)
+    assert _upscale(str(source), "-o", str(source), "--overwrite") == 2
+    assert "would replace its input" in capsys.readouterr().err
+    assert Image.open(source).size == (8, 8)

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import http.client
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -82,15 +87,25 @@ def test_banner_tells_clients_how_to_connect():
     assert "https://127.0.0.1:8443" in tls_text and "API key required" in tls_text and "OPEN" not in tls_text
 
 
+def _fake_serving(monkeypatch, seen: dict) -> None:
+    """ListeningServer.run records its config and socket and says it listens, instead of serving; the CPU
+    allocator policy (process-wide) is recorded, not applied to the test process."""
+    from seedvr_local import device_memory
+    from seedvr_local.server.listening import ListeningServer
+
+    seen["kept"] = []
+    monkeypatch.setattr(device_memory, "keep_freed_cpu_memory", lambda: seen["kept"].append(True))
+
+    def run(self, sockets):
+        seen.update(config=self.config, sockets=sockets, ports=[sock.getsockname()[1] for sock in sockets])
+        self.on_listening()
+
+    monkeypatch.setattr(ListeningServer, "run", run)
+
+
 def test_run_serve_wires_the_app(monkeypatch, tiny_bundle, tmp_path, capsys):
-    import uvicorn
-
     seen = {}
-
-    def fake_run(app, **kwargs):
-        seen.update(kwargs, app=app)
-
-    monkeypatch.setattr(uvicorn, "run", fake_run)
+    _fake_serving(monkeypatch, seen)
     code = main(
         [
             "serve",
@@ -105,15 +120,16 @@ def test_run_serve_wires_the_app(monkeypatch, tiny_bundle, tmp_path, capsys):
         ]
     )
     assert code == 0
-    assert seen["host"] == "127.0.0.1" and seen["port"] > 0 and seen["access_log"] is False
+    config, (sock,), (port,) = seen["config"], seen["sockets"], seen["ports"]
+    assert config.host == "127.0.0.1" and port > 0 and config.port == port and config.access_log is False
+    assert sock.fileno() == -1  # closed once the server is done
+    assert seen["kept"] == [True]  # --cpu-memory keep, the default on the CPU
     out = capsys.readouterr().out
-    assert f"http://127.0.0.1:{seen['port']}/api/fal/proxy" in out and "3B" in out
+    assert f"http://127.0.0.1:{port}/api/fal/proxy" in out and "3B" in out
 
 
 def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle, tmp_path):
     """The engine factory (run in the worker before /readyz turns ready) loads the model and runs one image."""
-    import uvicorn
-
     from seedvr_local.server import app as server_app
     from seedvr_local.upscaler import Upscaler
 
@@ -129,13 +145,86 @@ def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle, 
         return real_warm_up(self, sizes)
 
     monkeypatch.setattr(Upscaler, "warm_up", warm_up)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    _fake_serving(monkeypatch, {})
     argv = ["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path), "--device", "cpu",
             "--warm-up-sizes", "48x32, 40x40"]  # fmt: skip
     assert main(argv) == 0
     assert not warm_ups  # nothing loads before the server is up
     upscaler = factories[0]()
     assert isinstance(upscaler, Upscaler) and warm_ups == [(), ((48, 32), (40, 40))]
+
+
+def _no_model_loads(monkeypatch) -> list:
+    """Records every model load instead of loading (a test of a start that must fail before any)."""
+    from seedvr_local.upscaler import Upscaler
+
+    loads = []
+    monkeypatch.setattr(Upscaler, "tiny", classmethod(lambda cls, **kwargs: loads.append(kwargs)))
+    monkeypatch.setattr(Upscaler, "from_weights_dir", classmethod(lambda cls, *a, **kwargs: loads.append(a)))
+    return loads
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == "", "nothing about listening or clients before the server listens"
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("seedvr-local: error:"), captured.err
+    return lines[0]
+
+
+def test_port_in_use_is_one_line_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    loads = _no_model_loads(monkeypatch)
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code = main(["serve", "--model", "tiny", "--port", str(port), "--data-dir", str(tmp_path), "--device", "cpu"])
+    assert code == 2
+    assert f"port {port} on 127.0.0.1 is already in use" in _one_error_line(capsys)
+    assert loads == []
+
+
+def test_a_file_that_is_not_a_certificate_is_one_line_before_the_model_loads(monkeypatch, tmp_path, capsys):
+    loads = _no_model_loads(monkeypatch)
+    (tmp_path / "cert.pem").write_text("not a certificate")
+    (tmp_path / "key.pem").write_text("not a key")
+    argv = ["serve", "--model", "tiny", "--port", "0", "--data-dir", str(tmp_path / "d"), "--device", "cpu",
+            "--ssl-certfile", str(tmp_path / "cert.pem"), "--ssl-keyfile", str(tmp_path / "key.pem")]  # fmt: skip
+    assert main(argv) == 2
+    assert "not a PEM certificate and its key" in _one_error_line(capsys)
+    assert loads == []
+
+
+@pytest.mark.parametrize("make_dir", [lambda d: d / "nothing", lambda d: (d / "empty").mkdir() or d / "empty"])
+def test_a_bad_weights_dir_is_one_line_and_binds_nothing(monkeypatch, tmp_path, capsys, make_dir):
+    from seedvr_local.server import listening
+
+    bound = []
+    monkeypatch.setattr(listening, "bind_socket", lambda *a: bound.append(a))
+    code = main(["serve", "--weights-dir", str(make_dir(tmp_path)), "--data-dir", str(tmp_path / "d")])
+    assert code == 2 and "weights directory" in _one_error_line(capsys) and bound == []
+
+
+def test_the_banner_comes_once_the_port_accepts_connections(tmp_path):
+    """The "listening on" line is true when it is printed: a client that connects at once gets an answer."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "seedvr_local.cli", "serve", "--model", "tiny", "--port", "0", "--device", "cpu",
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    try:
+        for line in server.stdout:
+            if "listening on" in line:
+                break
+        else:
+            pytest.fail(f"the server exited with {server.wait()} before saying where it listens")
+        host_port = line.split("listening on http://", 1)[1].split()[0]
+        client = http.client.HTTPConnection(host_port, timeout=30)
+        client.request("GET", "/readyz")
+        assert client.getresponse().status in (200, 503)  # ready, or "loading": an answer either way
+        client.close()
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+        server.stdout.close()
 
 
 @pytest.mark.parametrize("sizes", ["1920", "1920x", "axb", "8x8"])
