@@ -80,11 +80,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse requests for larger outputs, 1 or more (default: the largest output the model "
                         f"fits in this device's memory, at most {DEFAULT_MAX_OUTPUT_PIXELS})")
     # video limits, checked before any frame is restored (a 422 naming the largest allowed)
-    parser.add_argument("--max-video-frames", type=int, default=None, metavar="N",
-                        help="the most frames a video may have (default: the video library's limit)")
+    parser.add_argument("--max-video-frames", type=int, default=ServerSettings.max_video_frames, metavar="N",
+                        help=f"the most frames a video may have, 1 or more (default {ServerSettings.max_video_frames})")
     parser.add_argument("--max-video-pixel-frames", type=int, default=None, metavar="N",
-                        help="the most output width x height x frames of one video, e.g. 1244160000 for 600 frames of "
-                        "1080p (default: no limit)")
+                        help="the most output width x height x frames of one video, 1 or more, e.g. 1244160000 for 600 "
+                        "frames of 1080p (default: no limit)")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,

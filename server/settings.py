@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from seedvr_local.video.limits import DEFAULT_MAX_FRAMES
 
 DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
 
@@ -29,8 +30,8 @@ class ServerSettings:
     max_upload_bytes: int = 512 * 1024 * 1024
     download_timeout_s: float = 30.0
     max_redirects: int = 5
-    #: The most frames a video may have; None: the video library's limit (seedvr_local.video's DEFAULT_MAX_FRAMES).
-    max_video_frames: int | None = None
+    #: The most frames a video may have.
+    max_video_frames: int = DEFAULT_MAX_FRAMES
     #: The most output pixels times frames a video job may make (what fal prices); None: no such limit.
     max_video_pixel_frames: int | None = None
     #: The longest clip (4n+1 frames) a video is restored in; the memory planner may choose shorter ones.

@@ -189,7 +189,7 @@ class VideoJobRunner:
             )
         settings = self.settings
         limits = VideoLimits(
-            **({} if settings.max_video_frames is None else {"max_frames": settings.max_video_frames}),
+            max_frames=settings.max_video_frames,
             max_output_pixel_frames=settings.max_video_pixel_frames,
             max_input_pixels=settings.max_input_pixels,
         )

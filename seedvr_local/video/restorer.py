@@ -41,6 +41,7 @@ from seedvr_local.video.formats import (
     check_choice,
     output_format,
 )
+from seedvr_local.video.limits import DEFAULT_MAX_FRAMES
 from seedvr_local.video.schedule import Clip, check_clip_frames, clip_schedule, clip_weight, default_overlap
 from seedvr_local.video.source import MAX_INPUT_PIXELS, SourceFrame, VideoInfo, decode_frames, probe_video
 from seedvr_local.video.writer import VideoWriter, padded_size
@@ -53,8 +54,6 @@ ClipFramesFor = Callable[[int, int], int]
 
 #: Clip length when none is given: short enough for a CPU, long enough to share context across 5 latent frames.
 DEFAULT_CLIP_FRAMES = 21
-#: The longest video accepted by default (vLLM-Omni's long-video route takes 7,200 frames).
-DEFAULT_MAX_FRAMES = 7200
 _CLIP_SEED_STRIDE = 2**32
 
 

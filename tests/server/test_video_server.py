@@ -399,7 +399,7 @@ def test_serve_flags_set_the_video_limits():
         return settings_from_args(build_parser().parse_args(["serve", "--model", "tiny", *flags]))
 
     default = settings()
-    assert (default.max_video_frames, default.max_video_pixel_frames) == (None, None)
+    assert (default.max_video_frames, default.max_video_pixel_frames) == (7200, None)  # the documented default
     chosen = settings("--max-video-frames", "600", "--max-video-pixel-frames", "1000000")
     assert (chosen.max_video_frames, chosen.max_video_pixel_frames) == (600, 1_000_000)
     with pytest.raises(ValueError, match="--max-video-frames must be positive"):
