@@ -478,7 +478,9 @@ function buildMediaField(field, id, label, help, error, described) {
 
 function renderForm(endpoint) {
   page.endpoint = endpoint;
-  page.fields = endpoint.fields.map(buildField);
+  // the file comes first, whatever the schema's order
+  const ordered = [...endpoint.fields].sort((a, b) => (b.kind === "media") - (a.kind === "media"));
+  page.fields = ordered.map(buildField);
   $("fields").replaceChildren(...page.fields.map((field) => field.element));
   $("endpoint-help").textContent = `POST ${endpoint.path}, then the status stream, the result and cancel of ${endpoint.appId}`;
 }
@@ -603,28 +605,28 @@ function showProgress(run, message) {
 }
 
 function renderLogs(run) {
-  $("logs").textContent = run.logs.map((entry) => `${entry.timestamp}  ${entry.level.padEnd(5)}  ${entry.message}`).join("\n");
-  const phases = phaseTimes(run.logs);
+  const logs = $("logs");
+  logs.textContent = run.logs.map((entry) => `${entry.timestamp}  ${entry.level.padEnd(5)}  ${entry.message}`).join("\n");
+  logs.scrollTop = logs.scrollHeight; // the newest line in view
+  const phases = phaseNames(run.logs);
   const running = run.times.completed === undefined;
   $("phases").replaceChildren(
-    ...phases.map((phase, index) => {
+    ...phases.map((name, index) => {
       const current = running && index === phases.length - 1;
-      return el("li", { class: current ? "current" : "done", "aria-current": current ? "step" : undefined, text: phase.name });
+      return el("li", { class: current ? "current" : "done", "aria-current": current ? "step" : undefined, text: name });
     }),
   );
 }
 
-/** The phases in the logs ("<phase>: ..."), each timed to the next log line. */
-function phaseTimes(logs) {
-  const phases = [];
-  logs.forEach((entry, index) => {
+/** The phases in the logs ("<phase>: ..."), in order; repeated lines of one phase (a video's "frames: 8/13 ...")
+ * are one phase. */
+function phaseNames(logs) {
+  const names = [];
+  for (const entry of logs) {
     const match = entry.message.match(PHASE_LINE);
-    if (!match || ["done", "failed"].includes(match[1])) return;
-    const next = logs[index + 1];
-    const seconds = next ? (Date.parse(next.timestamp) - Date.parse(entry.timestamp)) / 1000 : null;
-    phases.push({ name: match[1], seconds });
-  });
-  return phases;
+    if (match && !["done", "failed"].includes(match[1]) && names[names.length - 1] !== match[1]) names.push(match[1]);
+  }
+  return names;
 }
 
 function setStatus(text, kind = "") {
@@ -704,12 +706,15 @@ function timings(run) {
   const parts = [];
   const inference = run.metrics?.inference_time;
   if (inference != null) parts.push(`inference ${formatSeconds(inference)}`);
-  const { clicked, submitted, started, completed, done } = run.times;
-  if (started !== undefined && submitted !== undefined) parts.push(`queued ${formatSeconds((started - submitted) / 1000)}`);
-  const phases = phaseTimes(run.logs).filter((phase) => phase.seconds !== null);
-  if (phases.length) parts.push(phases.map((phase) => `${phase.name} ${formatSeconds(phase.seconds)}`).join(", "));
-  if (done !== undefined) parts.push(`total ${formatSeconds((done - clicked) / 1000)} (upload to result)`);
-  return parts.join("; ") || (completed ? "" : "…");
+  const { clicked, submitted, started, done } = run.times;
+  if (started !== undefined && submitted !== undefined) parts.push(`in the queue ${formatSeconds((started - submitted) / 1000)}`);
+  if (run.logs.length > 1) {
+    const first = Date.parse(run.logs[0].timestamp);
+    const last = Date.parse(run.logs[run.logs.length - 1].timestamp);
+    parts.push(`running ${formatSeconds((last - first) / 1000)} (first to last log line)`);
+  }
+  if (done !== undefined) parts.push(`total ${formatSeconds((done - clicked) / 1000)} (from Run to the result)`);
+  return parts.join("; ");
 }
 
 /** Before (under the clip) and after at the same size; a slider, or a drag, moves the split. */

@@ -2,7 +2,7 @@
 //
 // Environment: BASE_URL (the server), CHROMIUM (the browser's executable), SCENARIO, and per scenario:
 //   image:  IMAGE_PATH, OUT_DIR (downloads), SCREENSHOT (optional: a PNG of the finished run)
-//   video:  VIDEO_PATH, OUT_DIR
+//   video:  VIDEO_PATH, OUT_DIR, SCREENSHOT (optional)
 //   keyed:  IMAGE_PATH, KEY (the server's API key); prints "RELEASE" each time the test's engine may let one
 //           held request go on (the test reads stdout line by line)
 // Prints observations as one JSON object on the last line; the Python test asserts on them. Every request
@@ -24,7 +24,8 @@ const browser = await chromium.launch({
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
   ],
 });
-const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1280, height: 900 } });
+const VIEWPORT = { width: 1280, height: 900 };
+const context = await browser.newContext({ acceptDownloads: true, viewport: VIEWPORT });
 const requests = [];
 context.on("request", (request) => requests.push(request.url()));
 const page = await context.newPage();
@@ -138,7 +139,7 @@ async function imageRun() {
     scrollWidth: document.documentElement.scrollWidth,
     stageWidth: document.querySelector("#compare-stage").getBoundingClientRect().width,
   }));
-  await page.setViewportSize({ width: 1280, height: 900 });
+  await page.setViewportSize(VIEWPORT);
   return result;
 }
 
@@ -172,6 +173,7 @@ async function videoRun() {
   await page.keyboard.press("Enter"); // pause both
   await page.waitForFunction(() => [...document.querySelectorAll(".side-by-side video")].every((video) => video.paused), null, WAIT);
   const paused = await videos();
+  if (env.SCREENSHOT) await page.screenshot({ path: env.SCREENSHOT, fullPage: true });
   return { ...run, facts: await facts(), code: await clientCode(), loaded, playing, paused, download: await download("video-output") };
 }
 
