@@ -511,6 +511,7 @@ async function submitRun(event) {
     }
     run.input = readInput();
     showRunPanel();
+    $("run-panel").scrollIntoView({ block: "nearest" }); // on a phone it is below the form
     setStatus("Submitting…");
     const submitted = await requestJson("POST", href(endpoint.path), { json: run.input });
     run.id = submitted.request_id;

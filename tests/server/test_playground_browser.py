@@ -50,7 +50,9 @@ def browser() -> tuple[str, str]:
     return node, chromium
 
 
-def drive_page(browser: tuple[str, str], scenario: str, on_release: Callable[[], None] | None = None, **env: str) -> dict:
+def drive_page(
+    browser: tuple[str, str], scenario: str, on_release: Callable[[], None] | None = None, **env: str
+) -> dict:
     """Runs tests/js/playground.mjs; calls `on_release` for each "RELEASE" line; returns its JSON summary."""
     node, chromium = browser
     process = subprocess.Popen(
@@ -251,9 +253,12 @@ def test_key_prompt_errors_queue_and_cancel_with_the_keyboard(browser, settings,
         missing_key = httpx.post(f"{server.url}/storage/upload/initiate").json()["detail"]
         wrong_key = httpx.post(f"{server.url}/storage/upload/initiate", headers={"Authorization": "Key x"}).json()
         invalid = httpx.post(
-            f"{server.url}/queue/{IMAGE_ENDPOINT}", json={"image_url": "not-a-url"}, headers={"Authorization": f"Key {KEY}"}
+            f"{server.url}/queue/{IMAGE_ENDPOINT}",
+            json={"image_url": "not-a-url"},
+            headers={"Authorization": f"Key {KEY}"},
         ).json()["detail"]
-        seen = drive_page(browser, "keyed", on_release=tokens.set, BASE_URL=server.url, KEY=KEY, IMAGE_PATH=str(draw_image(tmp_path)))
+        image = draw_image(tmp_path)
+        seen = drive_page(browser, "keyed", on_release=tokens.set, BASE_URL=server.url, KEY=KEY, IMAGE_PATH=str(image))
 
     assert seen["keyMissing"] == missing_key and seen["keyWrong"] == wrong_key["detail"]
     assert seen["storedKey"] == KEY
