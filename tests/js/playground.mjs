@@ -64,6 +64,14 @@ async function clientCode() {
   return code;
 }
 
+/** What the Copy button puts on the clipboard, for the tab shown. */
+async function copied() {
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: env.BASE_URL });
+  await page.click("#copy");
+  await page.waitForSelector("#copied:has-text('Copied')", WAIT);
+  return { shown: await page.textContent("#code"), clipboard: await page.evaluate(() => navigator.clipboard.readText()) };
+}
+
 async function download(name) {
   const [file] = await Promise.all([page.waitForEvent("download", WAIT), page.click("#download")]);
   const saved = path.join(env.OUT_DIR, name);
@@ -122,6 +130,7 @@ async function imageRun() {
     logs: await page.textContent("#logs"),
     facts: await facts(),
     code: await clientCode(),
+    copied: await copied(),
     fitted,
     moved,
     zoomed,

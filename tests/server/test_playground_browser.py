@@ -190,6 +190,7 @@ def test_an_image_runs_to_a_comparison_and_a_download(browser, tiny_server, tmp_
     assert f'"FAL_QUEUE_RUN_HOST"] = "{host}/queue"' in code["python"] and run["uploaded"] in code["python"]
     assert f'curl -X POST "{url}/queue/{IMAGE_ENDPOINT}"' in code["curl"]
     assert json.dumps({"image_url": run["uploaded"]}, separators=(",", ":")) in code["curl"]
+    assert run["copied"]["clipboard"] == run["copied"]["shown"] == code["curl"]  # the tab shown last
     assert_runs_as_shown(browser[0], code["js"], tmp_path)
 
     assert_on_loopback(summary["requests"])
