@@ -22,7 +22,7 @@ from seedvr_local.server.middleware import CrashGuardMiddleware, RequestIdMiddle
 from seedvr_local.server.netguard import NetGuard
 from seedvr_local.server.proxy import PROXY_PATH, FalProxyMiddleware, openapi_path
 from seedvr_local.server.retention import Retention
-from seedvr_local.server.routers import health, queue, run, storage, wellknown
+from seedvr_local.server.routers import health, playground, queue, run, storage, wellknown
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.state import ServerState
 
@@ -86,8 +86,9 @@ def create_app(
     _serve_docs(app)
     _document_proxy(app)
     install_handlers(app)
-    for router in (run.router, queue.router, storage.router, health.router, wellknown.router):
+    for router in (run.router, queue.router, storage.router, health.router, wellknown.router, playground.router):
         app.include_router(router)
+    app.mount(playground.ASSETS_URL, playground.assets(), name="playground-assets")
     # Starlette runs the last added middleware first: request ids, CORS, the crash guard, the proxy rewrite.
     app.add_middleware(FalProxyMiddleware)
     app.add_middleware(CrashGuardMiddleware)
