@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from seedvr_local import __version__
 from seedvr_local.server.endpoint import ENDPOINT_ID
@@ -46,13 +47,16 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServerState.open(settings, engine_factory, description, guard)
         app.state.server = state
-        recovered = state.jobs.recover()
-        if recovered["requeued"] or recovered["failed"]:
-            log.info(
-                "recovered after restart: %d request(s) run again, %d failed",
-                len(recovered["requeued"]),
-                len(recovered["failed"]),
-            )
+        if state.lock is not None:  # the only server on this database: what was running when it stopped is its own
+            recovered = await asyncio.to_thread(state.jobs.recover)
+            if recovered["requeued"] or recovered["failed"]:
+                log.info(
+                    "recovered after restart: %d request(s) run again, %d failed",
+                    len(recovered["requeued"]),
+                    len(recovered["failed"]),
+                )
+        if state.listener is not None:
+            state.listener.start()
         state.worker.start()
         tasks = [asyncio.create_task(state.webhooks.run()), asyncio.create_task(_expire_deadlines(state))]
         if state.retention is not None:
@@ -71,9 +75,12 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=5)  # bounded: a stuck task must not hang the shutdown
+            if state.listener is not None:
+                await asyncio.to_thread(state.listener.stop)
             if stopped:
                 state.db.close()
-            state.lock.release()
+            if state.lock is not None:
+                state.lock.release()
 
     app = FastAPI(
         title="seedvr-local",
@@ -163,7 +170,13 @@ async def _sweep_expired(retention: Retention, interval_s: float) -> None:
 
 
 async def _expire_deadlines(state: ServerState) -> None:
-    """Requests still queued past their x-fal-request-timeout end with a 504 (checked twice a second)."""
+    """Requests still queued past their x-fal-request-timeout end with a 504 (checked twice a second); running
+    requests whose worker stopped renewing its lease run again. In a thread: the event loop never waits on the
+    database."""
     while True:
-        state.jobs.expire_overdue()
+        try:
+            await asyncio.to_thread(state.jobs.expire_overdue)
+            await asyncio.to_thread(state.jobs.reclaim_expired)
+        except SQLAlchemyError as exc:  # the database restarts: try again at the next tick
+            log.warning("deadline check failed: %s", type(exc).__name__)
         await asyncio.sleep(0.5)

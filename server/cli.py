@@ -13,6 +13,8 @@ from pathlib import Path
 from seedvr_local.model_home import TINY_MODEL, find_installed_weights
 from seedvr_local.server.settings import ServerSettings
 
+DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
+
 log = logging.getLogger("seedvr_local.server")
 
 DEFAULT_PORT = 8000
@@ -50,6 +52,20 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY",
         help="require 'Authorization: Key KEY' (repeatable; also SEEDVR_API_KEYS=k1,k2)",
+    )
+    parser.add_argument(
+        "--admin-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an API key that sees and may cancel every request (repeatable); other keys see only their own",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help=f"postgresql://user:pass@host/db: the job database shared by API processes and workers "
+        f"(also {DATABASE_URL_ENV}; default: SQLite in the data dir)",
     )
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); fal-client for Python needs https")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
@@ -94,12 +110,15 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
-    keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys] if key and key.strip()))
+    admin_keys = tuple(key.strip() for key in args.admin_key if key.strip())
+    keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys, *admin_keys] if key and key.strip()))
     if args.public_url and not args.public_url.startswith(("http://", "https://")):
         raise ValueError(f"--public-url must start with http:// or https://, got {args.public_url!r}")
     return ServerSettings(
         data_dir=args.data_dir.expanduser(),
         api_keys=keys,
+        admin_keys=admin_keys,
+        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
@@ -125,7 +144,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from seedvr_local.compilation import compile_pipeline
     from seedvr_local.devices import resolve_device, resolve_dtype
     from seedvr_local.server.app import create_app
-    from seedvr_local.server.db import DataDirLock
+    from seedvr_local.server.db import Database, DataDirLock
     from seedvr_local.upscaler import Upscaler
     from seedvr_local.weights.bundle import inspect_weights_dir
     from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
@@ -135,9 +154,11 @@ def run_serve(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     kernels.backend.resolve(args.kernels, device)  # a forced backend this machine cannot run fails here, in one line
     resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
-    lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
-    lock.acquire()
-    lock.release()
+    if settings.database_url is None:
+        lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
+        lock.acquire()
+        lock.release()
+    Database(settings.database_url or settings.database_path).close()  # unreachable or too new: one line, now
     port = args.port or _free_port(args.host)
 
     def load() -> Upscaler:

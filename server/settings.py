@@ -12,8 +12,13 @@ DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
 @dataclass
 class ServerSettings:
     data_dir: Path = Path("seedvr-data")
-    #: Accepted `Authorization: Key <key>` values; empty means the server is open.
+    #: Accepted `Authorization: Key <key>` values; empty means the server is open. Each key sees only the
+    #: requests it submitted.
     api_keys: tuple[str, ...] = ()
+    #: Those of `api_keys` that see (and may cancel) every request.
+    admin_keys: tuple[str, ...] = ()
+    #: The job database: None for SQLite in the data dir, else a postgresql:// URL (server/db.py).
+    database_url: str | None = None
     #: Lets image_url and webhooks reach loopback, private and link-local addresses.
     allow_private_urls: bool = False
     #: Base URL for the URLs the server hands out (behind a reverse proxy); default: from each request.
@@ -40,6 +45,8 @@ class ServerSettings:
 
     #: A job that was running when the server stopped this many times is failed instead of rerun.
     max_job_attempts: int = 2
+    #: A claimed job's lease: a worker renews it every third of this; a job whose lease expired runs again.
+    lease_s: float = 30.0
     #: How long shutdown waits for the running job to reach a phase boundary.
     shutdown_grace_s: float = 10.0
     #: Seconds between SSE keep-alive comments.

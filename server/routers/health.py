@@ -39,7 +39,10 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: StateDep) -> PlainTextResponse:
+def metrics(state: StateDep) -> PlainTextResponse:
+    """Prometheus metrics: this process's counters, and the queue and workers of the whole job database (a plain
+    `def`: FastAPI runs it in its thread pool, so the database reads never hold the event loop)."""
     counts = state.jobs.counts()
-    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], state.engines.state)
+    workers = state.registry.live(fresh_s=2 * state.settings.lease_s)
+    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], state.engines.state, workers)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
