@@ -102,9 +102,10 @@ class ImageFetcher:
         if known is None:
             return None  # not one of ours after all: fetch it like any other URL
         stored = self.files.read(known.id)
-        if stored is None:
+        data = self.files.read_bytes(stored) if stored is not None else None
+        if data is None:
             raise FetchError("image_url names a file of this server whose upload has not finished")
-        return self.files.path(stored).read_bytes()
+        return data
 
     def _download(self, url: str) -> bytes:
         deadline = time.monotonic() + self.timeout_s
