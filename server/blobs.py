@@ -33,7 +33,7 @@ class Blobs(Protocol):
         ...
 
     def sizes(self, prefix: str) -> dict[str, int]:
-        """{key: size} of the blobs under `prefix`."""
+        """{key: size} of the blobs directly under `prefix` ("" or a folder ending in "/")."""
         ...
 
     def delete(self, keys: list[str]) -> None:
@@ -92,7 +92,7 @@ class LocalBlobs:
         if not folder.is_dir():
             return {}
         return {
-            f"{prefix.rstrip('/')}/{path.name}": path.stat().st_size
+            prefix + path.name: path.stat().st_size
             for path in folder.iterdir()
             if path.is_file() and not path.name.endswith(".meta")
         }

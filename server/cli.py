@@ -14,6 +14,7 @@ from seedvr_local.model_home import TINY_MODEL, find_installed_weights
 from seedvr_local.server.settings import ServerSettings
 
 DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
+STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -67,6 +68,22 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"postgresql://user:pass@host/db: the job database shared by API processes and workers "
         f"(also {DATABASE_URL_ENV}; default: SQLite in the data dir)",
     )
+    parser.add_argument(
+        "--storage-url",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help="keep uploads and outputs in an S3-compatible bucket (credentials from the AWS variables; "
+        f"also {STORAGE_URL_ENV}; default: the data dir)",
+    )
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                        help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
+    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
+                        help="output URLs served through this server (default) or presigned URLs of the bucket")
+    parser.add_argument("--workers", type=int, choices=(0,), default=None,
+                        help="0: the API alone, no model here; workers run elsewhere (`seedvr-local worker`)")
+    parser.add_argument("--devices", default=None, metavar="cpu|cuda:0,cuda:1|all",
+                        help="run one worker process per device beside the API (default: one worker thread on "
+                        "--device)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); fal-client for Python needs https")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument(
@@ -112,6 +129,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
     admin_keys = tuple(key.strip() for key in args.admin_key if key.strip())
     keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys, *admin_keys] if key and key.strip()))
+    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
+    if args.storage_public_urls == "presigned" and storage_url is None:
+        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
     if args.public_url and not args.public_url.startswith(("http://", "https://")):
         raise ValueError(f"--public-url must start with http:// or https://, got {args.public_url!r}")
     return ServerSettings(
@@ -119,6 +139,9 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         api_keys=keys,
         admin_keys=admin_keys,
         database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
+        storage_url=storage_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        storage_public_urls=args.storage_public_urls,
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
@@ -129,37 +152,68 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-def run_serve(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's)."""
+    parser.add_argument("--devices", required=True, metavar="cpu|cuda:0,cuda:1|all",
+                        help="one worker process per device; all: every CUDA device (else the CPU)")
+    parser.add_argument("--database-url", default=None, metavar="URL",
+                        help=f"the job database the API uses (also {DATABASE_URL_ENV}; default: SQLite in --data-dir)")
+    parser.add_argument("--data-dir", type=Path, default=Path("seedvr-data"),
+                        help="the API's data dir: its SQLite database and files when no URLs are given")
+    parser.add_argument("--storage-url", default=None, metavar="s3://BUCKET/PREFIX",
+                        help=f"the API's S3 file store (also {STORAGE_URL_ENV})")
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL")
+    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server")
+    parser.add_argument("--allow-private-urls", action="store_true",
+                        help="let image_url reach loopback, private and link-local addresses")
+    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
+    parser.add_argument("--max-output-pixels", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
+    parser.add_argument("--lease-seconds", type=float, default=ServerSettings.lease_s,
+                        help="a claimed job runs again elsewhere when its worker is silent this long (default 30)")
+
+
+def worker_settings(args: argparse.Namespace) -> ServerSettings:
+    if not args.lease_seconds >= 1:
+        raise ValueError(f"--lease-seconds must be at least 1, got {args.lease_seconds:g}")
+    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
+    if args.storage_public_urls == "presigned" and storage_url is None:
+        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+    return ServerSettings(
+        data_dir=args.data_dir.expanduser(),
+        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
+        storage_url=storage_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        storage_public_urls=args.storage_public_urls,
+        allow_private_urls=args.allow_private_urls,
+        max_input_pixels=args.max_input_pixels,
+        max_output_pixels=args.max_output_pixels,
+        lease_s=args.lease_seconds,
+    )
+
+
+def engine_for(args: argparse.Namespace, device_name: str | None):
+    """(factory, description) of the model the flags name, on `device_name`; every check that can fail (weights,
+    device, kernels, dtype) runs here, in one line, before anything loads."""
     # None for the tiny model, built in memory. No weights for `--model 3b`: said before anything loads.
     weights_dir = (
         None
         if args.model == TINY_MODEL
         else args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
     )
-
-    import uvicorn
-
     from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
     from seedvr_local.devices import resolve_device, resolve_dtype
-    from seedvr_local.server.app import create_app
-    from seedvr_local.server.db import Database, DataDirLock
     from seedvr_local.upscaler import Upscaler
     from seedvr_local.weights.bundle import inspect_weights_dir
     from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
 
     # A missing or incomplete directory fails here, in one line.
     info = inspect_weights_dir(weights_dir) if weights_dir is not None else None
-    device = resolve_device(args.device)
+    device = resolve_device(device_name)
     kernels.backend.resolve(args.kernels, device)  # a forced backend this machine cannot run fails here, in one line
     resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
-    if settings.database_url is None:
-        lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
-        lock.acquire()
-        lock.release()
-    Database(settings.database_url or settings.database_path).close()  # unreachable or too new: one line, now
-    port = args.port or _free_port(args.host)
+    warm_up_sizes = getattr(args, "warm_up_sizes", ())
 
     def load() -> Upscaler:
         upscaler = (
@@ -172,31 +226,69 @@ def run_serve(args: argparse.Namespace) -> int:
         log.info("warmed up in %.1f s", upscaler.warm_up())
         if args.compile:
             compile_pipeline(upscaler.pipeline)
-        if args.warm_up_sizes:
-            sizes = ", ".join(f"{w}x{h}" for w, h in args.warm_up_sizes)
-            log.info("ran %s in %.1f s", sizes, upscaler.warm_up(args.warm_up_sizes))
+        if warm_up_sizes:
+            sizes = ", ".join(f"{w}x{h}" for w, h in warm_up_sizes)
+            log.info("ran %s in %.1f s", sizes, upscaler.warm_up(warm_up_sizes))
         return upscaler
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if info is None:
+        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
     description = (
         f"tiny test model on {device} ({RANDOM_WEIGHTS_NOTICE})"
         if info is None
         else f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
     )
-    if info is None:
-        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
+    return load, description
+
+
+def check_stores(settings: ServerSettings, server: bool) -> None:
+    """The database, the data dir (SQLite: one server) and the bucket are usable: else one line, before any model
+    loads."""
+    from seedvr_local.server.db import Database, DataDirLock
+    from seedvr_local.server.state import open_blobs
+
+    if server and settings.database_url is None:
+        lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
+        lock.acquire()
+        lock.release()
+    Database(settings.database_url or settings.database_path).close()  # unreachable or too new: one line, now
+    open_blobs(settings)  # a missing bucket or refused credentials: one line, now
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+
+    import uvicorn
+
+    from seedvr_local.server.app import create_app
+    from seedvr_local.server.worker_process import parse_devices, start_worker_processes
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    devices = parse_devices(args.devices) if args.devices else None
+    check_stores(settings, server=True)
+    if args.workers == 0 or devices:  # the API alone in this process (--devices: workers in processes beside it)
+        settings.worker_in_process = False
+        load, description = (lambda: None), "no model in this process (API only)"
+    else:
+        load, description = engine_for(args, args.device)
+    port = args.port or _free_port(args.host)
+    children = start_worker_processes(args, settings, devices) if devices else None
     app = create_app(settings, load, description)
     print(banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description), flush=True)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=port,
-        ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
-        ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
-        access_log=args.access_log,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-    )
+    try:
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=port,
+            ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
+            ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
+            access_log=args.access_log,
+            log_level="info",
+            timeout_graceful_shutdown=5,
+        )
+    finally:
+        if children is not None:
+            children.stop(settings.shutdown_grace_s)
     return 0
 
 

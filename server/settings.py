@@ -19,6 +19,14 @@ class ServerSettings:
     admin_keys: tuple[str, ...] = ()
     #: The job database: None for SQLite in the data dir, else a postgresql:// URL (server/db.py).
     database_url: str | None = None
+    #: Where stored files' bytes live: None for `<data dir>/files`, else s3://bucket/prefix (server/blobs.py).
+    storage_url: str | None = None
+    #: The S3 endpoint for a store other than AWS (MinIO, R2, ...); credentials come from the AWS variables.
+    s3_endpoint_url: str | None = None
+    #: Output URLs: "server" (served through this server) or "presigned" (the bucket's, signed; S3 only).
+    storage_public_urls: str = "server"
+    #: How long a presigned output URL is valid.
+    presigned_url_ttl_s: int = 24 * 3600
     #: Lets image_url and webhooks reach loopback, private and link-local addresses.
     allow_private_urls: bool = False
     #: Base URL for the URLs the server hands out (behind a reverse proxy); default: from each request.
@@ -45,6 +53,8 @@ class ServerSettings:
 
     #: A job that was running when the server stopped this many times is failed instead of rerun.
     max_job_attempts: int = 2
+    #: False: this process serves the API only; workers in other processes (or hosts) run the jobs.
+    worker_in_process: bool = True
     #: A claimed job's lease: a worker renews it every third of this; a job whose lease expired runs again.
     lease_s: float = 30.0
     #: How long shutdown waits for the running job to reach a phase boundary.

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from seedvr_local.server.auth import UploadTokens, key_matches
+from seedvr_local.server.blobs import Blobs, LocalBlobs, S3Blobs
 from seedvr_local.server.db import Database, DataDirLock
 from seedvr_local.server.engine import EngineFactory, EngineHolder
 from seedvr_local.server.events import ChangeNotifier
@@ -65,7 +66,13 @@ class ServerState:
             metrics.job(completion.outcome)
             log_job(job, completion)
 
-        files = FileStore(db, settings.files_dir, settings.max_upload_bytes)
+        files = FileStore(
+            db,
+            settings.files_dir,
+            settings.max_upload_bytes,
+            blobs=open_blobs(settings),
+            presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
+        )
         fetcher = ImageFetcher(
             files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
         )
@@ -111,6 +118,13 @@ class ServerState:
             return self
         admin = key_matches(api_key, self.settings.admin_keys)
         return dataclasses.replace(self, jobs=OwnedJobs(self.jobs, owner_of(api_key), sees_all=admin))
+
+
+def open_blobs(settings: ServerSettings) -> Blobs:
+    """The file store's backend; StorageUnavailable (one line) when the bucket cannot be used."""
+    if settings.storage_url is None:
+        return LocalBlobs(settings.files_dir)
+    return S3Blobs(settings.storage_url, settings.s3_endpoint_url)
 
 
 def _inputs_out_of_line(input: dict[str, Any], base_url: str, fetcher: ImageFetcher, files: FileStore) -> dict:

@@ -32,13 +32,17 @@ class Worker:
         registry: WorkerRegistry,
         lease_s: float,
         device: str = "local",
+        claim_without_model: bool = True,
     ):
+        """`claim_without_model`: when the model failed to load, still claim jobs (each fails with the load
+        error: the embedded server's behaviour); False for a worker among others, which leaves them to those."""
         self.jobs = jobs
         self.processor = processor
         self.engines = engines
         self.registry = registry
         self.lease_s = lease_s
         self.device = device
+        self.claim_without_model = claim_without_model
         self.id = new_worker_id(device)
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -76,7 +80,13 @@ class Worker:
             self.engines.get()
             log.info("model ready in %.1f s: %s", time.perf_counter() - started, self.engines.description)
         except RuntimeError as exc:
+            if not self.claim_without_model:
+                log.error("%s; this worker claims no job", exc)
+                self._safely(self.registry.beat, self.id, self.engines.state, None)
+                self._stopping.wait()
+                return
             log.error("%s; every request will fail with 503 until the server is restarted", exc)
+        self._safely(self.registry.beat, self.id, self.engines.state, None)  # ready now, not at the next beat
         while not self._stopping.is_set():
             job = self._safely(self.jobs.claim_next, self.id, self.lease_s)
             if job is None:

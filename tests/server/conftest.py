@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import uuid
 
@@ -13,6 +14,40 @@ from tests.server.helpers import FakeEngine
 
 POSTGRES_HINT = "a PostgreSQL server URL for the job store tests; .ci/run starts one"
 STORES = ("sqlite", "postgresql")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> str:
+    """An S3-compatible server for the file store tests: $SEEDVR_TEST_S3_URL, else moto's standalone server on
+    loopback, started for the test session."""
+    url = os.environ.get("SEEDVR_TEST_S3_URL", "").strip()
+    if url:
+        yield url
+        return
+    moto_server = requires.module("moto.server", "pip install 'moto[server]' (in the test extra)")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, monkeypatch) -> str:
+    """A new, empty bucket; the AWS variables point boto3 at it (test credentials: moto takes any)."""
+    import boto3
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, os.environ.get(f"SEEDVR_TEST_{name}", value))
+    bucket = f"seedvr-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return bucket
+
+
+@pytest.fixture
+def file_store() -> str:
+    """Where stored files live in the server tests: "local" (the data dir); the storage tests parametrize it."""
+    return "local"
 
 
 @pytest.fixture(scope="session")
@@ -57,14 +92,21 @@ def database_url(store, request):
 
 
 @pytest.fixture
-def settings(tmp_path, database_url) -> ServerSettings:
-    """Fast settings: a throwaway data dir (and database), webhooks retried within milliseconds."""
+def settings(tmp_path, database_url, file_store, request) -> ServerSettings:
+    """Fast settings: a throwaway data dir (and database, and bucket), webhooks retried within milliseconds."""
+    storage = {}
+    if file_store == "s3":
+        storage = {
+            "storage_url": f"s3://{request.getfixturevalue('s3_bucket')}/files",
+            "s3_endpoint_url": request.getfixturevalue("s3_endpoint"),
+        }
     return ServerSettings(
         data_dir=tmp_path / "data",
         database_url=database_url,
         webhook_backoff_s=0.05,
         webhook_backoff_max_s=0.2,
         shutdown_grace_s=5.0,
+        **storage,
     )
 
 
