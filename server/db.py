@@ -14,12 +14,14 @@ The schema is versioned: server/migrations.py, applied in order when the databas
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import fcntl
@@ -29,7 +31,13 @@ except ImportError:  # not on Windows: there the lock is not taken
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+
+log = logging.getLogger("seedvr_local.server")
+T = TypeVar("T")
+
+#: How long a read or a single statement waits for an unreachable database (PostgreSQL restarting) before failing.
+RETRY_S = 30.0
 
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or used; the message names the host and the reason, in one line."""
@@ -172,17 +180,38 @@ class Database:
             with conn.begin():
                 yield Connection(conn)
 
+    def retrying(self, call: Callable[[], T]) -> T:
+        """`call()`, again while the database is unreachable (a restart, a failover), for up to RETRY_S seconds.
+        Only for what may run twice: reads, and single statements whose repetition is harmless."""
+        deadline = time.monotonic() + RETRY_S
+        while True:
+            try:
+                return call()
+            except (OperationalError, InterfaceError) as exc:
+                if not self.is_postgres or time.monotonic() > deadline:
+                    raise
+                log.warning("the database is unavailable (%s); retrying", str(exc.orig).strip().split("\n")[0])
+                time.sleep(0.5)
+
     def query(self, sql: str, params: Sequence | dict = ()) -> list[Record]:
-        with self.reading() as conn:
-            return conn.execute(sql, params).fetchall()
+        def read() -> list[Record]:
+            with self.reading() as conn:
+                return conn.execute(sql, params).fetchall()
+
+        return self.retrying(read)
 
     def query_one(self, sql: str, params: Sequence | dict = ()) -> Record | None:
-        with self.reading() as conn:
-            return conn.execute(sql, params).fetchone()
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
 
     def execute(self, sql: str, params: Sequence | dict = ()) -> Result:
-        with self.transaction() as conn:
-            return conn.execute(sql, params)
+        """One statement in its own transaction (retried while the database is away: see `retrying`)."""
+
+        def write() -> Result:
+            with self.transaction() as conn:
+                return conn.execute(sql, params)
+
+        return self.retrying(write)
 
     def close(self) -> None:
         self.engine.dispose()

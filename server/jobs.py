@@ -212,12 +212,18 @@ class JobStore:
     # --- logs -------------------------------------------------------------------------------------
 
     def log(self, job_id: str, message: str, level: str = "INFO") -> None:
-        with self.db.transaction() as conn:
-            conn.execute(
-                "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
-                (job_id, now_iso(), level, message),
-            )
-            self._announce(conn, job_id)
+        """Retried while the database is away: a log line must not fail the job it describes."""
+        timestamp = now_iso()
+
+        def insert() -> None:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
+                    (job_id, timestamp, level, message),
+                )
+                self._announce(conn, job_id)
+
+        self.db.retrying(insert)
         self.on_change(job_id)
 
     def logs(self, job_id: str, after: int = 0) -> list[LogEntry]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 
@@ -74,7 +75,9 @@ def start_worker_processes(args: argparse.Namespace, settings: ServerSettings, d
         engine_for(args, device)  # every device's checks, in one line each, before a process starts
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(target=_worker_main, args=(args, settings, device), name=f"seedvr-worker-{device}")
+        context.Process(
+            target=_worker_main, args=(args, settings, device, os.getpid()), name=f"seedvr-worker-{device}"
+        )
         for device in devices
     ]
     for process in processes:
@@ -82,13 +85,16 @@ def start_worker_processes(args: argparse.Namespace, settings: ServerSettings, d
     return WorkerProcesses(processes)
 
 
-def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str) -> None:
+def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int) -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{device}] %(message)s")
-    run_worker_process(args, settings, device)
+    run_worker_process(args, settings, device, parent_pid)
 
 
-def run_worker_process(args: argparse.Namespace, settings: ServerSettings, device: str) -> None:
-    """Run one worker on `device` until SIGTERM or SIGINT."""
+def run_worker_process(
+    args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int | None = None
+) -> None:
+    """Run one worker on `device` until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
+    never outlives the server that started it, however that server ended)."""
     from seedvr_local.server.cli import engine_for
     from seedvr_local.server.db import Database
     from seedvr_local.server.engine import EngineHolder
@@ -105,6 +111,8 @@ def run_worker_process(args: argparse.Namespace, settings: ServerSettings, devic
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
+    if parent_pid is not None:
+        threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
     load, description = engine_for(args, device)
     db = Database(settings.database_url or settings.database_path)
     files = FileStore(
@@ -128,6 +136,12 @@ def run_worker_process(args: argparse.Namespace, settings: ServerSettings, devic
         log.warning("the running job did not stop within %.0f s; it runs again when its lease expires",
                     settings.shutdown_grace_s)
     db.close()
+
+
+def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:
+    while not stopping.wait(1.0):
+        if os.getppid() != parent_pid:
+            stopping.set()
 
 
 def run_worker(args: argparse.Namespace) -> int:
