@@ -39,6 +39,7 @@ T = TypeVar("T")
 #: How long a read or a single statement waits for an unreachable database (PostgreSQL restarting) before failing.
 RETRY_S = 30.0
 
+
 class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or used; the message names the host and the reason, in one line."""
 
@@ -110,7 +111,9 @@ def database_url(value: str | Path) -> sa.URL:
     try:
         url = make_url(value)
     except ArgumentError:
-        raise ValueError(f"not a database URL: {_redacted(value)!r} (expected postgresql://user:pass@host/db)") from None
+        raise ValueError(
+            f"not a database URL: {_redacted(value)!r} (expected postgresql://user:pass@host/db)"
+        ) from None
     if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
         return url.set(drivername="postgresql+psycopg")
     if url.drivername == "sqlite" and url.database:

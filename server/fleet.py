@@ -65,9 +65,7 @@ class WorkerRegistry:
         self.db.execute("UPDATE workers SET jobs_done = jobs_done + 1 WHERE id = ?", (worker_id,))
 
     def stopped(self, worker_id: str) -> None:
-        self.db.execute(
-            "UPDATE workers SET stopped_at = ?, current_job = NULL WHERE id = ?", (time.time(), worker_id)
-        )
+        self.db.execute("UPDATE workers SET stopped_at = ?, current_job = NULL WHERE id = ?", (time.time(), worker_id))
 
     def live(self, fresh_s: float) -> list[WorkerInfo]:
         """The workers that have not stopped and beat within `fresh_s` seconds."""

@@ -130,7 +130,10 @@ def migrate(db: Database) -> int:
     with db.transaction() as conn:
         if db.is_postgres:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-        conn.execute(f"CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at {types['float']} NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            f" (version INTEGER PRIMARY KEY, applied_at {types['float']} NOT NULL)"
+        )
         applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
         newest = max(applied, default=0)
         if newest > LATEST:
@@ -138,5 +141,7 @@ def migrate(db: Database) -> int:
         for version, _what, apply in MIGRATIONS:
             if version not in applied:
                 apply(conn, db)
-                conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time()))
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time())
+                )
     return LATEST

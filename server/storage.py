@@ -154,7 +154,8 @@ class FileStore:
         finally:
             tmp.unlink(missing_ok=True)
         self.db.execute(
-            "UPDATE files SET size = ?, state = 'complete', content_type = ? WHERE id = ?", (size, content_type, file_id)
+            "UPDATE files SET size = ?, state = 'complete', content_type = ? WHERE id = ?",
+            (size, content_type, file_id),
         )
 
     async def receive_part(self, stored: StoredFile, number: int, chunks: AsyncIterator[bytes]) -> str:

@@ -75,9 +75,7 @@ def start_worker_processes(args: argparse.Namespace, settings: ServerSettings, d
         engine_for(args, device)  # every device's checks, in one line each, before a process starts
     context = multiprocessing.get_context("spawn")
     processes = [
-        context.Process(
-            target=_worker_main, args=(args, settings, device, os.getpid()), name=f"seedvr-worker-{device}"
-        )
+        context.Process(target=_worker_main, args=(args, settings, device, os.getpid()), name=f"seedvr-worker-{device}")
         for device in devices
     ]
     for process in processes:
@@ -123,7 +121,9 @@ def run_worker_process(
         presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
     )
     guard = NetGuard(allow_private=settings.allow_private_urls)
-    fetcher = ImageFetcher(files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects)
+    fetcher = ImageFetcher(
+        files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
+    )
     jobs = JobStore(db, settings.max_job_attempts, on_completed=log_job)
     engines = EngineHolder(load, description)
     processor = JobProcessor(jobs, files, fetcher, engines, settings, Metrics())
@@ -133,8 +133,10 @@ def run_worker_process(
     stopping.wait()
     log.info("worker %s stopping", worker.id)
     if not worker.stop(settings.shutdown_grace_s):
-        log.warning("the running job did not stop within %.0f s; it runs again when its lease expires",
-                    settings.shutdown_grace_s)
+        log.warning(
+            "the running job did not stop within %.0f s; it runs again when its lease expires",
+            settings.shutdown_grace_s,
+        )
     db.close()
 
 

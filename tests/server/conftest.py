@@ -37,7 +37,11 @@ def s3_bucket(s3_endpoint, monkeypatch) -> str:
     """A new, empty bucket; the AWS variables point boto3 at it (test credentials: moto takes any)."""
     import boto3
 
-    for name, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"), ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         monkeypatch.setenv(name, os.environ.get(f"SEEDVR_TEST_{name}", value))
     bucket = f"seedvr-test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)

@@ -52,11 +52,14 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
     log = (tmp_path / "fleet.log").open("ab")
     ports = [free_port(), free_port()]
     front_ends = [
-        _spawn(["serve", "--workers", "0", "--model", "tiny", "--port", str(port), "--allow-private-urls", *stores], log)
+        _spawn(
+            ["serve", "--workers", "0", "--model", "tiny", "--port", str(port), "--allow-private-urls", *stores], log
+        )
         for port in ports
     ]
     workers = [
-        _spawn(["worker", "--model", "tiny", "--devices", "cpu", "--lease-seconds", "3", *stores], log) for _ in range(3)
+        _spawn(["worker", "--model", "tiny", "--devices", "cpu", "--lease-seconds", "3", *stores], log)
+        for _ in range(3)
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     db = Database(settings.database_url)
@@ -77,7 +80,9 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
             queued = []
             for n in range(QUEUED):  # through both front-ends
                 body = {"image_url": image, "seed": n, "output_format": "png"}
-                answer = http.post(f"{urls[n % 2]}/queue/{ENDPOINT}", json=body, params={"fal_webhook": f"{hooks.url}/hook"})
+                answer = http.post(
+                    f"{urls[n % 2]}/queue/{ENDPOINT}", json=body, params={"fal_webhook": f"{hooks.url}/hook"}
+                )
                 queued.append(answer.json()["request_id"])
 
             def sync_run(n: int) -> httpx.Response:  # through the front-end that stays up
@@ -95,7 +100,9 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
 
                 # a worker killed in the middle of a job
                 busy = wait_until(
-                    lambda: db.query_one("SELECT pid FROM workers WHERE current_job IS NOT NULL AND stopped_at IS NULL"),
+                    lambda: db.query_one(
+                        "SELECT pid FROM workers WHERE current_job IS NOT NULL AND stopped_at IS NULL"
+                    ),
                     "a worker running a job",
                     timeout=60,
                 )
@@ -113,7 +120,9 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
                 assert final[-1]["status"] == "COMPLETED"
                 sync_results = [answer.result() for answer in sync_answers]
 
-            assert [r.status_code for r in sync_results] == [200] * SYNC, [r.text for r in sync_results if r.status_code != 200]
+            assert [r.status_code for r in sync_results] == [200] * SYNC, [
+                r.text for r in sync_results if r.status_code != 200
+            ]
 
             def all_completed() -> bool:
                 rows = db.query("SELECT COUNT(*) FROM jobs WHERE status != 'COMPLETED'")

@@ -22,8 +22,15 @@ def test_outputs_and_uploads_live_in_the_bucket(client, settings):
     import boto3
 
     upload = client.post("/storage/upload/initiate", json={"content_type": "image/png", "file_name": "a.png"}).json()
-    assert client.put(urlsplit(upload["upload_url"]).path, content=png_bytes(), headers={"content-type": "image/png"}).status_code == 200
-    request_id = client.post(SUBMIT, json={"image_url": upload["file_url"], "output_format": "png"}).json()["request_id"]
+    assert (
+        client.put(
+            urlsplit(upload["upload_url"]).path, content=png_bytes(), headers={"content-type": "image/png"}
+        ).status_code
+        == 200
+    )
+    request_id = client.post(SUBMIT, json={"image_url": upload["file_url"], "output_format": "png"}).json()[
+        "request_id"
+    ]
     wait_status(client, request_id)
     output = client.get(f"/queue/fal-ai/seedvr/requests/{request_id}").json()["image"]
     served = client.get(urlsplit(output["url"]).path)
@@ -58,7 +65,18 @@ def test_serve_with_a_missing_bucket_exits_2_before_loading(tmp_path, s3_bucket,
     from seedvr_local.cli import main
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
-    code = main(["serve", "--model", "tiny", "--data-dir", str(tmp_path), "--storage-url", "s3://no-such-bucket-seedvr",
-                 "--s3-endpoint-url", s3_endpoint])
+    code = main(
+        [
+            "serve",
+            "--model",
+            "tiny",
+            "--data-dir",
+            str(tmp_path),
+            "--storage-url",
+            "s3://no-such-bucket-seedvr",
+            "--s3-endpoint-url",
+            s3_endpoint,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1

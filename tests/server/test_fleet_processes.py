@@ -45,7 +45,9 @@ def test_a_killed_worker_s_job_runs_again_on_another_and_sigterm_drains(settings
                 for n in range(3)
             ]
             running = wait_until(
-                lambda: next((i for i in ids if client.get(f"{REQUESTS}/{i}/status").json()["status"] == "IN_PROGRESS"), None),
+                lambda: next(
+                    (i for i in ids if client.get(f"{REQUESTS}/{i}/status").json()["status"] == "IN_PROGRESS"), None
+                ),
                 "a job running on the first worker",
                 timeout=60,
             )

@@ -174,7 +174,9 @@ def test_serve_with_an_unreachable_database_exits_2_before_loading(tmp_path, cap
     from seedvr_local.cli import main
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
-    code = main(["serve", "--model", "tiny", "--data-dir", str(tmp_path), "--database-url", "postgresql://u@127.0.0.1:1/x"])
+    code = main(
+        ["serve", "--model", "tiny", "--data-dir", str(tmp_path), "--database-url", "postgresql://u@127.0.0.1:1/x"]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "127.0.0.1:1" in err and len(err.strip().splitlines()) == 1
 
