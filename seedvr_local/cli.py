@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run job workers (no HTTP) on the API's job database")
     _add_model_arguments(worker, required=True)
-    from seedvr_local.server.cli import add_worker_arguments  # torch-free, as the serve flags
+    from seedvr_local.server.worker_process import add_worker_arguments  # torch-free, as the serve flags
 
     add_worker_arguments(worker)
     return parser

@@ -10,11 +10,8 @@ import os
 import socket
 from pathlib import Path
 
-from seedvr_local.model_home import TINY_MODEL, find_installed_weights
-from seedvr_local.server.settings import ServerSettings
+from seedvr_local.server.settings import DATABASE_URL_ENV, STORAGE_URL_ENV, ServerSettings
 
-DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
-STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -152,125 +149,24 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's)."""
-    parser.add_argument("--devices", required=True, metavar="cpu|cuda:0,cuda:1|all",
-                        help="one worker process per device; all: every CUDA device (else the CPU)")
-    parser.add_argument("--database-url", default=None, metavar="URL",
-                        help=f"the job database the API uses (also {DATABASE_URL_ENV}; default: SQLite in --data-dir)")
-    parser.add_argument("--data-dir", type=Path, default=Path("seedvr-data"),
-                        help="the API's data dir: its SQLite database and files when no URLs are given")
-    parser.add_argument("--storage-url", default=None, metavar="s3://BUCKET/PREFIX",
-                        help=f"the API's S3 file store (also {STORAGE_URL_ENV})")
-    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL")
-    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server")
-    parser.add_argument("--allow-private-urls", action="store_true",
-                        help="let image_url reach loopback, private and link-local addresses")
-    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
-    parser.add_argument("--max-output-pixels", type=int, default=None)
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
-    parser.add_argument("--lease-seconds", type=float, default=ServerSettings.lease_s,
-                        help="a claimed job runs again elsewhere when its worker is silent this long (default 30)")
-
-
-def worker_settings(args: argparse.Namespace) -> ServerSettings:
-    if not args.lease_seconds >= 1:
-        raise ValueError(f"--lease-seconds must be at least 1, got {args.lease_seconds:g}")
-    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
-    if args.storage_public_urls == "presigned" and storage_url is None:
-        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
-    return ServerSettings(
-        data_dir=args.data_dir.expanduser(),
-        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
-        storage_url=storage_url,
-        s3_endpoint_url=args.s3_endpoint_url,
-        storage_public_urls=args.storage_public_urls,
-        allow_private_urls=args.allow_private_urls,
-        max_input_pixels=args.max_input_pixels,
-        max_output_pixels=args.max_output_pixels,
-        lease_s=args.lease_seconds,
-    )
-
-
-def engine_for(args: argparse.Namespace, device_name: str | None):
-    """(factory, description) of the model the flags name, on `device_name`; every check that can fail (weights,
-    device, kernels, dtype) runs here, in one line, before anything loads."""
-    # None for the tiny model, built in memory. No weights for `--model 3b`: said before anything loads.
-    weights_dir = (
-        None
-        if args.model == TINY_MODEL
-        else args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
-    )
-    from seedvr_local import kernels
-    from seedvr_local.compilation import compile_pipeline
-    from seedvr_local.devices import resolve_device, resolve_dtype
-    from seedvr_local.upscaler import Upscaler
-    from seedvr_local.weights.bundle import inspect_weights_dir
-    from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
-
-    # A missing or incomplete directory fails here, in one line.
-    info = inspect_weights_dir(weights_dir) if weights_dir is not None else None
-    device = resolve_device(device_name)
-    kernels.backend.resolve(args.kernels, device)  # a forced backend this machine cannot run fails here, in one line
-    resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
-    warm_up_sizes = getattr(args, "warm_up_sizes", ())
-
-    def load() -> Upscaler:
-        upscaler = (
-            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels)
-            if weights_dir is None
-            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels)
-        )
-        # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
-        # compiling: compiled graphs are per size, and no request has the warm-up's.
-        log.info("warmed up in %.1f s", upscaler.warm_up())
-        if args.compile:
-            compile_pipeline(upscaler.pipeline)
-        if warm_up_sizes:
-            sizes = ", ".join(f"{w}x{h}" for w, h in warm_up_sizes)
-            log.info("ran %s in %.1f s", sizes, upscaler.warm_up(warm_up_sizes))
-        return upscaler
-
-    if info is None:
-        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
-    description = (
-        f"tiny test model on {device} ({RANDOM_WEIGHTS_NOTICE})"
-        if info is None
-        else f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
-    )
-    return load, description
-
-
-def check_stores(settings: ServerSettings, server: bool) -> None:
-    """The database, the data dir (SQLite: one server) and the bucket are usable: else one line, before any model
-    loads."""
-    from seedvr_local.server.db import Database, DataDirLock
-    from seedvr_local.server.state import open_blobs
-
-    if server and settings.database_url is None:
-        lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
-        lock.acquire()
-        lock.release()
-    Database(settings.database_url or settings.database_path).close()  # unreachable or too new: one line, now
-    open_blobs(settings)  # a missing bucket or refused credentials: one line, now
-
-
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+
+    from seedvr_local.server.worker_process import check_stores, engine_for, parse_devices, start_worker_processes
+
+    api_only = args.workers == 0 or bool(args.devices)  # --devices: the workers run in processes beside the API
+    if api_only:
+        settings.worker_in_process = False
+        load, description = (lambda: None), "no model in this process (API only)"
+    else:  # missing weights, a device or dtype this machine lacks: one line, before anything heavy loads
+        load, description = engine_for(args, args.device)
+    devices = parse_devices(args.devices) if args.devices else None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    check_stores(settings, server=True)
 
     import uvicorn
 
     from seedvr_local.server.app import create_app
-    from seedvr_local.server.worker_process import parse_devices, start_worker_processes
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    devices = parse_devices(args.devices) if args.devices else None
-    check_stores(settings, server=True)
-    if args.workers == 0 or devices:  # the API alone in this process (--devices: workers in processes beside it)
-        settings.worker_in_process = False
-        load, description = (lambda: None), "no model in this process (API only)"
-    else:
-        load, description = engine_for(args, args.device)
     port = args.port or _free_port(args.host)
     children = start_worker_processes(args, settings, devices) if devices else None
     app = create_app(settings, load, description)

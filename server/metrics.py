@@ -10,10 +10,19 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from seedvr_local.server.fleet import WorkerInfo
+
+class WorkerInfo(Protocol):
+    """What the metrics show of a worker (server/fleet.py's WorkerInfo)."""
+
+    id: str
+    host: str
+    device: str
+    model_state: str
+    current_job: str | None
+    jobs_done: int
+    heartbeat_at: float
 
 OUTCOMES = ("ok", "invalid", "error", "cancelled", "timeout")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from seedvr_local.server.db import Connection, Database
+# server/db.py's Connection and Database (not imported: the database module runs these migrations)
+Connection = Database = Any
 
 #: A constant key for pg_advisory_xact_lock: "seedvr" in ASCII.
 _MIGRATION_LOCK = 0x736565647672

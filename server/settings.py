@@ -7,6 +7,9 @@ from pathlib import Path
 
 
 DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
+#: The environment variables naming the job database and the file store when the flags do not.
+DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
+STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 
 @dataclass
