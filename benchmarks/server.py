@@ -2,6 +2,13 @@
 
     python -m benchmarks.server --model tiny --clients 1,4 --requests 8
     python -m benchmarks.server --model 3b --device cuda --input 960x540 --clients 1,2,8 --requests 32
+    python -m benchmarks.server --model tiny --workers 1 --pin --pollers 0,100 --poll-hz 2 --big-input-mb 50
+
+`--workers N`: the API alone (`serve --workers 0`) and N worker processes (`seedvr-local worker`) on its data
+dir, instead of the embedded worker thread; `--pin` puts the workers on CPU 0 and the API and this load generator
+on CPU 1 (taskset), so the figures measure isolation rather than the size of the machine. `--pollers P` runs P
+clients polling a request's status at `--poll-hz` during every load row, and reports their latency; with
+`--big-input-mb M` the polled request carries an M MB data URI.
 
 Starts `seedvr-local serve` as a separate process on a free port with a fresh data dir (or uses `--url` of a
 running server), then each client sends requests back to back: `sync` posts to the run endpoint and waits for
@@ -38,27 +45,47 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, device: str | None, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    source = ["--weights-dir", str(tiny_bundle_dir())] if model == TINY else (
-        ["--model", model] if model in ("3b", "7b") else ["--weights-dir", model])
-    command = [sys.executable, "-m", "seedvr_local.cli", "serve", *source, "--port", str(port),
-               "--data-dir", str(data_dir)] + (["--device", device] if device else [])  # fmt: skip
-    log = data_dir / "server.log"  # a file, not a pipe: a full pipe would block the server
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w"))
-    url = f"http://127.0.0.1:{port}"
+def _wait_ready(process: subprocess.Popen, url: str, log: Path) -> None:
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the server exited: {log.read_text()[-2000:]}")
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    process.kill()
     raise RuntimeError("the server did not become ready within 10 minutes")
+
+
+def start_server(
+    model: str, device: str | None, data_dir: Path, workers: int | None = None, pin: bool = False
+) -> tuple[list[subprocess.Popen], str]:
+    """The server (and with `workers`, that many worker processes beside an API-only server); its URL."""
+    port = _free_port()
+    source = ["--weights-dir", str(tiny_bundle_dir())] if model == TINY else (
+        ["--model", model] if model in ("3b", "7b") else ["--weights-dir", model])
+    api_cpu, worker_cpu = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if pin else ([], [])
+    serve = [*api_cpu, sys.executable, "-m", "seedvr_local.cli", "serve", *source, "--port", str(port),
+             "--data-dir", str(data_dir)] + (["--device", device] if device else [])  # fmt: skip
+    if workers:
+        serve += ["--workers", "0"]
+    log = data_dir / "server.log"  # a file, not a pipe: a full pipe would block the server
+    processes = [subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log.open("w"))]
+    if workers:
+        devices = ",".join([device or "cpu"] * workers)
+        worker = [*worker_cpu, sys.executable, "-m", "seedvr_local.cli", "worker", *source, "--devices", devices,
+                  "--data-dir", str(data_dir)]  # fmt: skip
+        processes.append(subprocess.Popen(worker, stdout=subprocess.DEVNULL, stderr=(data_dir / "workers.log").open("w")))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(processes[0], url, log)
+    except BaseException:
+        for process in processes:
+            process.kill()
+        raise
+    return processes, url
 
 
 async def sync_request(client: httpx.AsyncClient, url: str, body: dict) -> None:
@@ -79,11 +106,32 @@ async def queue_request(client: httpx.AsyncClient, url: str, body: dict) -> None
     (await client.get(ticket["response_url"])).raise_for_status()
 
 
-async def load(url: str, mode: str, clients: int, requests: int, body: dict) -> dict:
+def _percentile(ordered: list[float], fraction: float) -> float:
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else float("nan")
+
+
+async def poll(client: httpx.AsyncClient, status_url: str, hz: float, latencies: list[float], stop: asyncio.Event):
+    """One poller: GET the status at `hz`, as a fal client polling its request does."""
+    while not stop.is_set():
+        started = time.perf_counter()
+        try:
+            (await client.get(status_url)).raise_for_status()
+            latencies.append(time.perf_counter() - started)
+        except httpx.HTTPError:
+            latencies.append(float("inf"))
+        await asyncio.sleep(max(0.0, 1 / hz - (time.perf_counter() - started)))
+
+
+async def load(
+    url: str, mode: str, clients: int, requests: int, body: dict, pollers: int = 0, poll_hz: float = 2.0,
+    polled: str | None = None,
+) -> dict:
     send = sync_request if mode == "sync" else queue_request
     latencies: list[float] = []
     failures = 0
     remaining = iter(range(requests))
+    poll_latencies: list[float] = []
+    stop_polling = asyncio.Event()
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal failures
@@ -95,16 +143,36 @@ async def load(url: str, mode: str, clients: int, requests: int, body: dict) -> 
             except httpx.HTTPError:
                 failures += 1
 
-    started = time.perf_counter()
-    async with httpx.AsyncClient(timeout=None) as client:
+    limits = httpx.Limits(max_connections=clients + pollers + 10)
+    async with httpx.AsyncClient(timeout=None, limits=limits) as client:
+        polling = [
+            asyncio.create_task(poll(client, polled, poll_hz, poll_latencies, stop_polling)) for _ in range(pollers)
+        ]
+        started = time.perf_counter()
         await asyncio.gather(*(client_loop(client) for _ in range(clients)))
-    wall = time.perf_counter() - started
+        wall = time.perf_counter() - started
+        stop_polling.set()
+        await asyncio.gather(*polling)
     ordered = sorted(latencies) or [float("nan")]
+    polls = sorted(poll_latencies)
     return {
         "mode": mode, "clients": clients, "requests": requests, "failed": failures, "wall_s": wall,
-        "p50_s": statistics.median(ordered), "p95_s": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
+        "p50_s": statistics.median(ordered), "p95_s": _percentile(ordered, 0.95),
         "max_s": ordered[-1], "requests_per_s": len(latencies) / wall,
+        "pollers": pollers, "poll_hz": poll_hz if pollers else 0, "polls": len(polls),
+        "poll_p50_ms": 1000 * _percentile(polls, 0.5), "poll_p95_ms": 1000 * _percentile(polls, 0.95),
     }  # fmt: skip
+
+
+def polled_request(url: str, big_input_mb: float, body: dict) -> str:
+    """The status URL the pollers poll: a request of its own (carrying an M MB data URI when asked)."""
+    image_url = body["image_url"]
+    if big_input_mb:
+        # random bytes in a valid data URI: the request fails at decode, but its row and its input exist
+        image_url = "data:image/png;base64," + base64.b64encode(os.urandom(int(big_input_mb * 2**20 * 3 / 4))).decode()
+    submitted = httpx.post(f"{url}/queue/{ENDPOINT}", json={**body, "image_url": image_url}, timeout=600)
+    submitted.raise_for_status()
+    return submitted.json()["status_url"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,35 +186,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=8, help="requests per (mode, client count)")
     parser.add_argument("--modes", default="sync,queue")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="N worker processes beside an API-only server (default: the embedded worker thread)")
+    parser.add_argument("--pin", action="store_true", help="workers on CPU 0, the API and this process on CPU 1")
+    parser.add_argument("--pollers", default="0", help="comma-separated counts of status pollers during the load")
+    parser.add_argument("--poll-hz", type=float, default=2.0, help="polls per second of each poller (default 2)")
+    parser.add_argument("--big-input-mb", type=float, default=0.0,
+                        help="the polled request carries a data URI of this many MB")
     args = parser.parse_args(argv)
+    if args.pin:
+        os.sched_setaffinity(0, {1})
 
     png = random_png(*args.input)
     body = {"image_url": "data:image/png;base64," + base64.b64encode(png).decode(), "upscale_factor": args.factor,
             "seed": 0, "output_format": "png"}  # fmt: skip
-    process = None
+    processes: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as data_dir:
         try:
             if args.url:
                 url = args.url.rstrip("/")
             else:
-                process, url = start_server(args.model, args.device, Path(data_dir))
+                processes, url = start_server(args.model, args.device, Path(data_dir), args.workers, args.pin)
             asyncio.run(load(url, "sync", 1, 1, body))  # warm-up
+            polled = polled_request(url, args.big_input_mb, body) if args.pollers != "0" else None
             rows = [
-                asyncio.run(load(url, mode, int(clients), args.requests, body))
+                asyncio.run(load(url, mode, int(clients), args.requests, body, int(pollers), args.poll_hz, polled))
                 for mode in args.modes.split(",")
                 for clients in args.clients.split(",")
+                for pollers in args.pollers.split(",")
             ]
         finally:
-            if process is not None:
+            for process in processes:
                 process.terminate()
+            for process in processes:
                 process.wait(timeout=60)
 
     width, height = args.input
-    print(f"# {args.model}; input {width}x{height} x{args.factor:g}; {os.cpu_count()} CPUs")
-    print(f"{'mode':>6} {'clients':>7} {'requests':>8} {'failed':>6} {'p50 s':>8} {'p95 s':>8} {'max s':>8} {'req/s':>7}")
+    workers = f"{args.workers} worker process(es)" if args.workers else "embedded worker"
+    print(f"# {args.model}; input {width}x{height} x{args.factor:g}; {os.cpu_count()} CPUs; {workers}"
+          + ("; pinned" if args.pin else "") + (f"; polled request carries {args.big_input_mb:g} MB" if args.big_input_mb else ""))
+    print(f"{'mode':>6} {'clients':>7} {'requests':>8} {'failed':>6} {'p50 s':>8} {'p95 s':>8} {'max s':>8} {'req/s':>7}"
+          f" {'pollers':>7} {'polls':>6} {'poll p50 ms':>11} {'poll p95 ms':>11}")
     for r in rows:
         print(f"{r['mode']:>6} {r['clients']:>7} {r['requests']:>8} {r['failed']:>6} {r['p50_s']:>8.3f} "
-              f"{r['p95_s']:>8.3f} {r['max_s']:>8.3f} {r['requests_per_s']:>7.2f}")
+              f"{r['p95_s']:>8.3f} {r['max_s']:>8.3f} {r['requests_per_s']:>7.2f} {r['pollers']:>7} {r['polls']:>6}"
+              f" {r['poll_p50_ms']:>11.1f} {r['poll_p95_ms']:>11.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "input": [width, height], "results": rows}, indent=2))
     return 0 if all(r["failed"] == 0 for r in rows) else 1

@@ -79,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     from seedvr_local.server.cli import add_serve_arguments  # torch-free: only the flags and their checks
 
     add_serve_arguments(serve)
+
+    worker = commands.add_parser("worker", help="run job workers (no HTTP) on the API's job database")
+    _add_model_arguments(worker, required=True)
+    from seedvr_local.server.worker_process import add_worker_arguments  # torch-free, as the serve flags
+
+    add_worker_arguments(worker)
     return parser
 
 
@@ -103,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale(args)
         if args.command == "download":
             return _run_download(args)
+        if args.command == "worker":
+            from seedvr_local.server.worker_process import run_worker
+
+            return run_worker(args)
         from seedvr_local.server.cli import run_serve
 
         return run_serve(args)

@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import SQLAlchemyError
 
 from seedvr_local import __version__
 from seedvr_local.server.endpoint import ENDPOINT_ID
@@ -46,15 +47,22 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServerState.open(settings, engine_factory, description, guard)
         app.state.server = state
-        recovered = state.jobs.recover()
-        if recovered["requeued"] or recovered["failed"]:
-            log.info(
-                "recovered after restart: %d request(s) run again, %d failed",
-                len(recovered["requeued"]),
-                len(recovered["failed"]),
-            )
-        state.worker.start()
+        if state.lock is not None:  # the only server on this database: what was running when it stopped is its own
+            recovered = await asyncio.to_thread(state.jobs.recover)
+            if recovered["requeued"] or recovered["failed"]:
+                log.info(
+                    "recovered after restart: %d request(s) run again, %d failed",
+                    len(recovered["requeued"]),
+                    len(recovered["failed"]),
+                )
+        if state.listener is not None:
+            state.listener.start()
+        if settings.worker_in_process:
+            state.worker.start()
         tasks = [asyncio.create_task(state.webhooks.run()), asyncio.create_task(_expire_deadlines(state))]
+        if not settings.worker_in_process and state.listener is None:
+            # SQLite shared with worker processes has no NOTIFY: waiters re-read on a short period instead
+            tasks.append(asyncio.create_task(_poll_changes(state)))
         if state.retention is not None:
             tasks.append(asyncio.create_task(_sweep_expired(state.retention, settings.retention_sweep_s)))
         for task in tasks:
@@ -71,9 +79,12 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=5)  # bounded: a stuck task must not hang the shutdown
+            if state.listener is not None:
+                await asyncio.to_thread(state.listener.stop)
             if stopped:
                 state.db.close()
-            state.lock.release()
+            if state.lock is not None:
+                state.lock.release()
 
     app = FastAPI(
         title="seedvr-local",
@@ -163,8 +174,22 @@ async def _sweep_expired(retention: Retention, interval_s: float) -> None:
         await asyncio.sleep(interval_s)
 
 
-async def _expire_deadlines(state: ServerState) -> None:
-    """Requests still queued past their x-fal-request-timeout end with a 504 (checked twice a second)."""
+async def _poll_changes(state: ServerState, period_s: float = 0.25) -> None:
+    """Wake every waiter (SSE streams, sync runs) to re-read its job: how they hear of other processes' changes
+    when the database cannot announce them."""
     while True:
-        state.jobs.expire_overdue()
+        await asyncio.sleep(period_s)
+        state.notifier.notify(None)
+
+
+async def _expire_deadlines(state: ServerState) -> None:
+    """Requests still queued past their x-fal-request-timeout end with a 504 (checked twice a second); running
+    requests whose worker stopped renewing its lease run again. In a thread: the event loop never waits on the
+    database."""
+    while True:
+        try:
+            await asyncio.to_thread(state.jobs.expire_overdue)
+            await asyncio.to_thread(state.jobs.reclaim_expired)
+        except SQLAlchemyError as exc:  # the database restarts: try again at the next tick
+            log.warning("deadline check failed: %s", type(exc).__name__)
         await asyncio.sleep(0.5)

@@ -10,8 +10,12 @@ import os
 import ssl
 from pathlib import Path
 
-from seedvr_local.model_home import TINY_MODEL, find_installed_weights
-from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
+from seedvr_local.server.settings import (
+    DATABASE_URL_ENV,
+    DEFAULT_MAX_OUTPUT_PIXELS,
+    STORAGE_URL_ENV,
+    ServerSettings,
+)
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -54,6 +58,36 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="require 'Authorization: Key KEY' (repeatable; also SEEDVR_API_KEYS=k1,k2)",
     )
+    parser.add_argument(
+        "--admin-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="an API key that sees and may cancel every request (repeatable); other keys see only their own",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help=f"postgresql://user:pass@host/db: the job database shared by API processes and workers "
+        f"(also {DATABASE_URL_ENV}; default: SQLite in the data dir)",
+    )
+    parser.add_argument(
+        "--storage-url",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help="keep uploads and outputs in an S3-compatible bucket (credentials from the AWS variables; "
+        f"also {STORAGE_URL_ENV}; default: the data dir)",
+    )
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                        help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
+    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
+                        help="output URLs served through this server (default) or presigned URLs of the bucket")
+    parser.add_argument("--workers", type=int, choices=(0,), default=None,
+                        help="0: the API alone, no model here; workers run elsewhere (`seedvr-local worker`)")
+    parser.add_argument("--devices", default=None, metavar="cpu|cuda:0,cuda:1|all",
+                        help="run one worker process per device beside the API (default: one worker thread on "
+                        "--device)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); fal-client for Python needs https")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument(
@@ -119,12 +153,21 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
-    keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys] if key and key.strip()))
+    admin_keys = tuple(key.strip() for key in args.admin_key if key.strip())
+    keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys, *admin_keys] if key and key.strip()))
+    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
+    if args.storage_public_urls == "presigned" and storage_url is None:
+        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
     if args.public_url and not args.public_url.startswith(("http://", "https://")):
         raise ValueError(f"--public-url must start with http:// or https://, got {args.public_url!r}")
     return ServerSettings(
         data_dir=args.data_dir.expanduser(),
         api_keys=keys,
+        admin_keys=admin_keys,
+        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
+        storage_url=storage_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        storage_public_urls=args.storage_public_urls,
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
@@ -139,77 +182,46 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    # None for the tiny model, built in memory. No weights for `--model 3b`: said before anything loads.
-    weights_dir = (
-        None
-        if args.model == TINY_MODEL
-        else args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
-    )
+
+    from seedvr_local.server.worker_process import check_stores, engine_for, parse_devices, start_worker_processes
+
+    api_only = args.workers == 0 or bool(args.devices)  # --devices: the workers run in processes beside the API
+    if api_only:
+        settings.worker_in_process = False
+        load, description = (lambda: None), "no model in this process (API only)"
+    else:  # missing weights, a device or dtype this machine lacks: one line, before anything heavy loads
+        load, description = engine_for(args, args.device)
+    devices = parse_devices(args.devices) if args.devices else None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    check_stores(settings, server=True)
 
     import uvicorn
 
-    from seedvr_local import kernels
-    from seedvr_local.compilation import compile_pipeline
     from seedvr_local.device_memory import keep_freed_cpu_memory
-    from seedvr_local.devices import resolve_device, resolve_dtype
+    from seedvr_local.devices import resolve_device
     from seedvr_local.server.app import create_app
-    from seedvr_local.server.db import DataDirLock
     from seedvr_local.server.listening import ListeningServer, bind_socket
-    from seedvr_local.upscaler import Upscaler
-    from seedvr_local.weights.bundle import inspect_weights_dir
-    from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
 
-    # A missing or incomplete directory fails here, in one line.
-    info = inspect_weights_dir(weights_dir) if weights_dir is not None else None
-    device = resolve_device(args.device)
-    kernels.backend.resolve(args.kernels, device)  # a forced backend this machine cannot run fails here, in one line
-    resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
-    lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
-    lock.acquire()
-    lock.release()
-    # Bound now, before the model loads: a port in use is one line here, not a failure after the load.
+    # Bound now, before any model loads: a port in use is one line here, not a failure after the load.
     sock = bind_socket(args.host, args.port)
     port = sock.getsockname()[1]
-
-    def load() -> Upscaler:
-        upscaler = (
-            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels)
-            if weights_dir is None
-            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels)
-        )
-        # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
-        # compiling: compiled graphs are per size, and no request has the warm-up's.
-        log.info("warmed up in %.1f s", upscaler.warm_up())
-        if args.compile:
-            compile_pipeline(upscaler.pipeline)
-        if args.warm_up_sizes:
-            sizes = ", ".join(f"{w}x{h}" for w, h in args.warm_up_sizes)
-            log.info("ran %s in %.1f s", sizes, upscaler.warm_up(args.warm_up_sizes))
-        return upscaler
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    description = (
-        f"tiny test model on {device} ({RANDOM_WEIGHTS_NOTICE})"
-        if info is None
-        else f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
-    )
-    if info is None:
-        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
-    app = create_app(settings, load, description)
-    config = uvicorn.Config(
-        app,
-        host=args.host,
-        port=port,
-        ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
-        ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
-        access_log=args.access_log,
-        log_level="info",
-        timeout_graceful_shutdown=5,
-    )
-    text = banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description)
+    children = None
     try:
+        app = create_app(settings, load, description)
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=port,
+            ssl_certfile=str(args.ssl_certfile) if args.ssl_certfile else None,
+            ssl_keyfile=str(args.ssl_keyfile) if args.ssl_keyfile else None,
+            access_log=args.access_log,
+            log_level="info",
+            timeout_graceful_shutdown=5,
+        )
+        text = banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description)
         _load_tls(config, args)
-        if device.type == "cpu" and args.cpu_memory == "keep":
+        children = start_worker_processes(args, settings, devices) if devices else None  # after every check
+        if not api_only and args.cpu_memory == "keep" and resolve_device(args.device).type == "cpu":
             keep_freed_cpu_memory()  # before the server's threads start: the worker allocates from the one heap
         server = ListeningServer(config, on_listening=lambda: print(text, flush=True))
         server.run(sockets=[sock])
@@ -217,6 +229,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise RuntimeError(f"the server did not start (exit code {exited.code}): see the log above") from None
     finally:
         sock.close()
+        if children is not None:
+            children.stop(settings.shutdown_grace_s)
     return 0
 
 

@@ -1,128 +1,238 @@
-"""The SQLite database under the data dir: jobs, their logs, pending webhooks and stored files.
+"""The job database: SQLite under the data dir (the default), or PostgreSQL for a fleet of processes and hosts.
 
-WAL mode with `synchronous=FULL`: every accepted job is on disk before the client hears about it, and
-readers (status polls) never wait for the writer. One connection shared by the event loop, the worker
-and the webhook sender, behind a lock: every statement is short.
+One SQL layer for both: SQLAlchemy 2 Core (its engine, connection pool and dialects; psycopg 3 for PostgreSQL).
+Statements are written once with `?` placeholders and turned into SQLAlchemy bind parameters, so the same text
+runs on both engines; the few places where the dialects differ ask `Database.is_postgres`.
+
+SQLite: WAL mode with `synchronous=FULL`, so every accepted job is on disk before the client hears about it;
+a writing transaction starts with BEGIN IMMEDIATE (writers queue at its start, never deadlock halfway), a read
+with a plain BEGIN (readers never wait for the writer). PostgreSQL: READ COMMITTED, with row locks where two
+processes could race (`FOR UPDATE`, and `SKIP LOCKED` for claims).
+
+The schema is versioned: server/migrations.py, applied in order when the database is opened.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
+import logging
+import re
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
 
 try:
     import fcntl
 except ImportError:  # not on Windows: there the lock is not taken
     fcntl = None
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-SCHEMA_VERSION = 1
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    seq              INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order
-    id               TEXT NOT NULL UNIQUE,
-    kind             TEXT NOT NULL,                      -- 'queue' or 'sync'
-    priority         INTEGER NOT NULL,                   -- 0 normal, 1 low
-    status           TEXT NOT NULL,                      -- IN_QUEUE, IN_PROGRESS, COMPLETED
-    input            TEXT NOT NULL,                      -- the validated input, JSON
-    base_url         TEXT NOT NULL,                      -- for the URLs of the outputs
-    webhook_url      TEXT,
-    created_at       REAL NOT NULL,
-    started_at       REAL,
-    finished_at      REAL,
-    start_deadline   REAL,                               -- from x-fal-request-timeout
-    attempts         INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0,
-    outcome          TEXT,                               -- ok, invalid, error, cancelled, timeout
-    response_status  INTEGER,
-    response_body    TEXT,
-    response_headers TEXT,
-    error            TEXT,
-    error_type       TEXT,
-    inference_time   REAL
-);
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority, seq);
+log = logging.getLogger("seedvr_local.server")
+T = TypeVar("T")
 
-CREATE TABLE IF NOT EXISTS job_logs (
-    seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id    TEXT NOT NULL,
-    timestamp TEXT NOT NULL,
-    level     TEXT NOT NULL,
-    message   TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, seq);
+#: How long a read or a single statement waits for an unreachable database (PostgreSQL restarting) before failing.
+RETRY_S = 30.0
 
-CREATE TABLE IF NOT EXISTS webhooks (
-    id           INTEGER PRIMARY KEY AUTOINCREMENT,
-    job_id       TEXT NOT NULL,
-    url          TEXT NOT NULL,
-    body         TEXT NOT NULL,
-    attempts     INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    state        TEXT NOT NULL,                          -- pending, delivered, failed
-    last_error   TEXT
-);
-CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (state, next_attempt);
 
-CREATE TABLE IF NOT EXISTS files (
-    id           TEXT PRIMARY KEY,                       -- unguessable: the URL is the capability
-    name         TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    size         INTEGER,
-    state        TEXT NOT NULL,                          -- pending (upload handed out) or complete
-    upload_token TEXT UNIQUE,                            -- secret of the upload URL, separate from the id
-    multipart    INTEGER NOT NULL DEFAULT 0,
-    created_at   REAL NOT NULL
-);
-"""
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or used; the message names the host and the reason, in one line."""
+
+
+class Record:
+    """A row, by column name (`row["id"]`) or by position (`row[0]`)."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: sa.Row):
+        self._row = row
+
+    def __getitem__(self, key: str | int) -> Any:
+        return self._row._mapping[key] if isinstance(key, str) else self._row[key]
+
+    def keys(self) -> list[str]:
+        return list(self._row._mapping.keys())
+
+
+class Result:
+    """The rows of one statement, already fetched (the connection is free again)."""
+
+    def __init__(self, rows: list[Record], rowcount: int):
+        self.rows = rows
+        self.rowcount = rowcount
+
+    def fetchone(self) -> Record | None:
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list[Record]:
+        return self.rows
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.rows)
+
+
+@lru_cache(maxsize=512)
+def _statement(sql: str) -> sa.TextClause:
+    """`?` placeholders -> SQLAlchemy's `:p0, :p1, ...` (none of our statements has a `?` or `:` elsewhere)."""
+    counter = iter(range(10_000))
+    return sa.text(re.sub(r"\?", lambda _m: f":p{next(counter)}", sql))
+
+
+def _params(params: Sequence | dict) -> dict:
+    return dict(params) if isinstance(params, dict) else {f"p{i}": value for i, value in enumerate(params)}
+
+
+class Connection:
+    """One transaction's statements (what `Database.transaction()` yields)."""
+
+    def __init__(self, conn: sa.Connection):
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence | dict = ()) -> Result:
+        result = self._conn.execute(_statement(sql), _params(params))
+        rows = [Record(row) for row in result] if result.returns_rows else []
+        return Result(rows, result.rowcount)
+
+    def executemany(self, sql: str, rows: Sequence[Sequence | dict]) -> None:
+        rows = list(rows)
+        if rows:
+            self._conn.execute(_statement(sql), [_params(row) for row in rows])
+
+
+def database_url(value: str | Path) -> sa.URL:
+    """A SQLAlchemy URL for a file path (SQLite) or a postgresql:// URL (psycopg 3); ValueError otherwise."""
+    if isinstance(value, Path):
+        return sa.URL.create("sqlite", database=str(value))
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError(
+            f"not a database URL: {_redacted(value)!r} (expected postgresql://user:pass@host/db)"
+        ) from None
+    if url.drivername in ("postgresql", "postgres", "postgresql+psycopg"):
+        return url.set(drivername="postgresql+psycopg")
+    if url.drivername == "sqlite" and url.database:
+        return url
+    raise ValueError(f"unsupported database URL {_redacted(value)!r}: use postgresql://... (or none for SQLite)")
+
+
+def _redacted(url: str) -> str:
+    return re.sub(r"//([^:/@]+):[^@/]*@", r"//\1:***@", url)
 
 
 class Database:
-    def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(f"{path} was written by a newer seedvr-local (schema {version})")
-            self._conn.executescript(SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+    def __init__(self, url: str | Path, pool_size: int = 5):
+        self.url = database_url(url)
+        self.is_postgres = self.url.get_backend_name() == "postgresql"
+        if self.is_postgres:
+            # pre-ping: a pooled connection that PostgreSQL dropped (a restart) is replaced, not handed out
+            self.engine = sa.create_engine(
+                self.url,
+                pool_pre_ping=True,
+                pool_size=pool_size,
+                max_overflow=pool_size * 2,
+                connect_args={"connect_timeout": 10, "application_name": "seedvr-local"},
+            )
+        else:
+            Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(self.url, connect_args={"timeout": 30, "check_same_thread": False})
+            _sqlite_transactions(self.engine)
+        self._check_connection()
+        from seedvr_local.server.migrations import migrate  # the schema's history lives there
+
+        self.schema_version = migrate(self)
+
+    @property
+    def where(self) -> str:
+        """Where the database is, for messages (no password)."""
+        if self.is_postgres:
+            return f"{self.url.host or 'localhost'}:{self.url.port or 5432}/{self.url.database or ''}"
+        return str(self.url.database)
+
+    #: Appended to a SELECT whose rows the transaction will update: locks them on PostgreSQL (SQLite's
+    #: BEGIN IMMEDIATE already holds the whole database).
+    @property
+    def for_update(self) -> str:
+        return " FOR UPDATE" if self.is_postgres else ""
+
+    def _check_connection(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except (OperationalError, DBAPIError) as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else str(exc)
+            self.engine.dispose()
+            raise DatabaseUnavailable(f"cannot use the database at {self.where}: {reason}") from None
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+    def transaction(self) -> Iterator[Connection]:
+        """A writing transaction: committed when the block ends, rolled back when it raises."""
+        with self.engine.begin() as conn:
+            yield Connection(conn)
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A read-only transaction (on SQLite, it does not wait for a writer)."""
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(seedvr_read_only=True)
+            with conn.begin():
+                yield Connection(conn)
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        """`call()`, again while the database is unreachable (a restart, a failover), for up to RETRY_S seconds.
+        Only for what may run twice: reads, and single statements whose repetition is harmless."""
+        deadline = time.monotonic() + RETRY_S
+        while True:
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+                return call()
+            except (OperationalError, InterfaceError) as exc:
+                if not self.is_postgres or time.monotonic() > deadline:
+                    raise
+                log.warning("the database is unavailable (%s); retrying", str(exc.orig).strip().split("\n")[0])
+                time.sleep(0.5)
 
-    def query(self, sql: str, params: tuple | dict = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
+    def query(self, sql: str, params: Sequence | dict = ()) -> list[Record]:
+        def read() -> list[Record]:
+            with self.reading() as conn:
+                return conn.execute(sql, params).fetchall()
 
-    def query_one(self, sql: str, params: tuple | dict = ()) -> sqlite3.Row | None:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchone()
+        return self.retrying(read)
 
-    def execute(self, sql: str, params: tuple | dict = ()) -> Any:
-        with self._lock:
-            return self._conn.execute(sql, params)
+    def query_one(self, sql: str, params: Sequence | dict = ()) -> Record | None:
+        rows = self.query(sql, params)
+        return rows[0] if rows else None
+
+    def execute(self, sql: str, params: Sequence | dict = ()) -> Result:
+        """One statement in its own transaction (retried while the database is away: see `retrying`)."""
+
+        def write() -> Result:
+            with self.transaction() as conn:
+                return conn.execute(sql, params)
+
+        return self.retrying(write)
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self.engine.dispose()
+
+
+def _sqlite_transactions(engine: sa.Engine) -> None:
+    """SQLAlchemy's recipe: let pysqlite leave transactions alone, and begin them ourselves."""
+
+    @event.listens_for(engine, "connect")
+    def connect(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # no implicit BEGIN from the driver
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+    @event.listens_for(engine, "begin")
+    def begin(conn: sa.Connection) -> None:
+        read_only = conn.get_execution_options().get("seedvr_read_only", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 class DataDirInUse(RuntimeError):

@@ -52,11 +52,6 @@ def endpoint_of(stored: dict[str, Any]) -> Endpoint:
     return _BY_ID[stored.get(ENDPOINT_KEY, IMAGE.id)]
 
 
-def input_url(stored: dict[str, Any]) -> str:
-    """The image_url or video_url of a stored input."""
-    return str(stored.get(endpoint_of(stored).url_field, ""))
-
-
 def request_urls(base_url: str, request_id: str) -> dict[str, str]:
     """`response_url`, `status_url` and `cancel_url` of a queued request, on this server."""
     root = f"{base_url.rstrip('/')}/queue/{APP_ID}/requests/{request_id}"

@@ -20,7 +20,7 @@ from urllib.parse import unquote_to_bytes
 import httpx
 
 from seedvr_local.server.netguard import BlockedURLError, NetGuard
-from seedvr_local.server.storage import ID_PATTERN, FileStore
+from seedvr_local.server.storage import ID_PATTERN, FileStore, StoredFile
 
 _OWN_FILE = re.compile(rf"/files/(?P<id>{ID_PATTERN})(?:/[^/]*)?$")
 USER_AGENT = "seedvr-local (image_url and video_url fetch)"
@@ -81,19 +81,32 @@ class ImageFetcher:
         error messages."""
         if url[:5].lower() == "data:":
             return self._data_uri(url), "data URI"
-        own = self._own_file_path(url, field)
-        if own is not None:
-            return own.read_bytes(), "stored file"
+        stored = self._own_file(url, field)
+        if stored is not None:
+            data = self.files.read_bytes(stored)
+            if data is None:
+                raise FetchError(f"{field} names a file of this server whose bytes are gone")
+            return data, "stored file"
         sink = io.BytesIO()
         self._download(url, field, sink)
         return sink.getvalue(), httpx.URL(url).host
 
     def fetch_to_file(self, url: str, target: Path, field: str) -> tuple[Path, str]:
-        """(the path of the file's bytes, where they came from): a stored file is read where it is, anything
-        else is written to `target`, never held whole in memory when downloaded."""
-        own = self._own_file_path(url, field)
-        if own is not None:
-            return own, "stored file"
+        """(the path of the file's bytes, where they came from): a stored file on this machine's disk is read
+        where it is, anything else (a download, a data URI, a file in a bucket) is written to `target`, never
+        held whole in memory when downloaded."""
+        stored = self._own_file(url, field)
+        if stored is not None:
+            local = self.files.blobs.local_path(stored.id)
+            if local is not None:
+                return local, "stored file"
+            chunks = self.files.blobs.iter_bytes(stored.id)
+            if chunks is None:
+                raise FetchError(f"{field} names a file of this server whose bytes are gone")
+            with open(target, "wb") as sink:
+                for chunk in chunks:
+                    sink.write(chunk)
+            return target, "stored file"
         if url[:5].lower() == "data:":  # already in memory: it came in the request body
             target.write_bytes(self._data_uri(url))
             return target, "data URI"
@@ -116,7 +129,8 @@ class ImageFetcher:
             raise self._too_large()
         return data
 
-    def _own_file_path(self, url: str, field: str) -> Path | None:
+    def _own_file(self, url: str, field: str) -> StoredFile | None:
+        """The complete file of this server that `url` names, or None for any other URL."""
         if url[:5].lower() == "data:":
             return None
         file_id = own_file_id(url)
@@ -126,7 +140,7 @@ class ImageFetcher:
         stored = self.files.read(known.id)
         if stored is None:
             raise FetchError(f"{field} names a file of this server whose upload has not finished")
-        return self.files.path(stored)
+        return stored
 
     def _download(self, url: str, field: str, sink: BinaryIO) -> None:
         deadline = time.monotonic() + self.timeout_s

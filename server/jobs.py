@@ -47,16 +47,20 @@ class Job:
     error: str | None
     error_type: str | None
     inference_time: float | None
+    owner: str | None = None
+    worker_id: str | None = None
+    lease_expires_at: float | None = None
 
     @classmethod
     def from_row(cls, row) -> Job:
+        """`input` is {} unless the row was read with it (`JobStore.get(..., with_input=True)`)."""
         return cls(
             id=row["id"],
             seq=row["seq"],
             kind=row["kind"],
             priority=row["priority"],
             status=row["status"],
-            input=json.loads(row["input"]),
+            input=json.loads(row["input"]) if "input" in row.keys() else {},
             base_url=row["base_url"],
             webhook_url=row["webhook_url"],
             created_at=row["created_at"],
@@ -72,7 +76,19 @@ class Job:
             error=row["error"],
             error_type=row["error_type"],
             inference_time=row["inference_time"],
+            owner=row["owner"],
+            worker_id=row["worker_id"],
+            lease_expires_at=row["lease_expires_at"],
         )
+
+
+#: Every column of a job but its input: what status, result and SSE read, so a poll costs the same whatever the
+#: input's size.
+SMALL_COLUMNS = (
+    "seq, id, kind, priority, status, base_url, webhook_url, created_at, started_at, finished_at, start_deadline,"
+    " attempts, cancel_requested, outcome, response_status, response_body, response_headers, error, error_type,"
+    " inference_time, owner, worker_id, lease_expires_at"
+)
 
 
 @dataclass
@@ -113,6 +129,15 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+#: PostgreSQL channel on which every change to a job is announced (payload: the job id, or "" for "the queue
+#: moved"): API processes forward it to their SSE streams and sync waits (server/fleet.py).
+CHANGES_CHANNEL = "seedvr_jobs"
+
+#: Rewrites a new job's input before it is stored (given the input and the job's base URL): how a large data URI
+#: leaves the row for the file store (ServerState wires it).
+InputWriter = Callable[[dict[str, Any], str], dict[str, Any]]
+
+
 class JobStore:
     """`on_change(job_id)` is called after every change to a job, `on_change(None)` when queue positions
     moved; `on_completed(job, completion)` once per job, after it completed (however it did)."""
@@ -123,11 +148,13 @@ class JobStore:
         max_attempts: int = 2,
         on_change: Callable[[str | None], None] | None = None,
         on_completed: Callable[[Job, Completion], None] | None = None,
+        write_input: InputWriter | None = None,
     ):
         self.db = db
         self.max_attempts = max_attempts
         self.on_change = on_change or (lambda job_id: None)
         self.on_completed = on_completed or (lambda job, completion: None)
+        self.write_input = write_input or (lambda input, base_url: input)
 
     # --- creating and reading -------------------------------------------------------------------
 
@@ -140,25 +167,32 @@ class JobStore:
         webhook_url: str | None = None,
         start_deadline: float | None = None,
         completion: Completion | None = None,
+        owner: str | None = None,
     ) -> Job:
         """A new job, queued; or already completed when `completion` is given (an invalid input)."""
         job_id = str(uuid.uuid4())
+        stored_input = self.write_input(input, base_url)
         now = time.time()
         done: list = []
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, kind, priority, status, input, base_url, webhook_url, created_at,"
-                " start_deadline) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job_id, kind, priority, IN_QUEUE, json.dumps(input), base_url, webhook_url, now, start_deadline),
-            )
+                " start_deadline, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job_id, kind, priority, IN_QUEUE, json.dumps(stored_input), base_url, webhook_url, now,
+                    start_deadline, owner,
+                ),
+            )  # fmt: skip
             if completion is not None:
                 self._complete(conn, job_id, completion, now, done)
+            self._announce(conn, job_id)
         self.on_change(job_id)
         self._report(done)
         return self.get(job_id)
 
-    def get(self, job_id: str) -> Job | None:
-        row = self.db.query_one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def get(self, job_id: str, with_input: bool = False) -> Job | None:
+        columns = f"{SMALL_COLUMNS}, input" if with_input else SMALL_COLUMNS
+        row = self.db.query_one(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(row) if row else None
 
     def queue_position(self, job: Job) -> int:
@@ -178,10 +212,18 @@ class JobStore:
     # --- logs -------------------------------------------------------------------------------------
 
     def log(self, job_id: str, message: str, level: str = "INFO") -> None:
-        self.db.execute(
-            "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
-            (job_id, now_iso(), level, message),
-        )
+        """Retried while the database is away: a log line must not fail the job it describes."""
+        timestamp = now_iso()
+
+        def insert() -> None:
+            with self.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO job_logs (job_id, timestamp, level, message) VALUES (?, ?, ?, ?)",
+                    (job_id, timestamp, level, message),
+                )
+                self._announce(conn, job_id)
+
+        self.db.retrying(insert)
         self.on_change(job_id)
 
     def logs(self, job_id: str, after: int = 0) -> list[LogEntry]:
@@ -193,28 +235,47 @@ class JobStore:
 
     # --- the worker's side -------------------------------------------------------------------------
 
-    def claim_next(self) -> Job | None:
-        """The next job to run (priority, then arrival), now IN_PROGRESS; None when the queue is empty."""
+    def claim_next(self, worker_id: str = "local", lease_s: float = 30.0) -> Job | None:
+        """The next job to run (priority, then arrival), now IN_PROGRESS and leased to `worker_id` for `lease_s`
+        seconds; None when the queue is empty. Two workers never claim the same job: on PostgreSQL the row is
+        locked and skipped by the others, on SQLite the transaction holds the database."""
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.is_postgres else ""
+        now = time.time()
         with self.db.transaction() as conn:
             row = conn.execute(
-                "SELECT id FROM jobs WHERE status = ? ORDER BY priority, seq LIMIT 1", (IN_QUEUE,)
+                f"SELECT id FROM jobs WHERE status = ? ORDER BY priority, seq LIMIT 1{skip_locked}", (IN_QUEUE,)
             ).fetchone()
             if row is None:
                 return None
             conn.execute(
-                "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1 WHERE id = ?",
-                (IN_PROGRESS, time.time(), row["id"]),
+                "UPDATE jobs SET status = ?, started_at = ?, attempts = attempts + 1, worker_id = ?,"
+                " lease_expires_at = ? WHERE id = ?",
+                (IN_PROGRESS, now, worker_id, now + lease_s, row["id"]),
             )
+            self._announce(conn, "")
         self.on_change(None)
-        return self.get(row["id"])
+        return self.get(row["id"], with_input=True)
 
-    def requeue(self, job_id: str) -> None:
+    def renew(self, job_id: str, worker_id: str, lease_s: float) -> bool:
+        """Extend the lease of a running job; False when the job is no longer this worker's (it completed,
+        or its lease had expired and it was given to another worker)."""
+        with self.db.transaction() as conn:
+            result = conn.execute(
+                "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND worker_id = ? AND status = ?",
+                (time.time() + lease_s, job_id, worker_id, IN_PROGRESS),
+            )
+        return result.rowcount == 1
+
+    def requeue(self, job_id: str, worker_id: str | None = None) -> None:
         """Put a job the worker gave up at shutdown back in its place; that run does not count."""
-        self.db.execute(
-            "UPDATE jobs SET status = ?, started_at = NULL, attempts = MAX(attempts - 1, 0)"
-            " WHERE id = ? AND status = ?",
-            (IN_QUEUE, job_id, IN_PROGRESS),
-        )
+        owned = "" if worker_id is None else " AND worker_id = ?"
+        with self.db.transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = ?, started_at = NULL, worker_id = NULL, lease_expires_at = NULL,"
+                f" attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE id = ? AND status = ?{owned}",
+                (IN_QUEUE, job_id, IN_PROGRESS, *([] if worker_id is None else [worker_id])),
+            )
+            self._announce(conn, "")
         self.on_change(None)
 
     def complete(self, job_id: str, completion: Completion) -> bool:
@@ -222,6 +283,7 @@ class JobStore:
         done: list = []
         with self.db.transaction() as conn:
             self._complete(conn, job_id, completion, time.time(), done)
+            self._announce(conn, job_id)
         self.on_change(None)
         self._report(done)
         return bool(done)
@@ -230,15 +292,23 @@ class JobStore:
         for job_id, completion in done:
             self.on_completed(self.get(job_id), completion)
 
+    def _announce(self, conn, job_id: str) -> None:
+        """Tell the other processes (delivered when the transaction commits)."""
+        if self.db.is_postgres:
+            conn.execute("SELECT pg_notify(?, ?)", (CHANGES_CHANNEL, job_id))
+
     def _complete(self, conn, job_id: str, completion: Completion, now: float, done: list) -> bool:
         from seedvr_local.server.webhooks import webhook_body  # the payload format lives with the sender
 
-        row = conn.execute("SELECT status, webhook_url FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = conn.execute(
+            f"SELECT status, webhook_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
+        ).fetchone()
         if row is None or row["status"] == COMPLETED:
             return False
         conn.execute(
             "UPDATE jobs SET status = ?, finished_at = ?, outcome = ?, response_status = ?, response_body = ?,"
-            " response_headers = ?, error = ?, error_type = ?, inference_time = ? WHERE id = ?",
+            " response_headers = ?, error = ?, error_type = ?, inference_time = ?, lease_expires_at = NULL"
+            " WHERE id = ?",
             (
                 COMPLETED,
                 now,
@@ -266,7 +336,7 @@ class JobStore:
         """A queued job is cancelled at once; a running one is flagged for the worker to stop."""
         done: list = []
         with self.db.transaction() as conn:
-            row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = conn.execute(f"SELECT status FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)).fetchone()
             if row is None:
                 return "NOT_FOUND"
             if row["status"] == COMPLETED:
@@ -275,6 +345,7 @@ class JobStore:
                 self._complete(conn, job_id, Completion.failure(cancelled_error(), "cancelled"), time.time(), done)
             else:
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            self._announce(conn, job_id)
         self.on_change(None)
         self._report(done)
         return "CANCELLATION_REQUESTED"
@@ -286,50 +357,100 @@ class JobStore:
     def expire_overdue(self, now: float | None = None) -> list[str]:
         """Complete the queued jobs whose start deadline passed with fal's user timeout (504)."""
         now = time.time() if now is None else now
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.is_postgres else ""
         done: list = []
         with self.db.transaction() as conn:
             rows = conn.execute(
-                "SELECT id FROM jobs WHERE status = ? AND start_deadline IS NOT NULL AND start_deadline < ?",
+                "SELECT id FROM jobs WHERE status = ? AND start_deadline IS NOT NULL AND start_deadline < ?"
+                + skip_locked,
                 (IN_QUEUE, now),
             ).fetchall()
             for row in rows:
                 self._complete(conn, row["id"], Completion.failure(timeout_error(), "timeout"), now, done)
+                self._announce(conn, row["id"])
         if done:
             self.on_change(None)
             self._report(done)
         return [job_id for job_id, _ in done]
 
-    def recover(self) -> dict[str, list[str]]:
-        """After a restart: rerun the queue jobs that were running; fail what cannot be rerun.
+    def reclaim_expired(self, now: float | None = None) -> dict[str, list[str]]:
+        """The running jobs whose worker stopped renewing its lease (it died, or lost the database): each runs
+        again, unless it was cancelled or has already run `max_attempts` times (then it fails, as after a crash)."""
+        now = time.time() if now is None else now
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.is_postgres else ""
+        with self.db.transaction() as conn:
+            rows = conn.execute(
+                "SELECT id, kind, status, attempts, cancel_requested FROM jobs"
+                " WHERE status = ? AND lease_expires_at IS NOT NULL AND lease_expires_at < ?" + skip_locked,
+                (IN_PROGRESS, now),
+            ).fetchall()
+            report = self._recover_rows(conn, rows, now, "its worker stopped", sync_rerun=True)
+        self._after_recovery(report, "its worker stopped while this request was running; it runs again")
+        return {"requeued": report["requeued"], "failed": [job_id for job_id, _ in report["done"]]}
 
-        Sync jobs are failed (their caller's connection is gone), and so is a job that was running
-        during `max_attempts` stops: it may be what brought the server down.
-        """
-        requeued, done = [], []
+    def recover(self) -> dict[str, list[str]]:
+        """After a restart of the single server (SQLite): rerun the queue jobs that were running; fail what cannot
+        be rerun. Sync jobs are failed (their caller's connection is gone), and so is a job that was running
+        during `max_attempts` stops: it may be what brought the server down."""
         now = time.time()
         with self.db.transaction() as conn:
             rows = conn.execute(
                 "SELECT id, kind, status, attempts, cancel_requested FROM jobs WHERE status != ?", (COMPLETED,)
             ).fetchall()
-            for row in rows:
-                if row["kind"] == "sync":
-                    error = request_error(
-                        503, "the server restarted before this request finished", "runner_disconnected"
-                    )
-                    self._complete(conn, row["id"], Completion.failure(error), now, done)
-                elif row["status"] == IN_PROGRESS and row["cancel_requested"]:
-                    self._complete(conn, row["id"], Completion.failure(cancelled_error(), "cancelled"), now, done)
-                elif row["status"] == IN_PROGRESS and row["attempts"] >= self.max_attempts:
-                    error = request_error(
-                        503,
-                        f"the server stopped {row['attempts']} times while running this request",
-                        "runner_disconnected",
-                    )
-                    self._complete(conn, row["id"], Completion.failure(error), now, done)
-                elif row["status"] == IN_PROGRESS:
-                    conn.execute("UPDATE jobs SET status = ?, started_at = NULL WHERE id = ?", (IN_QUEUE, row["id"]))
-                    requeued.append(row["id"])
-        for job_id in requeued:
-            self.log(job_id, "the server restarted while this request was running; it runs again", "WARN")
-        self._report(done)
-        return {"requeued": requeued, "failed": [job_id for job_id, _ in done]}
+            report = self._recover_rows(conn, rows, now, "the server stopped", sync_rerun=False)
+        self._after_recovery(report, "the server restarted while this request was running; it runs again")
+        return {"requeued": report["requeued"], "failed": [job_id for job_id, _ in report["done"]]}
+
+    def _recover_rows(self, conn, rows, now: float, what: str, sync_rerun: bool) -> dict:
+        requeued, done = [], []
+        for row in rows:
+            if row["kind"] == "sync" and not sync_rerun:
+                error = request_error(503, "the server restarted before this request finished", "runner_disconnected")
+                self._complete(conn, row["id"], Completion.failure(error), now, done)
+            elif row["status"] == IN_PROGRESS and row["cancel_requested"]:
+                self._complete(conn, row["id"], Completion.failure(cancelled_error(), "cancelled"), now, done)
+            elif row["status"] == IN_PROGRESS and row["attempts"] >= self.max_attempts:
+                error = request_error(
+                    503, f"{what} {row['attempts']} times while running this request", "runner_disconnected"
+                )
+                self._complete(conn, row["id"], Completion.failure(error), now, done)
+            elif row["status"] == IN_PROGRESS:
+                conn.execute(
+                    "UPDATE jobs SET status = ?, started_at = NULL, worker_id = NULL, lease_expires_at = NULL"
+                    " WHERE id = ?",
+                    (IN_QUEUE, row["id"]),
+                )
+                requeued.append(row["id"])
+            else:
+                continue
+            self._announce(conn, row["id"])
+        return {"requeued": requeued, "done": done}
+
+    def _after_recovery(self, report: dict, message: str) -> None:
+        for job_id in report["requeued"]:
+            self.log(job_id, message, "WARN")
+        if report["requeued"] or report["done"]:
+            self.on_change(None)
+        self._report(report["done"])
+
+
+class OwnedJobs:
+    """The job store as one API key sees it: the jobs it submitted, and no other (fal answers 404 for another
+    account's request). Everything else is the store's."""
+
+    def __init__(self, jobs: JobStore, owner: str, sees_all: bool):
+        self._jobs = jobs
+        self.owner = owner
+        self.sees_all = sees_all
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._jobs, name)
+
+    def create(self, *args: Any, **kwargs: Any) -> Job:
+        return self._jobs.create(*args, owner=self.owner, **kwargs)
+
+    def get(self, job_id: str, with_input: bool = False) -> Job | None:
+        job = self._jobs.get(job_id, with_input)
+        if job is None or self.sees_all or job.owner == self.owner:
+            return job
+        return None

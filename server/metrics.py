@@ -7,7 +7,22 @@ job store when scraped.
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class WorkerInfo(Protocol):
+    """What the metrics show of a worker (server/fleet.py's WorkerInfo)."""
+
+    id: str
+    host: str
+    device: str
+    model_state: str
+    current_job: str | None
+    jobs_done: int
+    heartbeat_at: float
 
 OUTCOMES = ("ok", "invalid", "error", "cancelled", "timeout")
 
@@ -38,7 +53,9 @@ class Metrics:
         with self._lock:
             self.webhooks[outcome] = self.webhooks.get(outcome, 0) + 1
 
-    def render(self, queued: int, running: int, model_state: str) -> str:
+    def render(self, queued: int, running: int, model_state: str, workers: Sequence[WorkerInfo] = ()) -> str:
+        """`workers`: the live workers of the whole fleet (every process on the job database)."""
+        now = time.time()
         with self._lock:
             lines = [
                 "# HELP seedvr_queue_depth Requests waiting for the worker.",
@@ -69,5 +86,24 @@ class Metrics:
                     f'seedvr_webhook_deliveries_total{{outcome="{name}"}} {n}'
                     for name, n in sorted(self.webhooks.items())
                 ),
+                "# HELP seedvr_workers Live workers (a heartbeat within two leases), fleet-wide.",
+                "# TYPE seedvr_workers gauge",
+                f"seedvr_workers {len(workers)}",
+                "# HELP seedvr_worker_heartbeat_age_seconds Seconds since each live worker's last heartbeat.",
+                "# TYPE seedvr_worker_heartbeat_age_seconds gauge",
+                *(f"seedvr_worker_heartbeat_age_seconds{{{_labels(w)}}} {now - w.heartbeat_at:.3f}" for w in workers),
+                "# HELP seedvr_worker_busy 1 while the worker runs a job.",
+                "# TYPE seedvr_worker_busy gauge",
+                *(f"seedvr_worker_busy{{{_labels(w)}}} {int(w.current_job is not None)}" for w in workers),
+                "# HELP seedvr_worker_model_loaded 1 when the worker's model is loaded.",
+                "# TYPE seedvr_worker_model_loaded gauge",
+                *(f"seedvr_worker_model_loaded{{{_labels(w)}}} {int(w.model_state == 'ready')}" for w in workers),
+                "# HELP seedvr_worker_jobs_total Jobs each live worker finished.",
+                "# TYPE seedvr_worker_jobs_total counter",
+                *(f"seedvr_worker_jobs_total{{{_labels(w)}}} {w.jobs_done}" for w in workers),
             ]
         return "\n".join(lines) + "\n"
+
+
+def _labels(worker: WorkerInfo) -> str:
+    return f'worker="{worker.id}",host="{worker.host}",device="{worker.device}"'

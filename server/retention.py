@@ -4,19 +4,18 @@ fal keeps results for about an hour; a self-hosted server that kept everything w
 output images. A request is removed with its logs once it finished longer ago than the retention (not while a
 webhook for it is still being retried); its status and result then answer 404, as fal's do after expiry. A stored
 file (an output, an upload, an unfinished upload) is removed once it is older than the retention, unless a
-request that has not finished yet names it as its `image_url` or `video_url`.
+request that has not finished yet names it in an input URL (`image_url`, `video_url`, or a large data URI it
+sent, which the server keeps as a stored file).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 
 from seedvr_local.server.db import Database
-from seedvr_local.server.endpoint import input_url
 from seedvr_local.server.fetch import own_file_id
 from seedvr_local.server.storage import FileStore
 
@@ -51,18 +50,15 @@ class Retention:
             for table, column in (("job_logs", "job_id"), ("webhooks", "job_id"), ("jobs", "id")):
                 conn.executemany(f"DELETE FROM {table} WHERE {column} = ?", [(job_id,) for job_id in expired])
             in_use = self._files_named_by_unfinished_jobs(conn)
-            old_files = [
-                row["id"] for row in conn.execute("SELECT id FROM files WHERE created_at < ?", (cutoff,))
+            old_files = {
+                row["id"]: row["size"] or 0
+                for row in conn.execute("SELECT id, size FROM files WHERE created_at < ?", (cutoff,))
                 if row["id"] not in in_use
-            ]  # fmt: skip
+            }
             conn.executemany("DELETE FROM files WHERE id = ?", [(file_id,) for file_id in old_files])
-        freed = 0
-        for file_id in old_files:  # after the commit: a file is never listed without its bytes
-            path = self.files.root / file_id
-            if path.is_file():
-                freed += path.stat().st_size
-                path.unlink(missing_ok=True)
-            shutil.rmtree(self.files.root / "parts" / file_id, ignore_errors=True)
+        # after the commit: a file is never listed without its bytes (local directory or bucket alike)
+        self.files.delete(list(old_files))
+        freed = sum(old_files.values())
         if expired or old_files:
             log.info("retention: removed %d request(s) and %d file(s) (%s bytes)", len(expired), len(old_files), freed)
         return Sweep(len(expired), len(old_files), freed)
@@ -71,7 +67,8 @@ class Retention:
     def _files_named_by_unfinished_jobs(conn) -> set[str]:
         names = set()
         for row in conn.execute("SELECT input FROM jobs WHERE status != 'COMPLETED'"):
-            file_id = own_file_id(input_url(json.loads(row["input"])))
-            if file_id is not None:
-                names.add(file_id)
+            for name, value in json.loads(row["input"]).items():
+                file_id = own_file_id(value) if name.endswith("_url") and isinstance(value, str) else None
+                if file_id is not None:
+                    names.add(file_id)
         return names

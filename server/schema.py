@@ -44,7 +44,9 @@ def _any_case_prefix(prefixes: tuple[str, ...]) -> str:
 
 def _url_field(kind: str, example: str) -> Any:
     return Field(
-        description=f"The {kind} to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server.",
+        description=(
+            f"The {kind} to upscale: an http(s) URL, a data: URI, or the URL of a file uploaded to this server."
+        ),
         examples=[example],
         # Documented for clients and the contract fuzzer; enforced by `_check_url` with a plainer message.
         json_schema_extra={"pattern": _any_case_prefix(URL_SCHEMES)},

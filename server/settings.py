@@ -8,13 +8,29 @@ from pathlib import Path
 from seedvr_local.video.limits import DEFAULT_MAX_FRAMES
 
 DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
+#: The environment variables naming the job database and the file store when the flags do not.
+DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
+STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 
 @dataclass
 class ServerSettings:
     data_dir: Path = Path("seedvr-data")
-    #: Accepted `Authorization: Key <key>` values; empty means the server is open.
+    #: Accepted `Authorization: Key <key>` values; empty means the server is open. Each key sees only the
+    #: requests it submitted.
     api_keys: tuple[str, ...] = ()
+    #: Those of `api_keys` that see (and may cancel) every request.
+    admin_keys: tuple[str, ...] = ()
+    #: The job database: None for SQLite in the data dir, else a postgresql:// URL (server/db.py).
+    database_url: str | None = None
+    #: Where stored files' bytes live: None for `<data dir>/files`, else s3://bucket/prefix (server/blobs.py).
+    storage_url: str | None = None
+    #: The S3 endpoint for a store other than AWS (MinIO, R2, ...); credentials come from the AWS variables.
+    s3_endpoint_url: str | None = None
+    #: Output URLs: "server" (served through this server) or "presigned" (the bucket's, signed; S3 only).
+    storage_public_urls: str = "server"
+    #: How long a presigned output URL is valid.
+    presigned_url_ttl_s: int = 24 * 3600
     #: Lets image_url and webhooks reach loopback, private and link-local addresses.
     allow_private_urls: bool = False
     #: Base URL for the URLs the server hands out (behind a reverse proxy); default: from each request.
@@ -48,6 +64,10 @@ class ServerSettings:
 
     #: A job that was running when the server stopped this many times is failed instead of rerun.
     max_job_attempts: int = 2
+    #: False: this process serves the API only; workers in other processes (or hosts) run the jobs.
+    worker_in_process: bool = True
+    #: A claimed job's lease: a worker renews it every third of this; a job whose lease expired runs again.
+    lease_s: float = 30.0
     #: How long shutdown waits for the running job to reach a phase boundary.
     shutdown_grace_s: float = 10.0
     #: Seconds between SSE keep-alive comments.

@@ -1,4 +1,5 @@
-"""Files under `<data dir>/files`: client uploads and the upscaled outputs, served back by URL.
+"""Stored files: client uploads and the upscaled outputs, served back by URL. Their records are in the job
+database, their bytes under `<data dir>/files` or in an S3 bucket (server/blobs.py).
 
 A file's id is 128 random bits and its URL is the only way to it (no listing), the way fal's CDN
 URLs work. Uploads go to a separate secret upload URL, so knowing a file's URL does not let anyone
@@ -11,13 +12,15 @@ import hashlib
 import os
 import re
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from starlette.concurrency import run_in_threadpool
+
+from seedvr_local.server.blobs import Blobs, LocalBlobs
 from seedvr_local.server.db import Database
 
 #: File ids and upload tokens: what `secrets.token_urlsafe` makes, 16 to 64 characters.
@@ -60,11 +63,18 @@ def valid_id(value: str) -> bool:
 
 
 class FileStore:
-    def __init__(self, db: Database, root: Path, max_bytes: int):
+    """The files' records in the job database, their bytes in `blobs` (a local directory or an S3 bucket).
+
+    Uploads stream to a temporary file under `root/tmp` first (size limit, digest), then go to the blobs whole.
+    """
+
+    def __init__(self, db: Database, root: Path, max_bytes: int, blobs: Blobs | None = None, presign_s: int = 0):
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
-        (root / "parts").mkdir(parents=True, exist_ok=True)
+        self.blobs = blobs or LocalBlobs(root)
+        #: > 0: output URLs are presigned URLs of the bucket, valid this long (--storage-public-urls presigned)
+        self.presign_s = presign_s
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
     # --- lookups -------------------------------------------------------------------------------
@@ -81,15 +91,23 @@ class FileStore:
         row = self.db.query_one("SELECT * FROM files WHERE upload_token = ?", (token,))
         return self._from_row(row) if row else None
 
-    def path(self, stored: StoredFile) -> Path:
-        return self.root / stored.id
-
     def read(self, file_id: str) -> StoredFile | None:
         """The complete file with this id, or None."""
         stored = self.get(file_id)
-        if stored is None or stored.state != "complete" or not self.path(stored).is_file():
+        if stored is None or stored.state != "complete":
             return None
         return stored
+
+    def read_bytes(self, stored: StoredFile) -> bytes | None:
+        return self.blobs.get_bytes(stored.id)
+
+    def public_url(self, stored: StoredFile, base_url: str) -> str:
+        """The URL handed out for an output: this server's, or a presigned URL of the bucket."""
+        if self.presign_s:
+            presigned = self.blobs.presigned_url(stored.id, stored.name, stored.content_type, self.presign_s)
+            if presigned is not None:
+                return presigned
+        return stored.url(base_url)
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -111,9 +129,10 @@ class FileStore:
         return self.get(file_id), token
 
     def save(self, data: bytes, name: str, content_type: str) -> StoredFile:
-        """Store bytes produced by the server (an output image)."""
+        """Store bytes produced by the server (an output image, a decoded data URI)."""
         file_id = secrets.token_urlsafe(16)
-        self._write_atomically(self.root / file_id, [data])
+        content_type = _content_type(content_type)
+        self.blobs.put_file(file_id, self._write_tmp([data]), content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
             (file_id, safe_file_name(name), content_type, len(data), time.time()),
@@ -121,13 +140,13 @@ class FileStore:
         return self.get(file_id)
 
     def adopt(self, path: Path, name: str, content_type: str) -> StoredFile:
-        """Store a file the server wrote (an output video) by moving it in: `path` must be on the same file
-        system, e.g. under `tmp_dir`."""
+        """Store a file the server wrote (an output video) by moving it in: `path` must be under `tmp_dir` (the
+        local store moves it, a bucket uploads it)."""
         file_id = secrets.token_urlsafe(16)
         with open(path, "rb") as written:  # on disk before the database names it, as `save` does
             os.fsync(written.fileno())
         size = path.stat().st_size
-        os.replace(path, self.root / file_id)
+        self.blobs.put_file(file_id, path, content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
             (file_id, safe_file_name(name), content_type, size, time.time()),
@@ -143,60 +162,79 @@ class FileStore:
         self, stored: StoredFile, chunks: AsyncIterator[bytes], content_type: str | None = None
     ) -> StoredFile:
         """The body of a single-part upload: the whole file, replacing what an earlier try sent."""
-        size = await self._stream_to(self.root / stored.id, chunks)
+        tmp, size = await self._stream_to_tmp(chunks)
+        content_type = _content_type(content_type) if content_type else stored.content_type
+        await run_in_threadpool(self._store_upload, stored.id, tmp, content_type, size)
+        return await run_in_threadpool(self.get, stored.id)
+
+    def _store_upload(self, file_id: str, tmp: Path, content_type: str, size: int) -> None:
+        try:
+            self.blobs.put_file(file_id, tmp, content_type)
+        finally:
+            tmp.unlink(missing_ok=True)
         self.db.execute(
             "UPDATE files SET size = ?, state = 'complete', content_type = ? WHERE id = ?",
-            (size, _content_type(content_type) if content_type else stored.content_type, stored.id),
+            (size, content_type, file_id),
         )
-        return self.get(stored.id)
 
     async def receive_part(self, stored: StoredFile, number: int, chunks: AsyncIterator[bytes]) -> str:
         """One part of a multipart upload; returns its ETag (quoted, like S3's)."""
         if not 1 <= number <= MAX_PARTS:
             raise StorageError(400, f"part number must be between 1 and {MAX_PARTS}, got {number}")
-        parts = self.root / "parts" / stored.id
-        parts.mkdir(exist_ok=True)
-        already = sum(p.stat().st_size for p in parts.iterdir() if p.name != str(number))
+        key = _part_key(stored.id, number)
+        sizes = await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))
+        already = sum(size for part, size in sizes.items() if part != key)
         digest = hashlib.sha256()
-        await self._stream_to(parts / str(number), chunks, digest, budget=self.max_bytes - already)
-        return f'"{digest.hexdigest()[:32]}"'
+        tmp, _ = await self._stream_to_tmp(chunks, digest, budget=self.max_bytes - already)
+        etag = digest.hexdigest()[:32]
+        try:
+            await run_in_threadpool(self.blobs.put_file, key, tmp, "application/octet-stream", {"etag": etag})
+        finally:
+            tmp.unlink(missing_ok=True)
+        return f'"{etag}"'
 
     def complete_multipart(self, stored: StoredFile, parts: list[tuple[int, str | None]]) -> StoredFile:
         """Join the listed parts in part-number order; an ETag given must match the part's."""
         if not parts:
             raise StorageError(400, "complete needs the list of uploaded parts")
-        folder = self.root / "parts" / stored.id
         ordered = sorted(set(parts))
-        files = []
         for number, etag in ordered:
-            path = folder / str(number)
-            if not path.is_file():
+            metadata = self.blobs.metadata(_part_key(stored.id, number))
+            if metadata is None:
                 raise StorageError(400, f"part {number} was not uploaded")
-            if etag is not None and etag.strip('"') != hashlib.sha256(path.read_bytes()).hexdigest()[:32]:
+            if etag is not None and etag.strip('"') != metadata.get("etag"):
                 raise StorageError(400, f"part {number}: etag {etag} does not match the uploaded data")
-            files.append(path)
-        target = self.root / stored.id
         tmp = self.root / "tmp" / f"{stored.id}.{secrets.token_hex(4)}"
-        with open(tmp, "wb") as out:
-            for path in files:
-                with open(path, "rb") as part:
-                    shutil.copyfileobj(part, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-        shutil.rmtree(folder, ignore_errors=True)
-        self.db.execute(
-            "UPDATE files SET size = ?, state = 'complete' WHERE id = ?", (target.stat().st_size, stored.id)
-        )
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                for number, _ in ordered:
+                    for chunk in self.blobs.iter_bytes(_part_key(stored.id, number)) or ():
+                        out.write(chunk)
+                        size += len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self.blobs.put_file(stored.id, tmp, stored.content_type)
+        finally:
+            tmp.unlink(missing_ok=True)
+        self.blobs.delete(list(self.blobs.sizes(_parts_prefix(stored.id))))
+        self.db.execute("UPDATE files SET size = ?, state = 'complete' WHERE id = ?", (size, stored.id))
         return self.get(stored.id)
+
+    def delete(self, file_ids: list[str]) -> None:
+        """The bytes of these files, and the parts of their unfinished uploads (their records are the caller's)."""
+        keys = list(file_ids)
+        for file_id in file_ids:
+            keys += list(self.blobs.sizes(_parts_prefix(file_id)))
+        self.blobs.delete(keys)
 
     # --- helpers -------------------------------------------------------------------------------
 
-    async def _stream_to(
-        self, target: Path, chunks: AsyncIterator[bytes], digest=None, budget: int | None = None
-    ) -> int:
+    async def _stream_to_tmp(
+        self, chunks: AsyncIterator[bytes], digest=None, budget: int | None = None
+    ) -> tuple[Path, int]:
         budget = self.max_bytes if budget is None else budget
-        tmp = self.root / "tmp" / f"{target.name}.{secrets.token_hex(4)}"
+        tmp = self.root / "tmp" / secrets.token_hex(12)
         size = 0
         try:
             with open(tmp, "wb") as out:
@@ -209,19 +247,19 @@ class FileStore:
                         digest.update(chunk)
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, target)
-        finally:
+        except BaseException:
             tmp.unlink(missing_ok=True)
-        return size
+            raise
+        return tmp, size
 
-    def _write_atomically(self, target: Path, chunks: list[bytes]) -> None:
-        tmp = self.root / "tmp" / f"{target.name}.{secrets.token_hex(4)}"
+    def _write_tmp(self, chunks: list[bytes]) -> Path:
+        tmp = self.root / "tmp" / secrets.token_hex(12)
         with open(tmp, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, target)
+        return tmp
 
     @staticmethod
     def _from_row(row) -> StoredFile:
@@ -233,6 +271,14 @@ class FileStore:
             state=row["state"],
             multipart=bool(row["multipart"]),
         )
+
+
+def _parts_prefix(file_id: str) -> str:
+    return f"parts/{file_id}/"
+
+
+def _part_key(file_id: str, number: int) -> str:
+    return f"parts/{file_id}/{number}"
 
 
 def _content_type(value: str | None) -> str:

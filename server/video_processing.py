@@ -135,7 +135,8 @@ class VideoJobRunner:
                 encoded = base64.b64encode(output_file.read_bytes()).decode("ascii")
                 url = f"data:{result.content_type};base64,{encoded}"
             else:
-                url = self.files.adopt(output_file, file_name, result.content_type).url(job.base_url)
+                stored = self.files.adopt(output_file, file_name, result.content_type)
+                url = self.files.public_url(stored, job.base_url)
             phases.stop()
         finally:
             source_file.unlink(missing_ok=True)

@@ -25,10 +25,22 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": NotReady, "description": "the model is loading or failed to load"}})
-async def readyz(state: StateDep) -> JSONResponse:
+@router.get(
+    "/readyz",
+    responses={503: {"model": NotReady, "description": "the model is loading or failed to load, or no worker is live"}},
+)
+def readyz(state: StateDep) -> JSONResponse:
     """200 once the model is loaded (with the model's `notice`, if it has one); 503 while it loads or when it
-    failed to."""
+    failed to. An API-only server (its workers in other processes) is ready while at least one worker with its
+    model loaded has a fresh heartbeat."""
+    if not state.settings.worker_in_process:
+        workers = state.registry.live(fresh_s=2 * state.settings.lease_s)
+        ready = [worker for worker in workers if worker.model_state == "ready"]
+        if ready:
+            return JSONResponse({"status": "ready", "model": f"{len(ready)} worker(s)", "workers": len(ready)})
+        status = "failed" if workers and all(w.model_state == "failed" for w in workers) else "loading"
+        detail = "every live worker failed to load its model" if status == "failed" else "no worker is ready yet"
+        return JSONResponse({"detail": detail, "status": status}, 503)
     engines = state.engines
     if engines.state == "ready":
         notice = {"notice": engines.notice} if engines.notice else {}
@@ -39,7 +51,10 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(state: StateDep) -> PlainTextResponse:
+def metrics(state: StateDep) -> PlainTextResponse:
+    """Prometheus metrics: this process's counters, and the queue and workers of the whole job database (a plain
+    `def`: FastAPI runs it in its thread pool, so the database reads never hold the event loop)."""
     counts = state.jobs.counts()
-    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], state.engines.state)
+    workers = state.registry.live(fresh_s=2 * state.settings.lease_s)
+    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], state.engines.state, workers)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

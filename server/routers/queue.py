@@ -13,6 +13,7 @@ from typing import Annotated, NamedTuple, Union
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from seedvr_local.server.auth import require_key
 from seedvr_local.server.endpoint import APP_ID, ENDPOINTS, Endpoint, request_urls
@@ -80,14 +81,17 @@ def _submit_route(endpoint: Endpoint):
         if fal_webhook is not None:
             await _check_webhook(state, fal_webhook)
         data = await read_input(request, state, endpoint)
-        job = state.jobs.create("queue", data, state.base_url(request), priority, fal_webhook, deadline)
+        job = await run_in_threadpool(
+            state.jobs.create, "queue", data, state.base_url(request), priority, fal_webhook, deadline
+        )
         state.worker.wake()
+        position = await run_in_threadpool(state.jobs.queue_position, job) if job.status == IN_QUEUE else 0
         body = {
             "status": IN_QUEUE,
             "request_id": job.id,
             "gateway_request_id": job.id,
             **request_urls(job.base_url, job.id),
-            "queue_position": state.jobs.queue_position(job) if job.status == IN_QUEUE else 0,
+            "queue_position": position,
         }
         return JSONResponse(body, headers={"x-fal-request-id": job.id})
 
@@ -139,7 +143,7 @@ class EventStreamResponse(StreamingResponse):
 LogsQuery = Annotated[str | None, Query(description="1 or true to include the request's logs")]
 
 
-async def status(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> JSONResponse:
+def status(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> JSONResponse:
     """IN_QUEUE (202), IN_PROGRESS (202) or COMPLETED (200)."""
     job = find_job(state, request_id)
     body = status_body(state, job, truthy(logs))
@@ -148,7 +152,7 @@ async def status(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = N
 
 async def status_stream(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> EventStreamResponse:
     """Server-sent events: one `data:` status per change, closed after COMPLETED."""
-    job = find_job(state, request_id)
+    job = await run_in_threadpool(find_job, state, request_id)
     headers = {"x-fal-request-id": job.id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return EventStreamResponse(_events(state, job.id, truthy(logs)), headers=headers)
 
@@ -158,11 +162,14 @@ async def _events(state: ServerState, request_id: str, with_logs: bool) -> Async
     last_log, last_sent = 0, None
     with state.notifier.subscribe(request_id) as changes:
         while True:
-            job = state.jobs.get(request_id)
-            new_logs = state.jobs.logs(request_id, after=last_log) if with_logs and job.status != IN_QUEUE else []
+            job = await run_in_threadpool(state.jobs.get, request_id)
+            if with_logs and job.status != IN_QUEUE:
+                new_logs = await run_in_threadpool(state.jobs.logs, request_id, last_log)
+            else:
+                new_logs = []
             if new_logs:
                 last_log = new_logs[-1].seq
-            body = status_body(state, job, with_logs, new_logs)
+            body = await run_in_threadpool(status_body, state, job, with_logs, new_logs)
             fingerprint = {key: value for key, value in body.items() if key != "logs"}
             if new_logs or fingerprint != last_sent:
                 last_sent = fingerprint
@@ -173,7 +180,7 @@ async def _events(state: ServerState, request_id: str, with_logs: bool) -> Async
                 yield ": keep-alive\n\n"
 
 
-async def result(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
+def result(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """The output (200), or the request's error with its own status and body (e.g. 422)."""
     job = find_job(state, request_id)
     if job.status != COMPLETED:
@@ -181,7 +188,7 @@ async def result(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     return result_response(job)
 
 
-async def cancel(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
+def cancel(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """202 CANCELLATION_REQUESTED (queued: never runs; running: stops at the next phase), 400 ALREADY_COMPLETED, 404."""
     job = lookup_job(state, request_id)
     outcome = state.jobs.request_cancel(job.id) if job is not None else "NOT_FOUND"

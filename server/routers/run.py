@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from seedvr_local.server.auth import require_key
 from seedvr_local.server.endpoint import ENDPOINTS, Endpoint
@@ -44,7 +45,9 @@ def _run_route(endpoint: Endpoint):
         priority = parse_priority(x_fal_queue_priority)
         deadline = parse_start_deadline(x_fal_request_timeout)
         data = await read_input(request, state, endpoint)
-        job = state.jobs.create("sync", data, state.base_url(request), priority, start_deadline=deadline)
+        job = await run_in_threadpool(
+            state.jobs.create, "sync", data, state.base_url(request), priority, start_deadline=deadline
+        )
         state.worker.wake()
         done = await _wait(state, job, request)
         if done is None:  # the client has gone; nobody reads this
@@ -58,11 +61,11 @@ def _run_route(endpoint: Endpoint):
 async def _wait(state: ServerState, job: Job, request: Request) -> Job | None:
     with state.notifier.subscribe(job.id) as changes:
         while True:
-            current = state.jobs.get(job.id)
+            current = await run_in_threadpool(state.jobs.get, job.id)
             if current.status == COMPLETED:
                 return current
             if await request.is_disconnected():
-                state.jobs.request_cancel(job.id)
+                await run_in_threadpool(state.jobs.request_cancel, job.id)
                 return None
             await changes.wait(1.0)
 

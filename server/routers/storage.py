@@ -9,11 +9,13 @@ JS (`fal.storage.upload`): POST /storage/upload/initiate -> PUT the bytes to the
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from seedvr_local.server.auth import require_key, require_upload_auth
@@ -121,7 +123,7 @@ class UploadTarget(BaseModel):
 async def initiate(request: Request, state: StateDep) -> JSONResponse:
     """Reserve a file; PUT its bytes to `upload_url`, then use `file_url` as an image_url."""
     spec = await _initiate_body(request)
-    stored, token = state.files.new_upload(spec.file_name, spec.content_type)
+    stored, token = await run_in_threadpool(state.files.new_upload, spec.file_name, spec.content_type)
     base = state.base_url(request)
     return JSONResponse({"upload_url": f"{base}/storage/upload/{token}", "file_url": stored.url(base)})
 
@@ -135,7 +137,7 @@ async def initiate(request: Request, state: StateDep) -> JSONResponse:
 )
 async def initiate_multipart(request: Request, state: StateDep) -> JSONResponse:
     spec = await _initiate_body(request)
-    stored, token = state.files.new_upload(spec.file_name, spec.content_type, multipart=True)
+    stored, token = await run_in_threadpool(state.files.new_upload, spec.file_name, spec.content_type, True)
     base = state.base_url(request)
     return JSONResponse({"upload_url": f"{base}/storage/multipart/{token}", "file_url": stored.url(base)})
 
@@ -148,7 +150,7 @@ async def initiate_multipart(request: Request, state: StateDep) -> JSONResponse:
 )
 async def upload(token: Token, request: Request, state: StateDep) -> JSONResponse:
     """The bytes of a single-part upload (the secret token is the authorisation)."""
-    stored = _by_token(state, token, multipart=False)
+    stored = await run_in_threadpool(_by_token, state, token, False)
     stored = await _receive(state, stored, request)
     return JSONResponse({"file_url": stored.url(state.base_url(request)), "size": stored.size})
 
@@ -161,7 +163,7 @@ async def upload(token: Token, request: Request, state: StateDep) -> JSONRespons
 )
 async def upload_part(token: Token, part: PartNumber, request: Request, state: StateDep) -> JSONResponse:
     """One part; the JS client reads partNumber and etag from this JSON body."""
-    stored = _by_token(state, token, multipart=True)
+    stored = await run_in_threadpool(_by_token, state, token, True)
     etag = await _receive_part(state, stored, part, request)
     return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
 
@@ -173,8 +175,8 @@ async def upload_part(token: Token, part: PartNumber, request: Request, state: S
     openapi_extra=_json_body(_COMPLETE_SCHEMA, required=True),
 )
 async def complete_multipart(token: Token, request: Request, state: StateDep) -> JSONResponse:
-    stored = _by_token(state, token, multipart=True)
-    stored = _complete(state, stored, await _json(request))
+    stored = await run_in_threadpool(_by_token, state, token, True)
+    stored = await run_in_threadpool(_complete, state, stored, await _json(request))
     return JSONResponse({"file_url": stored.url(state.base_url(request))})
 
 
@@ -198,7 +200,9 @@ async def upload_token(request: Request, state: StateDep) -> JSONResponse:
 )
 async def files_upload(request: Request, state: StateDep) -> JSONResponse:
     """Raw bytes in the body, the name in X-Fal-File-Name; answers the file's `access_url`."""
-    stored, _ = state.files.new_upload(request.headers.get("x-fal-file-name"), request.headers.get("content-type"))
+    stored, _ = await run_in_threadpool(
+        state.files.new_upload, request.headers.get("x-fal-file-name"), request.headers.get("content-type")
+    )
     stored = await _receive(state, stored, request)
     return JSONResponse({"access_url": stored.url(state.base_url(request))})
 
@@ -210,8 +214,8 @@ async def files_upload(request: Request, state: StateDep) -> JSONResponse:
     responses=error_responses(401),
 )
 async def files_upload_multipart(request: Request, state: StateDep) -> JSONResponse:
-    stored, token = state.files.new_upload(
-        request.headers.get("x-fal-file-name"), request.headers.get("content-type"), multipart=True
+    stored, token = await run_in_threadpool(
+        state.files.new_upload, request.headers.get("x-fal-file-name"), request.headers.get("content-type"), True
     )
     return JSONResponse({"access_url": stored.url(state.base_url(request)), "uploadId": token})
 
@@ -226,7 +230,7 @@ async def files_upload_part(
     file_id: FileId, name: str, token: Token, part: PartNumber, request: Request, state: StateDep
 ) -> Response:
     """The Python client reads the part's ETag from the response header."""
-    stored = _by_token(state, token, multipart=True, file_id=file_id)
+    stored = await run_in_threadpool(_by_token, state, token, True, file_id)
     etag = await _receive_part(state, stored, part, request)
     return JSONResponse({"partNumber": part, "etag": etag}, headers={"ETag": etag})
 
@@ -238,17 +242,17 @@ async def files_upload_part(
     openapi_extra=_json_body(_COMPLETE_SCHEMA, required=True),
 )
 async def files_complete(file_id: FileId, name: str, token: Token, request: Request, state: StateDep) -> JSONResponse:
-    stored = _by_token(state, token, multipart=True, file_id=file_id)
-    stored = _complete(state, stored, await _json(request))
+    stored = await run_in_threadpool(_by_token, state, token, True, file_id)
+    stored = await run_in_threadpool(_complete, state, stored, await _json(request))
     return JSONResponse({"access_url": stored.url(state.base_url(request))})
 
 
 # --- serving ---------------------------------------------------------------------------------------
 
 
-async def get_file(file_id: FileId, state: StateDep, name: str | None = None) -> FileResponse:
+async def get_file(file_id: FileId, request: Request, state: StateDep, name: str | None = None) -> Response:
     """A stored file (upload or output), by its unguessable URL; no key needed."""
-    stored = state.files.read(file_id)
+    stored = await run_in_threadpool(state.files.read, file_id)
     if stored is None:
         raise FalError(404, "File not found")
     headers = {
@@ -257,13 +261,22 @@ async def get_file(file_id: FileId, state: StateDep, name: str | None = None) ->
         # uploads can be anything: never let one run as a page of this origin
         "Content-Security-Policy": "sandbox; default-src 'none'",
     }
-    return FileResponse(
-        state.files.path(stored),
-        media_type=_served_type(stored.content_type),
-        headers=headers,
-        filename=stored.name,
-        content_disposition_type="inline",
-    )
+    media_type = _served_type(stored.content_type)
+    path = state.files.blobs.local_path(stored.id)
+    if path is not None:
+        return FileResponse(
+            path, media_type=media_type, headers=headers, filename=stored.name, content_disposition_type="inline"
+        )
+    # in the bucket: relayed through this server, so its URL works without access to the bucket
+    headers["Content-Disposition"] = f"inline; filename*=utf-8''{quote(stored.name)}"
+    if stored.size is not None:
+        headers["Content-Length"] = str(stored.size)
+    if request.method == "HEAD":
+        return Response(headers=headers, media_type=media_type)
+    chunks = await run_in_threadpool(state.files.blobs.iter_bytes, stored.id)
+    if chunks is None:
+        raise FalError(404, "File not found")
+    return StreamingResponse(iterate_in_threadpool(chunks), headers=headers, media_type=media_type)
 
 
 _FILE_RESPONSES = {

@@ -23,6 +23,9 @@ from seedvr_local.options import UpscaleOptions
 from seedvr_local.server import ServerSettings, create_app
 from seedvr_local.server.netguard import NetGuard
 
+#: The file stores the storage tests run on (the `file_store` fixture of conftest.py).
+FILE_STORES = ("local", "s3")
+
 ENGINE_PHASES = ("resize", "encode", "dit", "vae_decode", "color_fix", "finish")
 
 

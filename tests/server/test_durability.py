@@ -36,7 +36,8 @@ def test_graceful_restart_requeues_the_running_job_and_keeps_the_queue(settings)
     assert all("error" not in status for status in statuses)
 
 
-def test_crash_with_jobs_queued_and_running(tmp_path, settings):
+@pytest.mark.parametrize("store", ["sqlite"])  # on PostgreSQL a dead worker's job comes back by its lease
+def test_crash_with_jobs_queued_and_running(tmp_path, settings, store):
     """A crash is simulated by copying the data dir while a job runs: that is what the disk holds
     if the process dies at that moment."""
     gated = FakeEngine(gate=threading.Event())
@@ -98,7 +99,7 @@ def test_accepted_job_is_on_disk_before_the_response(settings):
     gated = FakeEngine(gate=threading.Event())
     with TestClient(create_app(settings, lambda: gated)) as client:
         request_id = _submit(client)
-        other = Database(settings.database_path)  # another process's view of the file
+        other = Database(settings.database_url or settings.database_path)  # another process's view
         row = other.query_one("SELECT status FROM jobs WHERE id = ?", (request_id,))
         other.close()
         gated.gate.set()
@@ -106,7 +107,8 @@ def test_accepted_job_is_on_disk_before_the_response(settings):
     assert row is not None
 
 
-def test_one_server_per_data_dir(settings, tiny_bundle, capsys, monkeypatch):
+@pytest.mark.parametrize("store", ["sqlite"])  # PostgreSQL is shared by design
+def test_one_server_per_data_dir(settings, tiny_bundle, capsys, monkeypatch, store):
     import uvicorn
 
     from seedvr_local.cli import main

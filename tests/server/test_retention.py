@@ -5,9 +5,14 @@ from __future__ import annotations
 import time
 from urllib.parse import urlsplit
 
-from tests.server.helpers import LocalHTTP, data_uri, png_bytes, wait_status
+import pytest
+
+from tests.server.helpers import FILE_STORES, LocalHTTP, data_uri, png_bytes, wait_status
 
 SUBMIT = "/queue/fal-ai/seedvr/upscale/image"
+#: Retention deletes from either file store.
+pytestmark = pytest.mark.parametrize("file_store", FILE_STORES)
+
 REQUESTS = "/queue/fal-ai/seedvr/requests"
 DAY = 24 * 3600.0
 
@@ -36,9 +41,8 @@ def test_expired_requests_and_files_are_deleted(client, settings):
     wait_status(client, request_id)
     output_url = client.get(f"{REQUESTS}/{request_id}").json()["image"]["url"]
     upload_url = _upload(client)
-    files = settings.files_dir
-    stored = {p.name for p in files.iterdir() if p.is_file()}
-    assert len(stored) == 2  # the output and the upload
+    blobs = client.app.state.server.files.blobs
+    assert len(blobs.sizes("")) == 2  # the output and the upload
 
     assert _sweep(client, after=DAY - 60).jobs == 0  # not yet
     assert client.get(f"{REQUESTS}/{request_id}/status").status_code == 200
@@ -49,7 +53,7 @@ def test_expired_requests_and_files_are_deleted(client, settings):
     assert client.get(f"{REQUESTS}/{request_id}").status_code == 404
     for url in (output_url, upload_url):
         assert client.get(urlsplit(url).path).status_code == 404
-    assert not any(p.is_file() for p in files.iterdir())
+    assert not blobs.sizes("")  # gone from the directory or the bucket
     db = client.app.state.server.db
     assert db.query_one("SELECT COUNT(*) FROM job_logs WHERE job_id = ?", (request_id,))[0] == 0
 

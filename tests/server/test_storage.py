@@ -7,7 +7,10 @@ import io
 import pytest
 from PIL import Image
 
-from tests.server.helpers import png_bytes, wait_status
+from tests.server.helpers import FILE_STORES, png_bytes, wait_status
+
+#: Every upload flow against both file stores (the job store is parametrized by the fixtures).
+pytestmark = pytest.mark.parametrize("file_store", FILE_STORES)
 
 
 def _path(url: str) -> str:

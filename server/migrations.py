@@ -1,0 +1,147 @@
+"""The database schema, as numbered migrations applied in order (both engines), recorded in `schema_migrations`.
+
+A migration is never edited once released: a change of schema is a new migration at the end. Processes that
+start together (an API and its workers) migrate one at a time: PostgreSQL takes an advisory lock for the
+migration's transaction, SQLite's BEGIN IMMEDIATE holds the file.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+# server/db.py's Connection and Database (not imported: the database module runs these migrations)
+Connection = Database = Any
+
+#: A constant key for pg_advisory_xact_lock: "seedvr" in ASCII.
+_MIGRATION_LOCK = 0x736565647672
+
+
+def _types(db: Database) -> dict[str, str]:
+    """Column types that differ: PostgreSQL's REAL is 4 bytes, too coarse for timestamps in seconds."""
+    if db.is_postgres:
+        return {"serial": "BIGSERIAL PRIMARY KEY", "float": "DOUBLE PRECISION"}
+    return {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "float": "REAL"}
+
+
+def _initial(conn: Connection, db: Database) -> None:
+    """The schema of the first release (on SQLite it may exist already: then it is left as it is)."""
+    statements = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq              {serial},                           -- arrival order
+    id               TEXT NOT NULL UNIQUE,
+    kind             TEXT NOT NULL,                      -- 'queue' or 'sync'
+    priority         INTEGER NOT NULL,                   -- 0 normal, 1 low
+    status           TEXT NOT NULL,                      -- IN_QUEUE, IN_PROGRESS, COMPLETED
+    input            TEXT NOT NULL,                      -- the validated input, JSON
+    base_url         TEXT NOT NULL,                      -- for the URLs of the outputs
+    webhook_url      TEXT,
+    created_at       {float} NOT NULL,
+    started_at       {float},
+    finished_at      {float},
+    start_deadline   {float},                            -- from x-fal-request-timeout
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    outcome          TEXT,                               -- ok, invalid, error, cancelled, timeout
+    response_status  INTEGER,
+    response_body    TEXT,
+    response_headers TEXT,
+    error            TEXT,
+    error_type       TEXT,
+    inference_time   {float}
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (status, priority, seq);
+CREATE TABLE IF NOT EXISTS job_logs (
+    seq       {serial},
+    job_id    TEXT NOT NULL,
+    timestamp TEXT NOT NULL,
+    level     TEXT NOT NULL,
+    message   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS job_logs_job ON job_logs (job_id, seq);
+CREATE TABLE IF NOT EXISTS webhooks (
+    id           {serial},
+    job_id       TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    body         TEXT NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt {float} NOT NULL,
+    state        TEXT NOT NULL,                          -- pending, delivered, failed
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (state, next_attempt);
+CREATE TABLE IF NOT EXISTS files (
+    id           TEXT PRIMARY KEY,                       -- unguessable: the URL is the capability
+    name         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    size         INTEGER,
+    state        TEXT NOT NULL,                          -- pending (upload handed out) or complete
+    upload_token TEXT UNIQUE,                            -- secret of the upload URL, separate from the id
+    multipart    INTEGER NOT NULL DEFAULT 0,
+    created_at   {float} NOT NULL
+)
+"""
+    _run(conn, statements.format(**_types(db)))
+
+
+def _fleet(conn: Connection, db: Database) -> None:
+    """Several workers on one database: leases on claimed jobs, the workers' heartbeats, per-key owners."""
+    statements = """
+ALTER TABLE jobs ADD COLUMN owner TEXT;                      -- a digest of the API key that submitted it
+ALTER TABLE jobs ADD COLUMN worker_id TEXT;                  -- who holds the claim
+ALTER TABLE jobs ADD COLUMN lease_expires_at {float};        -- a claim not renewed by then is given up
+CREATE INDEX jobs_leases ON jobs (status, lease_expires_at);
+CREATE TABLE workers (
+    id            TEXT PRIMARY KEY,
+    host          TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    device        TEXT NOT NULL,
+    model_state   TEXT NOT NULL,                             -- loading, ready, failed
+    current_job   TEXT,
+    jobs_done     INTEGER NOT NULL DEFAULT 0,
+    started_at    {float} NOT NULL,
+    heartbeat_at  {float} NOT NULL,
+    stopped_at    {float}
+)
+"""
+    _run(conn, statements.format(**_types(db)))
+
+
+def _run(conn: Connection, script: str) -> None:
+    for statement in script.split(";"):
+        lines = [line.split("--")[0].rstrip() for line in statement.strip().splitlines()]
+        text = "\n".join(line for line in lines if line)
+        if text:
+            conn.execute(text)
+
+
+#: (version, what it does, apply). Append only.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
+    (1, "jobs, logs, webhooks, files", _initial),
+    (2, "leases, worker heartbeats, owners", _fleet),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def migrate(db: Database) -> int:
+    """Bring the schema up to LATEST; returns it. RuntimeError for a database written by a newer release."""
+    types = _types(db)
+    with db.transaction() as conn:
+        if db.is_postgres:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            f" (version INTEGER PRIMARY KEY, applied_at {types['float']} NOT NULL)"
+        )
+        applied = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+        newest = max(applied, default=0)
+        if newest > LATEST:
+            raise RuntimeError(f"the database at {db.where} was written by a newer seedvr-local (schema {newest})")
+        for version, _what, apply in MIGRATIONS:
+            if version not in applied:
+                apply(conn, db)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)", (version, time.time())
+                )
+    return LATEST

@@ -1,0 +1,292 @@
+"""`seedvr-local worker` and `serve --devices`: job workers in processes of their own, one per device; and the
+checks and the model factory `serve` shares with them. Torch-free at import (the flags build `--help`).
+
+A worker process has no HTTP server: it claims jobs from the shared job database (server/jobs.py), reads inputs
+and writes outputs through the file store, and stops on SIGTERM after the current phase (its job goes back to
+the queue). Its model loads before it claims anything; a worker whose model cannot load claims no job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+
+from pathlib import Path
+
+from seedvr_local.model_home import TINY_MODEL, find_installed_weights
+from seedvr_local.server.settings import DATABASE_URL_ENV, STORAGE_URL_ENV, ServerSettings
+
+log = logging.getLogger("seedvr_local.server")
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
+    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's)."""
+    parser.add_argument(
+        "--devices",
+        required=True,
+        metavar="cpu|cuda:0,cuda:1|all",
+        help="one worker process per device; all: every CUDA device (else the CPU)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help=f"the job database the API uses (also {DATABASE_URL_ENV}; default: SQLite in --data-dir)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("seedvr-data"),
+        help="the API's data dir: its SQLite database and files when no URLs are given",
+    )
+    parser.add_argument(
+        "--storage-url",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help=f"the API's S3 file store (also {STORAGE_URL_ENV})",
+    )
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL")
+    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server")
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="let image_url reach loopback, private and link-local addresses",
+    )
+    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
+    parser.add_argument("--max-output-pixels", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=ServerSettings.lease_s,
+        help="a claimed job runs again elsewhere when its worker is silent this long (default 30)",
+    )
+
+
+def worker_settings(args: argparse.Namespace) -> ServerSettings:
+    if not args.lease_seconds >= 1:
+        raise ValueError(f"--lease-seconds must be at least 1, got {args.lease_seconds:g}")
+    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
+    if args.storage_public_urls == "presigned" and storage_url is None:
+        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+    return ServerSettings(
+        data_dir=args.data_dir.expanduser(),
+        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
+        storage_url=storage_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        storage_public_urls=args.storage_public_urls,
+        allow_private_urls=args.allow_private_urls,
+        max_input_pixels=args.max_input_pixels,
+        max_output_pixels=args.max_output_pixels,
+        lease_s=args.lease_seconds,
+    )
+
+
+def engine_for(args: argparse.Namespace, device_name: str | None):
+    """(factory, description) of the model the flags name, on `device_name`; every check that can fail (weights,
+    device, kernels, dtype) runs here, in one line, before anything loads."""
+    # None for the tiny model, built in memory. No weights for `--model 3b`: said before anything loads.
+    weights_dir = (
+        None
+        if args.model == TINY_MODEL
+        else args.weights_dir.expanduser()
+        if args.weights_dir
+        else find_installed_weights(args.model)
+    )
+    from seedvr_local import kernels
+    from seedvr_local.compilation import compile_pipeline
+    from seedvr_local.devices import resolve_device, resolve_dtype
+    from seedvr_local.upscaler import Upscaler
+    from seedvr_local.weights.bundle import inspect_weights_dir
+    from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
+
+    # A missing or incomplete directory fails here, in one line.
+    info = inspect_weights_dir(weights_dir) if weights_dir is not None else None
+    device = resolve_device(device_name)
+    kernels.backend.resolve(args.kernels, device)  # a forced backend this machine cannot run fails here, in one line
+    resolve_dtype(args.dtype, device)  # bf16 on a GPU without it fails here, in one line
+    warm_up_sizes = getattr(args, "warm_up_sizes", ())
+
+    def load() -> Upscaler:
+        upscaler = (
+            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels)
+            if weights_dir is None
+            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels)
+        )
+        # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
+        # compiling: compiled graphs are per size, and no request has the warm-up's.
+        log.info("warmed up in %.1f s", upscaler.warm_up())
+        if args.compile:
+            compile_pipeline(upscaler.pipeline)
+        if warm_up_sizes:
+            sizes = ", ".join(f"{w}x{h}" for w, h in warm_up_sizes)
+            log.info("ran %s in %.1f s", sizes, upscaler.warm_up(warm_up_sizes))
+        return upscaler
+
+    if info is None:
+        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
+    description = (
+        f"tiny test model on {device} ({RANDOM_WEIGHTS_NOTICE})"
+        if info is None
+        else f"SeedVR2 {info.variant.upper()} from {weights_dir} on {device}"
+    )
+    return load, description
+
+
+def check_stores(settings: ServerSettings, server: bool) -> None:
+    """The database, the data dir (SQLite: one server) and the bucket are usable: else one line, before any model
+    loads."""
+    from seedvr_local.server.db import Database, DataDirLock
+    from seedvr_local.server.state import open_blobs
+
+    if server and settings.database_url is None:
+        lock = DataDirLock(settings.data_dir)  # another server on this data dir: say so now, in one line
+        lock.acquire()
+        lock.release()
+    Database(settings.database_url or settings.database_path).close()  # unreachable or too new: one line, now
+    open_blobs(settings)  # a missing bucket or refused credentials: one line, now
+
+
+def parse_devices(text: str) -> list[str]:
+    """`all` (every CUDA device, else the CPU), or a comma-separated list (`cpu,cpu`, `cuda:0,cuda:1`); ValueError
+    naming a device this machine does not have."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if text.strip() == "all":
+        return [f"cuda:{index}" for index in range(count)] or ["cpu"]
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    if not devices:
+        raise ValueError("--devices needs at least one device: cpu, cuda:N or all")
+    for device in devices:
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"--devices: {device!r} is not a device (cpu, cuda:N or all)") from None
+        if parsed.type == "cuda" and (parsed.index or 0) >= count:
+            raise ValueError(f"--devices: {device} does not exist (this machine has {count} CUDA device(s))")
+        if parsed.type not in ("cpu", "cuda"):
+            raise ValueError(f"--devices: {device!r} is not a device (cpu, cuda:N or all)")
+    return devices
+
+
+class WorkerProcesses:
+    def __init__(self, processes: list[multiprocessing.Process]):
+        self.processes = processes
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM to each (it finishes or requeues its job), then wait; a process past the grace is killed, and
+        its job comes back when its lease expires."""
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+        for process in self.processes:
+            process.join(grace_s + 5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    def wait(self, stop: threading.Event, grace_s: float) -> int:
+        """Until every process ended, or `stop` is set (then stop them); the largest exit code."""
+        while any(process.is_alive() for process in self.processes):
+            if stop.wait(0.5):
+                self.stop(grace_s)
+                break
+        return max((abs(process.exitcode or 0) for process in self.processes), default=0)
+
+
+def start_worker_processes(args: argparse.Namespace, settings: ServerSettings, devices: list[str]) -> WorkerProcesses:
+    """One process per device (spawned: CUDA cannot be forked), each with its own model copy."""
+    for device in dict.fromkeys(devices):
+        engine_for(args, device)  # every device's checks, in one line each, before a process starts
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_worker_main, args=(args, settings, device, os.getpid()), name=f"seedvr-worker-{device}")
+        for device in devices
+    ]
+    for process in processes:
+        process.start()
+    return WorkerProcesses(processes)
+
+
+def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s [{device}] %(message)s")
+    run_worker_process(args, settings, device, parent_pid)
+
+
+def run_worker_process(
+    args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int | None = None
+) -> None:
+    """Run one worker on `device` until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
+    never outlives the server that started it, however that server ended)."""
+    from seedvr_local.server.db import Database
+    from seedvr_local.server.engine import EngineHolder
+    from seedvr_local.server.fetch import ImageFetcher
+    from seedvr_local.server.fleet import WorkerRegistry
+    from seedvr_local.server.jobs import JobStore
+    from seedvr_local.server.metrics import Metrics
+    from seedvr_local.server.netguard import NetGuard
+    from seedvr_local.server.processing import JobProcessor
+    from seedvr_local.server.state import open_blobs
+    from seedvr_local.server.storage import FileStore
+    from seedvr_local.server.worker import Worker, log_job
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    if parent_pid is not None:
+        threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
+    load, description = engine_for(args, device)
+    db = Database(settings.database_url or settings.database_path)
+    files = FileStore(
+        db,
+        settings.files_dir,
+        settings.max_upload_bytes,
+        blobs=open_blobs(settings),
+        presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
+    )
+    guard = NetGuard(allow_private=settings.allow_private_urls)
+    fetcher = ImageFetcher(
+        files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
+    )
+    jobs = JobStore(db, settings.max_job_attempts, on_completed=log_job)
+    engines = EngineHolder(load, description)
+    processor = JobProcessor(jobs, files, fetcher, engines, settings, Metrics())
+    worker = Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
+    worker.start()
+    log.info("worker %s started on %s", worker.id, device)
+    stopping.wait()
+    log.info("worker %s stopping", worker.id)
+    if not worker.stop(settings.shutdown_grace_s):
+        log.warning(
+            "the running job did not stop within %.0f s; it runs again when its lease expires",
+            settings.shutdown_grace_s,
+        )
+    db.close()
+
+
+def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:
+    while not stopping.wait(1.0):
+        if os.getppid() != parent_pid:
+            stopping.set()
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """`seedvr-local worker`: one worker process per device of --devices, until SIGTERM."""
+    settings = worker_settings(args)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    devices = parse_devices(args.devices)
+    check_stores(settings, server=False)
+    if len(devices) == 1:
+        run_worker_process(args, settings, devices[0])
+        return 0
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # the handler only flags: the main loop stops the children
+        signal.signal(signum, lambda *_: stopping.set())
+    children = start_worker_processes(args, settings, devices)
+    children.wait(stopping, settings.shutdown_grace_s)
+    return 0

@@ -1,0 +1,163 @@
+"""The fleet under faults (issue #12, item 8): PostgreSQL + an S3-compatible store + 2 API-only front-ends + 3
+worker processes, all real processes on loopback with the tiny model. Jobs go in through both front-ends (queued
+and sync) and are polled and streamed through the other; one worker is killed with SIGKILL in the middle of a
+job, one front-end in the middle of an SSE stream, and PostgreSQL restarts once. Every job completes exactly once
+with a correct result readable from the surviving front-end, and every webhook is delivered with its request id.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from seedvr_local.server.db import Database
+from tests import requires
+from tests.server.helpers import LocalHTTP, data_uri, free_port, png_bytes, wait_until
+
+ENDPOINT = "fal-ai/seedvr/upscale/image"
+QUEUED, SYNC = 40, 20
+
+
+@pytest.fixture
+def store() -> str:
+    return "postgresql"
+
+
+@pytest.fixture
+def file_store() -> str:
+    return "s3"
+
+
+def _spawn(args: list[str], log) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "seedvr_local.cli", *args], stdout=log, stderr=subprocess.STDOUT)
+
+
+# Five processes each importing torch, and 60 jobs on 3 CPU workers: 3.5 minutes on a loaded 2-core machine.
+@pytest.mark.timeout(600)
+def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(settings, tmp_path):
+    restart_postgres = requires.environment(
+        "SEEDVR_TEST_POSTGRES_RESTART", "a shell command restarting the test PostgreSQL server; .ci/run sets it"
+    )
+    stores = [
+        "--database-url", settings.database_url, "--storage-url", settings.storage_url,
+        "--s3-endpoint-url", settings.s3_endpoint_url, "--data-dir", str(settings.data_dir),
+    ]  # fmt: skip
+    log = (tmp_path / "fleet.log").open("ab")
+    ports = [free_port(), free_port()]
+    front_ends = [
+        _spawn(
+            ["serve", "--workers", "0", "--model", "tiny", "--port", str(port), "--allow-private-urls", *stores], log
+        )
+        for port in ports
+    ]
+    workers = [
+        _spawn(["worker", "--model", "tiny", "--devices", "cpu", "--lease-seconds", "3", *stores], log)
+        for _ in range(3)
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    db = Database(settings.database_url)
+    hooks = LocalHTTP(routes={"/hook": (200, {}, b"ok")})
+    try:
+        with hooks, httpx.Client(timeout=120) as http:
+
+            def ready(url: str) -> bool:
+                try:
+                    return http.get(f"{url}/readyz").json().get("workers") == 3
+                except (httpx.HTTPError, ValueError):
+                    return False
+
+            for url in urls:
+                wait_until(lambda url=url: ready(url), f"{url} ready with 3 workers", timeout=240)
+
+            image = data_uri(png_bytes(32, 24))
+            queued = []
+            for n in range(QUEUED):  # through both front-ends
+                body = {"image_url": image, "seed": n, "output_format": "png"}
+                answer = http.post(
+                    f"{urls[n % 2]}/queue/{ENDPOINT}", json=body, params={"fal_webhook": f"{hooks.url}/hook"}
+                )
+                queued.append(answer.json()["request_id"])
+
+            def sync_run(n: int) -> httpx.Response:  # through the front-end that stays up
+                return http.post(f"{urls[0]}/{ENDPOINT}", json={"image_url": image, "seed": 1000 + n})
+
+            with ThreadPoolExecutor(SYNC) as pool:
+                sync_answers = [pool.submit(sync_run, n) for n in range(SYNC)]
+
+                # an SSE stream on front-end 1, killed mid-stream; the stream continues on front-end 0
+                streamed = queued[-1]
+                with http.stream("GET", f"{urls[1]}/queue/fal-ai/seedvr/requests/{streamed}/status/stream") as sse:
+                    next(sse.iter_lines())
+                    front_ends[1].send_signal(signal.SIGKILL)
+                    front_ends[1].wait(10)
+
+                # a worker killed in the middle of a job
+                busy = wait_until(
+                    lambda: db.query_one(
+                        "SELECT pid FROM workers WHERE current_job IS NOT NULL AND stopped_at IS NULL"
+                    ),
+                    "a worker running a job",
+                    timeout=60,
+                )
+                victim = next(w for w in workers if w.pid == busy[0])
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(10)
+
+                subprocess.run(restart_postgres, shell=True, check=True, timeout=60)
+
+                final = []
+                with http.stream("GET", f"{urls[0]}/queue/fal-ai/seedvr/requests/{streamed}/status/stream") as sse:
+                    for line in sse.iter_lines():
+                        if line.startswith("data: "):
+                            final.append(json.loads(line[6:]))
+                assert final[-1]["status"] == "COMPLETED"
+                sync_results = [answer.result() for answer in sync_answers]
+
+            assert [r.status_code for r in sync_results] == [200] * SYNC, [
+                r.text for r in sync_results if r.status_code != 200
+            ]
+
+            def all_completed() -> bool:
+                rows = db.query("SELECT COUNT(*) FROM jobs WHERE status != 'COMPLETED'")
+                return rows[0][0] == 0
+
+            wait_until(all_completed, "every job COMPLETED", timeout=240)
+            for request_id in queued:
+                result = http.get(f"{urls[0]}/queue/fal-ai/seedvr/requests/{request_id}")
+                assert result.status_code == 200, result.text
+                output = result.json()["image"]
+                assert (output["width"], output["height"]) == (64, 48)
+                served = http.get(f"{urls[0]}{urlsplit(output['url']).path}")
+                assert served.status_code == 200 and len(served.content) == output["file_size"]
+            # completed exactly once: one webhook row per queued job (written in the completing transaction)
+            counts = db.query("SELECT job_id, COUNT(*) FROM webhooks GROUP BY job_id")
+            assert sorted(row[0] for row in counts) == sorted(queued) and {row[1] for row in counts} == {1}
+            delivered = wait_until(lambda: _delivered(hooks) >= set(queued) and _delivered(hooks), "every webhook", 120)
+            assert delivered >= set(queued)
+            rerun = db.query("SELECT COUNT(*) FROM jobs WHERE attempts > 1")[0][0]
+            assert rerun >= 1  # the killed worker's job ran again
+    finally:
+        for process in [*front_ends, *workers]:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in [*front_ends, *workers]:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        db.close()
+        log.close()
+
+
+def _delivered(hooks: LocalHTTP) -> set[str]:
+    ids = set()
+    for _method, _path, _headers, body in list(hooks.requests):
+        ids.add(json.loads(body)["request_id"])
+    return ids
