@@ -109,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "upscale":
-            from seedvr_local.cli_video import run_upscale_command  # videos there, images on to cli_upscale
+            from seedvr_local.cli_upscale import run_upscale
+            from seedvr_local.cli_video import run_upscale_command
 
-            return run_upscale_command(args)
+            return run_upscale_command(args, run_images=run_upscale)  # videos there, images in run_upscale
         if args.command == "download":
             return _run_download(args)
         from seedvr_local.server.cli import run_serve

@@ -2,7 +2,7 @@
 
 Torch-free at import, like the image command: the arguments and the files are checked first (a bad video fails in
 one line before any model loads); PyAV and torch load after. A directory's videos are done here, its images then by
-`cli_upscale`. With several `--devices`, the clips of each video are restored on all of them at once
+the image command. With several `--devices`, the clips of each video are restored on all of them at once
 (`seedvr_local.video.pool`).
 """
 
@@ -14,7 +14,7 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from seedvr_local.model_home import TINY_MODEL, find_installed_weights
 from seedvr_local.video.formats import DEFAULT_FORMAT, OUTPUT_FORMATS, output_format
@@ -52,21 +52,21 @@ def _videos_in(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and is_video(p))
 
 
-def run_upscale_command(args: argparse.Namespace) -> int:
-    """Videos here; images (and a directory without videos) by `cli_upscale.run_upscale`."""
-    from seedvr_local.cli_upscale import run_upscale
-
+def run_upscale_command(args: argparse.Namespace, run_images: Callable[[argparse.Namespace], int]) -> int:
+    """Videos here; images, and a directory's images after its videos, by `run_images` (`cli_upscale.run_upscale`,
+    which `seedvr_local.cli` hands in: it alone knows every command)."""
     source: Path = args.input
     videos = _videos_in(source) if source.is_dir() else [source] if source.is_file() and is_video(source) else []
     if not videos:
         if args.output_format in VIDEO_FORMAT_NAMES:
             raise ValueError(f"--output-format {args.output_format} is a video format, and {source} holds no video")
-        return run_upscale(args)
-    code = run_video(args, videos)
+        return run_images(args)
+    failed = run_video(args, videos)
     if source.is_dir() and _has_images(source, videos):
-        images = argparse.Namespace(**{**vars(args), "output_format": _image_format(args.output_format)})
-        code = max(code, run_upscale(images))
-    return code
+        run_images(argparse.Namespace(**{**vars(args), "output_format": _image_format(args.output_format)}))
+    if failed:
+        raise ValueError(f"{failed} of {len(videos)} videos could not be read")
+    return 0
 
 
 def _has_images(directory: Path, videos: list[Path]) -> bool:
@@ -207,6 +207,7 @@ def _duration(seconds: float) -> str:
 
 
 def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
+    """Upscale `videos` (the input, or a directory's videos) -> how many of a directory's could not be read."""
     jobs = _plan(args, videos)
     options = {fmt: _options(args, fmt) for _, _, fmt in jobs}
     if args.device is not None and args.devices is not None:
@@ -242,8 +243,8 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
         print(f"loaded {upscaler.description}; kernels: {upscaler.kernel_backend}", file=sys.stderr)
         if upscaler.notice:
             print(f"note: {upscaler.notice}", file=sys.stderr)
+    failed = 0
     try:
-        failed = 0
         for index, (source, target, fmt) in enumerate(jobs, start=1):
             progress = _Progress(f"[{index}/{len(jobs)}] {source.name}")
             job_options = options[fmt]
@@ -267,9 +268,7 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
             progress.line(
                 f"{result.width}x{result.height} -> {target} ({result.seconds:.1f}s, {result.frames_per_second:.2f} fps)"
             )
-        if failed:
-            raise ValueError(f"{failed} of {len(jobs)} videos could not be read")
     finally:
         if pool is not None:
             pool.close()
-    return 0
+    return failed
