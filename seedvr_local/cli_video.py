@@ -125,18 +125,22 @@ def _plan(args: argparse.Namespace, videos: list[Path]) -> list[tuple[Path, Path
 def _options(args: argparse.Namespace, fmt: str) -> "VideoOptions":
     from seedvr_local.video import VideoOptions
 
-    size = (
-        dict(upscale_mode="target", target_resolution=args.target_resolution)
-        if args.target_resolution
-        else dict(upscale_mode="factor", upscale_factor=2.0 if args.upscale_factor is None else args.upscale_factor)
-    )
+    if args.target_resolution:
+        size = dict(upscale_mode="target", target_resolution=args.target_resolution)
+    else:  # VideoOptions' own default factor unless one is given
+        size = dict(upscale_mode="factor") | ({} if args.upscale_factor is None else {"upscale_factor": args.upscale_factor})
     options = VideoOptions(
         **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, output_format=fmt,
         output_quality=args.output_quality, output_write_mode=args.output_write_mode,
-        overlap_frames=args.clip_overlap, **({} if args.clip_frames is None else {"clip_frames": args.clip_frames}),
+        overlap_frames=args.clip_overlap, clip_frames=_planned if args.clip_frames is None else args.clip_frames,
     )  # fmt: skip
     options.validate()
     return options
+
+
+def _planned(width: int, height: int) -> int:
+    """Stands for the longest clip that fits while the options are checked, before the model that plans it loads."""
+    raise RuntimeError("the clip length is planned once the model is loaded")
 
 
 def parse_devices(value: str) -> list[str]:
@@ -248,7 +252,7 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
         for index, (source, target, fmt) in enumerate(jobs, start=1):
             progress = _Progress(f"[{index}/{len(jobs)}] {source.name}")
             job_options = options[fmt]
-            if args.clip_frames is None:  # the longest clip that fits, for this video's output size
+            if job_options.clip_frames is _planned:  # the longest clip that fits, for this video's output size
                 job_options = dataclasses.replace(job_options, clip_frames=clip_frames)
             try:
                 job = restorer.prepare(source, job_options)

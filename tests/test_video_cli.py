@@ -88,6 +88,7 @@ def test_two_cpu_devices_restore_one_video(tmp_path, capsys):
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--clip-frames", "8"], "clip_frames must be 4n+1"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--clip-frames", "5", "--clip-overlap", "5"],
          "overlap must be between 0 and 4"),
+        (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--clip-overlap", "-1"], "overlap must be at least 0"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.avi")], "unknown video extension"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--output-format", "png"], "png is an image format"),
         (lambda d: [str(d / "ok.png"), "-o", str(d / "o.png"), "--output-format", "mp4"], "mp4 is a video format"),

@@ -96,6 +96,8 @@ class VideoOptions:
             check_clip_frames(self.clip_frames)
             if self.overlap_frames is not None:
                 check_overlap(self.overlap_frames, self.clip_frames)
+        elif self.overlap_frames is not None and self.overlap_frames < 0:  # the most allowed follows the planned clip
+            raise ValueError(f"overlap must be at least 0 frames, got {self.overlap_frames}")
 
     @property
     def format(self) -> OutputFormat:
