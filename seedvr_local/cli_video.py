@@ -58,14 +58,17 @@ def run_upscale_command(args: argparse.Namespace, run_images: Callable[[argparse
     source: Path = args.input
     videos = _videos_in(source) if source.is_dir() else [source] if source.is_file() and is_video(source) else []
     if not videos:
-        if args.output_format in VIDEO_FORMAT_NAMES:
-            raise ValueError(f"--output-format {args.output_format} is a video format, and {source} holds no video")
+        if source.exists():  # else the image command says it is missing
+            if args.output_format in VIDEO_FORMAT_NAMES:
+                raise ValueError(f"--output-format {args.output_format} is a video format, and {source} holds no video")
+            if args.devices is not None:
+                raise ValueError(f"--devices is for videos, and {source} holds none; images run on --device")
         return run_images(args)
     failed = run_video(args, videos)
     if source.is_dir() and _has_images(source, videos):
         run_images(argparse.Namespace(**{**vars(args), "output_format": _image_format(args.output_format)}))
     if failed:
-        raise ValueError(f"{failed} of {len(videos)} videos could not be read")
+        raise ValueError(f"{failed} of {len(videos)} videos were skipped (see above)")
     return 0
 
 
@@ -93,7 +96,9 @@ def _plan(args: argparse.Namespace, videos: list[Path]) -> list[tuple[Path, Path
 
     def own_format(path: Path) -> str:
         """The format to write `path` in, without a -o to say: its own container when fal writes it, else MP4."""
-        return output_format(chosen).name if chosen else VIDEO_FORMAT_BY_SUFFIX.get(path.suffix.lower(), DEFAULT_FORMAT.name)
+        if chosen:
+            return output_format(chosen).name
+        return VIDEO_FORMAT_BY_SUFFIX.get(path.suffix.lower(), DEFAULT_FORMAT.name)
 
     if args.input.is_dir():
         out_dir = args.output or args.input.with_name(args.input.name + "_upscaled")
@@ -128,7 +133,9 @@ def _options(args: argparse.Namespace, fmt: str) -> "VideoOptions":
     if args.target_resolution:
         size = dict(upscale_mode="target", target_resolution=args.target_resolution)
     else:  # VideoOptions' own default factor unless one is given
-        size = dict(upscale_mode="factor") | ({} if args.upscale_factor is None else {"upscale_factor": args.upscale_factor})
+        size = dict(upscale_mode="factor")
+        if args.upscale_factor is not None:
+            size["upscale_factor"] = args.upscale_factor
     options = VideoOptions(
         **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, output_format=fmt,
         output_quality=args.output_quality, output_write_mode=args.output_write_mode,
@@ -211,7 +218,8 @@ def _duration(seconds: float) -> str:
 
 
 def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
-    """Upscale `videos` (the input, or a directory's videos) -> how many of a directory's could not be read."""
+    """Upscale `videos` (the input, or a directory's videos) -> how many of a directory's were skipped (unreadable,
+    too large)."""
     jobs = _plan(args, videos)
     options = {fmt: _options(args, fmt) for _, _, fmt in jobs}
     if args.device is not None and args.devices is not None:
@@ -270,7 +278,8 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             result = restorer.write(job, target, progress)
             progress.line(
-                f"{result.width}x{result.height} -> {target} ({result.seconds:.1f}s, {result.frames_per_second:.2f} fps)"
+                f"{result.width}x{result.height} -> {target} "
+                f"({result.seconds:.1f}s, {result.frames_per_second:.2f} fps)"
             )
     finally:
         if pool is not None:

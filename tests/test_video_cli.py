@@ -70,12 +70,13 @@ def test_a_directory_upscales_its_videos_and_its_images(tmp_path, capsys):
     assert read_video(out / "b.mp4")["height"] == 24
     err = capsys.readouterr().err
     assert "broken.mkv: skipped: not a readable video" in err
-    assert err.strip().splitlines()[-1] == "seedvr-local: error: 1 of 3 videos could not be read"
+    assert err.strip().splitlines()[-1] == "seedvr-local: error: 1 of 3 videos were skipped (see above)"
 
 
 def test_two_cpu_devices_restore_one_video(tmp_path, capsys):
     source = make_video(tmp_path / "in.mp4", 16, 16, frames=9, audio=None)
-    argv = ["upscale", str(source), "-o", str(tmp_path / "out.mp4"), *TINY, "--clip-frames", "5", "--devices", "cpu,cpu"]
+    argv = ["upscale", str(source), "-o", str(tmp_path / "out.mp4"), *TINY, "--clip-frames", "5",
+            "--devices", "cpu,cpu"]  # fmt: skip
     assert main(argv) == 0
     assert read_video(tmp_path / "out.mp4")["frames"] == 9
     assert "loaded 2 copies of the model" in capsys.readouterr().err
@@ -92,6 +93,7 @@ def test_two_cpu_devices_restore_one_video(tmp_path, capsys):
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.avi")], "unknown video extension"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--output-format", "png"], "png is an image format"),
         (lambda d: [str(d / "ok.png"), "-o", str(d / "o.png"), "--output-format", "mp4"], "mp4 is a video format"),
+        (lambda d: [str(d / "ok.png"), "-o", str(d / "o.png"), "--devices", "cpu,cpu"], "--devices is for videos"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--devices", "cpu,,cpu"], "comma-separated"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--devices", "tpu"], "'tpu' is not a device"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--devices", "cpu,cpu", "--device", "cpu"],

@@ -107,7 +107,9 @@ class _Planner:
         return frames <= self.frames
 
 
-@pytest.mark.parametrize("fitting, longest", [(1, 1), (4, 1), (5, 5), (40, 37), (41, 41), (10_000, MAX_PLANNED_CLIP_FRAMES)])
+@pytest.mark.parametrize(
+    "fitting, longest", [(1, 1), (4, 1), (5, 5), (40, 37), (41, 41), (10_000, MAX_PLANNED_CLIP_FRAMES)]
+)
 def test_the_longest_clip_is_the_longest_4n_plus_1_that_fits(fitting, longest):
     planner = _Planner(fitting)
     assert longest_clip(planner, 64, 64) == longest
@@ -138,8 +140,8 @@ def test_the_benchmark_runs_on_two_workers(tmp_path, tiny_bundle, capsys):
     from benchmarks import video
 
     out = tmp_path / "video.json"
-    argv = ["--weights-dir", str(tiny_bundle), "--input", "16x16", "--frames", "9", "--clip-frames", "5", "--factor", "1",
-            "--devices", "cpu,cpu", "--json", str(out)]  # fmt: skip
+    argv = ["--weights-dir", str(tiny_bundle), "--input", "16x16", "--frames", "9", "--clip-frames", "5",
+            "--factor", "1", "--devices", "cpu,cpu", "--json", str(out)]  # fmt: skip
     assert video.main(argv) == 0
     assert "clips per worker" in capsys.readouterr().out
     row = json.loads(out.read_text())["results"][0]

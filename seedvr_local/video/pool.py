@@ -67,7 +67,9 @@ class ModelSpec:
         if self.weights_dir is None:
             upscaler = Upscaler.tiny(device=device, dtype=self.dtype, kernels=self.kernels)
         else:
-            upscaler = Upscaler.from_weights_dir(self.weights_dir, device=device, dtype=self.dtype, kernels=self.kernels)
+            upscaler = Upscaler.from_weights_dir(
+                self.weights_dir, device=device, dtype=self.dtype, kernels=self.kernels
+            )
         if self.compile:
             compile_pipeline(upscaler.pipeline)
         return upscaler
@@ -243,7 +245,8 @@ def _portable(exc: BaseException) -> BaseException:
 
 def _serve(index, name, device, load, vae_tile, threads, inbox, results, current_run) -> None:
     """A worker process: load the model on `device`, then answer plan and clip messages until told to stop."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the restorer's process handles it
+    # Ctrl-C reaches the whole process group; the restorer's process handles it and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if threads is not None:
         torch.set_num_threads(threads)
     try:

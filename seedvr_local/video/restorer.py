@@ -43,7 +43,14 @@ from seedvr_local.video.formats import (
     check_choice,
     output_format,
 )
-from seedvr_local.video.schedule import Clip, check_clip_frames, check_overlap, clip_schedule, clip_weight, default_overlap
+from seedvr_local.video.schedule import (
+    Clip,
+    check_clip_frames,
+    check_overlap,
+    clip_schedule,
+    clip_weight,
+    default_overlap,
+)
 from seedvr_local.video.source import MAX_INPUT_PIXELS, SourceFrame, VideoInfo, decode_frames, probe_video
 from seedvr_local.video.writer import VideoWriter, padded_size
 
@@ -303,7 +310,8 @@ class VideoRestorer:
                 frame = next(decoded, None)
                 if frame is None:
                     raise InvalidVideoError(
-                        f"the video is truncated: its container holds {job.frames} frames, only {count} could be decoded"
+                        f"the video is truncated: its container holds {job.frames} frames, "
+                        f"only {count} could be decoded"
                     )
                 sources[count] = frame
                 count += 1

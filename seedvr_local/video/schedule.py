@@ -38,7 +38,9 @@ def check_clip_frames(clip_frames: int) -> None:
 
 def check_overlap(overlap: int, clip_frames: int) -> None:
     if not 0 <= overlap < clip_frames:
-        raise ValueError(f"overlap must be between 0 and {clip_frames - 1} frames for clips of {clip_frames}, got {overlap}")
+        raise ValueError(
+            f"overlap must be between 0 and {clip_frames - 1} frames for clips of {clip_frames}, got {overlap}"
+        )
 
 
 def default_overlap(clip_frames: int) -> int:
