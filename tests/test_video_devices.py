@@ -14,7 +14,7 @@ import torch
 from seedvr_local.memory_planner import MemoryPlanError
 from seedvr_local.upscaler import Upscaler
 from seedvr_local.video import VideoOptions, VideoRestorer
-from seedvr_local.video.clips import MAX_PLANNED_CLIP_FRAMES, LocalClips, longest_clip
+from seedvr_local.video.clips import MAX_PLANNED_CLIP_FRAMES, ClipTask, LocalClips, longest_clip
 from seedvr_local.video.pool import ClipPool, ModelSpec, WorkerError
 from seedvr_local.video.samples import make_video
 from tests.video_helpers import read_video
@@ -77,6 +77,32 @@ def test_an_abandoned_video_leaves_nothing_behind_for_the_next(pool, source, in_
     frames = np.stack([frame.pixels for frame in restorer.frames(restorer.prepare(source, OPTIONS))])
     assert np.array_equal(frames, in_process_frames)
     assert all(worker.assigned == 0 for worker in pool.workers)
+
+
+def test_clips_in_flight_are_bounded_and_come_back_in_order(pool):
+    pulled = []
+    outstanding = []
+
+    def tasks():
+        for index in range(8):
+            pulled.append(index)
+            pixels = torch.full((5, 20, 24, 3), 20 * index, dtype=torch.uint8)
+            yield ClipTask(index, pixels, 48, 40, index, 0.1, "wavelet", (1.0,) * 5, (0, 5))
+
+    indices = []
+    for restored in pool.run(tasks()):
+        outstanding.append(len(pulled) - len(indices))
+        indices.append(restored.index)
+        assert restored.own.shape == (5, 40, 48, 3) and restored.shared_frames == ()
+    assert indices == list(range(8))
+    assert max(outstanding) == pool.in_flight == 4  # two per worker: one restoring, one waiting
+
+
+def test_a_worker_that_dies_is_reported_not_waited_for():
+    with ClipPool(ModelSpec(None), ["cpu"], threads=THREADS) as lone:
+        lone.workers[0].process.kill()
+        with pytest.raises(WorkerError, match="the video worker on cpu stopped"):
+            lone.clip_frames(32, 32)
 
 
 def test_the_pools_clip_length_is_what_fits_on_every_worker(pool):
