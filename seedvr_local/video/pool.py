@@ -106,7 +106,7 @@ class ClipPool:
     `load(device)` builds each worker's model (`ModelSpec`, or any picklable `ModelLoader`); `vae_tile` as for
     images. `threads`: torch threads of each CPU worker (default `cpu_threads(devices)`). `in_flight`: clips out at
     once (default `PER_WORKER` per worker). Starting waits until every worker has its model; use as a context
-    manager, or call `close()`."""
+    manager, or call `close()`. One video at a time, from one thread (as `VideoRestorer`)."""
 
     def __init__(
         self,
