@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 from seedvr_local import __version__
+from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
 from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
 from seedvr_local.options import COLOR_FIXES, MAX_SEED, MIN_VAE_TILE, OUTPUT_FORMATS
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR, TARGET_SHORT_SIDE
+from seedvr_local.video.formats import DEFAULT_QUALITY, DEFAULT_WRITE_MODE, OUTPUT_QUALITIES, OUTPUT_WRITE_MODES
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -34,13 +36,30 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
                         help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)")
 
 
+def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    video = parser.add_argument_group("videos")
+    video.add_argument("--output-quality", choices=OUTPUT_QUALITIES, default=DEFAULT_QUALITY,
+                       help=f"how much detail the encoder keeps (default {DEFAULT_QUALITY})")
+    video.add_argument("--output-write-mode", choices=OUTPUT_WRITE_MODES, default=DEFAULT_WRITE_MODE,
+                       help=f"encoder speed against file size (default {DEFAULT_WRITE_MODE})")
+    video.add_argument("--clip-frames", type=int, default=None, metavar="N",
+                       help="frames restored together, 4n+1 (1, 5, 9, ...), 1 or more: longer clips keep motion more "
+                            "consistent but need more memory (default: the longest that fits in the device's memory)")
+    video.add_argument("--clip-overlap", type=int, default=None, metavar="N",
+                       help="frames consecutive clips share and cross-fade, 0 or more, less than a clip (default: "
+                            "a few, at most half a clip)")
+    video.add_argument("--devices", default=None, metavar="LIST",
+                       help="restore each video's clips on several devices at once, one model copy each: all (every "
+                            "GPU) or a list such as cuda:0,cuda:1 (default: the one --device)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seedvr-local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    up = commands.add_parser("upscale", help="upscale an image or a directory of images")
-    up.add_argument("input", type=Path, help="an image file or a directory of images")
+    up = commands.add_parser("upscale", help="upscale an image, a video or a directory of them")
+    up.add_argument("input", type=Path, help="an image or video file, or a directory of them")
     up.add_argument("-o", "--output", type=Path,
                     help="output file, or directory when INPUT is a directory (default: INPUT_upscaled.EXT beside a "
                          "file, INPUT_upscaled/ beside a directory)")
@@ -55,10 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"0 to {MAX_SEED}: the same seed gives the same output (default: a random one, printed)")
     up.add_argument("--noise-scale", type=float, default=0.1,
                     help="noise added to the input's latent before restoring, 0 to 1 (default 0.1)")
-    up.add_argument("--output-format", choices=OUTPUT_FORMATS, default=None,
-                    help="default: the extension of -o, else the input's, else png")
+    up.add_argument("--output-format", choices=OUTPUT_FORMATS + VIDEO_FORMAT_NAMES, default=None, metavar="FORMAT",
+                    help=f"images: {', '.join(OUTPUT_FORMATS)}; videos: {', '.join(VIDEO_FORMAT_NAMES[::2])} or fal's "
+                         f"names ({', '.join(repr(name) for name in VIDEO_FORMAT_NAMES[1::2])}) "
+                         "(default: the output file's extension, else the input's format, else png for images and "
+                         "mp4 for videos)")
     up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet",
                     help="match the output's colours to the input's (default wavelet; none keeps the model's)")
+    _add_video_arguments(up)
     up.add_argument("--compile", action="store_true",
                     help="torch.compile the model and autotune cuDNN: faster from the second image of a size on, "
                          "the first image of each size compiles for seconds to minutes")
@@ -105,8 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "upscale":
             from seedvr_local.cli_upscale import run_upscale
+            from seedvr_local.cli_video import run_upscale_command
 
-            return run_upscale(args)
+            return run_upscale_command(args, run_images=run_upscale)  # videos there, images in run_upscale
         if args.command == "download":
             return _run_download(args)
         if args.command == "worker":

@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from seedvr_local.cli_files import IMAGE_SUFFIXES, is_video, refuse_overwriting
 from seedvr_local.model_home import TINY_MODEL, find_installed_weights
 from seedvr_local.options import OUTPUT_FORMATS, UpscaleOptions
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 FORMAT_BY_SUFFIX = {f".{fmt}": fmt for fmt in OUTPUT_FORMATS} | {".jpeg": "jpg"}
 
 
@@ -23,11 +23,14 @@ def _plan(args: argparse.Namespace) -> tuple[list[tuple[Path, Path, str]], list[
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or directory")
     if source.is_dir():
-        inputs = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        videos = {p for p in source.iterdir() if p.is_file() and is_video(p)}  # the video command's, animated GIFs too
+        inputs = sorted(
+            p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and p not in videos
+        )
         skipped = [
-            f"skipped {p.name}: " + ("a directory (not searched)" if p.is_dir() else "not an image file")
+            f"skipped {p.name}: " + ("a directory (not searched)" if p.is_dir() else "not an image or video file")
             for p in sorted(source.iterdir())
-            if p not in inputs
+            if p not in inputs and p not in videos
         ]
         if not inputs:
             raise ValueError(f"{source}: no images in this directory")
@@ -43,7 +46,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[tuple[Path, Path, str]], list[
         if fmt is None:
             raise ValueError(f"{target}: unknown image extension; use .png/.jpg/.webp or --output-format")
         jobs = [(source, target, fmt)]
-    _refuse_overwriting(jobs, args.overwrite)
+    refuse_overwriting(jobs, args.overwrite)
     return jobs, skipped
 
 
@@ -56,14 +59,6 @@ def _beside(source: Path, output_format: str | None) -> Path:
     return source.with_name(f"{source.stem}_upscaled{suffix}")
 
 
-def _refuse_overwriting(jobs: list[tuple[Path, Path, str]], overwrite: bool) -> None:
-    for source, target, _ in jobs:
-        if target.exists() and target.resolve() == source.resolve():
-            raise ValueError(f"{target}: the output would replace its input; give another -o")
-    existing = [target for _, target, _ in jobs if target.exists()]
-    if existing and not overwrite:
-        names = ", ".join(str(t) for t in existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        raise FileExistsError(f"{names} already exist{'s' if len(existing) == 1 else ''}: pass --overwrite to replace")
 
 
 def _options(args: argparse.Namespace) -> UpscaleOptions:

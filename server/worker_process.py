@@ -49,21 +49,27 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="s3://BUCKET/PREFIX",
         help=f"the API's S3 file store (also {STORAGE_URL_ENV})",
     )
-    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL")
-    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server")
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                        help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
+    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
+                        help="output URLs served through the API (default) or presigned URLs of the bucket")
     parser.add_argument(
         "--allow-private-urls",
         action="store_true",
         help="let image_url reach loopback, private and link-local addresses",
     )
-    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels)
-    parser.add_argument("--max-output-pixels", type=int, default=None)
+    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels,
+                        help=f"refuse input images with more pixels than this, 1 or more "
+                        f"(default {ServerSettings.max_input_pixels})")
+    parser.add_argument("--max-output-pixels", type=int, default=None,
+                        help="refuse larger outputs, 1 or more (default: the largest the model fits in the device)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
     parser.add_argument(
         "--lease-seconds",
         type=float,
         default=ServerSettings.lease_s,
-        help="a claimed job runs again elsewhere when its worker is silent this long (default 30)",
+        help=f"a claimed job runs again elsewhere when its worker is silent this long, 1 or more seconds "
+        f"(default {ServerSettings.lease_s:g})",
     )
 
 

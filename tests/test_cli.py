@@ -45,7 +45,7 @@ def test_directory_input_writes_a_sibling_folder(tmp_path, tiny_bundle, capsys):
     assert main(["upscale", str(folder), "--weights-dir", str(tiny_bundle), "--output-format", "jpg",
                  "--target-resolution", "720p", "--seed", "2"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert "skipped notes.txt: not an image file" in err and "skipped raw: a directory (not searched)" in err
+    assert "skipped notes.txt: not an image or video file" in err and "skipped raw: a directory (not searched)" in err
     out = tmp_path / "photos_upscaled"
     assert sorted(p.name for p in out.iterdir()) == ["a.jpg", "b.jpg"]
     assert Image.open(out / "a.jpg").size == (900, 720)  # 20x16 scaled by 720/16
@@ -123,7 +123,9 @@ def test_every_option_has_help_with_its_range_or_choices():
     for name, option in options:
         assert option.help, f"{name} has no help text"
         if option.choices is not None:
-            assert option.metavar is None, f"{name} hides its choices"  # argparse lists them: {a,b,c}
+            # argparse lists them ({a,b,c}) unless a metavar hides them; then the help must name every one
+            listed = option.metavar is None or all(str(choice) in option.help for choice in option.choices)
+            assert listed, f"{name} hides its choices"
         elif option.type in (int, float):
             assert RANGE.search(option.help), f"{name} does not say its range: {option.help!r}"
     upscale = parser._subparsers._group_actions[0].choices["upscale"].format_help()

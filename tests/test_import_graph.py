@@ -150,7 +150,7 @@ def _in(module: str, *prefixes: str) -> bool:
 M = PACKAGE + "."
 MODELS, KERNELS, WEIGHTS, SERVER = M + "models", M + "kernels", M + "weights", M + "server"
 PIPELINE, UPSCALER, CLI, CLI_UPSCALE = M + "pipeline", M + "upscaler", M + "cli", M + "cli_upscale"
-FRONT_ENDS = (SERVER, CLI, CLI_UPSCALE)
+FRONT_ENDS = (SERVER, CLI, CLI_UPSCALE, M + "cli_video")
 
 #: (what, modules it applies to, modules they must not reach, directly or through others)
 LAYER_RULES = [
@@ -159,7 +159,7 @@ LAYER_RULES = [
     ("weight loading", (WEIGHTS,), (PIPELINE, UPSCALER, M + "memory_planner", *FRONT_ENDS)),
     ("the pipeline", (PIPELINE,), (UPSCALER, WEIGHTS, *FRONT_ENDS)),
     ("the upscaler", (UPSCALER,), FRONT_ENDS),
-    ("the server", (SERVER,), (CLI, CLI_UPSCALE)),
+    ("the server", (SERVER,), (CLI, CLI_UPSCALE, M + "cli_video")),
     ("the upscale command", (CLI_UPSCALE,), (SERVER, CLI)),
 ]
 

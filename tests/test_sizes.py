@@ -76,6 +76,7 @@ def test_choices_are_written_once():
     import typing
 
     from seedvr_local.cli import build_parser
+    from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
     from seedvr_local.colorfix import COLOR_FIX_METHODS
     from seedvr_local.options import COLOR_FIXES, OUTPUT_FORMATS
     from seedvr_local.server.schema import SeedVRImageInput
@@ -84,7 +85,7 @@ def test_choices_are_written_once():
     upscale = build_parser()._subparsers._group_actions[0].choices["upscale"]
     flags = {action.dest: action.choices for action in upscale._actions}
     assert tuple(flags["color_fix"]) == COLOR_FIXES == COLOR_FIX_METHODS
-    assert tuple(flags["output_format"]) == OUTPUT_FORMATS
+    assert tuple(flags["output_format"]) == OUTPUT_FORMATS + VIDEO_FORMAT_NAMES
     assert tuple(flags["target_resolution"]) == tuple(TARGET_SHORT_SIDE)
     fields = SeedVRImageInput.model_fields
     assert typing.get_args(fields["output_format"].annotation) == OUTPUT_FORMATS

@@ -5,8 +5,10 @@
 
 Frames are decoded one at a time, resized exactly as images are (to `seedvr_local.sizes.output_size`, then
 mirror-padded to a multiple of 16 for the model), restored in clips of 4n+1 frames (`schedule.py`), cross-faded
-where clips overlap, rounded and encoded as soon as no later clip contains them. At any moment at most one
-clip of source frames and one clip of restored frames are held, whatever the video's length.
+where clips overlap, rounded and encoded as soon as no later clip contains them. What restores the clips is a
+`clips.ClipRunner`: the pipeline in this process (`LocalClips`, one clip at a time), or a pool of worker processes,
+one per device (`pool.ClipPool`), which restores several clips at once and hands them back in order. At any moment
+the clips in flight (one in this process) are held, source and restored frames, whatever the video's length.
 
 Seeds: clip k draws its noises exactly as an image restored with seed `seed + k * 2**32` would
 (`RestoreNoises.draw`), so clip 0 of a video and an image use the same noise for the same seed, every
@@ -25,11 +27,11 @@ import numpy as np
 import torch
 
 from seedvr_local.image_io import to_uint8, upscale_alpha
-from seedvr_local.pipeline import RestorationPipeline, RestoreNoises, to_uint8_frames
+from seedvr_local.pipeline import RestorationPipeline, to_uint8_frames
 from seedvr_local.models.vae_tiling import VAETiling
 from seedvr_local.options import MAX_SEED, UpscaleOptions
-from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
 from seedvr_local.sizes import output_size
+from seedvr_local.video.clips import ClipRunner, ClipTask, LocalClips, PhaseTimer
 from seedvr_local.video.errors import InvalidVideoError, VideoTooLargeError
 from seedvr_local.video.formats import (
     DEFAULT_FORMAT,
@@ -42,7 +44,14 @@ from seedvr_local.video.formats import (
     output_format,
 )
 from seedvr_local.video.limits import DEFAULT_MAX_FRAMES
-from seedvr_local.video.schedule import Clip, check_clip_frames, clip_schedule, clip_weight, default_overlap
+from seedvr_local.video.schedule import (
+    Clip,
+    check_clip_frames,
+    check_overlap,
+    clip_schedule,
+    clip_weight,
+    default_overlap,
+)
 from seedvr_local.video.source import MAX_INPUT_PIXELS, SourceFrame, VideoInfo, decode_frames, probe_video
 from seedvr_local.video.writer import VideoWriter, padded_size
 
@@ -91,6 +100,10 @@ class VideoOptions:
         check_choice("output_write_mode", self.output_write_mode, OUTPUT_WRITE_MODES)
         if not callable(self.clip_frames):
             check_clip_frames(self.clip_frames)
+            if self.overlap_frames is not None:
+                check_overlap(self.overlap_frames, self.clip_frames)
+        elif self.overlap_frames is not None and self.overlap_frames < 0:  # the most allowed follows the planned clip
+            raise ValueError(f"overlap must be at least 0 frames, got {self.overlap_frames}")
 
     @property
     def format(self) -> OutputFormat:
@@ -155,7 +168,8 @@ class VideoResult:
     frames: int
     seed: int
     seconds: float  # end to end
-    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over clips
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, summed over clips and devices
+    clip_workers: tuple[str, ...] = ()  # the device (worker) that restored each clip, in clip order
 
     @property
     def content_type(self) -> str:
@@ -166,33 +180,22 @@ class VideoResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-class _PhaseTimer:
-    """Sums the seconds spent in each phase; on CUDA it waits for the device so each phase gets its own time."""
-
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
-        self.seconds: dict[str, float] = {}
-        self.phase: str | None = None
-        self.started = 0.0
-
-    def start(self, phase: str) -> None:
-        self.stop()
-        self.phase, self.started = phase, time.perf_counter()
-
-    def stop(self) -> None:
-        if self.phase is not None:
-            if self.cuda:
-                torch.cuda.synchronize()
-            self.seconds[self.phase] = self.seconds.get(self.phase, 0.0) + time.perf_counter() - self.started
-            self.phase = None
-
-
 class VideoRestorer:
-    """Restores videos with one loaded `RestorationPipeline`. Not thread-safe: one video at a time."""
+    """Restores videos, one at a time (not thread-safe): with one loaded `RestorationPipeline` in this process
+    (`vae_tiling`: the VAE tiling of every clip, None: untiled), or with any `ClipRunner` (`clips=`), such as a
+    `pool.ClipPool` that restores the clips on several devices at once."""
 
-    def __init__(self, pipeline: RestorationPipeline, vae_tiling: VAETiling | None = None):
+    def __init__(
+        self,
+        pipeline: RestorationPipeline | None = None,
+        vae_tiling: VAETiling | None = None,
+        *,
+        clips: ClipRunner | None = None,
+    ):
+        if (pipeline is None) == (clips is None):
+            raise TypeError("give VideoRestorer a pipeline or a clip runner (clips=), not both")
         self.pipeline = pipeline
-        self.vae_tiling = vae_tiling
+        self.clips = clips if clips is not None else LocalClips(pipeline, vae_tiling)
 
     def prepare(
         self, source: str | Path, options: VideoOptions = VideoOptions(), limits: VideoLimits = VideoLimits()
@@ -229,7 +232,8 @@ class VideoRestorer:
         """Run a prepared job into the file `output`."""
         started = time.perf_counter()
         output = Path(output)
-        timer = _PhaseTimer(cuda=self.pipeline.device.type == "cuda")
+        timer = PhaseTimer()  # this process's phases run on the CPU; each clip brings its device's timings
+        workers: list[str] = []
         info = job.info
         writer = VideoWriter(
             output, job.format, job.format.encoder_settings(job.options.output_quality, job.options.output_write_mode),
@@ -238,7 +242,7 @@ class VideoRestorer:
         )  # fmt: skip
         try:
             with writer:
-                for done, frame in enumerate(self.frames(job, timer), start=1):
+                for done, frame in enumerate(self.frames(job, timer, workers), start=1):
                     timer.start("encode_video")
                     writer.write(frame.pixels, frame.pts)
                     timer.stop()
@@ -251,65 +255,73 @@ class VideoRestorer:
             raise
         width, height = job.encoded_size
         seconds = time.perf_counter() - started
-        return VideoResult(output, job.format, width, height, job.frames, job.seed, seconds, timer.seconds)
+        return VideoResult(
+            output, job.format, width, height, job.frames, job.seed, seconds, timer.seconds, tuple(workers)
+        )
 
-    def frames(self, job: VideoJob, timer: _PhaseTimer | None = None) -> Iterator[RestoredFrame]:
-        """The restored frames in order, each as soon as it is final."""
-        timer = timer or _PhaseTimer(cuda=False)
+    def frames(
+        self, job: VideoJob, timer: PhaseTimer | None = None, workers: list[str] | None = None
+    ) -> Iterator[RestoredFrame]:
+        """The restored frames in order, each as soon as it is final. `timer` sums the seconds of each phase,
+        `workers` gets the worker of each clip."""
+        timer = timer or PhaseTimer()
         clips = list(job.clips)
         decoded = decode_frames(job.source, job.info.has_alpha)
-        sources: dict[int, SourceFrame] = {}  # decoded frames that a clip still needs or that are not yet out
+        sources: dict[int, SourceFrame] = {}  # decoded frames that a clip in flight needs or that are not yet out
         blended: dict[int, torch.Tensor] = {}  # weighted sums of frames that a later clip still adds to
-        count = 0  # frames decoded; frames past the counted total (none, normally) are never read
+        tasks = self._tasks(job, decoded, sources, timer)
+        restored_clips = self.clips.run(tasks)
         try:
-            for k, clip in enumerate(clips):
-                timer.start("decode")
-                while count < clip.stop:
-                    frame = next(decoded, None)
-                    if frame is None:
-                        raise InvalidVideoError(
-                            f"the video is truncated: its container holds {job.frames} frames, "
-                            f"only {count} could be decoded"
-                        )
-                    sources[count] = frame
-                    count += 1
-                timer.stop()
-                restored = self._restore_clip(job, clip, [sources[f].pixels for f in range(clip.start, clip.stop)], timer)
+            for k, (clip, restored) in enumerate(zip(clips, restored_clips, strict=True)):
+                timer.add(restored.timings)
+                if workers is not None:
+                    workers.append(restored.worker)
                 timer.start("blend")
-                for i, weight in enumerate(clip_weight(clips, k).tolist()):
-                    contribution = restored[:, i] * weight
-                    f = clip.start + i
+                for j, i in enumerate(restored.shared_frames):
+                    f, contribution = clip.start + i, restored.shared[:, j]
                     blended[f] = blended[f] + contribution if f in blended else contribution
                 timer.stop()
+                own_start, own_stop = (clip.start + i for i in _own_frames(clips, k))
                 final = clips[k + 1].start if k + 1 < len(clips) else clip.stop
                 for f in range(clip.start, final):
                     timer.start("finish")
-                    out = self._finish(job, blended.pop(f), sources.pop(f), f)
+                    if own_start <= f < own_stop:
+                        pixels = restored.own[f - own_start].numpy()
+                    else:
+                        pixels = to_uint8_frames(blended.pop(f)[:, None])[0].numpy()
+                    out = self._finish(job, pixels, sources.pop(f), f)
                     timer.stop()
                     yield out
         finally:
+            restored_clips.close()
+            tasks.close()
             decoded.close()
 
-    def _restore_clip(self, job: VideoJob, clip: Clip, pixels: list[np.ndarray], timer: _PhaseTimer) -> torch.Tensor:
-        """`[3, T, H, W]` restored clip in [-1, 1] (float32, on the model's device), exactly as
-        `RestorationPipeline.restore` gives it for the resized, padded clip."""
-        pipeline = self.pipeline
-        timer.start("resize")
-        stack = torch.from_numpy(np.stack([p[..., :3] for p in pixels])).to(pipeline.device)
-        rgb = resize_bicubic_antialias(stack.permute(0, 3, 1, 2).float() / 255, (job.height, job.width)).clamp(0, 1)
-        video = (rgb * 2 - 1).transpose(0, 1)  # [3, T, H, W] in [-1, 1]
-        padded, _ = pad_to_multiple(video, pipeline.size_multiple)
-        latent_shape = pipeline.latent_shape(clip.frames, padded.shape[-2], padded.shape[-1])
-        noises = RestoreNoises.draw(latent_shape, clip_seed(job.seed, clip.index))
-        out = pipeline.restore(
-            padded, noises, cond_noise_scale=job.options.noise_scale, color_fix=job.options.color_fix,
-            on_phase=timer.start, crop=(job.height, job.width), vae_tiling=self.vae_tiling,
-        )  # fmt: skip
-        timer.stop()
-        return out.colorfixed
+    def _tasks(
+        self, job: VideoJob, decoded: Iterator[SourceFrame], sources: dict[int, SourceFrame], timer: PhaseTimer
+    ) -> Iterator[ClipTask]:
+        """The clips to restore, in order, each decoded when the clip runner asks for it."""
+        clips = list(job.clips)
+        count = 0  # frames decoded; frames past the counted total (none, normally) are never read
+        for k, clip in enumerate(clips):
+            timer.start("decode")
+            while count < clip.stop:
+                frame = next(decoded, None)
+                if frame is None:
+                    raise InvalidVideoError(
+                        f"the video is truncated: its container holds {job.frames} frames, "
+                        f"only {count} could be decoded"
+                    )
+                sources[count] = frame
+                count += 1
+            pixels = torch.from_numpy(np.stack([sources[f].pixels[..., :3] for f in range(clip.start, clip.stop)]))
+            timer.stop()
+            yield ClipTask(
+                k, pixels, job.width, job.height, clip_seed(job.seed, clip.index), job.options.noise_scale,
+                job.options.color_fix, tuple(clip_weight(clips, k).tolist()), _own_frames(clips, k),
+            )  # fmt: skip
 
-    def _finish(self, job: VideoJob, rgb: torch.Tensor, source: SourceFrame, index: int) -> RestoredFrame:
-        pixels = to_uint8_frames(rgb[:, None])[0].cpu().numpy()
+    def _finish(self, job: VideoJob, pixels: np.ndarray, source: SourceFrame, index: int) -> RestoredFrame:
         if job.info.has_alpha:
             alpha = torch.from_numpy(source.pixels[..., 3].copy())[None].float() / 255
             alpha = to_uint8(upscale_alpha(alpha, (job.height, job.width)))[0].numpy()
@@ -323,3 +335,13 @@ class VideoRestorer:
             return source.pts
         rate = job.info.average_rate or 25
         return round(index / rate / job.info.time_base)
+
+
+def _own_frames(clips: list[Clip], k: int) -> tuple[int, int]:
+    """[start, stop), relative to clip `k`, of the frames no other clip contains: those after the previous clip's
+    last and before the next clip's first (clips are sorted by start and by stop); empty when those two overlap."""
+    clip = clips[k]
+    start = clips[k - 1].stop if k > 0 else clip.start
+    stop = clips[k + 1].start if k + 1 < len(clips) else clip.stop
+    start = max(start, clip.start)
+    return start - clip.start, max(start, stop) - clip.start

@@ -36,6 +36,13 @@ def check_clip_frames(clip_frames: int) -> None:
         raise ValueError(f"clip_frames must be 4n+1 (1, 5, 9, 13, ...), got {clip_frames}")
 
 
+def check_overlap(overlap: int, clip_frames: int) -> None:
+    if not 0 <= overlap < clip_frames:
+        raise ValueError(
+            f"overlap must be between 0 and {clip_frames - 1} frames for clips of {clip_frames}, got {overlap}"
+        )
+
+
 def default_overlap(clip_frames: int) -> int:
     """`DEFAULT_OVERLAP`, but at most half a clip, so short clips still advance by at least half their length."""
     return min(DEFAULT_OVERLAP, (clip_frames - 1) // 2)
@@ -45,8 +52,7 @@ def clip_schedule(total_frames: int, clip_frames: int, overlap: int) -> list[Cli
     """The clips covering frames [0, total_frames), in order, each of `clip_frames` frames (one clip of
     `total_frames` when the video is shorter)."""
     check_clip_frames(clip_frames)
-    if not 0 <= overlap < clip_frames:
-        raise ValueError(f"overlap must be between 0 and {clip_frames - 1} frames for clips of {clip_frames}, got {overlap}")
+    check_overlap(overlap, clip_frames)
     if total_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {total_frames}")
     if total_frames <= clip_frames:
