@@ -66,13 +66,7 @@ class ServerState:
             metrics.job(completion.outcome)
             log_job(job, completion)
 
-        files = FileStore(
-            db,
-            settings.files_dir,
-            settings.max_upload_bytes,
-            blobs=open_blobs(settings),
-            presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
-        )
+        files = open_files(settings, db)
         fetcher = ImageFetcher(
             files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
         )
@@ -118,6 +112,17 @@ class ServerState:
             return self
         admin = key_matches(api_key, self.settings.admin_keys)
         return dataclasses.replace(self, jobs=OwnedJobs(self.jobs, owner_of(api_key), sees_all=admin))
+
+
+def open_files(settings: ServerSettings, db: Database) -> FileStore:
+    """The file store the settings name (records in `db`, bytes on disk or in a bucket)."""
+    return FileStore(
+        db,
+        settings.files_dir,
+        settings.max_upload_bytes,
+        blobs=open_blobs(settings),
+        presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
+    )
 
 
 def open_blobs(settings: ServerSettings) -> Blobs:

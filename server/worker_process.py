@@ -237,8 +237,7 @@ def run_worker_process(
     from seedvr_local.server.metrics import Metrics
     from seedvr_local.server.netguard import NetGuard
     from seedvr_local.server.processing import JobProcessor
-    from seedvr_local.server.state import open_blobs
-    from seedvr_local.server.storage import FileStore
+    from seedvr_local.server.state import open_files
     from seedvr_local.server.worker import Worker, log_job
 
     stopping = threading.Event()
@@ -248,13 +247,7 @@ def run_worker_process(
         threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
     load, description = engine_for(args, device)
     db = Database(settings.database_url or settings.database_path)
-    files = FileStore(
-        db,
-        settings.files_dir,
-        settings.max_upload_bytes,
-        blobs=open_blobs(settings),
-        presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
-    )
+    files = open_files(settings, db)
     guard = NetGuard(allow_private=settings.allow_private_urls)
     fetcher = ImageFetcher(
         files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -370,3 +372,23 @@ class SlowSeeds:
                 time.sleep(self.slow_seeds.get(options.seed, 0.0))
 
         return self.engine.run(prepared, on_phase)
+
+
+#: A URL of another host in a page or its assets (a page that works offline names none).
+EXTERNAL_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
+
+
+def page_assets(html: str) -> list[str]:
+    """Every src= and href= of a page."""
+
+    class Assets(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.urls: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.urls += [value for name, value in attrs if name in ("src", "href") and value]
+
+    parser = Assets()
+    parser.feed(html)
+    return parser.urls

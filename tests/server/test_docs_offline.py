@@ -10,25 +10,13 @@ import os
 import re
 import shutil
 import subprocess
-from html.parser import HTMLParser
 
 import pytest
 
-from tests.server.helpers import FakeEngine, LiveServer
+from tests.server.helpers import EXTERNAL_URL, page_assets, FakeEngine, LiveServer
 
 PAGES = ("/docs", "/redoc")
-EXTERNAL_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
-
-class _Assets(HTMLParser):
-    """Every src= and href= of a page."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -36,10 +24,9 @@ def test_the_page_names_no_external_url_and_its_assets_are_served_here(client, p
     response = client.get(page)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     assert not EXTERNAL_URL.findall(response.text), EXTERNAL_URL.findall(response.text)
-    parser = _Assets()
-    parser.feed(response.text)
-    assert any(url.endswith(".js") for url in parser.urls)
-    for url in parser.urls:
+    urls = page_assets(response.text)
+    assert any(url.endswith(".js") for url in urls)
+    for url in urls:
         assert url.startswith("/"), url
         asset = client.get(url)
         assert asset.status_code == 200 and asset.content, url

@@ -3,28 +3,18 @@ and kept out of the API document. tests/server/test_playground_browser.py runs i
 
 from __future__ import annotations
 
-import re
 import tomllib
-from html.parser import HTMLParser
 from pathlib import Path, PurePosixPath
 from urllib.parse import urljoin
 
 import pytest
 
 from seedvr_local.server.routers.playground import ASSETS_URL, PAGE_PATHS
+from tests.server.helpers import EXTERNAL_URL, page_assets
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYGROUND_DIR = ROOT / "server" / "playground"
-EXTERNAL_URL = re.compile(r"(?:https?:)?//[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
-
-class _Assets(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.urls += [value for name, value in attrs if name in ("src", "href") and value]
 
 
 @pytest.mark.parametrize("page", PAGE_PATHS)
@@ -33,11 +23,10 @@ def test_the_page_and_every_asset_it_names_come_from_this_server(client, page):
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
     policy = response.headers["content-security-policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
-    parser = _Assets()
-    parser.feed(response.text)
-    scripts = [url for url in parser.urls if url.endswith(".js")]
-    assert scripts and any(url.endswith(".css") for url in parser.urls)
-    for url in parser.urls:
+    urls = page_assets(response.text)
+    scripts = [url for url in urls if url.endswith(".js")]
+    assert scripts and any(url.endswith(".css") for url in urls)
+    for url in urls:
         # relative to the page, so the page also works where a reverse proxy serves the server under a path
         assert not url.startswith("/") and "://" not in url, url
         asset = client.get(urljoin(f"http://testserver{page}", url))
