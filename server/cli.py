@@ -10,12 +10,7 @@ import os
 import ssl
 from pathlib import Path
 
-from seedvr_local.server.settings import (
-    DATABASE_URL_ENV,
-    DEFAULT_MAX_OUTPUT_PIXELS,
-    STORAGE_URL_ENV,
-    ServerSettings,
-)
+from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -65,24 +60,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help="an API key that sees and may cancel every request (repeatable); other keys see only their own",
     )
-    parser.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help=f"postgresql://user:pass@host/db: the job database shared by API processes and workers "
-        f"(also {DATABASE_URL_ENV}; default: SQLite in the data dir)",
-    )
-    parser.add_argument(
-        "--storage-url",
-        default=None,
-        metavar="s3://BUCKET/PREFIX",
-        help="keep uploads and outputs in an S3-compatible bucket (credentials from the AWS variables; "
-        f"also {STORAGE_URL_ENV}; default: the data dir)",
-    )
-    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
-                        help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
-    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
-                        help="output URLs served through this server (default) or presigned URLs of the bucket")
+    add_store_arguments(parser)
     parser.add_argument("--workers", type=int, choices=(0,), default=None,
                         help="0: the API alone, no model here; workers run elsewhere (`seedvr-local worker`)")
     parser.add_argument("--devices", default=None, metavar="cpu|cuda:0,cuda:1|all",
@@ -155,19 +133,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
     admin_keys = tuple(key.strip() for key in args.admin_key if key.strip())
     keys = tuple(dict.fromkeys(key for key in [*args.api_key, *env_keys, *admin_keys] if key and key.strip()))
-    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
-    if args.storage_public_urls == "presigned" and storage_url is None:
-        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+    stores = store_settings(args)
     if args.public_url and not args.public_url.startswith(("http://", "https://")):
         raise ValueError(f"--public-url must start with http:// or https://, got {args.public_url!r}")
     return ServerSettings(
         data_dir=args.data_dir.expanduser(),
         api_keys=keys,
         admin_keys=admin_keys,
-        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
-        storage_url=storage_url,
-        s3_endpoint_url=args.s3_endpoint_url,
-        storage_public_urls=args.storage_public_urls,
+        **stores,
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,43 @@ DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
 #: The environment variables naming the job database and the file store when the flags do not.
 DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
 STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
+
+
+def add_store_arguments(parser) -> None:
+    """The job database and file store flags, the same for `serve` and `worker` (read by `store_settings`)."""
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        metavar="URL",
+        help=f"postgresql://user:pass@host/db: the job database shared by API processes and workers "
+        f"(also {DATABASE_URL_ENV}; default: SQLite in the data dir)",
+    )
+    parser.add_argument(
+        "--storage-url",
+        default=None,
+        metavar="s3://BUCKET/PREFIX",
+        help="keep uploads and outputs in an S3-compatible bucket (credentials from the AWS variables; "
+        f"also {STORAGE_URL_ENV}; default: the data dir)",
+    )
+    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
+                        help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
+    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
+                        help="output URLs served through the API (default) or presigned URLs of the bucket")
+
+
+def store_settings(args) -> dict:
+    """The job database and file store the flags (`--database-url`, `--storage-url`, `--s3-endpoint-url`,
+    `--storage-public-urls`) or the environment name, as ServerSettings fields: the same for `serve` and
+    `worker`. ValueError for presigned URLs without a bucket."""
+    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
+    if args.storage_public_urls == "presigned" and storage_url is None:
+        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+    return dict(
+        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
+        storage_url=storage_url,
+        s3_endpoint_url=args.s3_endpoint_url,
+        storage_public_urls=args.storage_public_urls,
+    )
 
 
 @dataclass

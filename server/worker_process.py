@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from seedvr_local.model_home import TINY_MODEL, find_installed_weights
-from seedvr_local.server.settings import DATABASE_URL_ENV, STORAGE_URL_ENV, ServerSettings
+from seedvr_local.server.settings import ServerSettings, add_store_arguments, store_settings
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -32,27 +32,12 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="one worker process per device; all: every CUDA device (else the CPU)",
     )
     parser.add_argument(
-        "--database-url",
-        default=None,
-        metavar="URL",
-        help=f"the job database the API uses (also {DATABASE_URL_ENV}; default: SQLite in --data-dir)",
-    )
-    parser.add_argument(
         "--data-dir",
         type=Path,
         default=Path("seedvr-data"),
         help="the API's data dir: its SQLite database and files when no URLs are given",
     )
-    parser.add_argument(
-        "--storage-url",
-        default=None,
-        metavar="s3://BUCKET/PREFIX",
-        help=f"the API's S3 file store (also {STORAGE_URL_ENV})",
-    )
-    parser.add_argument("--s3-endpoint-url", default=None, metavar="URL",
-                        help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
-    parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
-                        help="output URLs served through the API (default) or presigned URLs of the bucket")
+    add_store_arguments(parser)
     parser.add_argument(
         "--allow-private-urls",
         action="store_true",
@@ -76,15 +61,9 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 def worker_settings(args: argparse.Namespace) -> ServerSettings:
     if not args.lease_seconds >= 1:
         raise ValueError(f"--lease-seconds must be at least 1, got {args.lease_seconds:g}")
-    storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
-    if args.storage_public_urls == "presigned" and storage_url is None:
-        raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
     return ServerSettings(
         data_dir=args.data_dir.expanduser(),
-        database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
-        storage_url=storage_url,
-        s3_endpoint_url=args.s3_endpoint_url,
-        storage_public_urls=args.storage_public_urls,
+        **store_settings(args),
         allow_private_urls=args.allow_private_urls,
         max_input_pixels=args.max_input_pixels,
         max_output_pixels=args.max_output_pixels,
