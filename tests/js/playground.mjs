@@ -223,10 +223,15 @@ async function scenarioKeyed() {
   observed.invalid = { ...invalid, fieldError: await text("#f-image_url-error"), ariaInvalid: await page.getAttribute("#f-image_url", "aria-invalid") };
   observed.storedKey = await page.evaluate(() => sessionStorage.getItem("seedvr-local.api-key"));
 
-  // the file, with the keyboard: the drop zone's file input follows the endpoint chooser in the tab order
+  // the file, with the keyboard: the drop zone's file input follows the endpoint chooser in the tab order.
+  // The form first: the finished run hands it back (a disabled chooser takes no focus), and the page has the
+  // keyboard (the key prompt it just closed held it).
+  await page.waitForSelector("#run:enabled", WAIT);
+  await page.bringToFront();
   await page.focus("#endpoint");
   await page.keyboard.press("Tab");
   observed.afterChooser = await page.evaluate(() => document.activeElement.id);
+  if (observed.afterChooser !== "f-image_url-file") return observed; // the test names what had the focus instead
   const [chooser] = await Promise.all([page.waitForEvent("filechooser", WAIT), page.keyboard.press("Space")]);
   await chooser.setFiles(env.IMAGE_PATH);
   await page.waitForSelector(".drop[data-uploaded=true], #error:not([hidden])", WAIT);
