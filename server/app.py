@@ -60,9 +60,6 @@ def create_app(
         if settings.worker_in_process:
             state.worker.start()
         tasks = [asyncio.create_task(state.webhooks.run()), asyncio.create_task(_expire_deadlines(state))]
-        if not settings.worker_in_process and state.listener is None:
-            # SQLite shared with worker processes has no NOTIFY: waiters re-read on a short period instead
-            tasks.append(asyncio.create_task(_poll_changes(state)))
         if state.retention is not None:
             tasks.append(asyncio.create_task(_sweep_expired(state.retention, settings.retention_sweep_s)))
         for task in tasks:
@@ -172,14 +169,6 @@ async def _sweep_expired(retention: Retention, interval_s: float) -> None:
         except Exception:  # a full disk or a locked file: try again at the next sweep
             log.exception("retention sweep failed")
         await asyncio.sleep(interval_s)
-
-
-async def _poll_changes(state: ServerState, period_s: float = 0.25) -> None:
-    """Wake every waiter (SSE streams, sync runs) to re-read its job: how they hear of other processes' changes
-    when the database cannot announce them."""
-    while True:
-        await asyncio.sleep(period_s)
-        state.notifier.notify(None)
 
 
 async def _expire_deadlines(state: ServerState) -> None:

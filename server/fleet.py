@@ -1,23 +1,17 @@
 """What lets several processes and hosts share one job database: the workers' registry (heartbeats, for /readyz
-and /metrics), job changes announced across processes (PostgreSQL LISTEN/NOTIFY), and per-key owners.
+and /metrics) and per-key owners (job changes announced across processes: change_feed.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 
 from seedvr_local.server.db import Database
-from seedvr_local.server.events import ChangeNotifier
-from seedvr_local.server.jobs import CHANGES_CHANNEL
-
-log = logging.getLogger("seedvr_local.server")
 
 
 def owner_of(api_key: str) -> str:
@@ -79,44 +73,3 @@ class WorkerRegistry:
     def forget_stale(self, older_than_s: float) -> None:
         """Workers silent for longer than this are gone: their rows go (the retention of the registry)."""
         self.db.execute("DELETE FROM workers WHERE heartbeat_at < ?", (time.time() - older_than_s,))
-
-
-class ChangeListener:
-    """Forwards the job changes other processes announce (PostgreSQL NOTIFY) to this process's waiters.
-
-    A thread with its own connection (LISTEN needs one that stays open); when the connection drops (a database
-    restart) it wakes every waiter, so they re-read what they wait on, and connects again.
-    """
-
-    def __init__(self, db: Database, notifier: ChangeNotifier):
-        self.db = db
-        self.notifier = notifier
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="seedvr-listen", daemon=True)
-        self.connected = threading.Event()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        import psycopg
-
-        conninfo = self.db.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
-                    conn.execute(f"LISTEN {CHANGES_CHANNEL}")
-                    self.connected.set()
-                    self.notifier.notify(None)  # changes made while not listening: re-read
-                    while not self._stopping.is_set():
-                        for note in conn.notifies(timeout=0.5, stop_after=100):
-                            self.notifier.notify(note.payload or None)
-            except psycopg.OperationalError as exc:
-                self.connected.clear()
-                self.notifier.notify(None)
-                log.warning("job change feed: %s; reconnecting", str(exc).strip().splitlines()[0] if str(exc) else exc)
-                self._stopping.wait(1.0)

@@ -14,7 +14,8 @@ from seedvr_local.server.db import Database, DataDirLock
 from seedvr_local.server.engine import EngineFactory, EngineHolder
 from seedvr_local.server.events import ChangeNotifier
 from seedvr_local.server.fetch import FetchError, ImageFetcher
-from seedvr_local.server.fleet import ChangeListener, WorkerRegistry, owner_of
+from seedvr_local.server.change_feed import ChangeFeed, change_feed
+from seedvr_local.server.fleet import WorkerRegistry, owner_of
 from seedvr_local.server.jobs import Completion, Job, JobStore, OwnedJobs
 from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.netguard import NetGuard
@@ -47,7 +48,7 @@ class ServerState:
     retention: Retention | None
     signer: WebhookSigner
     registry: WorkerRegistry
-    listener: ChangeListener | None
+    listener: ChangeFeed | None  # changes made by other processes (None: every change is made here)
 
     @classmethod
     def open(
@@ -96,7 +97,9 @@ class ServerState:
             retention=Retention(db, files, settings.retention_s) if settings.retention_s else None,
             signer=signer,
             registry=registry,
-            listener=ChangeListener(db, notifier) if db.is_postgres else None,
+            listener=(
+                change_feed(db, notifier.notify) if db.is_postgres or not settings.worker_in_process else None
+            ),
         )
 
     def base_url(self, request: Request) -> str:

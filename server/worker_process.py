@@ -208,6 +208,7 @@ def run_worker_process(
 ) -> None:
     """Run one worker on `device` until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
     never outlives the server that started it, however that server ended)."""
+    from seedvr_local.server.change_feed import change_feed
     from seedvr_local.server.db import Database
     from seedvr_local.server.engine import EngineHolder
     from seedvr_local.server.fetch import ImageFetcher
@@ -235,10 +236,13 @@ def run_worker_process(
     engines = EngineHolder(load, description)
     processor = JobProcessor(jobs, files, fetcher, engines, settings, Metrics())
     worker = Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
+    feed = change_feed(db, lambda _job_id: worker.wake())  # an idle worker starts a new job at once, not at a poll
+    feed.start()
     worker.start()
     log.info("worker %s started on %s", worker.id, device)
     stopping.wait()
     log.info("worker %s stopping", worker.id)
+    feed.stop()
     if not worker.stop(settings.shutdown_grace_s):
         log.warning(
             "the running job did not stop within %.0f s; it runs again when its lease expires",

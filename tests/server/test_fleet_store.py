@@ -14,9 +14,9 @@ import time
 import pytest
 from PIL import Image
 
+from seedvr_local.server.change_feed import change_feed
 from seedvr_local.server.db import Database, DatabaseUnavailable
 from seedvr_local.server.events import ChangeNotifier
-from seedvr_local.server.fleet import ChangeListener
 from seedvr_local.server.jobs import COMPLETED, IN_PROGRESS, IN_QUEUE, Completion, JobStore
 from seedvr_local.server.migrations import LATEST
 from tests.server.helpers import FakeEngine, data_uri, png_bytes, wait_status
@@ -140,12 +140,12 @@ def test_status_reads_leave_the_input_in_the_row(db):
     assert jobs.get(job.id, with_input=True).input == {"image_url": "data:,", "seed": 7}
 
 
-@pytest.mark.parametrize("store", ["postgresql"])
-def test_changes_reach_the_waiters_of_another_process(db, open_db, store):
-    """A worker on another host logs and completes: this process's waiters hear of it (LISTEN/NOTIFY)."""
+def test_changes_reach_the_waiters_of_another_process(db, open_db):
+    """A worker in another process completes a job: this process's waiters hear of it (PostgreSQL: LISTEN/NOTIFY,
+    SQLite: its data_version)."""
     job = _job(JobStore(db))
     notifier = ChangeNotifier()
-    listener = ChangeListener(db, notifier)
+    listener = change_feed(db, notifier.notify)
     listener.start()
     elsewhere = JobStore(open_db())  # another process's store
 
