@@ -38,8 +38,8 @@ def check_vae_tile(vae_tile: VaeTile) -> None:
 
 
 @dataclass(frozen=True)
-class UpscaleOptions:
-    """fal's `fal-ai/seedvr/upscale/image` input semantics (minus the image and the output format)."""
+class RestoreOptions:
+    """What an image and a video upscale share: fal's size, seed, noise and colour-fix semantics."""
 
     upscale_mode: UpscaleMode = "factor"
     upscale_factor: float = 2.0
@@ -47,7 +47,6 @@ class UpscaleOptions:
     seed: int | None = None
     noise_scale: float = 0.1
     color_fix: ColorFix = "wavelet"
-    vae_tile: VaeTile = "auto"  # VAE tile in pixels; "auto": untiled if it fits, else the planner's
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for options no run could honour."""
@@ -58,8 +57,18 @@ class UpscaleOptions:
             raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if self.color_fix not in COLOR_FIXES:
             raise ValueError(f"color_fix must be one of {', '.join(COLOR_FIXES)}, got {self.color_fix!r}")
-        check_vae_tile(self.vae_tile)
 
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) of the result for a `width x height` input; SizeError when there is none."""
         return output_size(width, height, self.upscale_mode, self.upscale_factor, self.target_resolution)
+
+
+@dataclass(frozen=True)
+class UpscaleOptions(RestoreOptions):
+    """fal's `fal-ai/seedvr/upscale/image` input semantics (minus the image and the output format)."""
+
+    vae_tile: VaeTile = "auto"  # VAE tile in pixels; "auto": untiled if it fits, else the planner's
+
+    def validate(self) -> None:
+        super().validate()
+        check_vae_tile(self.vae_tile)

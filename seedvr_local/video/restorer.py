@@ -29,8 +29,7 @@ import torch
 from seedvr_local.image_io import to_uint8, upscale_alpha
 from seedvr_local.pipeline import RestorationPipeline, to_uint8_frames
 from seedvr_local.models.vae_tiling import VAETiling
-from seedvr_local.options import MAX_SEED, UpscaleOptions
-from seedvr_local.sizes import output_size
+from seedvr_local.options import MAX_SEED, RestoreOptions
 from seedvr_local.video.clips import ClipRunner, ClipTask, LocalClips, PhaseTimer
 from seedvr_local.video.errors import InvalidVideoError, VideoTooLargeError
 from seedvr_local.video.formats import (
@@ -72,15 +71,9 @@ def clip_seed(seed: int, clip_index: int) -> int:
 
 
 @dataclass(frozen=True)
-class VideoOptions:
+class VideoOptions(RestoreOptions):
     """fal's `fal-ai/seedvr/upscale/video` input semantics (minus the video itself), plus the clip layout."""
 
-    upscale_mode: str = "factor"
-    upscale_factor: float = 2.0
-    target_resolution: str = "1080p"
-    seed: int | None = None
-    noise_scale: float = 0.1
-    color_fix: str = "wavelet"
     output_format: str = DEFAULT_FORMAT.fal_name
     output_quality: str = DEFAULT_QUALITY
     output_write_mode: str = DEFAULT_WRITE_MODE
@@ -89,12 +82,7 @@ class VideoOptions:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line message for options no run could honour."""
-        # The options a video shares with an image follow the image's rules.
-        UpscaleOptions(
-            upscale_mode=self.upscale_mode, upscale_factor=self.upscale_factor,
-            target_resolution=self.target_resolution, seed=self.seed, noise_scale=self.noise_scale,
-            color_fix=self.color_fix,
-        ).validate()  # fmt: skip
+        super().validate()  # what a video shares with an image follows the image's rules
         output_format(self.output_format)
         check_choice("output_quality", self.output_quality, OUTPUT_QUALITIES)
         check_choice("output_write_mode", self.output_write_mode, OUTPUT_WRITE_MODES)
@@ -204,9 +192,7 @@ class VideoRestorer:
         for the file and the limits) with a one-line message before any frame is restored."""
         options.validate()
         info = probe_video(source, limits.max_input_pixels)
-        width, height = output_size(
-            info.width, info.height, options.upscale_mode, options.upscale_factor, options.target_resolution
-        )
+        width, height = options.output_size(info.width, info.height)
         limits.check(info, width, height)
         clip_frames = options.clip_frames(width, height) if callable(options.clip_frames) else options.clip_frames
         check_clip_frames(clip_frames)
