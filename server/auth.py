@@ -17,7 +17,14 @@ from pathlib import Path
 
 from fastapi import Request
 
+from seedvr_local.server.db import Database
 from seedvr_local.server.errors import FalError
+from seedvr_local.server.secret_store import SecretStore
+
+#: The upload-token HMAC secret's name in the database's secrets.
+UPLOAD_TOKEN_SECRET = "upload-token-key"
+#: Where releases before the secret moved to the database kept it, in the data dir.
+LEGACY_UPLOAD_TOKEN_FILE = "upload-token.key"
 
 
 def require_key(request: Request) -> None:
@@ -52,14 +59,13 @@ class UploadTokens:
         self.ttl_s = ttl_s
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, ttl_s: int) -> UploadTokens:
-        """The signing secret lives in the data dir, so tokens survive restarts."""
-        path = data_dir / "upload-token.key"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.touch(mode=0o600)
-            path.write_bytes(secrets.token_bytes(32))
-        return cls(path.read_bytes(), ttl_s)
+    def from_database(cls, db: Database, data_dir: Path, ttl_s: int) -> UploadTokens:
+        """The signing secret lives in the job database, so tokens survive restarts and a token from one front-end
+        is good at every other; a secret an older release kept in `data_dir` is adopted (its tokens stay valid)."""
+        secret = SecretStore(db).get_or_adopt(
+            UPLOAD_TOKEN_SECRET, data_dir / LEGACY_UPLOAD_TOKEN_FILE, lambda: secrets.token_bytes(32)
+        )
+        return cls(secret, ttl_s)
 
     def issue(self) -> dict[str, str]:
         expires = int(time.time()) + self.ttl_s

@@ -108,6 +108,21 @@ CREATE TABLE workers (
     _run(conn, statements.format(**_types(db)))
 
 
+def _shared_secrets_and_webhook_claims(conn: Connection, db: Database) -> None:
+    """Several front-ends on one database: the keys they must share (server/secret_store.py), and a claim per
+    webhook delivery so that one front-end posts each try (server/webhooks.py)."""
+    statements = """
+CREATE TABLE server_secrets (
+    name       TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,                                -- base64 of the secret's bytes
+    created_at {float} NOT NULL
+);
+ALTER TABLE webhooks ADD COLUMN claimed_by TEXT;             -- the sender trying it now, or that made the last try
+ALTER TABLE webhooks ADD COLUMN claim_expires_at {float}     -- a claim not released by then is free again
+"""
+    _run(conn, statements.format(**_types(db)))
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         lines = [line.split("--")[0].rstrip() for line in statement.strip().splitlines()]
@@ -120,6 +135,7 @@ def _run(conn: Connection, script: str) -> None:
 MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
     (1, "jobs, logs, webhooks, files", _initial),
     (2, "leases, worker heartbeats, owners", _fleet),
+    (3, "shared secrets, webhook delivery claims", _shared_secrets_and_webhook_claims),
 ]
 LATEST = MIGRATIONS[-1][0]
 

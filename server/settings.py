@@ -96,7 +96,11 @@ class ServerSettings:
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 15.0
     webhook_backoff_max_s: float = 1800.0
+    #: The most one try may take (resolving the host, connecting, sending, reading the answer).
     webhook_timeout_s: float = 15.0
+    #: How long a front-end holds the delivery it is trying: longer than a try, so that no other front-end posts
+    #: it meanwhile; a front-end that died holding it frees it when this runs out.
+    webhook_claim_s: float = 30.0
     #: The `X-Fal-Webhook-User-Id` of signed webhooks (fal sends the account's id).
     webhook_user_id: str = "seedvr-local"
 

@@ -3,7 +3,9 @@
 Each delivery carries `X-Fal-Webhook-Request-Id`, `-User-Id`, `-Timestamp` (unix seconds) and `-Signature`: the
 hex Ed25519 signature of `"{request_id}\\n{user_id}\\n{timestamp}\\n{sha256_hex(body)}"`. The public key is served
 as a JWKS at `/.well-known/jwks.json`: a receiver points the JWKS URL it would fetch from fal at this server.
-The private key lives in the data dir (created on first start), so signatures stay verifiable across restarts.
+The private key lives in the job database (made on first start, server/secret_store.py), so signatures stay
+verifiable across restarts and every front-end sharing the database signs with it and serves the same JWKS.
+A key that an older release kept in the data dir (LEGACY_KEY_FILE) is adopted, so pinned JWKS keep verifying.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-KEY_FILE = "webhook-signing-key.pem"
+from seedvr_local.server.db import Database
+from seedvr_local.server.secret_store import SecretStore
+
+#: The key's name in the database's secrets; its value is the PKCS#8 PEM of the private key.
+SECRET_NAME = "webhook-signing-key"
+#: Where releases before the key moved to the database kept it, in the data dir.
+LEGACY_KEY_FILE = "webhook-signing-key.pem"
 
 
 def signed_message(request_id: str, user_id: str, timestamp: int, body: bytes) -> bytes:
@@ -32,19 +40,22 @@ class WebhookSigner:
         self.key_id = hashlib.sha256(public).hexdigest()[:16]
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, user_id: str) -> WebhookSigner:
-        path = data_dir / KEY_FILE
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            pem = Ed25519PrivateKey.generate().private_bytes(
+    def from_database(cls, db: Database, data_dir: Path, user_id: str) -> WebhookSigner:
+        """The key stored in `db` (made, or adopted from `data_dir`'s legacy key file, when there is none)."""
+
+        def new_key() -> bytes:
+            return Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
-            path.touch(mode=0o600)
-            path.write_bytes(pem)
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise RuntimeError(f"{path} does not hold an Ed25519 private key: delete it to make a new one")
-        return cls(key, user_id)
+
+        pem = SecretStore(db).get_or_adopt(SECRET_NAME, data_dir / LEGACY_KEY_FILE, new_key, check=_private_key)
+        try:
+            return cls(_private_key(pem), user_id)
+        except ValueError as exc:
+            raise RuntimeError(
+                f"the webhook signing key in the database at {db.where} is unusable ({exc}): delete the row"
+                f" '{SECRET_NAME}' of its server_secrets table to make a new one"
+            ) from None
 
     def headers(self, request_id: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
         timestamp = int(time.time()) if timestamp is None else timestamp
@@ -59,3 +70,11 @@ class WebhookSigner:
     def jwks(self) -> dict:
         x = base64.urlsafe_b64encode(self._public_bytes).rstrip(b"=").decode()
         return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": self.key_id, "use": "sig", "alg": "EdDSA"}]}
+
+
+def _private_key(pem: bytes) -> Ed25519PrivateKey:
+    """ValueError unless `pem` is an Ed25519 private key in PEM."""
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"not an Ed25519 private key but {type(key).__name__}")
+    return key

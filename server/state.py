@@ -80,7 +80,7 @@ class ServerState:
         )
         engines = EngineHolder(engine_factory, description)
         processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
-        signer = WebhookSigner.from_data_dir(settings.data_dir, settings.webhook_user_id)
+        signer = WebhookSigner.from_database(db, settings.data_dir, settings.webhook_user_id)
         registry = WorkerRegistry(db)
         return cls(
             settings=settings,
@@ -92,7 +92,7 @@ class ServerState:
             worker=Worker(jobs, processor, engines, registry, settings.lease_s),
             webhooks=WebhookSender(db, guard, settings, metrics, notifier, signer),
             metrics=metrics,
-            upload_tokens=UploadTokens.from_data_dir(settings.data_dir, settings.upload_token_ttl_s),
+            upload_tokens=UploadTokens.from_database(db, settings.data_dir, settings.upload_token_ttl_s),
             lock=lock,
             retention=Retention(db, files, settings.retention_s) if settings.retention_s else None,
             signer=signer,

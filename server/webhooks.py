@@ -4,6 +4,11 @@ A completed job queues its delivery in the same database transaction that comple
 (an asyncio task, never in the worker's way) posts due deliveries, retrying failures with exponential
 backoff up to `webhook_max_attempts` tries. A delivery interrupted by a shutdown runs after the restart.
 Every try is signed like fal's (server/signing.py).
+
+Every front-end runs a sender on the shared database: a sender claims a delivery (atomically, in the database)
+before trying it, so one front-end posts each try. A claim lasts `webhook_claim_s`, longer than a try can take
+(`webhook_timeout_s`); a sender releases it when the try ends or at shutdown, and one that died holding it leaves
+it to expire, after which another sender delivers it: each webhook arrives at least once, and normally once.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import socket
 import time
+import uuid
 
 import httpx
 
@@ -25,6 +33,9 @@ from seedvr_local.server.signing import WebhookSigner
 log = logging.getLogger("seedvr_local.server")
 
 _SENDER = "webhook-sender"  # a key no job has: notifying it wakes only the sender (an ANY subscriber)
+
+#: When a pending delivery may be tried: its next attempt, or the end of another sender's claim if that is later.
+_READY_AT = "(CASE WHEN claim_expires_at > next_attempt THEN claim_expires_at ELSE next_attempt END)"
 
 
 def webhook_body(request_id: str, completion) -> str:
@@ -48,6 +59,11 @@ class WebhookSender:
         signer: WebhookSigner,
         transport: httpx.AsyncBaseTransport | None = None,
     ):
+        if settings.webhook_claim_s <= settings.webhook_timeout_s:
+            raise ValueError(
+                f"webhook_claim_s ({settings.webhook_claim_s}) must be longer than a try (webhook_timeout_s,"
+                f" {settings.webhook_timeout_s}): else another front-end may post a delivery still being tried"
+            )
         self.signer = signer
         self.db = db
         self.guard = guard
@@ -55,6 +71,8 @@ class WebhookSender:
         self.metrics = metrics
         self.notifier = notifier
         self.transport = transport
+        #: Names this sender's claims (several senders may run on one host, in one process in the tests).
+        self.sender_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._in_flight: dict[int, asyncio.Task] = {}
 
     async def run(self) -> None:
@@ -66,33 +84,58 @@ class WebhookSender:
                 try:
                     while True:
                         now = time.time()
-                        for row in self._due(now):
+                        for row in await asyncio.to_thread(self.claim_due):
+                            if row["id"] in self._in_flight:
+                                continue  # still being tried here: the claim just taken only extends its own
                             task = asyncio.create_task(self._deliver(client, row))
                             self._in_flight[row["id"]] = task
                             task.add_done_callback(lambda _t, key=row["id"]: self._in_flight.pop(key, None))
-                        await changes.wait(self._seconds_to_next(now))
+                        await changes.wait(await asyncio.to_thread(self._seconds_to_next, now))
                 finally:
                     in_flight = list(self._in_flight.values())
                     for task in in_flight:
-                        task.cancel()  # not counted as a try: delivered after the restart
+                        task.cancel()  # not counted as a try: delivered after the restart, or by another front-end
                     if in_flight:
                         await asyncio.wait(in_flight, timeout=2)
+                    await asyncio.to_thread(self._release_claims)
 
-    def _due(self, now: float) -> list:
-        rows = self.db.query(
-            "SELECT id, job_id, url, body, attempts FROM webhooks WHERE state = 'pending' AND next_attempt <= ?"
-            " ORDER BY next_attempt LIMIT 50",
-            (now,),
-        )
-        return [row for row in rows if row["id"] not in self._in_flight]
+    def claim_due(self) -> list:
+        """Claims the deliveries due now that no other sender holds (up to 50) for `webhook_claim_s`; returns
+        them. Two senders never claim the same one: on PostgreSQL the rows are locked and skipped by the others,
+        on SQLite the transaction holds the database."""
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.is_postgres else ""
+
+        def claim() -> list:
+            now = time.time()  # read in the transaction: a claim lasts webhook_claim_s however long the wait for it
+            with self.db.transaction() as conn:
+                rows = conn.execute(
+                    "SELECT id, job_id, url, body, attempts FROM webhooks WHERE state = 'pending' AND next_attempt <= ?"
+                    f" AND {_READY_AT} <= ? ORDER BY next_attempt LIMIT 50{skip_locked}",
+                    (now, now),
+                ).fetchall()
+                conn.executemany(
+                    "UPDATE webhooks SET claimed_by = ?, claim_expires_at = ? WHERE id = ?",
+                    [(self.sender_id, now + self.settings.webhook_claim_s, row["id"]) for row in rows],
+                )
+                return rows
+
+        return self.db.retrying(claim)  # a transaction that failed did not commit: claiming again is harmless
 
     def _seconds_to_next(self, now: float) -> float:
         row = self.db.query_one(
-            "SELECT MIN(next_attempt) FROM webhooks WHERE state = 'pending' AND next_attempt > ?", (now,)
+            f"SELECT MIN({_READY_AT}) FROM webhooks WHERE state = 'pending' AND {_READY_AT} > ?", (now,)
         )
         if row is None or row[0] is None:
             return 5.0
         return min(max(row[0] - now, 0.01), 5.0)
+
+    def _release_claims(self) -> None:
+        """Frees what this sender still holds (at shutdown), for another front-end or the restart to deliver now."""
+        self.db.execute(
+            "UPDATE webhooks SET claimed_by = NULL, claim_expires_at = NULL"
+            " WHERE claimed_by = ? AND state = 'pending'",
+            (self.sender_id,),
+        )
 
     async def _deliver(self, client: httpx.AsyncClient, row) -> None:
         try:
@@ -105,45 +148,83 @@ class WebhookSender:
         error: str | None = None
         permanent = False
         try:
-            target = await asyncio.to_thread(self.guard.prepare, row["url"])
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "seedvr-local (webhook)",
-                **self.signer.headers(row["job_id"], row["body"].encode()),  # signed at each try, as fal does
-                **target.headers,
-            }
-            response = await client.post(target.url, content=row["body"], headers=headers, extensions=target.extensions)
+            # the whole try within webhook_timeout_s (httpx's timeout bounds each step, not their sum): it ends
+            # while the claim holds
+            async with asyncio.timeout(self.settings.webhook_timeout_s):
+                target = await asyncio.to_thread(self.guard.prepare, row["url"])
+                headers = {
+                    "Content-Type": "application/json",
+                    "User-Agent": "seedvr-local (webhook)",
+                    **self.signer.headers(row["job_id"], row["body"].encode()),  # signed at each try, as fal does
+                    **target.headers,
+                }
+                response = await client.post(
+                    target.url, content=row["body"], headers=headers, extensions=target.extensions
+                )
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
         except BlockedURLError as exc:
             error, permanent = str(exc), True
         except httpx.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        except TimeoutError:
+            error = f"no answer within {self.settings.webhook_timeout_s:g} s"
         if error is None:
-            self.db.execute("UPDATE webhooks SET state = 'delivered', attempts = ? WHERE id = ?", (attempt, row["id"]))
-            self.metrics.webhook("delivered")
-            return
-        if permanent or attempt >= self.settings.webhook_max_attempts:
-            self.db.execute(
-                "UPDATE webhooks SET state = 'failed', attempts = ?, last_error = ? WHERE id = ?",
-                (attempt, error, row["id"]),
+            outcome = "delivered"
+            recorded = await self._record(
+                "UPDATE webhooks SET state = 'delivered', attempts = ?, claim_expires_at = NULL", (attempt,), row
             )
-            self.metrics.webhook("failed")
-            log.error(
-                "webhook of job %s to %s failed for good after %d tries: %s", row["job_id"], row["url"], attempt, error
+        elif permanent or attempt >= self.settings.webhook_max_attempts:
+            outcome = "failed"
+            recorded = await self._record(
+                "UPDATE webhooks SET state = 'failed', attempts = ?, last_error = ?, claim_expires_at = NULL",
+                (attempt, error),
+                row,
             )
-            return
-        delay = min(self.settings.webhook_backoff_s * 2 ** (attempt - 1), self.settings.webhook_backoff_max_s)
-        self.db.execute(
-            "UPDATE webhooks SET attempts = ?, next_attempt = ?, last_error = ? WHERE id = ?",
-            (attempt, time.time() + delay, error, row["id"]),
-        )
-        self.metrics.webhook("retried")
-        log.warning(
-            "webhook of job %s to %s: try %d failed (%s); next in %.1f s",
-            row["job_id"],
-            row["url"],
-            attempt,
-            error,
-            delay,
-        )
+            if recorded:
+                log.error(
+                    "webhook of job %s to %s failed for good after %d tries: %s",
+                    row["job_id"],
+                    row["url"],
+                    attempt,
+                    error,
+                )
+        else:
+            outcome = "retried"
+            delay = min(self.settings.webhook_backoff_s * 2 ** (attempt - 1), self.settings.webhook_backoff_max_s)
+            recorded = await self._record(
+                "UPDATE webhooks SET attempts = ?, next_attempt = ?, last_error = ?, claimed_by = NULL,"
+                " claim_expires_at = NULL",
+                (attempt, time.time() + delay, error),
+                row,
+            )
+            if recorded:
+                log.warning(
+                    "webhook of job %s to %s: try %d failed (%s); next in %.1f s",
+                    row["job_id"],
+                    row["url"],
+                    attempt,
+                    error,
+                    delay,
+                )
+        if recorded:
+            self.metrics.webhook(outcome)
+        else:
+            log.warning(
+                "webhook of job %s to %s: try %d (%s) ended after its claim had passed to another sender; not recorded",
+                row["job_id"],
+                row["url"],
+                attempt,
+                error or "delivered",
+            )
+
+    async def _record(self, update: str, values: tuple, row) -> bool:
+        """Records a try's outcome (`update`, without its WHERE) if this sender still holds the claim."""
+
+        def write() -> bool:
+            result = self.db.execute(
+                f"{update} WHERE id = ? AND claimed_by = ?", (*values, row["id"], self.sender_id)
+            )
+            return result.rowcount == 1
+
+        return await asyncio.to_thread(write)
