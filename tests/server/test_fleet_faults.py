@@ -3,6 +3,7 @@ worker processes, all real processes on loopback with the tiny model. Jobs go in
 and sync) and are polled and streamed through the other; one worker is killed with SIGKILL in the middle of a
 job, one front-end in the middle of an SSE stream, and PostgreSQL restarts once. Every job completes exactly once
 with a correct result readable from the surviving front-end, and every webhook is delivered with its request id.
+The processes share only the database and the bucket, as on separate hosts: each has its own data dir.
 """
 
 from __future__ import annotations
@@ -45,21 +46,24 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
     restart_postgres = requires.environment(
         "SEEDVR_TEST_POSTGRES_RESTART", "a shell command restarting the test PostgreSQL server; .ci/run sets it"
     )
+    # what the hosts of a fleet share: the database and the bucket; every process has a data dir of its own
     stores = [
         "--database-url", settings.database_url, "--storage-url", settings.storage_url,
-        "--s3-endpoint-url", settings.s3_endpoint_url, "--data-dir", str(settings.data_dir),
+        "--s3-endpoint-url", settings.s3_endpoint_url,
     ]  # fmt: skip
     log = (tmp_path / "fleet.log").open("ab")
     ports = [free_port(), free_port()]
     front_ends = [
         _spawn(
-            ["serve", "--workers", "0", "--model", "tiny", "--port", str(port), "--allow-private-urls", *stores], log
-        )
-        for port in ports
+            ["serve", "--workers", "0", "--model", "tiny", "--port", str(port), "--allow-private-urls", *stores,
+             "--data-dir", str(tmp_path / f"front-end-{n}")], log,
+        )  # fmt: skip
+        for n, port in enumerate(ports)
     ]
     workers = [
-        _spawn(["worker", "--model", "tiny", "--devices", "cpu", "--lease-seconds", "3", *stores], log)
-        for _ in range(3)
+        _spawn(["worker", "--model", "tiny", "--devices", "cpu", "--lease-seconds", "3", *stores,
+                "--data-dir", str(tmp_path / f"worker-{n}")], log)  # fmt: skip
+        for n in range(3)
     ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     db = Database(settings.database_url)
