@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from seedvr_local.server.db import Database
 from seedvr_local.server.errors import FalError, cancelled_error, request_error, timeout_error
+from seedvr_local.server.metrics import count_job
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 PRIORITIES = {"normal": 0, "low": 1}
@@ -322,6 +323,7 @@ class JobStore:
                 job_id,
             ),
         )
+        count_job(conn, completion.outcome)
         if row["webhook_url"]:
             conn.execute(
                 "INSERT INTO webhooks (job_id, url, body, next_attempt, state) VALUES (?, ?, ?, ?, 'pending')",

@@ -208,6 +208,28 @@ def run_worker_process(
 ) -> None:
     """Run one worker on `device` until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
     never outlives the server that started it, however that server ended)."""
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    if parent_pid is not None:
+        threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
+    load, description = engine_for(args, device)
+    worker = open_worker(settings, device, load, description)
+    worker.start()
+    log.info("worker %s started on %s", worker.id, device)
+    stopping.wait()
+    log.info("worker %s stopping", worker.id)
+    if not worker.stop(settings.shutdown_grace_s):
+        log.warning(
+            "the running job did not stop within %.0f s; it runs again when its lease expires",
+            settings.shutdown_grace_s,
+        )
+    worker.jobs.db.close()
+
+
+def open_worker(settings: ServerSettings, device: str, load, description: str):
+    """A Worker (not started) for `device` on the stores the settings name, with its own database connections,
+    file store and metrics: what a worker process runs, whatever its model (`load`)."""
     from seedvr_local.server.db import Database
     from seedvr_local.server.engine import EngineHolder
     from seedvr_local.server.fetch import ImageFetcher
@@ -219,32 +241,17 @@ def run_worker_process(
     from seedvr_local.server.state import open_files
     from seedvr_local.server.worker import Worker, log_job
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    if parent_pid is not None:
-        threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
-    load, description = engine_for(args, device)
     db = Database(settings.database_url or settings.database_path)
     files = open_files(settings, db)
     guard = NetGuard(allow_private=settings.allow_private_urls)
     fetcher = ImageFetcher(
         files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
     )
+    metrics = Metrics(db)
     jobs = JobStore(db, settings.max_job_attempts, on_completed=log_job)
     engines = EngineHolder(load, description)
-    processor = JobProcessor(jobs, files, fetcher, engines, settings, Metrics())
-    worker = Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
-    worker.start()
-    log.info("worker %s started on %s", worker.id, device)
-    stopping.wait()
-    log.info("worker %s stopping", worker.id)
-    if not worker.stop(settings.shutdown_grace_s):
-        log.warning(
-            "the running job did not stop within %.0f s; it runs again when its lease expires",
-            settings.shutdown_grace_s,
-        )
-    db.close()
+    processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
+    return Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
 
 
 def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:
