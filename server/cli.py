@@ -62,7 +62,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_store_arguments(parser)
     parser.add_argument("--workers", type=int, choices=(0,), default=None,
-                        help="0: the API alone, no model here; workers run elsewhere (`seedvr-local worker`)")
+                        help="0: the API alone, with no model (it refuses the model flags); workers run elsewhere "
+                        "(`seedvr-local worker`)")
     parser.add_argument("--devices", default=None, metavar="cpu|cuda:0,cuda:1|all",
                         help="run one worker process per device beside the API (default: one worker thread on "
                         "--device)")
@@ -113,8 +114,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
+#: The flags of a process that runs a model, each with its value when it is not given: `serve --workers 0` runs
+#: none, so it refuses them rather than ignore them (tests/server/test_cli.py checks these against the parser).
+MODEL_FLAGS = {
+    "--model": None, "--weights-dir": None, "--device": None, "--dtype": None, "--kernels": "auto",
+    "--compile": False, "--warm-up-sizes": (), "--devices": None, "--cpu-memory": CPU_MEMORY_POLICIES[0],
+}  # fmt: skip
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """A model for a server that runs one, none for the API alone (`--workers 0`); ValueError (one line) else."""
+    if args.workers == 0:
+        given = [flag for flag, unset in MODEL_FLAGS.items() if getattr(args, _dest(flag)) != unset]
+        if given:
+            raise ValueError(
+                f"serve --workers 0 runs no model: drop {' '.join(given)} (the workers take the model: "
+                "seedvr-local worker --model ... --devices ...)"
+            )
+    elif args.model is None and args.weights_dir is None:
+        raise ValueError("serve needs --model or --weights-dir (or --workers 0 for the API alone, with no model)")
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """ServerSettings from the parsed flags and SEEDVR_API_KEYS; ValueError for inconsistent ones."""
+    check_model_flags(args)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
     for path in (args.ssl_certfile, args.ssl_keyfile):
