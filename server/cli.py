@@ -98,6 +98,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-video-pixel-frames", type=int, default=None, metavar="N",
                         help="the most output width x height x frames of one video, 1 or more, e.g. 1244160000 for 600 "
                         "frames of 1080p (default: no limit)")
+    parser.add_argument("--max-video-clip-frames", type=int, default=ServerSettings.max_video_clip_frames,
+                        metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is restored "
+                        "in; the memory planner may choose shorter ones; longer clips flicker less at their seams "
+                        f"(default {ServerSettings.max_video_clip_frames})")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
@@ -152,9 +156,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     if args.max_input_pixels < 1 or (args.max_output_pixels is not None and args.max_output_pixels < 1):
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
     for flag, value in (("--max-video-frames", args.max_video_frames),
-                        ("--max-video-pixel-frames", args.max_video_pixel_frames)):  # fmt: skip
+                        ("--max-video-pixel-frames", args.max_video_pixel_frames),
+                        ("--max-video-clip-frames", args.max_video_clip_frames)):  # fmt: skip
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
+    from seedvr_local.video.schedule import check_clip_frames  # the rule of clip lengths (loads torch)
+
+    try:
+        check_clip_frames(args.max_video_clip_frames)
+    except ValueError as exc:
+        raise ValueError(f"--max-video-clip-frames: {exc}") from None
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
@@ -175,6 +186,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_output_pixels=args.max_output_pixels,
         max_video_frames=args.max_video_frames,
         max_video_pixel_frames=args.max_video_pixel_frames,
+        max_video_clip_frames=args.max_video_clip_frames,
         retention_s=args.retention_hours * 3600 or None,
         webhook_user_id=args.webhook_user_id,
     )

@@ -110,8 +110,10 @@ CREATE TABLE workers (
 
 def _operations(conn: Connection, db: Database) -> None:
     """/metrics for a fleet: each worker's device memory in its heartbeat; phase-time histograms and counters that
-    every process adds to and any API process reads. Never deleted by retention: they only grow."""
+    every process adds to and any API process reads (never deleted by retention: they only grow). A job's limits,
+    chosen by the API process that accepted it, for the worker that runs it."""
     statements = """
+ALTER TABLE jobs ADD COLUMN limits TEXT;                    -- JSON: settings.JOB_LIMITS (NULL: the worker's own)
 ALTER TABLE workers ADD COLUMN memory_allocated BIGINT;     -- bytes of tensors on the device (NULL on the CPU)
 ALTER TABLE workers ADD COLUMN memory_reserved BIGINT;      -- bytes held: CUDA's caching allocator, the CPU's RSS
 ALTER TABLE workers ADD COLUMN memory_total BIGINT;         -- the device's memory, or the host's RAM
@@ -144,7 +146,7 @@ def _run(conn: Connection, script: str) -> None:
 MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
     (1, "jobs, logs, webhooks, files", _initial),
     (2, "leases, worker heartbeats, owners", _fleet),
-    (3, "worker memory, fleet-wide phase histograms and counters", _operations),
+    (3, "worker memory, fleet-wide phase histograms and counters, job limits", _operations),
 ]
 LATEST = MIGRATIONS[-1][0]
 

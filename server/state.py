@@ -71,6 +71,7 @@ class ServerState:
             on_change=notifier.notify,
             on_completed=log_job,
             write_input=lambda input, base_url: _inputs_out_of_line(input, base_url, fetcher, files),
+            limits=settings.job_limits(),
         )
         engines = EngineHolder(engine_factory, description)
         processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)

@@ -24,7 +24,8 @@ log = logging.getLogger("seedvr_local.server")
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's)."""
+    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's). No limit flags: a job runs under
+    the limits of the API process that accepted it (settings.JOB_LIMITS, stored with the job)."""
     parser.add_argument(
         "--devices",
         required=True,
@@ -43,11 +44,6 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let image_url reach loopback, private and link-local addresses",
     )
-    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels,
-                        help=f"refuse input images with more pixels than this, 1 or more "
-                        f"(default {ServerSettings.max_input_pixels})")
-    parser.add_argument("--max-output-pixels", type=int, default=None,
-                        help="refuse larger outputs, 1 or more (default: the largest the model fits in the device)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
     parser.add_argument(
         "--lease-seconds",
@@ -65,8 +61,6 @@ def worker_settings(args: argparse.Namespace) -> ServerSettings:
         data_dir=args.data_dir.expanduser(),
         **store_settings(args),
         allow_private_urls=args.allow_private_urls,
-        max_input_pixels=args.max_input_pixels,
-        max_output_pixels=args.max_output_pixels,
         lease_s=args.lease_seconds,
     )
 
