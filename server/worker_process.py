@@ -200,24 +200,26 @@ def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str
 def run_worker_process(
     args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int | None = None
 ) -> None:
-    """Run one worker on `device` until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
-    never outlives the server that started it, however that server ended)."""
+    """Run one worker on `device`, with the model the flags name, until it is told to stop (`run_until_stopped`)."""
+    load, description = engine_for(args, device)
+    run_until_stopped(open_worker(settings, device, load, description), settings.shutdown_grace_s, parent_pid)
+
+
+def run_until_stopped(worker, grace_s: float, parent_pid: int | None = None) -> None:
+    """Start `worker` and run it until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
+    never outlives the server that started it, however that server ended). Then it drains: its running job stops
+    at the next phase boundary and goes back to the queue (or completes, when that came first)."""
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
     if parent_pid is not None:
         threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
-    load, description = engine_for(args, device)
-    worker = open_worker(settings, device, load, description)
     worker.start()
-    log.info("worker %s started on %s", worker.id, device)
+    log.info("worker %s started on %s", worker.id, worker.device)
     stopping.wait()
     log.info("worker %s stopping", worker.id)
-    if not worker.stop(settings.shutdown_grace_s):
-        log.warning(
-            "the running job did not stop within %.0f s; it runs again when its lease expires",
-            settings.shutdown_grace_s,
-        )
+    if not worker.stop(grace_s):
+        log.warning("the running job did not stop within %.0f s; it runs again when its lease expires", grace_s)
     worker.jobs.db.close()
 
 
