@@ -43,11 +43,13 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def device_memory(device: str) -> DeviceMemory:
-    """From CUDA's caching allocator on a GPU (tensors, held, the device's total); on the CPU the process's
-    resident set (held) and the host's RAM (total), as the CPU has no allocator to ask. Never imports torch: a
-    process that has not loaded it has no CUDA memory."""
-    torch = sys.modules.get("torch")
-    if device.startswith("cuda") and torch is not None and torch.cuda.is_initialized():
+    """From CUDA's caching allocator on a GPU (tensors, held, the device's total; nothing before CUDA is set up);
+    on the CPU the process's resident set (held) and the host's RAM (total), as the CPU has no allocator to ask.
+    Never imports torch: a process that has not loaded it has no CUDA memory."""
+    if device.startswith("cuda"):
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():  # nothing on the device yet (asking would set CUDA up)
+            return DeviceMemory(None, None, None)
         return DeviceMemory(
             torch.cuda.memory_allocated(device),
             torch.cuda.memory_reserved(device),

@@ -4,12 +4,13 @@ its heartbeat and memory) through the job database, on both stores; counters sur
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from fastapi.testclient import TestClient
 
 from seedvr_local.server import create_app
-from seedvr_local.server.fleet import device_memory
+from seedvr_local.server.fleet import DeviceMemory, device_memory
 from seedvr_local.server.metrics import PHASE_BUCKETS, Metrics
 from seedvr_local.server.worker_process import open_worker
 from tests.server.helpers import FakeEngine, data_uri, png_bytes, wait_status, wait_until
@@ -96,6 +97,22 @@ def test_a_histogram_observation_lands_in_every_bucket_it_fits(settings):
 def test_device_memory_on_the_cpu():
     memory = device_memory("cpu")
     assert memory.allocated is None and 0 < memory.reserved < memory.total
+
+
+def test_device_memory_on_a_gpu_asks_cuda_for_that_device(monkeypatch):
+    """(No GPU here: torch.cuda's answers are stood in for, to check which are asked and where they go.)"""
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: asked.append(device) or 3 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: asked.append(device) or 5 * 2**30)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(total_memory=80 * 2**30))
+    memory = device_memory("cuda:1")
+    assert (memory.allocated, memory.reserved, memory.total) == (3 * 2**30, 5 * 2**30, 80 * 2**30)
+    assert asked == ["cuda:1", "cuda:1"]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # a worker whose model has not loaded yet
+    assert device_memory("cuda:1") == DeviceMemory(None, None, None)  # not the host's figures under a GPU's name
 
 
 def _after_jobs_done(client, labels: dict, jobs: int):
