@@ -99,8 +99,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the most output width x height x frames of one video, 1 or more, e.g. 1244160000 for 600 "
                         "frames of 1080p (default: no limit)")
     parser.add_argument("--max-video-clip-frames", type=int, default=ServerSettings.max_video_clip_frames,
-                        metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is restored "
-                        "in; the memory planner may choose shorter ones; longer clips flicker less at their seams "
+                        metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is "
+                        "restored in; the memory planner may choose shorter ones; longer clips flicker less at seams "
                         f"(default {ServerSettings.max_video_clip_frames})")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")

@@ -167,11 +167,12 @@ def _worker_series(workers: Sequence[WorkerInfo], *series) -> list[str]:
     worker that measured nothing yet, or a figure its device does not have)."""
     lines = []
     for name, help_text, value, *kind in series:
-        lines += [f"# HELP seedvr_worker_{name} {help_text}", f"# TYPE seedvr_worker_{name} {kind[0] if kind else 'gauge'}"]
+        family = f"seedvr_worker_{name}"
+        lines += [f"# HELP {family} {help_text}", f"# TYPE {family} {kind[0] if kind else 'gauge'}"]
         for worker in workers:
             sample = value(worker)
             if sample is not None:
-                lines.append(f"seedvr_worker_{name}{{{_labels(worker)}}} {sample}")
+                lines.append(f"{family}{{{_labels(worker)}}} {sample}")
     return lines
 
 
