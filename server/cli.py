@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
+from seedvr_local.video.limits import check_clip_frames
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -160,8 +161,6 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
                         ("--max-video-clip-frames", args.max_video_clip_frames)):  # fmt: skip
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
-    from seedvr_local.video.schedule import check_clip_frames  # the rule of clip lengths (loads torch)
-
     try:
         check_clip_frames(args.max_video_clip_frames)
     except ValueError as exc:
