@@ -73,7 +73,6 @@ def test_systemd_verify_is_strict_enough_to_catch_a_mistake(tmp_path):
     assert "Unknown key" in run.stderr
 
 
-@pytest.mark.slow  # two cold processes loading torch: about 20 s on two cores (.ci/slow -k deploy)
 def test_the_units_command_lines_serve_a_job_and_stop_on_sigterm(tmp_path):
     port = _free_port()
     units = _installed(tmp_path, port)
