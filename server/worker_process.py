@@ -55,6 +55,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def worker_settings(args: argparse.Namespace) -> ServerSettings:
+    if args.device is not None:  # the model flags every command shares bring --device: here it would be ignored
+        raise ValueError(f"worker runs on --devices (one process each), not --device: use --devices {args.device}")
     if not args.lease_seconds >= 1:
         raise ValueError(f"--lease-seconds must be at least 1, got {args.lease_seconds:g}")
     return ServerSettings(

@@ -270,3 +270,8 @@ def test_bf16_on_a_gpu_without_it_fails_before_the_server_starts(monkeypatch, ti
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no bf16 arithmetic: use --dtype fp16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_worker_refuses_device_for_devices(capsys):
+    assert main(["worker", "--model", "tiny", "--device", "cuda:1", "--devices", "cpu"]) == 2
+    assert "use --devices cuda:1" in _one_error_line(capsys)
