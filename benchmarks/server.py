@@ -69,10 +69,9 @@ def start_server(
     source = ["--weights-dir", str(tiny_bundle_dir())] if model == TINY else (
         ["--model", model] if model in ("3b", "7b") else ["--weights-dir", model])
     api_cpu, worker_cpu = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if pin else ([], [])
-    serve = [*api_cpu, sys.executable, "-m", "seedvr_local.cli", "serve", *source, "--port", str(port),
-             "--data-dir", str(data_dir)] + (["--device", device] if device else [])  # fmt: skip
-    if workers:
-        serve += ["--workers", "0"]
+    model_flags = source + (["--device", device] if device else [])
+    serve = [*api_cpu, sys.executable, "-m", "seedvr_local.cli", "serve", "--port", str(port), "--data-dir",
+             str(data_dir), *(["--workers", "0"] if workers else model_flags)]  # fmt: skip
     log = data_dir / "server.log"  # a file, not a pipe: a full pipe would block the server
     processes = [subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=log.open("w"))]
     if workers:

@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
-    _add_model_arguments(serve, required=True)
+    _add_model_arguments(serve, required=False)  # required unless --workers 0: server/cli.py checks which
     from seedvr_local.server.cli import add_serve_arguments  # torch-free: only the flags and their checks
 
     add_serve_arguments(serve)

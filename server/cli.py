@@ -11,6 +11,7 @@ import ssl
 from pathlib import Path
 
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
+from seedvr_local.video.limits import check_clip_frames
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -62,7 +63,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_store_arguments(parser)
     parser.add_argument("--workers", type=int, choices=(0,), default=None,
-                        help="0: the API alone, no model here; workers run elsewhere (`seedvr-local worker`)")
+                        help="0: the API alone, with no model (it refuses the model flags); workers run elsewhere "
+                        "(`seedvr-local worker`)")
     parser.add_argument("--devices", default=None, metavar="cpu|cuda:0,cuda:1|all",
                         help="run one worker process per device beside the API (default: one worker thread on "
                         "--device)")
@@ -97,6 +99,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-video-pixel-frames", type=int, default=None, metavar="N",
                         help="the most output width x height x frames of one video, 1 or more, e.g. 1244160000 for 600 "
                         "frames of 1080p (default: no limit)")
+    parser.add_argument("--max-video-clip-frames", type=int, default=ServerSettings.max_video_clip_frames,
+                        metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is "
+                        "restored in; the memory planner may choose shorter ones; longer clips flicker less at seams "
+                        f"(default {ServerSettings.max_video_clip_frames})")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
@@ -113,8 +119,34 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
+#: The flags of a process that runs a model, each with its value when it is not given: `serve --workers 0` runs
+#: none, so it refuses them rather than ignore them (tests/server/test_cli.py checks these against the parser).
+MODEL_FLAGS = {
+    "--model": None, "--weights-dir": None, "--device": None, "--dtype": None, "--kernels": "auto",
+    "--compile": False, "--warm-up-sizes": (), "--devices": None, "--cpu-memory": CPU_MEMORY_POLICIES[0],
+}  # fmt: skip
+
+
+def check_model_flags(args: argparse.Namespace) -> None:
+    """A model for a server that runs one, none for the API alone (`--workers 0`); ValueError (one line) else."""
+    if args.workers == 0:
+        given = [flag for flag, unset in MODEL_FLAGS.items() if getattr(args, _dest(flag)) != unset]
+        if given:
+            raise ValueError(
+                f"serve --workers 0 runs no model: drop {' '.join(given)} (the workers take the model: "
+                "seedvr-local worker --model ... --devices ...)"
+            )
+    elif args.model is None and args.weights_dir is None:
+        raise ValueError("serve needs --model or --weights-dir (or --workers 0 for the API alone, with no model)")
+
+
+def _dest(flag: str) -> str:
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     """ServerSettings from the parsed flags and SEEDVR_API_KEYS; ValueError for inconsistent ones."""
+    check_model_flags(args)
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
     for path in (args.ssl_certfile, args.ssl_keyfile):
@@ -125,9 +157,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     if args.max_input_pixels < 1 or (args.max_output_pixels is not None and args.max_output_pixels < 1):
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
     for flag, value in (("--max-video-frames", args.max_video_frames),
-                        ("--max-video-pixel-frames", args.max_video_pixel_frames)):  # fmt: skip
+                        ("--max-video-pixel-frames", args.max_video_pixel_frames),
+                        ("--max-video-clip-frames", args.max_video_clip_frames)):  # fmt: skip
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
+    try:
+        check_clip_frames(args.max_video_clip_frames)
+    except ValueError as exc:
+        raise ValueError(f"--max-video-clip-frames: {exc}") from None
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
@@ -148,6 +185,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_output_pixels=args.max_output_pixels,
         max_video_frames=args.max_video_frames,
         max_video_pixel_frames=args.max_video_pixel_frames,
+        max_video_clip_frames=args.max_video_clip_frames,
         retention_s=args.retention_hours * 3600 or None,
         webhook_user_id=args.webhook_user_id,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -24,6 +25,40 @@ def new_worker_id(device: str) -> str:
 
 
 @dataclass(frozen=True)
+class DeviceMemory:
+    """What a worker's device holds, in bytes (None: not measured there)."""
+
+    allocated: int | None
+    reserved: int | None
+    total: int | None
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def device_memory(device: str) -> DeviceMemory:
+    """From CUDA's caching allocator on a GPU (tensors, held, the device's total; nothing before CUDA is set up);
+    on the CPU the process's resident set (held) and the host's RAM (total), as the CPU has no allocator to ask.
+    Never imports torch: a process that has not loaded it has no CUDA memory."""
+    if device.startswith("cuda"):
+        torch = sys.modules.get("torch")
+        if torch is None or not torch.cuda.is_initialized():  # nothing on the device yet (asking would set CUDA up)
+            return DeviceMemory(None, None, None)
+        return DeviceMemory(
+            torch.cuda.memory_allocated(device),
+            torch.cuda.memory_reserved(device),
+            torch.cuda.get_device_properties(device).total_memory,
+        )
+    try:
+        with open("/proc/self/statm") as statm:  # Linux; elsewhere the CPU's figures are not measured
+            resident = int(statm.read().split()[1]) * _PAGE
+    except OSError:
+        resident = None
+    physical = os.sysconf("SC_PHYS_PAGES") * _PAGE if hasattr(os, "sysconf") else None
+    return DeviceMemory(None, resident, physical)
+
+
+@dataclass(frozen=True)
 class WorkerInfo:
     id: str
     host: str
@@ -32,7 +67,11 @@ class WorkerInfo:
     model_state: str
     current_job: str | None
     jobs_done: int
+    started_at: float
     heartbeat_at: float
+    memory_allocated: int | None
+    memory_reserved: int | None
+    memory_total: int | None
 
 
 class WorkerRegistry:
@@ -49,14 +88,15 @@ class WorkerRegistry:
             (worker_id, socket.gethostname(), os.getpid(), device, now, now),
         )
 
-    def beat(self, worker_id: str, model_state: str, current_job: str | None) -> None:
+    def beat(self, worker_id: str, model_state: str, current_job: str | None, memory: DeviceMemory) -> None:
         self.db.execute(
-            "UPDATE workers SET heartbeat_at = ?, model_state = ?, current_job = ? WHERE id = ?",
-            (time.time(), model_state, current_job, worker_id),
+            "UPDATE workers SET heartbeat_at = ?, model_state = ?, current_job = ?, memory_allocated = ?,"
+            " memory_reserved = ?, memory_total = ? WHERE id = ?",
+            (time.time(), model_state, current_job, memory.allocated, memory.reserved, memory.total, worker_id),
         )
 
     def job_done(self, worker_id: str) -> None:
-        self.db.execute("UPDATE workers SET jobs_done = jobs_done + 1 WHERE id = ?", (worker_id,))
+        self.db.execute("UPDATE workers SET jobs_done = jobs_done + 1, current_job = NULL WHERE id = ?", (worker_id,))
 
     def stopped(self, worker_id: str) -> None:
         self.db.execute("UPDATE workers SET stopped_at = ?, current_job = NULL WHERE id = ?", (time.time(), worker_id))
@@ -64,7 +104,8 @@ class WorkerRegistry:
     def live(self, fresh_s: float) -> list[WorkerInfo]:
         """The workers that have not stopped and beat within `fresh_s` seconds."""
         rows = self.db.query(
-            "SELECT id, host, pid, device, model_state, current_job, jobs_done, heartbeat_at FROM workers"
+            "SELECT id, host, pid, device, model_state, current_job, jobs_done, started_at, heartbeat_at,"
+            " memory_allocated, memory_reserved, memory_total FROM workers"
             " WHERE stopped_at IS NULL AND heartbeat_at > ? ORDER BY id",
             (time.time() - fresh_s,),
         )

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from seedvr_local.server.db import Database
 from seedvr_local.server.errors import FalError, cancelled_error, request_error, timeout_error
+from seedvr_local.server.metrics import count_job
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 PRIORITIES = {"normal": 0, "low": 1}
@@ -50,6 +51,8 @@ class Job:
     owner: str | None = None
     worker_id: str | None = None
     lease_expires_at: float | None = None
+    #: The limits it was accepted under (settings.JOB_LIMITS); {} for a job stored before they were.
+    limits: dict[str, int | None] = field(default_factory=dict)
 
     @classmethod
     def from_row(cls, row) -> Job:
@@ -79,6 +82,7 @@ class Job:
             owner=row["owner"],
             worker_id=row["worker_id"],
             lease_expires_at=row["lease_expires_at"],
+            limits=json.loads(row["limits"] or "{}"),
         )
 
 
@@ -87,7 +91,7 @@ class Job:
 SMALL_COLUMNS = (
     "seq, id, kind, priority, status, base_url, webhook_url, created_at, started_at, finished_at, start_deadline,"
     " attempts, cancel_requested, outcome, response_status, response_body, response_headers, error, error_type,"
-    " inference_time, owner, worker_id, lease_expires_at"
+    " inference_time, owner, worker_id, lease_expires_at, limits"
 )
 
 
@@ -149,8 +153,11 @@ class JobStore:
         on_change: Callable[[str | None], None] | None = None,
         on_completed: Callable[[Job, Completion], None] | None = None,
         write_input: InputWriter | None = None,
+        limits: dict[str, int | None] | None = None,
     ):
+        """`limits`: stored with every job created here, for the worker that runs it (ServerSettings.job_limits)."""
         self.db = db
+        self.limits = json.dumps(limits) if limits is not None else None
         self.max_attempts = max_attempts
         self.on_change = on_change or (lambda job_id: None)
         self.on_completed = on_completed or (lambda job, completion: None)
@@ -177,10 +184,10 @@ class JobStore:
         with self.db.transaction() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, kind, priority, status, input, base_url, webhook_url, created_at,"
-                " start_deadline, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_deadline, owner, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, kind, priority, IN_QUEUE, json.dumps(stored_input), base_url, webhook_url, now,
-                    start_deadline, owner,
+                    start_deadline, owner, self.limits,
                 ),
             )  # fmt: skip
             if completion is not None:
@@ -322,6 +329,7 @@ class JobStore:
                 job_id,
             ),
         )
+        count_job(conn, completion.outcome)
         if row["webhook_url"]:
             conn.execute(
                 "INSERT INTO webhooks (job_id, url, body, next_attempt, state) VALUES (?, ?, ?, ?, 'pending')",

@@ -123,6 +123,32 @@ ALTER TABLE webhooks ADD COLUMN claim_expires_at {float}     -- a claim not rele
     _run(conn, statements.format(**_types(db)))
 
 
+def _operations(conn: Connection, db: Database) -> None:
+    """/metrics for a fleet: each worker's device memory in its heartbeat; phase-time histograms and counters that
+    every process adds to and any API process reads (never deleted by retention: they only grow). A job's limits,
+    chosen by the API process that accepted it, for the worker that runs it."""
+    statements = """
+ALTER TABLE jobs ADD COLUMN limits TEXT;                    -- JSON: settings.JOB_LIMITS (NULL: the worker's own)
+ALTER TABLE workers ADD COLUMN memory_allocated BIGINT;     -- bytes of tensors on the device (NULL on the CPU)
+ALTER TABLE workers ADD COLUMN memory_reserved BIGINT;      -- bytes held: CUDA's caching allocator, the CPU's RSS
+ALTER TABLE workers ADD COLUMN memory_total BIGINT;         -- the device's memory, or the host's RAM
+CREATE TABLE phase_seconds (
+    phase        TEXT NOT NULL,
+    le           {float} NOT NULL,                          -- a bucket's upper bound, seconds (the last: infinity)
+    observations BIGINT NOT NULL DEFAULT 0,                 -- phases that took at most `le` seconds
+    seconds      {float} NOT NULL DEFAULT 0,                -- their total time
+    PRIMARY KEY (phase, le)
+);
+CREATE TABLE counters (
+    name         TEXT NOT NULL,                             -- jobs, webhook_deliveries, megapixels
+    label        TEXT NOT NULL,                             -- an outcome, or ''
+    value        {float} NOT NULL DEFAULT 0,
+    PRIMARY KEY (name, label)
+)
+"""
+    _run(conn, statements.format(**_types(db)))
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         lines = [line.split("--")[0].rstrip() for line in statement.strip().splitlines()]
@@ -136,6 +162,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
     (1, "jobs, logs, webhooks, files", _initial),
     (2, "leases, worker heartbeats, owners", _fleet),
     (3, "shared secrets, webhook delivery claims", _shared_secrets_and_webhook_claims),
+    (4, "worker memory, fleet-wide phase histograms and counters, job limits", _operations),
 ]
 LATEST = MIGRATIONS[-1][0]
 

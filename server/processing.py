@@ -68,16 +68,17 @@ class JobProcessor:
         self.engines = engines
         self.settings = settings
         self.metrics = metrics
-        self._output_limit: int | None = settings.max_output_pixels
-        self.videos = VideoJobRunner(jobs, files, fetcher, settings, metrics, self.output_limit)
+        self._largest_fitting: int | None = None
 
-    def output_limit(self, engine: Engine) -> int:
+    def output_limit(self, engine: Engine, settings: ServerSettings) -> int:
         """`--max-output-pixels` (of an image, or of each frame of a video), else the largest square output the
         loaded model fits in this device's memory (asked of the planner once, when the first job runs), capped at
         8192x8192."""
-        if self._output_limit is None:
-            self._output_limit = min(DEFAULT_MAX_OUTPUT_PIXELS, engine.max_output_pixels())
-        return self._output_limit
+        if settings.max_output_pixels is not None:
+            return settings.max_output_pixels
+        if self._largest_fitting is None:
+            self._largest_fitting = min(DEFAULT_MAX_OUTPUT_PIXELS, engine.max_output_pixels())
+        return self._largest_fitting
 
     def run(self, job: Job, should_stop: StopCheck) -> Completion:
         """Raises ShuttingDown (only); everything else becomes the job's Completion."""
@@ -102,9 +103,13 @@ class JobProcessor:
 
     def _run(self, job: Job, should_stop: StopCheck) -> dict:
         phases = _Phases(self.jobs, job.id, should_stop, self.metrics)
+        settings = self.settings.with_job_limits(job.limits)  # what the API that accepted it promised
         if endpoint_of(job.input) is VIDEO:
-            return self.videos.run(job, self._engine(), phases)
-        return self._run_image(job, phases)
+            videos = VideoJobRunner(
+                self.jobs, self.files, self.fetcher, settings, self.metrics, lambda e: self.output_limit(e, settings)
+            )
+            return videos.run(job, self._engine(), phases)
+        return self._run_image(job, phases, settings)
 
     def _engine(self) -> Engine:
         try:
@@ -112,7 +117,7 @@ class JobProcessor:
         except RuntimeError as exc:
             raise request_error(503, str(exc), "runner_scheduling_failure") from None
 
-    def _run_image(self, job: Job, phases: _Phases) -> dict:
+    def _run_image(self, job: Job, phases: _Phases, settings: ServerSettings) -> dict:
         params = SeedVRImageInput.model_validate(job.input)
         phases.start("download", "fetching image_url")
         engine = self._engine()
@@ -123,10 +128,10 @@ class JobProcessor:
 
         phases.start("decode", f"decoding {len(data):,} bytes from {source}")
         try:
-            image = decode_image(data, max_pixels=self.settings.max_input_pixels)
+            image = decode_image(data, max_pixels=settings.max_input_pixels)
         except ImageTooLargeError as exc:
             raise model_error(
-                "image_url", str(exc), "image_too_large", {"max_pixels": self.settings.max_input_pixels}
+                "image_url", str(exc), "image_too_large", {"max_pixels": settings.max_input_pixels}
             ) from None
         except ImageError as exc:
             raise model_error("image_url", str(exc), "image_load_error") from None
@@ -149,7 +154,7 @@ class JobProcessor:
         except ValueError as exc:  # options the schema let through but the model refuses
             raise model_error(None, str(exc), "value_error") from None
         width, height = prepared.output_size
-        limit = self.output_limit(engine)
+        limit = self.output_limit(engine, settings)
         if width * height > limit:
             raise model_error(
                 size_field,

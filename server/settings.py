@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,13 @@ from seedvr_local.video.limits import DEFAULT_MAX_FRAMES
 DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
 #: The environment variables naming the job database and the file store when the flags do not.
 DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
+#: The ServerSettings a job runs under that the API process which accepted it chose (`serve --max-...`): stored
+#: with the job, and applied by whichever worker runs it, so a worker started with other flags, or none, cannot
+#: refuse what the API accepted (or run what it would refuse). `max_output_pixels` None still means what the
+#: worker's own device fits.
+JOB_LIMITS = (
+    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames"
+)  # fmt: skip
 STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 
@@ -120,6 +128,14 @@ class ServerSettings:
     retention_s: float | None = 24 * 3600.0
     #: Seconds between retention sweeps.
     retention_sweep_s: float = 300.0
+
+    def job_limits(self) -> dict[str, int | None]:
+        """The limits a job accepted here runs under, wherever it runs (stored with it: server/jobs.py)."""
+        return {name: getattr(self, name) for name in JOB_LIMITS}
+
+    def with_job_limits(self, limits: dict[str, int | None]) -> ServerSettings:
+        """These settings under a job's stored limits (a job stored before limits were has none: these apply)."""
+        return dataclasses.replace(self, **{name: value for name, value in limits.items() if name in JOB_LIMITS})
 
     @property
     def database_path(self) -> Path:

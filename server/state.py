@@ -16,7 +16,7 @@ from seedvr_local.server.events import ChangeNotifier
 from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.change_feed import ChangeFeed, change_feed
 from seedvr_local.server.fleet import WorkerRegistry, owner_of
-from seedvr_local.server.jobs import Completion, Job, JobStore, OwnedJobs
+from seedvr_local.server.jobs import JobStore, OwnedJobs
 from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.netguard import NetGuard
 from seedvr_local.server.processing import JobProcessor
@@ -61,12 +61,7 @@ class ServerState:
         guard = guard or NetGuard(allow_private=settings.allow_private_urls)
         db = Database(settings.database_url or settings.database_path)
         notifier = ChangeNotifier()
-        metrics = Metrics()
-
-        def completed(job: Job, completion: Completion) -> None:
-            metrics.job(completion.outcome)
-            log_job(job, completion)
-
+        metrics = Metrics(db)
         files = open_files(settings, db)
         fetcher = ImageFetcher(
             files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
@@ -75,8 +70,9 @@ class ServerState:
             db,
             settings.max_job_attempts,
             on_change=notifier.notify,
-            on_completed=completed,
+            on_completed=log_job,
             write_input=lambda input, base_url: _inputs_out_of_line(input, base_url, fetcher, files),
+            limits=settings.job_limits(),
         )
         engines = EngineHolder(engine_factory, description)
         processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)

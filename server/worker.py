@@ -16,7 +16,7 @@ import time
 from sqlalchemy.exc import SQLAlchemyError
 
 from seedvr_local.server.engine import EngineHolder
-from seedvr_local.server.fleet import WorkerRegistry, new_worker_id
+from seedvr_local.server.fleet import WorkerRegistry, device_memory, new_worker_id
 from seedvr_local.server.jobs import Completion, Job, JobStore
 from seedvr_local.server.processing import JobProcessor, ShuttingDown
 
@@ -82,11 +82,11 @@ class Worker:
         except RuntimeError as exc:
             if not self.claim_without_model:
                 log.error("%s; this worker claims no job", exc)
-                self._safely(self.registry.beat, self.id, self.engines.state, None)
+                self._beat(None)
                 self._stopping.wait()
                 return
             log.error("%s; every request will fail with 503 until the server is restarted", exc)
-        self._safely(self.registry.beat, self.id, self.engines.state, None)  # ready now, not at the next beat
+        self._beat(None)  # ready now, not at the next beat
         while not self._stopping.is_set():
             job = self._safely(self.jobs.claim_next, self.id, self.lease_s)
             if job is None:
@@ -103,13 +103,24 @@ class Worker:
             if job_id is not None and self._safely(self.jobs.renew, job_id, self.id, self.lease_s) is False:
                 log.warning("job %s: its lease went to another worker; this run stops", job_id)
                 self._lease_lost.set()
-            self._safely(self.registry.beat, self.id, self.engines.state, job_id)
+            self._beat(job_id)
             self._safely(self.jobs.reclaim_expired)
+
+    def _beat(self, job_id: str | None) -> None:
+        """This worker's heartbeat: its state, its job and its device's memory, for /readyz and /metrics."""
+        self._safely(self.registry.beat, self.id, self.engines.state, job_id, device_memory(self._memory_device()))
+
+    def _memory_device(self) -> str:
+        """The device whose memory the heartbeat reports: the one the loaded model runs on (the embedded worker is
+        "local": its model's --device), else the one this worker was started for."""
+        if self.engines.state == "ready":
+            return str(self.engines.get().pipeline.device)
+        return self.device
 
     def _run(self, job: Job) -> None:
         self.current_job = job.id
         self._lease_lost.clear()
-        self._safely(self.registry.beat, self.id, self.engines.state, job.id)
+        self._beat(job.id)
 
         def should_stop() -> str | None:
             if self._stopping.is_set() or self._lease_lost.is_set():

@@ -24,7 +24,8 @@ log = logging.getLogger("seedvr_local.server")
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
-    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's)."""
+    """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's). No limit flags: a job runs under
+    the limits of the API process that accepted it (settings.JOB_LIMITS, stored with the job)."""
     parser.add_argument(
         "--devices",
         required=True,
@@ -43,11 +44,6 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let image_url reach loopback, private and link-local addresses",
     )
-    parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels,
-                        help=f"refuse input images with more pixels than this, 1 or more "
-                        f"(default {ServerSettings.max_input_pixels})")
-    parser.add_argument("--max-output-pixels", type=int, default=None,
-                        help="refuse larger outputs, 1 or more (default: the largest the model fits in the device)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
     parser.add_argument(
         "--lease-seconds",
@@ -59,14 +55,14 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def worker_settings(args: argparse.Namespace) -> ServerSettings:
+    if args.device is not None:  # the model flags every command shares bring --device: here it would be ignored
+        raise ValueError(f"worker runs on --devices (one process each), not --device: use --devices {args.device}")
     if not args.lease_seconds >= 1:
         raise ValueError(f"--lease-seconds must be at least 1, got {args.lease_seconds:g}")
     return ServerSettings(
         data_dir=args.data_dir.expanduser(),
         **store_settings(args),
         allow_private_urls=args.allow_private_urls,
-        max_input_pixels=args.max_input_pixels,
-        max_output_pixels=args.max_output_pixels,
         lease_s=args.lease_seconds,
     )
 
@@ -206,9 +202,37 @@ def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str
 def run_worker_process(
     args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int | None = None
 ) -> None:
-    """Run one worker on `device` until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
-    never outlives the server that started it, however that server ended)."""
+    """Run one worker on `device`, with the model the flags name, until it is told to stop (`run_until_stopped`)."""
+    load, description = engine_for(args, device)
+    run_until_stopped(open_worker(settings, device, load, description), settings.shutdown_grace_s, parent_pid)
+
+
+def run_until_stopped(worker, grace_s: float, parent_pid: int | None = None) -> None:
+    """Start `worker` and run it until SIGTERM or SIGINT, or until the process `parent_pid` is gone (a worker
+    never outlives the server that started it, however that server ended). Then it drains: its running job stops
+    at the next phase boundary and goes back to the queue (or completes, when that came first)."""
     from seedvr_local.server.change_feed import change_feed
+
+    stopping = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopping.set())
+    if parent_pid is not None:
+        threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
+    feed = change_feed(worker.jobs.db, lambda _job_id: worker.wake())  # an idle worker starts a job at once
+    feed.start()
+    worker.start()
+    log.info("worker %s started on %s", worker.id, worker.device)
+    stopping.wait()
+    log.info("worker %s stopping", worker.id)
+    feed.stop()
+    if not worker.stop(grace_s):
+        log.warning("the running job did not stop within %.0f s; it runs again when its lease expires", grace_s)
+    worker.jobs.db.close()
+
+
+def open_worker(settings: ServerSettings, device: str, load, description: str):
+    """A Worker (not started) for `device` on the stores the settings name, with its own database connections,
+    file store and metrics: what a worker process runs, whatever its model (`load`)."""
     from seedvr_local.server.db import Database
     from seedvr_local.server.engine import EngineHolder
     from seedvr_local.server.fetch import ImageFetcher
@@ -220,35 +244,17 @@ def run_worker_process(
     from seedvr_local.server.state import open_files
     from seedvr_local.server.worker import Worker, log_job
 
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    if parent_pid is not None:
-        threading.Thread(target=_stop_with_parent, args=(parent_pid, stopping), daemon=True).start()
-    load, description = engine_for(args, device)
     db = Database(settings.database_url or settings.database_path)
     files = open_files(settings, db)
     guard = NetGuard(allow_private=settings.allow_private_urls)
     fetcher = ImageFetcher(
         files, guard, settings.max_download_bytes, settings.download_timeout_s, settings.max_redirects
     )
+    metrics = Metrics(db)
     jobs = JobStore(db, settings.max_job_attempts, on_completed=log_job)
     engines = EngineHolder(load, description)
-    processor = JobProcessor(jobs, files, fetcher, engines, settings, Metrics())
-    worker = Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
-    feed = change_feed(db, lambda _job_id: worker.wake())  # an idle worker starts a new job at once, not at a poll
-    feed.start()
-    worker.start()
-    log.info("worker %s started on %s", worker.id, device)
-    stopping.wait()
-    log.info("worker %s stopping", worker.id)
-    feed.stop()
-    if not worker.stop(settings.shutdown_grace_s):
-        log.warning(
-            "the running job did not stop within %.0f s; it runs again when its lease expires",
-            settings.shutdown_grace_s,
-        )
-    db.close()
+    processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
+    return Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
 
 
 def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:

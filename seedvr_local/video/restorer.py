@@ -42,10 +42,9 @@ from seedvr_local.video.formats import (
     check_choice,
     output_format,
 )
-from seedvr_local.video.limits import DEFAULT_MAX_FRAMES
+from seedvr_local.video.limits import DEFAULT_MAX_FRAMES, check_clip_frames
 from seedvr_local.video.schedule import (
     Clip,
-    check_clip_frames,
     check_overlap,
     clip_schedule,
     clip_weight,

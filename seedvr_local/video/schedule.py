@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from seedvr_local.video.limits import check_clip_frames  # torch-free there, for the server's flags
+
 #: Frames shared by consecutive clips when the caller does not choose (vLLM-Omni cross-fades 4 frames).
 DEFAULT_OVERLAP = 4
 
@@ -29,11 +31,6 @@ class Clip:
     @property
     def frames(self) -> int:
         return self.stop - self.start
-
-
-def check_clip_frames(clip_frames: int) -> None:
-    if clip_frames < 1 or (clip_frames - 1) % 4:
-        raise ValueError(f"clip_frames must be 4n+1 (1, 5, 9, 13, ...), got {clip_frames}")
 
 
 def check_overlap(overlap: int, clip_frames: int) -> None:

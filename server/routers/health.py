@@ -52,9 +52,14 @@ def readyz(state: StateDep) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(state: StateDep) -> PlainTextResponse:
-    """Prometheus metrics: this process's counters, and the queue and workers of the whole job database (a plain
-    `def`: FastAPI runs it in its thread pool, so the database reads never hold the event loop)."""
+    """Prometheus metrics of the whole fleet: its queue, the counters and phase histograms every process records in
+    the job database, and each live worker's heartbeat and device memory (a plain `def`: FastAPI runs it in its
+    thread pool, so the database reads never hold the event loop)."""
     counts = state.jobs.counts()
     workers = state.registry.live(fresh_s=2 * state.settings.lease_s)
-    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], state.engines.state, workers)
+    if state.settings.worker_in_process:
+        model_loaded = state.engines.state == "ready"
+    else:  # API only: as /readyz, ready while a live worker has its model
+        model_loaded = any(worker.model_state == "ready" for worker in workers)
+    text = state.metrics.render(counts[IN_QUEUE], counts[IN_PROGRESS], model_loaded, workers)
     return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -39,11 +39,37 @@ def test_keys_from_flags_and_environment(monkeypatch):
     assert settings.api_keys == ("flag-1", "env-1", "env-2")
 
 
-def test_model_choice_is_required_and_exclusive():
-    with pytest.raises(SystemExit):
-        parse()
+def test_model_choice_is_required_and_exclusive(capsys):
+    assert main(["serve"]) == 2
+    assert "serve needs --model or --weights-dir" in _one_error_line(capsys)
     with pytest.raises(SystemExit):
         parse("--model", "3b", "--weights-dir", "x")
+
+
+@pytest.mark.parametrize(
+    "flags", [["--model", "tiny"], ["--weights-dir", "w"], ["--device", "cpu", "--compile"], ["--devices", "cpu"],
+              ["--kernels", "torch"], ["--cpu-memory", "release"], ["--dtype", "fp32", "--warm-up-sizes", "64x64"]]
+)  # fmt: skip
+def test_an_api_only_server_refuses_model_flags(capsys, flags):
+    assert main(["serve", "--workers", "0", *flags]) == 2
+    line = _one_error_line(capsys)
+    assert "serve --workers 0 runs no model" in line and all(f in line for f in flags if f.startswith("--"))
+
+
+def test_the_model_flags_unset_values_are_the_parsers_defaults():
+    """What check_model_flags takes for "not given" is what the parser leaves when a flag is not given."""
+    from seedvr_local.server.cli import MODEL_FLAGS
+
+    args = vars(parse("--workers", "0"))
+    assert {flag: args[flag[2:].replace("-", "_")] for flag in MODEL_FLAGS} == MODEL_FLAGS
+
+
+def test_an_api_only_server_starts_without_a_model(monkeypatch, tmp_path, capsys):
+    loads, seen = _no_model_loads(monkeypatch), {}
+    _fake_serving(monkeypatch, seen)
+    assert main(["serve", "--workers", "0", "--port", "0", "--data-dir", str(tmp_path)]) == 0
+    assert "no model in this process (API only)" in capsys.readouterr().out
+    assert loads == [] and seen["kept"] == []  # nothing loaded, CPU memory left as it is
 
 
 @pytest.mark.parametrize(
@@ -244,3 +270,8 @@ def test_bf16_on_a_gpu_without_it_fails_before_the_server_starts(monkeypatch, ti
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "no bf16 arithmetic: use --dtype fp16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_worker_refuses_device_for_devices(capsys):
+    assert main(["worker", "--model", "tiny", "--device", "cuda:1", "--devices", "cpu"]) == 2
+    assert "use --devices cuda:1" in _one_error_line(capsys)

@@ -55,7 +55,7 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
     ports = [free_port(), free_port()]
     front_ends = [
         _spawn(
-            ["serve", "--workers", "0", "--model", "tiny", "--port", str(port), "--allow-private-urls", *stores,
+            ["serve", "--workers", "0", "--port", str(port), "--allow-private-urls", *stores,
              "--data-dir", str(tmp_path / f"front-end-{n}")], log,
         )  # fmt: skip
         for n, port in enumerate(ports)
