@@ -208,7 +208,7 @@ class WebhookSender:
                     delay,
                 )
         if recorded:
-            self.metrics.webhook(outcome)
+            await asyncio.to_thread(self.metrics.webhook, outcome)  # a database write: not on the event loop
         else:
             log.warning(
                 "webhook of job %s to %s: try %d (%s) ended after its claim had passed to another sender; not recorded",

@@ -43,7 +43,7 @@ class Front:
 
         signer = WebhookSigner.from_database(self.db, settings.data_dir, settings.webhook_user_id)
         guard, transport = NetGuard(allow_private=True), httpx.MockTransport(receive)
-        self.sender = WebhookSender(self.db, guard, settings, Metrics(), self.notifier, signer, transport)
+        self.sender = WebhookSender(self.db, guard, settings, Metrics(self.db), self.notifier, signer, transport)
 
     def ids(self) -> list[str]:
         return [request_id for request_id, _ in self.received]
