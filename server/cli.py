@@ -11,13 +11,12 @@ import ssl
 from pathlib import Path
 
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
+from seedvr_local.server.worker_process import CPU_MEMORY_POLICIES, add_cpu_memory_argument
 from seedvr_local.video.limits import check_clip_frames
 
 log = logging.getLogger("seedvr_local.server")
 
 DEFAULT_PORT = 8000
-#: --cpu-memory: see `device_memory.keep_freed_cpu_memory`.
-CPU_MEMORY_POLICIES = ("keep", "release")
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +65,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="0: the API alone, with no model (it refuses the model flags); workers run elsewhere "
                         "(`seedvr-local worker`)")
     parser.add_argument("--devices", default=None, metavar="cpu|cuda:0,cuda:1|all",
-                        help="run one worker process per device beside the API (default: one worker thread on "
-                        "--device)")
+                        help="one worker process per device beside the API (default: --device if given, else all: "
+                        "every visible GPU, else the CPU)")
     parser.add_argument("--ssl-certfile", type=Path, help="TLS certificate (PEM); fal-client for Python needs https")
     parser.add_argument("--ssl-keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument(
@@ -108,14 +107,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
                         help="delete finished requests and stored files older than this many hours, 0 or more "
                         "(default 24; 0 keeps them)")
-    parser.add_argument(
-        "--cpu-memory",
-        choices=CPU_MEMORY_POLICIES,
-        default="keep",
-        help="on the CPU, where freed memory goes: keep (default) holds it for the next tensors and jobs, sparing "
-        "their page faults and the slow first job after an idle spell on VMs that hand free memory to their host; "
-        "release returns it to the system (lower resident memory between jobs, more page faults)",
-    )
+    add_cpu_memory_argument(parser)
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
 
@@ -152,6 +144,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     for path in (args.ssl_certfile, args.ssl_keyfile):
         if path is not None and not path.is_file():
             raise ValueError(f"{path}: no such file")
+    if args.device and args.devices:
+        raise ValueError("give --device (one worker process) or --devices (one per device), not both")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be between 0 and 65535, got {args.port}")
     if args.max_input_pixels < 1 or (args.max_output_pixels is not None and args.max_output_pixels < 1):
@@ -194,22 +188,22 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
 
-    from seedvr_local.server.worker_process import check_stores, engine_for, parse_devices, start_worker_processes
+    from seedvr_local.server import worker_process
 
-    api_only = args.workers == 0 or bool(args.devices)  # --devices: the workers run in processes beside the API
-    if api_only:
-        settings.worker_in_process = False
-        load, description = (lambda: None), "no model in this process (API only)"
-    else:  # missing weights, a device or dtype this machine lacks: one line, before anything heavy loads
-        load, description = engine_for(args, args.device)
-    devices = parse_devices(args.devices) if args.devices else None
+    # The jobs never run in this process: one worker process per device, or none here with --workers 0.
+    settings.worker_in_process = False
+    if args.workers == 0:
+        devices, description = [], "no model in this process (API only)"
+    else:  # missing weights, a device this machine lacks, a dtype it cannot run: one line, before anything loads
+        worker_process.model_weights_dir(args)  # first: said without importing torch
+        devices = worker_process.parse_devices(args.devices or args.device or "all")
+        description = worker_process.engine_for(args, devices[0])[1]
+        description += f", one worker process per device: {', '.join(devices)}"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    check_stores(settings, server=True)
+    worker_process.check_stores(settings, server=True)
 
     import uvicorn
 
-    from seedvr_local.device_memory import keep_freed_cpu_memory
-    from seedvr_local.devices import resolve_device
     from seedvr_local.server.app import create_app
     from seedvr_local.server.listening import ListeningServer, bind_socket
 
@@ -218,7 +212,7 @@ def run_serve(args: argparse.Namespace) -> int:
     port = sock.getsockname()[1]
     children = None
     try:
-        app = create_app(settings, load, description)
+        app = create_app(settings, lambda: None, description)
         config = uvicorn.Config(
             app,
             host=args.host,
@@ -231,9 +225,8 @@ def run_serve(args: argparse.Namespace) -> int:
         )
         text = banner(settings, args.host, port, tls=bool(args.ssl_certfile), description=description)
         _load_tls(config, args)
-        children = start_worker_processes(args, settings, devices) if devices else None  # after every check
-        if not api_only and args.cpu_memory == "keep" and resolve_device(args.device).type == "cpu":
-            keep_freed_cpu_memory()  # before the server's threads start: the worker allocates from the one heap
+        # after every check
+        children = worker_process.start_worker_processes(args, settings, devices) if devices else None
         server = ListeningServer(config, on_listening=lambda: print(text, flush=True))
         server.run(sockets=[sock])
     except SystemExit as exited:  # uvicorn exits when the app's startup fails; it has logged why

@@ -72,6 +72,8 @@ class WorkerInfo:
     memory_allocated: int | None
     memory_reserved: int | None
     memory_total: int | None
+    model: str | None
+    model_notice: str | None
 
 
 class WorkerRegistry:
@@ -88,12 +90,21 @@ class WorkerRegistry:
             (worker_id, socket.gethostname(), os.getpid(), device, now, now),
         )
 
-    def beat(self, worker_id: str, model_state: str, current_job: str | None, memory: DeviceMemory) -> None:
+    def beat(
+        self,
+        worker_id: str,
+        model_state: str,
+        current_job: str | None,
+        memory: DeviceMemory,
+        model: str | None = None,
+        model_notice: str | None = None,
+    ) -> None:
         self.db.execute(
             "UPDATE workers SET heartbeat_at = ?, model_state = ?, current_job = ?, memory_allocated = ?,"
-            " memory_reserved = ?, memory_total = ? WHERE id = ?",
-            (time.time(), model_state, current_job, memory.allocated, memory.reserved, memory.total, worker_id),
-        )
+            " memory_reserved = ?, memory_total = ?, model = ?, model_notice = ? WHERE id = ?",
+            (time.time(), model_state, current_job, memory.allocated, memory.reserved, memory.total, model,
+             model_notice, worker_id),
+        )  # fmt: skip
 
     def job_done(self, worker_id: str) -> None:
         self.db.execute("UPDATE workers SET jobs_done = jobs_done + 1, current_job = NULL WHERE id = ?", (worker_id,))
@@ -105,7 +116,7 @@ class WorkerRegistry:
         """The workers that have not stopped and beat within `fresh_s` seconds."""
         rows = self.db.query(
             "SELECT id, host, pid, device, model_state, current_job, jobs_done, started_at, heartbeat_at,"
-            " memory_allocated, memory_reserved, memory_total FROM workers"
+            " memory_allocated, memory_reserved, memory_total, model, model_notice FROM workers"
             " WHERE stopped_at IS NULL AND heartbeat_at > ? ORDER BY id",
             (time.time() - fresh_s,),
         )

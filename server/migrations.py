@@ -124,7 +124,7 @@ ALTER TABLE webhooks ADD COLUMN claim_expires_at {float}     -- a claim not rele
 
 
 def _operations(conn: Connection, db: Database) -> None:
-    """/metrics for a fleet: each worker's device memory in its heartbeat; phase-time histograms and counters that
+    """/metrics and /readyz for a fleet: each worker's device memory and model in its heartbeat; phase-time histograms and counters that
     every process adds to and any API process reads (never deleted by retention: they only grow). A job's limits,
     chosen by the API process that accepted it, for the worker that runs it."""
     statements = """
@@ -132,6 +132,8 @@ ALTER TABLE jobs ADD COLUMN limits TEXT;                    -- JSON: settings.JO
 ALTER TABLE workers ADD COLUMN memory_allocated BIGINT;     -- bytes of tensors on the device (NULL on the CPU)
 ALTER TABLE workers ADD COLUMN memory_reserved BIGINT;      -- bytes held: CUDA's caching allocator, the CPU's RSS
 ALTER TABLE workers ADD COLUMN memory_total BIGINT;         -- the device's memory, or the host's RAM
+ALTER TABLE workers ADD COLUMN model TEXT;                  -- what its /readyz would call its model
+ALTER TABLE workers ADD COLUMN model_notice TEXT;           -- the model's warning (random weights), if any
 CREATE TABLE phase_seconds (
     phase        TEXT NOT NULL,
     le           {float} NOT NULL,                          -- a bucket's upper bound, seconds (the last: infinity)
@@ -162,7 +164,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
     (1, "jobs, logs, webhooks, files", _initial),
     (2, "leases, worker heartbeats, owners", _fleet),
     (3, "shared secrets, webhook delivery claims", _shared_secrets_and_webhook_claims),
-    (4, "worker memory, fleet-wide phase histograms and counters, job limits", _operations),
+    (4, "worker memory and model, fleet-wide phase histograms and counters, job limits", _operations),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -107,8 +107,9 @@ class Worker:
             self._safely(self.jobs.reclaim_expired)
 
     def _beat(self, job_id: str | None) -> None:
-        """This worker's heartbeat: its state, its job and its device's memory, for /readyz and /metrics."""
-        self._safely(self.registry.beat, self.id, self.engines.state, job_id, device_memory(self._memory_device()))
+        """This worker's heartbeat: its state, its job, its device's memory and its model, for /readyz and /metrics."""
+        memory, engines = device_memory(self._memory_device()), self.engines
+        self._safely(self.registry.beat, self.id, engines.state, job_id, memory, engines.description, engines.notice)
 
     def _memory_device(self) -> str:
         """The device whose memory the heartbeat reports: the one the loaded model runs on (the embedded worker is

@@ -22,6 +22,20 @@ from seedvr_local.server.settings import ServerSettings, add_store_arguments, st
 
 log = logging.getLogger("seedvr_local.server")
 
+#: --cpu-memory: see `device_memory.keep_freed_cpu_memory`.
+CPU_MEMORY_POLICIES = ("keep", "release")
+
+
+def add_cpu_memory_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cpu-memory",
+        choices=CPU_MEMORY_POLICIES,
+        default=CPU_MEMORY_POLICIES[0],
+        help="a worker on the CPU: where freed memory goes. keep (default) holds it for the next tensors and jobs, "
+        "sparing their page faults and the slow first job after an idle spell on VMs that hand free memory to "
+        "their host; release returns it to the system (lower resident memory between jobs, more page faults)",
+    )
+
 
 def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     """`seedvr-local worker`'s own flags (the model flags are seedvr_local.cli's). No limit flags: a job runs under
@@ -45,6 +59,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
         help="let image_url reach loopback, private and link-local addresses",
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (see serve --compile)")
+    add_cpu_memory_argument(parser)
     parser.add_argument(
         "--lease-seconds",
         type=float,
@@ -67,17 +82,18 @@ def worker_settings(args: argparse.Namespace) -> ServerSettings:
     )
 
 
+def model_weights_dir(args: argparse.Namespace) -> Path | None:
+    """The weights directory the model flags name (None: the tiny model, built in memory); no weights for
+    `--model 3b` is one line here, before torch is imported."""
+    if args.model == TINY_MODEL:
+        return None
+    return args.weights_dir.expanduser() if args.weights_dir else find_installed_weights(args.model)
+
+
 def engine_for(args: argparse.Namespace, device_name: str | None):
     """(factory, description) of the model the flags name, on `device_name`; every check that can fail (weights,
     device, kernels, dtype) runs here, in one line, before anything loads."""
-    # None for the tiny model, built in memory. No weights for `--model 3b`: said before anything loads.
-    weights_dir = (
-        None
-        if args.model == TINY_MODEL
-        else args.weights_dir.expanduser()
-        if args.weights_dir
-        else find_installed_weights(args.model)
-    )
+    weights_dir = model_weights_dir(args)
     from seedvr_local import kernels
     from seedvr_local.compilation import compile_pipeline
     from seedvr_local.devices import resolve_device, resolve_dtype
@@ -199,10 +215,21 @@ def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str
     run_worker_process(args, settings, device, parent_pid)
 
 
+def apply_cpu_memory_policy(args: argparse.Namespace, device: str) -> bool:
+    """`--cpu-memory keep` on a CPU worker, before its threads start (the model allocates from the one heap);
+    True when applied."""
+    if args.cpu_memory != "keep" or not device.startswith("cpu"):
+        return False
+    from seedvr_local.device_memory import keep_freed_cpu_memory
+
+    return keep_freed_cpu_memory()
+
+
 def run_worker_process(
     args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int | None = None
 ) -> None:
     """Run one worker on `device`, with the model the flags name, until it is told to stop (`run_until_stopped`)."""
+    apply_cpu_memory_policy(args, device)
     load, description = engine_for(args, device)
     run_until_stopped(open_worker(settings, device, load, description), settings.shutdown_grace_s, parent_pid)
 

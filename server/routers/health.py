@@ -37,7 +37,10 @@ def readyz(state: StateDep) -> JSONResponse:
         workers = state.registry.live(fresh_s=2 * state.settings.lease_s)
         ready = [worker for worker in workers if worker.model_state == "ready"]
         if ready:
-            return JSONResponse({"status": "ready", "model": f"{len(ready)} worker(s)", "workers": len(ready)})
+            models = "; ".join(sorted({worker.model or "unknown model" for worker in ready}))
+            notices = sorted({worker.model_notice for worker in ready if worker.model_notice})
+            notice = {"notice": "; ".join(notices)} if notices else {}
+            return JSONResponse({"status": "ready", "model": models, "workers": len(ready), **notice})
         status = "failed" if workers and all(w.model_state == "failed" for w in workers) else "loading"
         detail = "every live worker failed to load its model" if status == "failed" else "no worker is ready yet"
         return JSONResponse({"detail": detail, "status": status}, 503)

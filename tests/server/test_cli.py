@@ -69,7 +69,7 @@ def test_an_api_only_server_starts_without_a_model(monkeypatch, tmp_path, capsys
     _fake_serving(monkeypatch, seen)
     assert main(["serve", "--workers", "0", "--port", "0", "--data-dir", str(tmp_path)]) == 0
     assert "no model in this process (API only)" in capsys.readouterr().out
-    assert loads == [] and seen["kept"] == []  # nothing loaded, CPU memory left as it is
+    assert loads == [] and "devices" not in seen  # nothing loaded, no worker process started
 
 
 @pytest.mark.parametrize(
@@ -114,69 +114,83 @@ def test_banner_tells_clients_how_to_connect():
 
 
 def _fake_serving(monkeypatch, seen: dict) -> None:
-    """ListeningServer.run records its config and socket and says it listens, instead of serving; the CPU
-    allocator policy (process-wide) is recorded, not applied to the test process."""
-    from seedvr_local import device_memory
+    """ListeningServer.run records its config and socket and says it listens, instead of serving; the worker
+    processes are recorded, not started."""
+    from seedvr_local.server import worker_process
     from seedvr_local.server.listening import ListeningServer
-
-    seen["kept"] = []
-    monkeypatch.setattr(device_memory, "keep_freed_cpu_memory", lambda: seen["kept"].append(True))
 
     def run(self, sockets):
         seen.update(config=self.config, sockets=sockets, ports=[sock.getsockname()[1] for sock in sockets])
         self.on_listening()
 
+    class Children:
+        def stop(self, grace_s):
+            seen["stopped"] = True
+
+    def start_worker_processes(args, settings, devices):
+        seen.update(worker_args=args, devices=devices)
+        return Children()
+
     monkeypatch.setattr(ListeningServer, "run", run)
+    monkeypatch.setattr(worker_process, "start_worker_processes", start_worker_processes)
 
 
 def test_run_serve_wires_the_app(monkeypatch, tiny_bundle, tmp_path, capsys):
     seen = {}
     _fake_serving(monkeypatch, seen)
-    code = main(
-        [
-            "serve",
-            "--weights-dir",
-            str(tiny_bundle),
-            "--port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--device",
-            "cpu",
-        ]
-    )
+    code = main(["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path / "d")])
     assert code == 0
     config, (sock,), (port,) = seen["config"], seen["sockets"], seen["ports"]
     assert config.host == "127.0.0.1" and port > 0 and config.port == port and config.access_log is False
     assert sock.fileno() == -1  # closed once the server is done
-    assert seen["kept"] == [True]  # --cpu-memory keep, the default on the CPU
+    # the jobs run in one worker process per device (here: the machine's only one), stopped with the server
+    assert seen["devices"] == ["cpu"] and seen["stopped"]
     out = capsys.readouterr().out
-    assert f"http://127.0.0.1:{port}/api/fal/proxy" in out and "3B" in out
+    assert f"http://127.0.0.1:{port}/api/fal/proxy" in out and "3B" in out and "worker process" in out
 
 
-def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle, tmp_path):
-    """The engine factory (run in the worker before /readyz turns ready) loads the model and runs one image."""
-    from seedvr_local.server import app as server_app
+@pytest.mark.parametrize("flags, devices", [(["--device", "cpu"], ["cpu"]), (["--devices", "cpu,cpu"], ["cpu", "cpu"])])
+def test_serve_runs_a_worker_process_per_device(monkeypatch, tiny_bundle, tmp_path, flags, devices):
+    seen = {}
+    _fake_serving(monkeypatch, seen)
+    assert main(["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path), *flags]) == 0
+    assert seen["devices"] == devices
+
+
+def test_device_and_devices_together_are_refused(capsys, tmp_path):
+    assert main(["serve", "--model", "tiny", "--device", "cpu", "--devices", "cpu", "--data-dir", str(tmp_path)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy, device, applied", [("keep", "cpu", True), ("release", "cpu", False),
+                                                     ("keep", "cuda:0", False)])  # fmt: skip
+def test_a_cpu_worker_keeps_freed_memory_unless_told_to_release_it(monkeypatch, policy, device, applied):
+    from seedvr_local import device_memory
+    from seedvr_local.server.worker_process import apply_cpu_memory_policy
+
+    kept = []
+    monkeypatch.setattr(device_memory, "keep_freed_cpu_memory", lambda: kept.append(True) or True)
+    assert apply_cpu_memory_policy(argparse.Namespace(cpu_memory=policy), device) is applied
+    assert kept == ([True] if applied else [])
+
+
+def test_served_model_is_warmed_up_before_it_is_ready(monkeypatch, tiny_bundle):
+    """A worker's engine factory (run in the worker before it reports ready) loads the model and runs one image."""
+    from seedvr_local.server.worker_process import engine_for
     from seedvr_local.upscaler import Upscaler
 
-    factories, warm_ups = [], []
-    real_create_app, real_warm_up = server_app.create_app, Upscaler.warm_up
-    def create_app(settings, factory, description):
-        factories.append(factory)
-        return real_create_app(settings, factory, description)
+    warm_ups = []
+    real_warm_up = Upscaler.warm_up
 
-    monkeypatch.setattr(server_app, "create_app", create_app)
     def warm_up(self, sizes=()):
         warm_ups.append(sizes)
         return real_warm_up(self, sizes)
 
     monkeypatch.setattr(Upscaler, "warm_up", warm_up)
-    _fake_serving(monkeypatch, {})
-    argv = ["serve", "--weights-dir", str(tiny_bundle), "--port", "0", "--data-dir", str(tmp_path), "--device", "cpu",
-            "--warm-up-sizes", "48x32, 40x40"]  # fmt: skip
-    assert main(argv) == 0
-    assert not warm_ups  # nothing loads before the server is up
-    upscaler = factories[0]()
+    args = parse("--weights-dir", str(tiny_bundle), "--warm-up-sizes", "48x32, 40x40")
+    load, _description = engine_for(args, "cpu")
+    assert not warm_ups  # nothing loads before the worker runs the factory
+    upscaler = load()
     assert isinstance(upscaler, Upscaler) and warm_ups == [(), ((48, 32), (40, 40))]
 
 
