@@ -74,24 +74,34 @@ class Metrics:
         self.db = db
 
     def megapixels(self, value: float) -> None:
-        self._record(_COUNT, ("megapixels", "", value))
+        self._record(_COUNT, [("megapixels", "", value)])
 
     def webhook(self, outcome: str) -> None:
-        self._record(_COUNT, ("webhook_deliveries", outcome, 1))
+        self._record(_COUNT, [("webhook_deliveries", outcome, 1)])
 
-    def phase(self, name: str, seconds: float) -> None:
-        """One observation of the histogram: +1 (and the seconds) in every bucket whose bound it is within."""
-        params = []
-        for bound in PHASE_BUCKETS:
-            within = seconds <= bound
-            params += [name, bound, int(within), seconds if within else 0.0]
-        self._record(_OBSERVE, params)
+    def phases(self, observations: Sequence[tuple[str, float]]) -> None:
+        """Observations of the histogram, (phase, seconds) each: +1 (and the seconds) in every bucket whose bound
+        it is within. One transaction for all of a job's phases: on SQLite every commit is a disk flush."""
+        rows = []
+        for name, seconds in observations:
+            params = []
+            for bound in PHASE_BUCKETS:
+                within = seconds <= bound
+                params += [name, bound, int(within), seconds if within else 0.0]
+            rows.append(params)
+        if rows:
+            self._record(_OBSERVE, rows)
 
-    def _record(self, sql: str, params: Sequence) -> None:
+    def _record(self, sql: str, rows: Sequence[Sequence]) -> None:
         """A metric never fails what it measures: when the database is away for longer than its retries, the
         increment is logged and lost (the counters stay monotonic, a little short)."""
+
+        def write() -> None:
+            with self.db.transaction() as conn:
+                conn.executemany(sql, rows)
+
         try:
-            self.db.execute(sql, params)
+            self.db.retrying(write)
         except SQLAlchemyError as exc:
             log.warning("a metric was not recorded (the database is unavailable: %s)", type(exc).__name__)
 

@@ -102,14 +102,17 @@ class JobProcessor:
         return Completion.success(output, time.perf_counter() - started)
 
     def _run(self, job: Job, should_stop: StopCheck) -> dict:
-        phases = _Phases(self.jobs, job.id, should_stop, self.metrics)
+        phases = _Phases(self.jobs, job.id, should_stop)
         settings = self.settings.with_job_limits(job.limits)  # what the API that accepted it promised
-        if endpoint_of(job.input) is VIDEO:
-            videos = VideoJobRunner(
-                self.jobs, self.files, self.fetcher, settings, self.metrics, lambda e: self.output_limit(e, settings)
-            )
-            return videos.run(job, self._engine(), phases)
-        return self._run_image(job, phases, settings)
+        try:
+            if endpoint_of(job.input) is VIDEO:
+                videos = VideoJobRunner(
+                    self.jobs, self.files, self.fetcher, settings, self.metrics, lambda e: self.output_limit(e, settings)
+                )
+                return videos.run(job, self._engine(), phases)
+            return self._run_image(job, phases, settings)
+        finally:
+            self.metrics.phases(phases.timed)  # the phases that ran, however the job ended
 
     def _engine(self) -> Engine:
         try:
@@ -203,11 +206,11 @@ class JobProcessor:
 class _Phases:
     """Logs and times the server's own phases; checks for a stop request at every boundary."""
 
-    def __init__(self, jobs: JobStore, job_id: str, should_stop: StopCheck, metrics: Metrics):
+    def __init__(self, jobs: JobStore, job_id: str, should_stop: StopCheck):
         self.jobs = jobs
         self.job_id = job_id
         self.should_stop = should_stop
-        self.metrics = metrics
+        self.timed: list[tuple[str, float]] = []  # (phase, seconds), for /metrics once the job is over
         self.current: str | None = None
         self.started = 0.0
 
@@ -226,7 +229,7 @@ class _Phases:
 
     def stop(self) -> None:
         if self.current is not None:
-            self.metrics.phase(self.current, time.perf_counter() - self.started)
+            self.timed.append((self.current, time.perf_counter() - self.started))
             self.current = None
 
     def model_phase(self, phase: str) -> None:
@@ -236,8 +239,7 @@ class _Phases:
         self.jobs.log(self.job_id, f"{phase}: {PHASE_LOG.get(phase, phase)}")
 
     def add_model_timings(self, timings: dict[str, float]) -> None:
-        for phase, seconds in timings.items():
-            self.metrics.phase(phase, seconds)
+        self.timed.extend(timings.items())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -85,8 +85,7 @@ def test_a_histogram_observation_lands_in_every_bucket_it_fits(settings):
 
     db = Database(settings.database_path)
     metrics = Metrics(db)
-    for seconds in (0.01, 0.3, 700.0):
-        metrics.phase("dit", seconds)
+    metrics.phases([("dit", seconds) for seconds in (0.01, 0.3, 700.0)])  # a job's phases: one transaction
     families = parse(metrics.render(0, 0, False))
     counts = {b: value(families, "seedvr_phase_seconds_bucket", phase="dit", le=_le(b)) for b in PHASE_BUCKETS}
     assert counts[0.01] == 1 and counts[0.25] == 1 and counts[0.5] == 2 and counts[600.0] == 2
