@@ -124,9 +124,9 @@ ALTER TABLE webhooks ADD COLUMN claim_expires_at {float}     -- a claim not rele
 
 
 def _operations(conn: Connection, db: Database) -> None:
-    """/metrics and /readyz for a fleet: each worker's device memory and model in its heartbeat; phase-time histograms and counters that
-    every process adds to and any API process reads (never deleted by retention: they only grow). A job's limits,
-    chosen by the API process that accepted it, for the worker that runs it."""
+    """/metrics and /readyz for a fleet: each worker's device memory and model in its heartbeat; phase-time
+    histograms and counters that every process adds to and any API process reads (never deleted by retention: they
+    only grow). A job's limits, chosen by the API process that accepted it, for the worker that runs it."""
     statements = """
 ALTER TABLE jobs ADD COLUMN limits TEXT;                    -- JSON: settings.JOB_LIMITS (NULL: the worker's own)
 ALTER TABLE workers ADD COLUMN memory_allocated BIGINT;     -- bytes of tensors on the device (NULL on the CPU)
@@ -151,6 +151,33 @@ CREATE TABLE counters (
     _run(conn, statements.format(**_types(db)))
 
 
+def _clip_tasks(conn: Connection, db: Database) -> None:
+    """The clips of a video job shared out to every worker (server/clip_tasks.py): one row per clip of a run."""
+    statements = """
+CREATE TABLE clip_tasks (
+    run_id           TEXT NOT NULL,                          -- one run of a video job (a rerun is another)
+    clip_index       INTEGER NOT NULL,
+    job_id           TEXT NOT NULL,
+    coordinator      TEXT NOT NULL,                          -- the worker running the job: void once it lost it
+    state            TEXT NOT NULL,                          -- queued, running, done, failed
+    worker_id        TEXT,                                   -- who restores (restored) it
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    lease_expires_at {float},                                -- a clip not renewed by then is claimed again
+    input_key        TEXT NOT NULL,                          -- blob keys of the task and of the restored clip
+    output_key       TEXT,
+    error_type       TEXT,
+    error            TEXT,
+    created_at       {float} NOT NULL,
+    started_at       {float},
+    finished_at      {float},
+    PRIMARY KEY (run_id, clip_index)
+);
+CREATE INDEX clip_tasks_claim ON clip_tasks (state, lease_expires_at);
+CREATE INDEX clip_tasks_job ON clip_tasks (job_id)
+"""
+    _run(conn, statements.format(**_types(db)))
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         lines = [line.split("--")[0].rstrip() for line in statement.strip().splitlines()]
@@ -165,6 +192,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
     (2, "leases, worker heartbeats, owners", _fleet),
     (3, "shared secrets, webhook delivery claims", _shared_secrets_and_webhook_claims),
     (4, "worker memory and model, fleet-wide phase histograms and counters, job limits", _operations),
+    (5, "clip tasks: the clips of a video restored by every worker", _clip_tasks),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -17,6 +18,7 @@ from seedvr_local.image_io import ImageError, ImageTooLargeError, content_type_f
 from seedvr_local.memory_planner import MemoryPlanError, RunOutOfMemoryError
 from seedvr_local.options import UpscaleOptions
 from seedvr_local.sizes import SizeError
+from seedvr_local.server.clip_tasks import ClipHelper, ClipTaskQueue
 from seedvr_local.server.endpoint import VIDEO, endpoint_of
 from seedvr_local.server.engine import Engine, EngineHolder
 from seedvr_local.server.errors import FalError, cancelled_error, model_error, request_error
@@ -69,6 +71,11 @@ class JobProcessor:
         self.settings = settings
         self.metrics = metrics
         self._largest_fitting: int | None = None
+        self.clip_tasks = ClipTaskQueue(jobs.db, files, settings.lease_s, settings.max_job_attempts)
+
+    def clip_helper(self, worker_id: str, wake: threading.Event) -> ClipHelper:
+        """What worker `worker_id` restores of the other workers' videos between its jobs (server/clip_tasks.py)."""
+        return ClipHelper(self.clip_tasks, worker_id, wake)
 
     def output_limit(self, engine: Engine, settings: ServerSettings) -> int:
         """`--max-output-pixels` (of an image, or of each frame of a video), else the largest square output the

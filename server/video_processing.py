@@ -1,5 +1,6 @@
 """One `fal-ai/seedvr/upscale/video` job: fetch the video into a file, check it against every limit before any
 frame is restored, restore it clip by clip (`seedvr_local.video`) with progress logs, store (or inline) the result.
+The clips are restored by every live worker of the fleet at once, this one among them (server/clip_tasks.py).
 
 Files, never whole videos in memory: the input is read where the file store keeps it, or written to the store's
 scratch folder (downloads streamed there), and the output is encoded there and moved into the store. The job
@@ -11,6 +12,7 @@ and says so in its logs: a partly written video cannot be continued.
 from __future__ import annotations
 
 import base64
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,9 +20,11 @@ from typing import Any, Protocol
 import torch
 
 from seedvr_local.memory_planner import MemoryPlanError, RunPlan
+from seedvr_local.server.clip_tasks import ClipRun, ClipTaskQueue, FleetClips
 from seedvr_local.server.engine import ClipPlanner, Engine
 from seedvr_local.server.errors import model_error, request_error
 from seedvr_local.server.fetch import FetchError, ImageFetcher
+from seedvr_local.server.fleet import WorkerRegistry
 from seedvr_local.server.jobs import Job, JobStore
 from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.schema import SeedVRVideoInput
@@ -34,9 +38,12 @@ from seedvr_local.video import (
     VideoRestorer,
     VideoTooLargeError,
 )
+from seedvr_local.video.clips import LocalClips
 
 #: The log line of each finished clip's frames starts with this (a rerun reads the last one back).
 PROGRESS_PREFIX = "frames: "
+#: The log line that counts the clips each worker restored starts with this.
+CLIPS_PREFIX = "clips: "
 #: What the first phase of every run of a video job logs (as "download: ..."): a rerun finds it.
 DOWNLOAD_MESSAGE = "fetching video_url"
 
@@ -89,6 +96,8 @@ class VideoJobRunner:
         self.settings = settings
         self.metrics = metrics
         self.output_limit = output_limit
+        self.clip_tasks = ClipTaskQueue(jobs.db, files, settings.lease_s, settings.max_job_attempts)
+        self.registry = WorkerRegistry(jobs.db)
 
     def run(self, job: Job, engine: Engine, phases: Phases) -> dict[str, Any]:
         """The job's output; raises FalError for what fails, or what `phases` raises to stop."""
@@ -118,8 +127,9 @@ class VideoJobRunner:
                 f"{plan.frames} frames; {plan.describe_tiling()}",
             )
             progress = _Progress(self.jobs, job.id, phases, video)
+            clips = self._clip_runner(job, engine, plan, phases)
             try:
-                result = VideoRestorer(engine.pipeline, plan.vae_tiling).write(video, output_file, progress)
+                result = VideoRestorer(clips=clips).write(video, output_file, progress)
             except torch.OutOfMemoryError:
                 raise request_error(
                     503, f"the device ran out of memory restoring clips of {plan.frames} frames", "runner_out_of_memory"
@@ -142,6 +152,7 @@ class VideoJobRunner:
             source_file.unlink(missing_ok=True)
             output_file.unlink(missing_ok=True)
         self.metrics.megapixels(result.width * result.height * result.frames / 1e6)
+        self.jobs.log(job.id, clips_by_worker(result.clip_workers))
         self.jobs.log(
             job.id,
             f"done: {result.width}x{result.height}, {result.frames} frames, {result.format.fal_name}, {size:,} bytes, "
@@ -151,6 +162,19 @@ class VideoJobRunner:
             "video": {"url": url, "content_type": result.content_type, "file_name": file_name, "file_size": size},
             "seed": result.seed,
         }
+
+    def _clip_runner(self, job: Job, engine: Engine, plan: RunPlan, phases: Phases) -> FleetClips:
+        """This run's clips shared with every live worker, this one (the job's) among them."""
+        coordinator = job.worker_id
+        live_s = 2 * self.settings.lease_s  # what /readyz counts as live: a worker that missed a few beats
+
+        def helpers() -> int:
+            workers = self.registry.live(live_s)
+            return sum(worker.id != coordinator and worker.model_state == "ready" for worker in workers)
+
+        here = LocalClips(engine.pipeline, plan.vae_tiling, name=coordinator)
+        run = ClipRun.new(job.id, coordinator)
+        return FleetClips(self.clip_tasks, run, here, helpers, phases.check, refresh_s=self.settings.lease_s / 3)
 
     def _prepare(self, path: Path, params: SeedVRVideoInput, clips: ClipSizer, engine: Engine) -> VideoJob:
         """Probe the file and lay out the job; every refusal is a 422 before any frame is restored."""
@@ -241,6 +265,13 @@ class _Progress:
                 f"{PROGRESS_PREFIX}{done}/{total} ({100 * done // total}%), {frames_per_second:.2f} frames/s, "
                 f"about {left:.0f} s left",
             )
+
+
+def clips_by_worker(workers: tuple[str, ...]) -> str:
+    """The log line that says which workers restored the clips: "clips: 5 by 2 worker(s) (w1: 3, w2: 2)"."""
+    counts = Counter(workers)
+    each = ", ".join(f"{worker}: {count}" for worker, count in counts.most_common())
+    return f"{CLIPS_PREFIX}{len(workers)} by {len(counts)} worker(s) ({each})"
 
 
 def _without_path(exc: Exception, path: Path) -> str:

@@ -87,7 +87,10 @@ class Worker:
                 return
             log.error("%s; every request will fail with 503 until the server is restarted", exc)
         self._beat(None)  # ready now, not at the next beat
+        clips = self.processor.clip_helper(self.id, self._wake)
         while not self._stopping.is_set():
+            if self._safely(clips.restore_next, self.engines):
+                continue  # a clip of a video another worker runs comes before any new job
             job = self._safely(self.jobs.claim_next, self.id, self.lease_s)
             if job is None:
                 self._wake.wait(timeout=1.0)
