@@ -111,7 +111,7 @@ def test_the_clips_of_one_video_are_restored_on_both_workers(settings, tiny_mode
         state = client.app.state.server
         # a second worker on the same job store and files, with a model of its own: another device's worker
         engines = EngineHolder(lambda: second, "second")
-        processor = JobProcessor(state.jobs, state.files, state.worker.processor.fetcher, engines, settings, Metrics())
+        processor = JobProcessor(state.jobs, state.files, state.worker.processor.fetcher, engines, settings, Metrics(state.db))
         other = Worker(state.jobs, processor, engines, state.registry, settings.lease_s, device="cpu")
         other.start()
         try:
@@ -120,7 +120,7 @@ def test_the_clips_of_one_video_are_restored_on_both_workers(settings, tiny_mode
         finally:
             assert other.stop(30)
         alone, alone_logs = _restore(client, body)
-        queue = state.worker.processor.videos.clip_tasks
+        queue = state.worker.processor.clip_tasks
         assert queue.db.query("SELECT COUNT(*) FROM clip_tasks")[0][0] == 0
         assert _clip_blobs(queue) == {}
     spread = next(message for message in shared_logs if message.startswith(CLIPS_PREFIX))
