@@ -19,8 +19,8 @@ and swept, rows and blobs, by the next run of the job or by any worker within a 
 clips) or a failure drops the run's clip tasks. A clip that fails on a helper fails the job with its error.
 
 Wake-ups: a worker that publishes or finishes a clip wakes the idle workers and waiting coordinators of its own
-process at once; other processes find the change by polling (an idle worker every second, a waiting coordinator
-every `_POLL_S`).
+process at once; the idle workers of other processes hear of it through the job change feed (server/change_feed.py,
+the publish and finish announce their job), and a waiting coordinator looks again every `_POLL_S`.
 """
 
 from __future__ import annotations
