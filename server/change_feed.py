@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import urllib.parse
+from pathlib import Path
 from typing import Callable, Protocol
 
 from seedvr_local.server.db import Database
@@ -93,7 +95,8 @@ class SqliteChanges(_FeedThread):
 
     def _run(self) -> None:
         # Its own read-only connection: data_version only moves for commits made by *other* connections.
-        conn = sqlite3.connect(f"file:{self.db.url.database}?mode=ro", uri=True, check_same_thread=False)
+        path = urllib.parse.quote(str(Path(self.db.url.database).resolve()))  # a path with '?' or '#' stays a path
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
         try:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             self.connected.set()
