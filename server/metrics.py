@@ -15,29 +15,13 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from typing import Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from seedvr_local.server.db import Database
+from seedvr_local.server.fleet import WorkerInfo
 
 log = logging.getLogger("seedvr_local.server")
-
-
-class WorkerInfo(Protocol):
-    """What the metrics show of a worker (server/fleet.py's WorkerInfo)."""
-
-    id: str
-    host: str
-    device: str
-    model_state: str
-    current_job: str | None
-    jobs_done: int
-    started_at: float
-    heartbeat_at: float
-    memory_allocated: int | None
-    memory_reserved: int | None
-    memory_total: int | None
 
 
 JOB_OUTCOMES = ("ok", "invalid", "error", "cancelled", "timeout")
