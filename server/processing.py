@@ -114,8 +114,9 @@ class JobProcessor:
         try:
             if endpoint_of(job.input) is VIDEO:
                 videos = VideoJobRunner(
-                    self.jobs, self.files, self.fetcher, settings, self.metrics, lambda e: self.output_limit(e, settings)
-                )
+                    self.jobs, self.files, self.fetcher, settings, self.metrics,
+                    lambda e: self.output_limit(e, settings), self.clip_tasks,
+                )  # fmt: skip
                 return videos.run(job, self._engine(), phases)
             return self._run_image(job, phases, settings)
         finally:

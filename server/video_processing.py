@@ -89,14 +89,16 @@ class VideoJobRunner:
         settings: ServerSettings,
         metrics: Metrics,
         output_limit: Callable[[Engine], int],
+        clip_tasks: ClipTaskQueue,
     ):
+        """`clip_tasks`: the queue through which this worker shares the clips with the fleet (its JobProcessor's)."""
         self.jobs = jobs
         self.files = files
         self.fetcher = fetcher
         self.settings = settings
         self.metrics = metrics
         self.output_limit = output_limit
-        self.clip_tasks = ClipTaskQueue(jobs.db, files, settings.lease_s, settings.max_job_attempts)
+        self.clip_tasks = clip_tasks
         self.registry = WorkerRegistry(jobs.db)
 
     def run(self, job: Job, engine: Engine, phases: Phases) -> dict[str, Any]:
