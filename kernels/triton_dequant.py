@@ -13,7 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from seedvr_local.kernels.dequant import TRITON_TYPES
 from seedvr_local.kernels.ggml_reference import BLOCK_LAYOUTS
 
 BLOCKS = 8
@@ -70,8 +69,9 @@ def _q4_k_kernel(raw_ptr, out_ptr, n_blocks, BLOCKS: tl.constexpr):
              mask=mask)  # fmt: skip
 
 
+#: The types dequantised here (`kernels.dequant.TRITON_TYPES` routes them; the tests check the two agree).
 _KERNELS = {"Q8_0": _q8_0_kernel, "Q4_K": _q4_k_kernel}
-assert tuple(_KERNELS) == TRITON_TYPES
+KERNEL_TYPES = tuple(_KERNELS)
 
 
 def dequantize_blocks(blocks: torch.Tensor, type_name: str, dtype: torch.dtype) -> torch.Tensor:

@@ -90,6 +90,7 @@ def run_interpreter_dequant(out_path: str) -> None:
         with kernels.use("triton"):
             results[type_name] = dequant.dequantize_ggml(_kernel_case(type_name), type_name, torch.float32)
     results["launched"] = launched
+    results["kernel_types"] = triton_dequant.KERNEL_TYPES
     torch.save(results, out_path)
 
 
@@ -111,7 +112,7 @@ def test_triton_dequant_kernels_match_the_reference_bit_for_bit(tmp_path):
                           timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = torch.load(out)
-    assert results["launched"] == ["Q8_0", "Q4_K"]
+    assert results["launched"] == ["Q8_0", "Q4_K"] and results["kernel_types"] == ("Q8_0", "Q4_K")
     for type_name in ("Q8_0", "Q4_K"):
         want = ggml_reference.dequantize_blocks(_kernel_case(type_name), type_name)
         _assert_bit_exact(results[type_name], want)
