@@ -24,6 +24,7 @@ from seedvr_local.models.quantized import QuantizedTensor, quantized_kinds, weig
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
 from seedvr_local.weights.bundle import load_models
 from seedvr_local.weights.checkpoint import CheckpointFormatError, read_shapes
+from seedvr_local.weights.formats import estimated_weight_bytes
 from seedvr_local.weights.manifest import CheckpointMismatchError, load_manifest
 from tests import requires
 from tests.compact_weights import (
@@ -193,6 +194,27 @@ def test_the_gguf_dit_stays_packed_in_memory(tmp_path, tiny_weights):
     assert quantized_kinds(models.dit) == {
         name: sum(t.tensor_type.name == name for t in quantized.values()) for name in ("Q4_K", "Q8_0", "Q6_K")
     }
+
+
+def test_the_predicted_weight_bytes_are_what_loading_takes(tmp_path, tiny_weights):
+    # Every tiny weight matrix has a multiple of 32 values, so a Q8_0 file packs all of them.
+    quant, _ = _gguf_dir(tmp_path, tiny_weights, ["Q8_0"])
+    models = load_models(quant)
+    shapes = {key: tuple(p.shape) for key, p in models.dit.named_parameters()}
+    assert all(isinstance(p, QuantizedTensor) for p in models.dit.parameters() if p.dim() >= 2)
+    params = sum(p.storage_bytes if isinstance(p, QuantizedTensor) else p.nbytes for p in models.dit.parameters())
+    assert estimated_weight_bytes(shapes, "Q8_0", torch.float32) == params
+
+
+@pytest.mark.parametrize(
+    "manifest, weights_format, published_bytes",
+    [("3b", "Q4_K_M", 1.91e9), ("7b", "Q4_K_M", 4.64e9), ("3b", "fp8", 3.39e9), ("7b", "fp8", 8.24e9)],
+)
+def test_the_predicted_weight_bytes_match_the_published_files(manifest, weights_format, published_bytes):
+    """The published files' sizes (huggingface.co/carzy99921/SeedVR2-models lists them to 3 digits) are their
+    weights: the prediction for a load in fp16 (small tensors at 2 bytes, as those files store them) agrees."""
+    predicted = estimated_weight_bytes(load_manifest(manifest).shapes, weights_format, torch.float16)
+    assert abs(predicted - published_bytes) / published_bytes < 0.005
 
 
 def test_the_cli_restores_from_a_gguf_weights_dir(tmp_path, tiny_weights):
