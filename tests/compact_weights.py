@@ -1,8 +1,8 @@
 """Test checkpoints in compact formats, made from the built-in tiny model's weights.
 
 GGUF files are written with llama.cpp's own `gguf.GGUFWriter` in ComfyUI-GGUF's layout (the
-`model.diffusion_model.` prefix, `comfy.gguf.orig_shape.<name>` for tensors stored reshaped); Q8_0/Q4_0/... blocks
-come from gguf-py's own quantiser, K-quant blocks are built here (random packed integers under sane fp16
+`model.diffusion_model.` prefix, `comfy.gguf.orig_shape.<name>` for tensors stored reshaped; the writer is
+`benchmarks.gguf_files`); Q8_0/Q4_0/... blocks come from gguf-py's own quantiser, K-quant blocks are built here (random packed integers under sane fp16
 scales). Each writer returns the oracle: the same weights dequantised by gguf-py (`gguf.quants.dequantize`),
 as float32, which `write_weights_dir` can save as an ordinary safetensors weights directory.
 """
@@ -18,11 +18,12 @@ import torch
 from gguf.quants import dequantize, quantize
 from safetensors.torch import save_file
 
+from benchmarks import gguf_files
+from benchmarks.gguf_files import COMFY_PREFIX, block_size
 from seedvr_local.weights.tiny import build_tiny_models, tiny_dit_config, tiny_vae_config
 
 QUANTIZER_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")  # gguf-py quantises these itself
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
-PREFIX = "model.diffusion_model."
 
 
 def tiny_state_dicts() -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
@@ -46,55 +47,31 @@ def k_quant_blocks(type_name: str, n_blocks: int, rng: np.random.Generator) -> n
     return blocks
 
 
-def quantized_blocks(values: np.ndarray, type_name: str, rng: np.random.Generator) -> np.ndarray:
-    """`values` (rows of whole blocks) as `type_name` blocks in their byte shape."""
-    qtype = gguf.GGMLQuantizationType[type_name]
-    if type_name in QUANTIZER_TYPES:
-        return quantize(values.astype(np.float32), qtype)
-    block_size, _ = gguf.GGML_QUANT_SIZES[qtype]
-    blocks = k_quant_blocks(type_name, values.size // block_size, rng)
-    return blocks.reshape(*values.shape[:-1], -1)
-
-
 def write_gguf(
-    path: Path, state_dict: dict[str, torch.Tensor], types: list[str], *, seed: int = 0, prefix: str = PREFIX
+    path: Path, state_dict: dict[str, torch.Tensor], types: list[str], *, seed: int = 0, prefix: str = COMFY_PREFIX
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Write `state_dict` as a ComfyUI-GGUF style file: every tensor of 2+ dims whose size allows it is quantised,
-    taking the `types` in turn; the rest is F32 (1-D) or F16. Tensors whose last dim is not a multiple of the
-    block are stored as rows of one block with their logical shape in `comfy.gguf.orig_shape.<name>`.
+    """Write `state_dict` as a ComfyUI-GGUF style file (`benchmarks.gguf_files.write_gguf`), its weight matrices
+    taking the `types` in turn: gguf-py's quantiser for the QUANTIZER_TYPES, `k_quant_blocks` for the K types.
 
-    Returns the oracle state_dict (float32, what the file holds, dequantised by gguf-py) and key -> stored type.
+    Returns the oracle state_dict (float32: what the file holds, dequantised by gguf-py) and key -> stored type.
     """
     rng = np.random.default_rng(seed)
-    writer = gguf.GGUFWriter(path, arch="seedvr2")
-    oracle, stored_types = {}, {}
-    turn = 0
-    for key, tensor in state_dict.items():
-        values = tensor.detach().float().numpy()
-        name = prefix + key
-        type_name = types[turn % len(types)] if values.ndim >= 2 else "F32"
-        block_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[type_name]][0] if type_name != "F32" else 1
-        if type_name != "F32" and values.size % block_size:
-            type_name = "F16"
-        if type_name in ("F32", "F16"):
-            stored = values.astype(np.float32 if type_name == "F32" else np.float16)
-            writer.add_tensor(name, stored)
-            oracle[key] = torch.from_numpy(stored.astype(np.float32))
-        else:
-            turn += 1
-            rows = values if values.shape[-1] % block_size == 0 else values.reshape(-1, block_size)
-            if rows.shape != values.shape:
-                writer.add_array(f"comfy.gguf.orig_shape.{name}", list(values.shape))
-            blocks = quantized_blocks(rows, type_name, rng)
-            qtype = gguf.GGMLQuantizationType[type_name]
-            writer.add_tensor(name, blocks, raw_dtype=qtype)
-            oracle[key] = torch.from_numpy(dequantize(blocks, qtype).reshape(values.shape).copy())
-        stored_types[key] = type_name
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return oracle, stored_types
+    turns = iter(range(1 << 30))
+
+    def make_blocks(values: np.ndarray, type_name: str) -> np.ndarray:
+        if type_name in QUANTIZER_TYPES:
+            return quantize(values.astype(np.float32), gguf.GGMLQuantizationType[type_name])
+        blocks = k_quant_blocks(type_name, values.size // block_size(type_name), rng)
+        return blocks.reshape(*values.shape[:-1], -1)
+
+    stored = gguf_files.write_gguf(path, state_dict, lambda key, shape: types[next(turns) % len(types)],
+                                   make_blocks, prefix=prefix)  # fmt: skip
+    oracle = {}
+    for key, (type_name, array) in stored.items():
+        if type_name not in ("F32", "F16"):
+            array = dequantize(array, gguf.GGMLQuantizationType[type_name])
+        oracle[key] = torch.from_numpy(array.astype(np.float32).reshape(state_dict[key].shape))
+    return oracle, {key: type_name for key, (type_name, _) in stored.items()}
 
 
 def write_weights_dir(
