@@ -366,3 +366,17 @@ def test_unsupported_comfy_formats_are_refused_by_layer_name(tmp_path, tiny_weig
     weights = write_weights_dir(tmp_path / "w", "dit.safetensors", "vae.safetensors", pos_emb, stored, vae)
     with pytest.raises(CheckpointFormatError, match="layer blocks.1.mlp.all.proj_in is stored as nvfp4"):
         load_models(weights)
+
+
+@pytest.mark.slow
+def test_formats_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import formats
+
+    out = tmp_path / "formats.json"
+    assert formats.main(["--model", "tiny", "--formats", "Q8_0,int8", "--output", "32x32", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = {row["format"]: row for row in report["results"]}
+    assert list(rows) == ["fp32", "Q8_0", "int8"]
+    assert rows["fp32"]["max_uint8_diff"] == 0 and rows["Q8_0"]["psnr_db"] > 30
+    assert rows["Q8_0"]["dit_weight_bytes"] < 0.5 * rows["fp32"]["dit_weight_bytes"]
+    assert "Q8_0" in capsys.readouterr().out
