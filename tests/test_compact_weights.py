@@ -327,7 +327,8 @@ def _eight_bit_files(dit: dict[str, torch.Tensor], layout: str) -> tuple[dict, d
             stored[layer + ".comfy_quant"] = _format_record("int8_blockwise" if block else "int8_tensorwise")
             expand = scale.repeat_interleave(8, 0).repeat_interleave(8, 1) if block else scale
             oracle[key] = q.float() * expand
-    if layout == "legacy_fp8":
+    if layout == "legacy_fp8":  # as ComfyUI writes them: the model's keys prefixed, the marker not
+        stored = {"model.diffusion_model." + key: value for key, value in stored.items()}
         stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
     return stored, oracle
 

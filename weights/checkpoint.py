@@ -182,9 +182,12 @@ def strip_wrapper_prefixes(keys: Iterable[str]) -> dict[str, str]:
 
 
 def _official_names(keys: Iterable[str]) -> dict[str, str]:
-    names = strip_wrapper_prefixes(keys)
+    keys = list(keys)
+    # ComfyUI's scaled-fp8 marker sits outside the model's prefix: it must not keep the prefix from being stripped.
+    markers = {key: key for key in keys if key == scaled.MARKER_KEY}
+    names = strip_wrapper_prefixes(key for key in keys if key not in markers)
     renamed = _rename_deprecated_attention(list(names.values()))
-    return {old: renamed[new] for old, new in names.items()}
+    return {**{old: renamed[new] for old, new in names.items()}, **markers}
 
 
 def _rename(by_stored_key: dict[str, object]) -> dict:
