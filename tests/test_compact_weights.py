@@ -381,3 +381,19 @@ def test_formats_benchmark_smoke(tmp_path, capsys):
     assert rows["fp32"]["max_uint8_diff"] == 0 and rows["Q8_0"]["psnr_db"] > 30
     assert rows["Q8_0"]["dit_weight_bytes"] < 0.5 * rows["fp32"]["dit_weight_bytes"]
     assert "Q8_0" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_triton_dequant_on_cuda_matches_the_reference(dtype):
+    """On a GPU (`benchmarks/device_check.sh`, step tests): compiled kernels, fp fusion off, same bits as the
+    reference, rounded once to the compute dtype."""
+    from seedvr_local import kernels
+    from seedvr_local.kernels import dequant
+
+    for type_name in dequant.TRITON_TYPES:
+        raw = _kernel_case(type_name).repeat(1000, 1).cuda()
+        with kernels.use("triton"):
+            got = dequant.dequantize_ggml(raw, type_name, dtype)
+        want = ggml_reference.dequantize_blocks(raw.cpu(), type_name).to(dtype)
+        assert torch.equal(got.cpu().float().nan_to_num(), want.float().nan_to_num()), type_name
