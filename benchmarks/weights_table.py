@@ -85,16 +85,17 @@ def memory_rows(dtype: torch.dtype) -> list[tuple[str, str, float, float, float]
         costs, weights = planner_costs(model, dtype)
         for width, height in OUTPUTS:
             untiled = max(costs.estimate(width, height).values())
-            frugal = min(
-                max(costs.estimate(width, height, 1, VAETiling(FRUGAL_TILE, scale)).values()) for scale in STORE_SCALES
-            )
-            rows.append((model, f"{width}x{height}", weights / GiB, (weights + untiled) / GiB, (weights + frugal) / GiB))
+            tilings = [VAETiling(FRUGAL_TILE, scale) for scale in STORE_SCALES]
+            frugal = min(max(costs.estimate(width, height, 1, tiling).values()) for tiling in tilings)
+            peaks = ((weights + untiled) / GiB, (weights + frugal) / GiB)
+            rows.append((model, f"{width}x{height}", weights / GiB, *peaks))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.weights_table", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16", help="compute dtype (default bf16)")
+    parser.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                        help="compute dtype (default bf16)")
     args = parser.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
 

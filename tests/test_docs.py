@@ -105,6 +105,18 @@ def test_the_readme_gives_the_two_commands():
     assert "\n.venv/bin/python -m pytest -q\n" in ci
 
 
+@pytest.mark.docs
+def test_the_weights_tables_are_the_scripts_output():
+    """docs/weights.md quotes `python -m benchmarks.weights_table` row for row."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.weights_table"], cwd=docs_blocks.ROOT, capture_output=True, text=True,
+        timeout=BLOCK_TIMEOUT_S, check=True,
+    )
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    page = (docs_blocks.DOCS_DIR / "weights.md").read_text(encoding="utf-8").splitlines()
+    assert len(rows) > 10 and [row for row in rows if row not in page] == []
+
+
 # ---------------------------------------------------------------------------------------------- the blocks
 
 
