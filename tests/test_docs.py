@@ -251,6 +251,22 @@ def page_runs():
         run.close()
 
 
+def test_a_block_that_fails_fails_its_test(tmp_path):
+    """The runner itself: a block's exit status counts, and the directory has what the pages rely on."""
+    page = tmp_path / "page.md"
+    page.write_text("```bash\ntest -s photo.png && test -s clip.mp4 && test -x .venv/bin/python\n```\n\n"
+                    "```console\n$ echo shown only > out.txt\nshown only\n$ exit 3\n```\n")
+    ok, failing = docs_blocks.blocks(page)
+    run = PageRun(page)
+    try:
+        run.run(ok)
+        with pytest.raises(pytest.fail.Exception, match="exited 3"):
+            run.run(failing)
+        assert (run.dir / "out.txt").read_text() == "shown only\n"
+    finally:
+        run.close()
+
+
 @pytest.mark.docs
 @pytest.mark.parametrize("block", RUN_BLOCKS, ids=lambda block: block.name)
 def test_block_runs(block, page_runs):
