@@ -1,0 +1,228 @@
+"""What restores an item in a benchmark run: this model, a plain resize, or another upscaler's command line.
+
+Each method takes the item's input file and its decoded frames and returns the output frames at the size asked
+(the input's times the scale), with the seconds it took and its peak memory. Only the model loads torch.
+"""
+
+from __future__ import annotations
+
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from seedvr_local.evaluation.datasets import read_frames, read_image
+
+#: Resize baselines: name -> Pillow's filter.
+BASELINES = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
+#: Seconds one `--compare` command may run for one item before it is stopped (and the item counted as failed).
+DEFAULT_COMPARE_TIMEOUT_S = 600.0
+#: The model's name in the report.
+MODEL_METHOD = "seedvr2"
+
+
+@dataclass
+class Restored:
+    frames: list[np.ndarray]  # [H, W, 3] uint8 RGB; one for an image
+    seconds: float
+    peak_memory_bytes: int | None  # None: not measured
+
+
+def _rss_peak(who: int) -> int:
+    return resource.getrusage(who).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def parse_baselines(text: str) -> list[str]:
+    names = [name.strip().lower() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BASELINES]
+    if unknown:
+        raise ValueError(f"--baseline: unknown resize {unknown[0]!r}; choose from {', '.join(BASELINES)}")
+    return list(dict.fromkeys(names))
+
+
+def parse_compare(text: str) -> tuple[str, str]:
+    """`NAME=COMMAND` -> (name, command), checked: the command names {in} and {out}."""
+    name, sep, command = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not command.strip():
+        raise ValueError(f"--compare takes NAME=COMMAND, got {text!r}")
+    if not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        raise ValueError(f"--compare: the name {name!r} may hold only letters, digits, '-', '_' and '.'")
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise ValueError(f"--compare {name}: the command cannot be split into words ({exc})") from None
+    if not any("{in}" in word for word in words) or not any("{out}" in word for word in words):
+        raise ValueError(f"--compare {name}: the command must name the input as {{in}} and the output as {{out}}")
+    return name, command
+
+
+class ResizeMethod:
+    """A plain resize of every frame: the floor any restoration should beat."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.filter = BASELINES[name]
+
+    def info(self) -> dict:
+        return {"kind": "baseline", "resize": f"{self.name} (Pillow)", "device": "cpu", "dtype": "uint8",
+                "weights_format": None, "tiling": None}
+
+    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Restored:
+        started = time.perf_counter()
+        restored = [np.asarray(Image.fromarray(frame).resize(size, self.filter)) for frame in frames]
+        return Restored(restored, time.perf_counter() - started, None)  # a few frames' worth: not worth a figure
+
+
+class CommandMethod:
+    """Another upscaler, run once per item as `COMMAND` with {in} and {out} replaced: split like a shell would
+    split it, but run without a shell, and stopped after `timeout_s`."""
+
+    def __init__(self, name: str, command: str, timeout_s: float = DEFAULT_COMPARE_TIMEOUT_S):
+        self.name = name
+        self.command = command
+        self.timeout_s = timeout_s
+
+    def info(self) -> dict:
+        return {"kind": "command", "command": self.command, "device": None, "dtype": None,
+                "weights_format": None, "tiling": None}
+
+    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Restored:
+        video = len(frames) > 1 or source.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+        target = out.with_suffix(".mp4" if video else ".png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        words = [w.replace("{in}", str(source)).replace("{out}", str(target)) for w in shlex.split(self.command)]
+        started = time.perf_counter()
+        try:
+            finished = subprocess.run(words, capture_output=True, text=True, timeout=self.timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            raise ValueError(f"the command ran longer than {self.timeout_s:g} s and was stopped") from None
+        except OSError as exc:
+            raise ValueError(f"the command could not start: {exc.strerror or exc}") from None
+        seconds = time.perf_counter() - started
+        if finished.returncode != 0:
+            last = (finished.stderr.strip().splitlines() or ["no message"])[-1]
+            raise ValueError(f"the command exited with status {finished.returncode}: {last[:200]}")
+        if not target.exists():
+            raise ValueError(f"the command wrote no {target.name}")
+        restored = read_frames(target) if video else [read_image(target)]
+        got = (restored[0].shape[1], restored[0].shape[0])
+        if got != size:
+            raise ValueError(f"the output is {got[0]}x{got[1]}, expected {size[0]}x{size[1]}")
+        return Restored(restored, seconds, _rss_peak(resource.RUSAGE_CHILDREN))
+
+
+class ModelMethod:
+    """This model, loaded once, with the restore options of the run."""
+
+    def __init__(self, upscaler, options: dict, video_options: dict, vae_tile, weights_format: str):
+        self.name = MODEL_METHOD
+        self.upscaler = upscaler
+        self.options = options  # RestoreOptions fields without the size
+        self.video_options = video_options  # clip_frames, overlap_frames (None: planned)
+        self.vae_tile = vae_tile
+        self.weights_format = weights_format
+        self.tilings: set[str] = set()
+
+    def info(self) -> dict:
+        pipeline = self.upscaler.pipeline
+        return {
+            "kind": "model", "description": self.upscaler.description, "device": str(pipeline.device),
+            "dtype": str(pipeline.dtype).removeprefix("torch.") if hasattr(pipeline, "dtype") else None,
+            "weights_format": self.weights_format, "kernels": self.upscaler.kernel_backend,
+            "tiling": "; ".join(sorted(self.tilings)) or f"vae_tile={self.vae_tile}",
+            "options": {**self.options, **self.video_options, "vae_tile": self.vae_tile},
+        }  # fmt: skip
+
+    def _peak(self) -> int:
+        import torch
+
+        device = self.upscaler.pipeline.device
+        if device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(device))
+        return _rss_peak(resource.RUSAGE_SELF)
+
+    def _reset_peak(self) -> None:
+        import torch
+
+        device = self.upscaler.pipeline.device
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Restored:
+        scale = size[0] / frames[0].shape[1]
+        self._reset_peak()
+        started = time.perf_counter()
+        if len(frames) == 1 and source.suffix.lower() not in _VIDEO_INPUTS:
+            from seedvr_local.options import UpscaleOptions
+
+            options = UpscaleOptions(upscale_mode="factor", upscale_factor=scale, vae_tile=self.vae_tile, **self.options)
+            result = self.upscaler.upscale(Image.fromarray(frames[0]), options)
+            if result.plan is not None:
+                self.tilings.add(result.plan.describe_tiling())
+            restored = [result.pixels.permute(1, 2, 0).numpy()]
+        else:
+            restored = self._restore_video(source, scale)
+        seconds = time.perf_counter() - started
+        return Restored(restored, seconds, self._peak())
+
+    def _restore_video(self, source: Path, scale: float) -> list[np.ndarray]:
+        import functools
+
+        from seedvr_local.video import VideoOptions, VideoRestorer
+        from seedvr_local.video.clips import LocalClips, longest_clip
+
+        planner = self.upscaler.planner
+        clip_frames = self.video_options["clip_frames"]
+        if clip_frames is None:
+            clip_frames = functools.partial(longest_clip, planner, vae_tile=self.vae_tile)
+        options = VideoOptions(
+            upscale_mode="factor", upscale_factor=scale, clip_frames=clip_frames,
+            overlap_frames=self.video_options["overlap_frames"], **self.options,
+        )  # fmt: skip
+        restorer = VideoRestorer(clips=LocalClips(self.upscaler.pipeline, planner=planner, vae_tile=self.vae_tile))
+        job = restorer.prepare(source, options)
+        self.tilings.add(f"clips of {job.clips[0].frames} frames, vae_tile={self.vae_tile}")
+        return [frame.pixels[..., :3] for frame in restorer.frames(job)]
+
+
+_VIDEO_INPUTS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif"}
+
+
+def load_model(args, seed: int) -> ModelMethod:
+    """The model the arguments name (the upscale command's flags), loaded once."""
+    from seedvr_local import kernels
+    from seedvr_local.devices import resolve_device
+    from seedvr_local.model_home import TINY_MODEL, find_installed_weights
+    from seedvr_local.upscaler import Upscaler
+
+    weights_dir = None if args.model == TINY_MODEL else args.weights_dir or find_installed_weights(args.model or "3b")
+    kernels.backend.resolve(args.kernels, resolve_device(args.device))
+    if weights_dir is None:
+        upscaler = Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels)
+        weights_format = "random (tiny test model)"
+    else:
+        upscaler = Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype, kernels=args.kernels)
+        weights_format = _weights_format(Path(weights_dir))
+    print(f"loaded {upscaler.description}; kernels: {upscaler.kernel_backend}", file=sys.stderr)
+    if upscaler.notice:
+        print(f"note: {upscaler.notice}", file=sys.stderr)
+    options = {"seed": seed, "noise_scale": args.noise_scale, "color_fix": args.color_fix}
+    video = {"clip_frames": args.clip_frames, "overlap_frames": args.clip_overlap}
+    return ModelMethod(upscaler, options, video, args.vae_tile, weights_format)
+
+
+def _weights_format(weights_dir: Path) -> str:
+    """The DiT file's format, from its name: safetensors, gguf or a PyTorch pickle."""
+    names = sorted(p.name for p in weights_dir.iterdir() if p.is_file())
+    dit = [n for n in names if "dit" in n.lower()] or names
+    suffixes = sorted({Path(n).suffix.lstrip(".") for n in dit if Path(n).suffix in {".safetensors", ".gguf", ".pth"}})
+    return ", ".join(suffixes) or "unknown"
