@@ -309,3 +309,18 @@ def test_a_missing_dataset_and_a_changed_rerun_are_refused_in_one_line(tmp_path,
     assert _eval(*argv, "--baseline", "lanczos") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "holds a run with other settings (baselines)" in err[0], err
+
+
+def test_a_dataset_named_like_a_paper_benchmark_cites_the_paper(tmp_path):
+    _save(tmp_path / "UDM10" / "HR" / "a.png", _picture(0, 32, 32))
+    out = tmp_path / "run"
+    assert _eval(str(tmp_path / "UDM10"), "--out", str(out), "--no-model", "--baseline", "bicubic",
+                 "--metrics", "psnr") == 0
+    paper = _report(out)["paper"]
+    assert paper["dataset"] == "UDM10" and "arXiv:2506.05301" in paper["source"]
+    md = (out / "report.md").read_text()
+    assert "## Published values on UDM10" in md and "arXiv:2506.05301" in md
+    _save(tmp_path / "mine" / "HR" / "a.png", _picture(0, 32, 32))
+    assert _eval(str(tmp_path / "mine"), "--out", str(tmp_path / "other"), "--no-model", "--baseline", "bicubic",
+                 "--metrics", "psnr") == 0
+    assert _report(tmp_path / "other")["paper"] is None
