@@ -4,10 +4,13 @@ offline metrics, the HTML report in a real browser, and one-line errors."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +327,46 @@ def test_a_dataset_named_like_a_paper_benchmark_cites_the_paper(tmp_path):
     assert _eval(str(tmp_path / "mine"), "--out", str(tmp_path / "other"), "--no-model", "--baseline", "bicubic",
                  "--metrics", "psnr") == 0
     assert _report(tmp_path / "other")["paper"] is None
+
+
+def test_a_killed_run_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """SIGKILL while the command works on the third item: the rerun does only that one and what follows."""
+    for seed, name in enumerate(("a", "b", "c")):
+        _save(tmp_path / "set" / f"{name}.png", _picture(seed, 12, 8))
+    script = tmp_path / "slow.py"
+    stalling = "if 'c.' in source and os.path.exists(sys.argv[3]):\n    import time\n    time.sleep(60)\n"
+    script.write_text(RESIZER.replace("image = Image.open", stalling + "image = Image.open"))
+    stall = tmp_path / "stall"
+    stall.touch()
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("EVAL_LOG", str(log))
+    command = f"cmd={shlex.quote(sys.executable)} {script} {{in}} {{out}} {stall}"
+    argv = [sys.executable, "-m", "seedvr_local.cli", "eval", str(tmp_path / "set"), "--out", str(tmp_path / "run"),
+            "--no-model", "--metrics", "psnr", "--compare", command]
+    first = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        done_b = tmp_path / "run" / "items" / "cmd" / "b.json"
+        deadline = time.monotonic() + 60
+        while not (done_b.exists() and log.exists() and "c.png" in log.read_text()) and time.monotonic() < deadline:
+            assert first.poll() is None
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the run and the command it waits for
+        first.wait(timeout=30)
+    assert done_b.exists()
+    kept = {name: (tmp_path / "run" / "items" / "cmd" / f"{name}.json").stat().st_mtime_ns for name in ("a", "b")}
+    stall.unlink()
+    assert subprocess.run(argv, capture_output=True, timeout=120).returncode == 0
+    assert log.read_text().split() == ["a.png", "b.png", "c.png", "c.png"]
+    assert {n: (tmp_path / "run" / "items" / "cmd" / f"{n}.json").stat().st_mtime_ns for n in kept} == kept
+    assert _report(tmp_path / "run")["methods"]["cmd"]["items_done"] == 3
+
+
+def test_a_metric_that_cannot_judge_an_item_leaves_the_others(tmp_path, capsys):
+    _save(tmp_path / "set" / "HR" / "a.png", _picture(0, 12, 12))  # x2, crop 2: 8x8, under SSIM's window
+    out = tmp_path / "run"
+    assert _eval(str(tmp_path / "set"), "--out", str(out), "--no-model", "--baseline", "bicubic", "--scale", "2",
+                 "--metrics", "psnr,ssim") == 0
+    method = _report(out)["methods"]["bicubic"]
+    assert set(method["per_item"]["a"]) == {"psnr"} and "SSIM" in method["metric_errors"]["a"]["ssim"]
+    assert "bicubic: not measured on a (the image is smaller than SSIM's 11-pixel window" in (out / "report.md").read_text()

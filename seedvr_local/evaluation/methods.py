@@ -132,10 +132,14 @@ class ModelMethod:
         self.tilings: set[str] = set()
 
     def info(self) -> dict:
+        import torch
+
         pipeline = self.upscaler.pipeline
+        device = pipeline.device
         return {
-            "kind": "model", "description": self.upscaler.description, "device": str(pipeline.device),
-            "dtype": str(pipeline.dtype).removeprefix("torch.") if hasattr(pipeline, "dtype") else None,
+            "kind": "model", "description": self.upscaler.description, "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+            "dtype": str(pipeline.dtype).removeprefix("torch."),
             "weights_format": self.weights_format, "kernels": self.upscaler.kernel_backend,
             "tiling": "; ".join(sorted(self.tilings)) or f"vae_tile={self.vae_tile}",
             "options": {**self.options, **self.video_options, "vae_tile": self.vae_tile},

@@ -139,6 +139,10 @@ class Skipped:
         return f"skipped metric {self.name}: {self.reason}"
 
 
+class MetricError(ValueError):
+    """A metric that cannot measure one image; the others still do."""
+
+
 class _NotOnDisk(Exception):
     """A pretrained metric asked to download a file."""
 
@@ -200,9 +204,12 @@ def library_metric(name: str, device: str, weights_dir: Path | None) -> ImageMet
         def tensor(rgb: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255).to(device)
 
-        with torch.no_grad():
-            if name in FULL_REFERENCE:
-                return float(model(tensor(output), tensor(reference)).item())
-            return float(model(tensor(output)).item())
+        try:
+            with torch.no_grad():
+                if name in FULL_REFERENCE:
+                    return float(model(tensor(output), tensor(reference)).item())
+                return float(model(tensor(output)).item())
+        except Exception as exc:  # the library's limits (an image too small for NIQE's patches, say)
+            raise MetricError(f"{name}: {' '.join(str(exc).split())[:200] or type(exc).__name__}") from None
 
     return measure

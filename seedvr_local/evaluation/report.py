@@ -64,6 +64,7 @@ def summarize(out_dir: Path, dataset: Dataset, method: str, metrics: list[str], 
         "mean": {m: _mean(r["metrics"].get(m) for r in records.values()) for m in metrics},
         "per_item": {name: r["metrics"] for name, r in records.items()},
         "per_frame": {name: r["per_frame"] for name, r in records.items() if r.get("per_frame")},
+        "metric_errors": {name: r["metric_errors"] for name, r in records.items() if r.get("metric_errors")},
         "items_done": len(records),
         "failed": failures,
         "seconds_per_item": _mean(seconds),
@@ -169,6 +170,9 @@ def markdown(report: dict) -> str:
     failed = {m: f for m, method in report["methods"].items() if (f := method["failed"])}
     for method, items in failed.items():
         lines += ["", f"{method} failed on {len(items)} item(s): " + "; ".join(f"{k}: {v}" for k, v in items.items())]
+    for method, items in ((m, e) for m, method in report["methods"].items() if (e := method["metric_errors"])):
+        lines += ["", f"{method}: not measured on " + "; ".join(
+            f"{item} ({', '.join(errors.values())})" for item, errors in items.items())]
     lines += _paper_lines(report)
     return "\n".join(lines) + "\n"
 
@@ -206,7 +210,7 @@ def _crops(out_dir: Path, dataset: Dataset, report: dict) -> str:
         top, left = (height - side) // 2, (width - side) // 2
         record = next((r for m in report["methods"] if (r := _record(out_dir, m, item.name))), None)
         base = _input_picture(out_dir, item, record, (width, height))
-        crops = {"input": base} if base is not None else {}
+        crops = {"LR input": base} if base is not None else {}  # a space: no method is named so
         crops.update(shown)
         crops = {name: pixels[top:top + side, left:left + side] for name, pixels in crops.items()
                  if pixels.shape[:2] == (height, width)}

@@ -161,17 +161,21 @@ def measure(metrics: dict[str, ImageMetric], outputs: list[np.ndarray], referenc
         width = min(outputs[0].shape[1], references[0].shape[1])
         outputs = [frame[:height, :width] for frame in outputs]
         references = [frame[:height, :width] for frame in references]
-    values, per_frame = {}, {}
+    values, per_frame, errors = {}, {}, {}
     for name, metric in metrics.items():
-        if name in VIDEO_METRICS:
-            if len(outputs) > 1 and references is not None:
-                values[name] = metric(outputs, references)
+        try:
+            if name in VIDEO_METRICS:
+                if len(outputs) > 1 and references is not None:
+                    values[name] = metric(outputs, references)
+                continue
+            frames = [metric(out, references[k] if references is not None else None) for k, out in enumerate(outputs)]
+        except ValueError as exc:  # this metric cannot judge this item: the others still do
+            errors[name] = str(exc)
             continue
-        frames = [metric(out, references[k] if references is not None else None) for k, out in enumerate(outputs)]
         values[name] = float(np.mean(frames))
         if len(outputs) > 1:
             per_frame[name] = frames
-    return {"metrics": values, "per_frame": per_frame}
+    return {"metrics": values, "per_frame": per_frame, "metric_errors": errors}
 
 
 def _save_output(frames: list[np.ndarray], target: Path) -> None:
@@ -206,6 +210,7 @@ def run(dataset: Dataset, methods: list[MethodSpec], metrics: dict[str, ImageMet
         for spec in pending:
             if spec.name not in made:
                 made[spec.name] = spec.make()
+                _write_method_info(out_dir, spec.name, made[spec.name])
             method = made[spec.name]
             target = output_path(out_dir, spec.name, item)
             try:
@@ -224,13 +229,17 @@ def run(dataset: Dataset, methods: list[MethodSpec], metrics: dict[str, ImageMet
                 "output": str(target.relative_to(out_dir)), "input": str(prepared.source),
             }  # fmt: skip
             _write_json(item_record(out_dir, spec.name, item.name), record)
-            summary = ", ".join(f"{k} {v:.4g}" for k, v in measured["metrics"].items())
+            summary = ", ".join([f"{k} {v:.4g}" for k, v in measured["metrics"].items()]
+                                + [f"{k} not measured ({v})" for k, v in measured["metric_errors"].items()])
             progress.step(f"{spec.name} {item.name}", f"{summary or 'done'} ({restored.seconds:.2f}s)")
-    for name, method in made.items():
-        info = getattr(method, "info", None)
-        if info is not None:
-            _write_json(out_dir / "items" / name / "_method.json", info())
+    for name, method in made.items():  # again: the model's tilings are known once it ran
+        _write_method_info(out_dir, name, method)
     return failures
+
+
+def _write_method_info(out_dir: Path, name: str, method) -> None:
+    """What the report says of a method (device, dtype, tiling, ...), kept for runs that resume without it."""
+    _write_json(out_dir / "items" / name / "_method.json", method.info())
 
 
 def load_records(out_dir: Path, method: str, items: list[Item]) -> dict[str, dict]:
