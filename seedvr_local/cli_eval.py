@@ -13,6 +13,7 @@ import secrets
 import sys
 from pathlib import Path
 
+from seedvr_local.model_home import TINY_MODEL, find_installed_weights
 from seedvr_local.options import COLOR_FIXES, MAX_SEED, RestoreOptions, check_vae_tile
 
 _DEFAULTS = RestoreOptions()
@@ -116,6 +117,8 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"two methods are named {next(n for n in names if names.count(n) > 1)!r}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"{args.out}: exists and is not a folder")
+    if not args.no_model and args.model != TINY_MODEL:  # missing weights are said before any item is prepared
+        args.weights_dir = args.weights_dir or find_installed_weights(args.model or "3b")
 
 
 def _resume_seed(args: argparse.Namespace, settings: dict) -> int:

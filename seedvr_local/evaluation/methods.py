@@ -205,10 +205,10 @@ def load_model(args, seed: int) -> ModelMethod:
     """The model the arguments name (the upscale command's flags), loaded once."""
     from seedvr_local import kernels
     from seedvr_local.devices import resolve_device
-    from seedvr_local.model_home import TINY_MODEL, find_installed_weights
+    from seedvr_local.model_home import TINY_MODEL
     from seedvr_local.upscaler import Upscaler
 
-    weights_dir = None if args.model == TINY_MODEL else args.weights_dir or find_installed_weights(args.model or "3b")
+    weights_dir = None if args.model == TINY_MODEL else args.weights_dir  # found by the command's checks
     kernels.backend.resolve(args.kernels, resolve_device(args.device))
     if weights_dir is None:
         upscaler = Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels)
