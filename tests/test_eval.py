@@ -369,4 +369,5 @@ def test_a_metric_that_cannot_judge_an_item_leaves_the_others(tmp_path, capsys):
                  "--metrics", "psnr,ssim") == 0
     method = _report(out)["methods"]["bicubic"]
     assert set(method["per_item"]["a"]) == {"psnr"} and "SSIM" in method["metric_errors"]["a"]["ssim"]
-    assert "bicubic: not measured on a (the image is smaller than SSIM's 11-pixel window" in (out / "report.md").read_text()
+    report_md = (out / "report.md").read_text()
+    assert "bicubic: not measured on a (the image is smaller than SSIM's 11-pixel window" in report_md

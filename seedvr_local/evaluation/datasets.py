@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import numpy as np
 from PIL import Image
@@ -159,14 +159,19 @@ def read_image(path: Path) -> np.ndarray:
         raise ValueError(f"{path}: not a readable image ({exc})") from None
 
 
-def read_frames(path: Path) -> list[np.ndarray]:
-    """A video file's or a frame folder's frames, [H, W, 3] uint8 RGB each."""
+def iter_frames(path: Path) -> Iterator[np.ndarray]:
+    """A video file's or a frame folder's frames, [H, W, 3] uint8 RGB each, decoded one at a time."""
     if path.is_dir():
-        return [read_image(frame) for frame in frame_files(path)]
+        yield from (read_image(frame) for frame in frame_files(path))
+        return
     from seedvr_local.video.source import decode_frames, probe_video
 
     info = probe_video(path)
-    return [frame.pixels[..., :3] for frame in decode_frames(path, info.has_alpha)]
+    yield from (frame.pixels[..., :3] for frame in decode_frames(path, info.has_alpha))
+
+
+def read_frames(path: Path) -> list[np.ndarray]:
+    return list(iter_frames(path))
 
 
 def write_lossless_video(frames: list[np.ndarray], path: Path) -> None:

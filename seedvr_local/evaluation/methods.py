@@ -1,7 +1,9 @@
 """What restores an item in a benchmark run: this model, a plain resize, or another upscaler's command line.
 
-Each method takes the item's input file and its decoded frames and returns the output frames at the size asked
-(the input's times the scale), with the seconds it took and its peak memory. Only the model loads torch.
+Each method's `restore` takes the item's input file and its decoded frames and yields the output frames at the size
+asked (the input's times the scale), one at a time, so that a long video's outputs are measured and saved as they
+come rather than held; the run times the method by the time spent inside it. `peak_memory_bytes` is read after.
+Only the model loads torch.
 """
 
 from __future__ import annotations
@@ -10,14 +12,13 @@ import resource
 import shlex
 import subprocess
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
 
-from seedvr_local.evaluation.datasets import read_frames, read_image
+from seedvr_local.evaluation.datasets import iter_frames, read_image
 
 #: Resize baselines: name -> Pillow's filter.
 BASELINES = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
@@ -25,13 +26,6 @@ BASELINES = {"bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS, "bilinear": Ima
 DEFAULT_COMPARE_TIMEOUT_S = 600.0
 #: The model's name in the report.
 MODEL_METHOD = "seedvr2"
-
-
-@dataclass
-class Restored:
-    frames: list[np.ndarray]  # [H, W, 3] uint8 RGB; one for an image
-    seconds: float
-    peak_memory_bytes: int | None  # None: not measured
 
 
 def _rss_peak(who: int) -> int:
@@ -74,10 +68,12 @@ class ResizeMethod:
         return {"kind": "baseline", "resize": f"{self.name} (Pillow)", "device": "cpu", "dtype": "uint8",
                 "weights_format": None, "tiling": None}
 
-    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Restored:
-        started = time.perf_counter()
-        restored = [np.asarray(Image.fromarray(frame).resize(size, self.filter)) for frame in frames]
-        return Restored(restored, time.perf_counter() - started, None)  # a few frames' worth: not worth a figure
+    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Iterator[np.ndarray]:
+        for frame in frames:
+            yield np.asarray(Image.fromarray(frame).resize(size, self.filter))
+
+    def peak_memory_bytes(self) -> int | None:
+        return None  # a frame's worth: not worth a figure
 
 
 class CommandMethod:
@@ -93,30 +89,30 @@ class CommandMethod:
         return {"kind": "command", "command": self.command, "device": None, "dtype": None,
                 "weights_format": None, "tiling": None}
 
-    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Restored:
+    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Iterator[np.ndarray]:
         video = len(frames) > 1 or source.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
         target = out.with_suffix(".mp4" if video else ".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)
         words = [w.replace("{in}", str(source)).replace("{out}", str(target)) for w in shlex.split(self.command)]
-        started = time.perf_counter()
         try:
             finished = subprocess.run(words, capture_output=True, text=True, timeout=self.timeout_s, check=False)
         except subprocess.TimeoutExpired:
             raise ValueError(f"the command ran longer than {self.timeout_s:g} s and was stopped") from None
         except OSError as exc:
             raise ValueError(f"the command could not start: {exc.strerror or exc}") from None
-        seconds = time.perf_counter() - started
         if finished.returncode != 0:
             last = (finished.stderr.strip().splitlines() or ["no message"])[-1]
             raise ValueError(f"the command exited with status {finished.returncode}: {last[:200]}")
         if not target.exists():
             raise ValueError(f"the command wrote no {target.name}")
-        restored = read_frames(target) if video else [read_image(target)]
-        got = (restored[0].shape[1], restored[0].shape[0])
-        if got != size:
-            raise ValueError(f"the output is {got[0]}x{got[1]}, expected {size[0]}x{size[1]}")
-        return Restored(restored, seconds, _rss_peak(resource.RUSAGE_CHILDREN))
+        for frame in iter_frames(target) if video else [read_image(target)]:
+            if (frame.shape[1], frame.shape[0]) != size:
+                raise ValueError(f"the output is {frame.shape[1]}x{frame.shape[0]}, expected {size[0]}x{size[1]}")
+            yield frame
+
+    def peak_memory_bytes(self) -> int | None:
+        return _rss_peak(resource.RUSAGE_CHILDREN)  # the largest of the commands run so far
 
 
 class ModelMethod:
@@ -145,7 +141,7 @@ class ModelMethod:
             "options": {**self.options, **self.video_options, "vae_tile": self.vae_tile},
         }  # fmt: skip
 
-    def _peak(self) -> int:
+    def peak_memory_bytes(self) -> int:
         import torch
 
         device = self.upscaler.pipeline.device
@@ -161,24 +157,23 @@ class ModelMethod:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
 
-    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Restored:
+    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Iterator[np.ndarray]:
         scale = size[0] / frames[0].shape[1]
         self._reset_peak()
-        started = time.perf_counter()
         if len(frames) == 1 and source.suffix.lower() not in _VIDEO_INPUTS:
             from seedvr_local.options import UpscaleOptions
 
-            options = UpscaleOptions(upscale_mode="factor", upscale_factor=scale, vae_tile=self.vae_tile, **self.options)
+            options = UpscaleOptions(
+                upscale_mode="factor", upscale_factor=scale, vae_tile=self.vae_tile, **self.options
+            )
             result = self.upscaler.upscale(Image.fromarray(frames[0]), options)
             if result.plan is not None:
                 self.tilings.add(result.plan.describe_tiling())
-            restored = [result.pixels.permute(1, 2, 0).numpy()]
+            yield result.pixels.permute(1, 2, 0).numpy()
         else:
-            restored = self._restore_video(source, scale)
-        seconds = time.perf_counter() - started
-        return Restored(restored, seconds, self._peak())
+            yield from self._restore_video(source, scale)
 
-    def _restore_video(self, source: Path, scale: float) -> list[np.ndarray]:
+    def _restore_video(self, source: Path, scale: float) -> Iterator[np.ndarray]:
         import functools
 
         from seedvr_local.video import VideoOptions, VideoRestorer
@@ -195,7 +190,11 @@ class ModelMethod:
         restorer = VideoRestorer(clips=LocalClips(self.upscaler.pipeline, planner=planner, vae_tile=self.vae_tile))
         job = restorer.prepare(source, options)
         self.tilings.add(f"clips of {job.clips[0].frames} frames, vae_tile={self.vae_tile}")
-        return [frame.pixels[..., :3] for frame in restorer.frames(job)]
+        frames = restorer.frames(job)
+        try:
+            yield from (frame.pixels[..., :3] for frame in frames)
+        finally:
+            frames.close()
 
 
 _VIDEO_INPUTS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif"}

@@ -105,17 +105,26 @@ def ssim(output: np.ndarray, reference: np.ndarray, crop: int = 0, y_only: bool 
     return float(np.mean([_ssim_plane(pa, pb) for pa, pb in zip(a, b)]))
 
 
-def temporal_difference(output: list[np.ndarray], reference: list[np.ndarray]) -> float:
+class TemporalDifference:
     """Mean absolute difference, on the luma, between the output's and the reference's change from each frame to
-    the next: 0 when the output moves (and flickers) exactly as the reference does."""
-    if len(output) < 2:
-        return 0.0
-    total = 0.0
-    for k in range(len(output) - 1):
-        moved = luma(output[k + 1]) - luma(output[k])
-        expected = luma(reference[k + 1]) - luma(reference[k])
-        total += float(np.mean(np.abs(moved - expected)))
-    return total / (len(output) - 1)
+    the next: 0 when the output moves (and flickers) exactly as the reference does. Fed a frame pair at a time."""
+
+    def __init__(self):
+        self.previous: tuple[np.ndarray, np.ndarray] | None = None
+        self.total = 0.0
+        self.steps = 0
+
+    def add(self, output: np.ndarray, reference: np.ndarray) -> None:
+        current = luma(output), luma(reference)
+        if self.previous is not None:
+            moved, expected = current[0] - self.previous[0], current[1] - self.previous[1]
+            self.total += float(np.mean(np.abs(moved - expected)))
+            self.steps += 1
+        self.previous = current
+
+    def value(self) -> float | None:
+        """None for a single frame."""
+        return self.total / self.steps if self.steps else None
 
 
 #: A metric ready to use: (output, reference or None) -> value.

@@ -111,7 +111,8 @@ _SPEED_COLUMNS = (("s/item", "seconds_per_item", "{:.3f}"), ("MP/s", "output_meg
 def _table_rows(report: dict) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Header and rows (text, is the best) of the table: methods down, metrics then speed across."""
     metrics = [m for m in report["run"]["metrics"] if m not in report["run"]["skipped_metrics"]]
-    header = ["method"] + [f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics] + [c[0] for c in _SPEED_COLUMNS]
+    arrows = [f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in metrics]
+    header = ["method", *arrows, *(column[0] for column in _SPEED_COLUMNS)]
     rows = []
     for name, method in report["methods"].items():
         row = [(name, False)]
@@ -295,7 +296,8 @@ def html(report: dict, out_dir: Path, dataset: Dataset) -> str:
     metrics = [m for m in report["run"]["metrics"] if m not in report["run"]["skipped_metrics"]]
     charts = []
     for metric in metrics:
-        per_item = {name: [v.get(metric) for v in method["per_item"].values()] for name, method in report["methods"].items()}
+        per_item = {name: [values.get(metric) for values in method["per_item"].values()]
+                    for name, method in report["methods"].items()}
         charts.append(plots.distribution(metric, per_item, metric in LOWER_IS_BETTER))
         speed = {name: (method["seconds_per_item"], method["mean"].get(metric))
                  for name, method in report["methods"].items()}

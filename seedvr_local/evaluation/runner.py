@@ -8,27 +8,36 @@ so an interrupted run (Ctrl-C, a crash, a failed item) resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image
 
-from seedvr_local.evaluation.datasets import Dataset, Item, read_frames, read_image, write_lossless_video
+from seedvr_local.evaluation.datasets import (
+    Dataset,
+    Item,
+    iter_frames,
+    read_frames,
+    read_image,
+    write_lossless_video,
+)
 from seedvr_local.evaluation.metrics import (
     BUILTIN_METRICS,
     FULL_REFERENCE,
     VIDEO_METRICS,
     ImageMetric,
     Skipped,
+    TemporalDifference,
     builtin_metric,
     library_metric,
-    temporal_difference,
 )
 
 #: Seconds between redraws of the progress bar on a terminal.
@@ -93,23 +102,29 @@ def output_path(out_dir: Path, method: str, item: Item) -> Path:
 @dataclass
 class PreparedItem:
     source: Path  # the file each method reads: the dataset's, or one made in DIR/inputs/
-    frames: list[np.ndarray]  # the input's frames
-    references: list[np.ndarray] | None
+    frames: list[np.ndarray]  # the input's frames (small: the output's size over the scale squared)
+    references: Callable[[], Iterator[np.ndarray]] | None  # the reference frames, read anew for each method
     size: tuple[int, int]  # the output size asked: input x scale
+
+
+def _reference_frames(item: Item, crop: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+    frames = iter([read_image(item.hr)]) if item.kind == "image" else iter_frames(item.hr)
+    for frame in frames:
+        yield frame if crop is None else frame[: crop[1], : crop[0]]
 
 
 def prepare_item(dataset: Dataset, item: Item, out_dir: Path) -> PreparedItem:
     """The input (made by the degradation when the set has HR only), its frames and the reference frames."""
     inputs = out_dir / "inputs"
-    references = None
-    if item.hr is not None:
-        references = [read_image(item.hr)] if item.kind == "image" else read_frames(item.hr)
+    references = None if item.hr is None else functools.partial(_reference_frames, item)
     if item.lr is None:  # HR only: the stated degradation makes the input
         degradation = dataset.degradation
-        width, height = degradation.hr_crop(references[0].shape[1], references[0].shape[0])
-        references = [frame[:height, :width] for frame in references]
-        frames = [np.asarray(degradation.apply(Image.fromarray(f), f"{item.name}:{k}" if k else item.name))
-                  for k, f in enumerate(references)]
+        frames, crop = [], None
+        for k, frame in enumerate(_reference_frames(item)):
+            crop = crop or degradation.hr_crop(frame.shape[1], frame.shape[0])
+            picture = Image.fromarray(frame[: crop[1], : crop[0]])
+            frames.append(np.asarray(degradation.apply(picture, f"{item.name}:{k}" if k else item.name)))
+        references = functools.partial(_reference_frames, item, crop)
         source = inputs / (f"{item.name}.png" if item.kind == "image" else f"{item.name}.mov")
         if not source.exists():
             if item.kind == "image":
@@ -126,14 +141,13 @@ def prepare_item(dataset: Dataset, item: Item, out_dir: Path) -> PreparedItem:
         source = item.lr
         frames = [read_image(source)] if item.kind == "image" else read_frames(source)
     size = (round(frames[0].shape[1] * dataset.scale), round(frames[0].shape[0] * dataset.scale))
-    if references is not None and len(references) != len(frames):
-        raise ValueError(f"{item.name}: the input has {len(frames)} frames and the reference {len(references)}")
     return PreparedItem(source, frames, references, size)
 
 
 def build_metrics(names: tuple[str, ...], dataset: Dataset, device: str, weights_dir: Path | None,
-                  say: Callable[[str], None]) -> dict[str, ImageMetric]:
-    """The metrics of `names` that can run on this dataset here; one line for each that cannot."""
+                  say: Callable[[str], None]) -> dict[str, ImageMetric | type[TemporalDifference]]:
+    """The metrics of `names` that can run on this dataset here; one line for each that cannot. A video metric
+    is its class, made anew for each sequence."""
     ready = {}
     for name in names:
         if name in FULL_REFERENCE and not dataset.has_reference:
@@ -142,7 +156,7 @@ def build_metrics(names: tuple[str, ...], dataset: Dataset, device: str, weights
             if "video" not in dataset.kinds:
                 say(Skipped(name, "it measures videos, and this dataset has none").line())
             else:
-                ready[name] = temporal_difference
+                ready[name] = TemporalDifference
         elif name in BUILTIN_METRICS:
             ready[name] = builtin_metric(name, crop=dataset.scale)
         else:
@@ -154,41 +168,88 @@ def build_metrics(names: tuple[str, ...], dataset: Dataset, device: str, weights
     return ready
 
 
-def measure(metrics: dict[str, ImageMetric], outputs: list[np.ndarray], references: list[np.ndarray] | None) -> dict:
-    """{"metrics": per item, "per_frame": per metric (videos)}; images compared on their common area."""
-    if references is not None:
-        height = min(outputs[0].shape[0], references[0].shape[0])
-        width = min(outputs[0].shape[1], references[0].shape[1])
-        outputs = [frame[:height, :width] for frame in outputs]
-        references = [frame[:height, :width] for frame in references]
-    values, per_frame, errors = {}, {}, {}
-    for name, metric in metrics.items():
-        try:
-            if name in VIDEO_METRICS:
-                if len(outputs) > 1 and references is not None:
-                    values[name] = metric(outputs, references)
+class Measurement:
+    """An item's metrics, frame by frame as the outputs come: per frame, and their mean per item."""
+
+    def __init__(self, metrics: dict):
+        self.image = {n: m for n, m in metrics.items() if n not in VIDEO_METRICS}
+        self.video = {n: m() for n, m in metrics.items() if n in VIDEO_METRICS}
+        self.values: dict[str, list[float]] = {name: [] for name in self.image}
+        self.errors: dict[str, str] = {}
+        self.frames = 0
+
+    def add(self, output: np.ndarray, reference: np.ndarray | None) -> None:
+        """One frame; an output and a reference of different sizes are compared on their common area."""
+        self.frames += 1
+        if reference is not None:
+            height, width = min(output.shape[0], reference.shape[0]), min(output.shape[1], reference.shape[1])
+            output, reference = output[:height, :width], reference[:height, :width]
+            for measure in self.video.values():
+                measure.add(output, reference)
+        for name, metric in self.image.items():
+            if name in self.errors:
                 continue
-            frames = [metric(out, references[k] if references is not None else None) for k, out in enumerate(outputs)]
-        except ValueError as exc:  # this metric cannot judge this item: the others still do
-            errors[name] = str(exc)
-            continue
-        values[name] = float(np.mean(frames))
-        if len(outputs) > 1:
-            per_frame[name] = frames
-    return {"metrics": values, "per_frame": per_frame, "metric_errors": errors}
+            try:
+                self.values[name].append(metric(output, reference))
+            except ValueError as exc:  # this metric cannot judge this item: the others still do
+                self.errors[name] = str(exc)
+
+    def result(self) -> dict:
+        values = {name: float(np.mean(v)) for name, v in self.values.items() if name not in self.errors and v}
+        values.update({name: m.value() for name, m in self.video.items() if m.value() is not None})
+        per_frame = {name: v for name, v in self.values.items() if name not in self.errors} if self.frames > 1 else {}
+        return {"metrics": values, "per_frame": per_frame, "metric_errors": self.errors}
 
 
-def _save_output(frames: list[np.ndarray], target: Path) -> None:
-    if len(frames) == 1 and target.suffix == ".png":
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(frames[0]).save(target)
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for index, frame in enumerate(frames):
-        Image.fromarray(frame).save(target / f"{index:06d}.png")
+class _Outputs:
+    """Saves an item's output frames as they come: a PNG for an image, a folder of PNGs for a video."""
+
+    def __init__(self, target: Path, video: bool):
+        self.target, self.video, self.count = target, video, 0
+        if video:
+            shutil.rmtree(target, ignore_errors=True)  # frames left by an interrupted attempt
+            target.mkdir(parents=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, frame: np.ndarray) -> None:
+        Image.fromarray(frame).save(self.target / f"{self.count:06d}.png" if self.video else self.target)
+        self.count += 1
 
 
-def run(dataset: Dataset, methods: list[MethodSpec], metrics: dict[str, ImageMetric], out_dir: Path,
+def _restore_and_measure(method, prepared: PreparedItem, item: Item, metrics: dict, target: Path) -> dict:
+    """Run `method` on the item, saving and measuring each output frame as it comes -> the item's record. Only
+    the time spent inside the method counts as its time."""
+    outputs = method.restore(prepared.source, prepared.frames, prepared.size, target)
+    references = prepared.references() if prepared.references is not None else None
+    measurement, saved = Measurement(metrics), _Outputs(target, item.kind == "video")
+    seconds, size = 0.0, None
+    try:
+        while True:
+            started = time.perf_counter()
+            frame = next(outputs, None)
+            seconds += time.perf_counter() - started
+            if frame is None:
+                break
+            reference = next(references, None) if references is not None else None
+            if references is not None and reference is None:
+                raise ValueError(f"the output has more frames than the reference ({saved.count})")
+            size = size or [frame.shape[1], frame.shape[0]]
+            saved.write(frame)
+            measurement.add(frame, reference)
+    finally:
+        outputs.close()
+    if references is not None and next(references, None) is not None:
+        raise ValueError(f"the reference has more frames than the output ({saved.count})")
+    if saved.count == 0:
+        raise ValueError("the method made no frame")
+    return {
+        **measurement.result(), "seconds": seconds, "frames": saved.count, "output_size": size,
+        "peak_memory_bytes": method.peak_memory_bytes(), "input": str(prepared.source),
+    }  # fmt: skip
+
+
+def run(dataset: Dataset, methods: list[MethodSpec], metrics: dict, out_dir: Path,
         progress: ProgressBar) -> dict[str, dict]:
     """Every method on every item not yet done -> the failures, method -> item -> message."""
     made: dict[str, object] = {}
@@ -211,27 +272,19 @@ def run(dataset: Dataset, methods: list[MethodSpec], metrics: dict[str, ImageMet
             if spec.name not in made:
                 made[spec.name] = spec.make()
                 _write_method_info(out_dir, spec.name, made[spec.name])
-            method = made[spec.name]
             target = output_path(out_dir, spec.name, item)
             try:
-                restored = method.restore(prepared.source, prepared.frames, prepared.size, target)
+                record = _restore_and_measure(made[spec.name], prepared, item, metrics, target)
             except ValueError as exc:  # one item's failure (a command's, a too-large input) does not stop the run
                 message = " ".join(str(exc).split())
                 failures.setdefault(spec.name, {})[item.name] = message
                 progress.step(f"{spec.name} {item.name}", f"failed: {message}")
                 continue
-            _save_output(restored.frames, target)
-            measured = measure(metrics, restored.frames, prepared.references)
-            height, width = restored.frames[0].shape[:2]
-            record = {
-                **measured, "seconds": restored.seconds, "frames": len(restored.frames),
-                "output_size": [width, height], "peak_memory_bytes": restored.peak_memory_bytes,
-                "output": str(target.relative_to(out_dir)), "input": str(prepared.source),
-            }  # fmt: skip
+            record["output"] = str(target.relative_to(out_dir))
             _write_json(item_record(out_dir, spec.name, item.name), record)
-            summary = ", ".join([f"{k} {v:.4g}" for k, v in measured["metrics"].items()]
-                                + [f"{k} not measured ({v})" for k, v in measured["metric_errors"].items()])
-            progress.step(f"{spec.name} {item.name}", f"{summary or 'done'} ({restored.seconds:.2f}s)")
+            summary = ", ".join([f"{k} {v:.4g}" for k, v in record["metrics"].items()]
+                                + [f"{k} not measured ({v})" for k, v in record["metric_errors"].items()])
+            progress.step(f"{spec.name} {item.name}", f"{summary or 'done'} ({record['seconds']:.2f}s)")
     for name, method in made.items():  # again: the model's tilings are known once it ran
         _write_method_info(out_dir, name, method)
     return failures
