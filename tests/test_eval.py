@@ -257,8 +257,8 @@ def test_the_html_report_renders_offline_with_its_images(tmp_path):
         hr = _picture(seed, 48, 32)
         _save(tmp_path / "set" / "HR" / f"{name}.png", hr)
     out = tmp_path / "run"
-    assert _eval(str(tmp_path / "set"), "--out", str(out), "--model", "tiny", "--device", "cpu", "--seed", "1",
-                 "--metrics", "psnr,ssim", "--baseline", "bicubic") == 0
+    assert _eval(str(tmp_path / "set"), "--out", str(out), "--no-model", "--metrics", "psnr,ssim",
+                 "--baseline", "bicubic,lanczos") == 0
     page = (out / "report.html").read_text()
     # no address outside the page: no URL, every src a data URI, no CSS import
     assert not re.search(r"https?:", page, re.I) and not re.search(r'(src|href)="(?!data:)', page)
@@ -371,3 +371,35 @@ def test_a_metric_that_cannot_judge_an_item_leaves_the_others(tmp_path, capsys):
     assert set(method["per_item"]["a"]) == {"psnr"} and "SSIM" in method["metric_errors"]["a"]["ssim"]
     report_md = (out / "report.md").read_text()
     assert "bicubic: not measured on a (the image is smaller than SSIM's 11-pixel window" in report_md
+
+
+def test_a_no_reference_video_file_set_runs_through_the_video_path(tmp_path, capsys):
+    from seedvr_local.evaluation.datasets import read_frames
+    from seedvr_local.video.samples import make_video
+
+    (tmp_path / "set").mkdir()
+    make_video(tmp_path / "set" / "clip.mp4", 16, 12, frames=5, audio=None)
+    out = tmp_path / "run"
+    code = _eval(str(tmp_path / "set"), "--out", str(out), "--model", "tiny", "--device", "cpu", "--seed", "1",
+                 "--scale", "2", "--clip-frames", "5", "--baseline", "nearest", "--metrics", "psnr,tdiff")
+    assert code == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "skipped metric psnr: it compares with HR references" in err
+    assert "skipped metric tdiff: it compares with HR references" in err
+    source = read_frames(tmp_path / "set" / "clip.mp4")
+    nearest = sorted((out / "outputs" / "nearest" / "clip").iterdir())
+    assert len(nearest) == 5 and len(list((out / "outputs" / "seedvr2" / "clip").iterdir())) == 5
+    # nearest x2 of the decoded frames: each source pixel as a 2x2 block
+    assert np.array_equal(np.asarray(Image.open(nearest[2])), source[2].repeat(2, axis=0).repeat(2, axis=1))
+    report = _report(out)
+    assert report["dataset"]["layout"] == "no_hr" and report["methods"]["seedvr2"]["items_done"] == 1
+
+
+def test_a_compare_command_is_stopped_at_its_timeout(tmp_path, capsys):
+    _save(tmp_path / "set" / "a.png", _picture(0, 8, 8))
+    command = f"slow={shlex.quote(sys.executable)} -c 'import time; time.sleep(30)' {{in}} {{out}}"
+    started = time.monotonic()
+    assert _eval(str(tmp_path / "set"), "--out", str(tmp_path / "run"), "--no-model", "--metrics", "psnr",
+                 "--compare", command, "--compare-timeout", "1") == 2
+    assert time.monotonic() - started < 20
+    assert "slow a: failed: the command ran longer than 1 s and was stopped" in capsys.readouterr().err
