@@ -18,6 +18,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from seedvr_local.cli_files import VIDEO_SUFFIXES
 from seedvr_local.evaluation.datasets import iter_frames, read_image
 
 #: Resize baselines: name -> Pillow's filter.
@@ -68,7 +69,9 @@ class ResizeMethod:
         return {"kind": "baseline", "resize": f"{self.name} (Pillow)", "device": "cpu", "dtype": "uint8",
                 "weights_format": None, "tiling": None}
 
-    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Iterator[np.ndarray]:
+    def restore(
+        self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path
+    ) -> Iterator[np.ndarray]:
         for frame in frames:
             yield np.asarray(Image.fromarray(frame).resize(size, self.filter))
 
@@ -89,8 +92,10 @@ class CommandMethod:
         return {"kind": "command", "command": self.command, "device": None, "dtype": None,
                 "weights_format": None, "tiling": None}
 
-    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Iterator[np.ndarray]:
-        video = len(frames) > 1 or source.suffix.lower() not in {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+    def restore(
+        self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path
+    ) -> Iterator[np.ndarray]:
+        video = source.suffix.lower() in VIDEO_SUFFIXES
         target = out.with_suffix(".mp4" if video else ".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.unlink(missing_ok=True)
@@ -157,10 +162,12 @@ class ModelMethod:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
 
-    def restore(self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path) -> Iterator[np.ndarray]:
+    def restore(
+        self, source: Path, frames: list[np.ndarray], size: tuple[int, int], out: Path
+    ) -> Iterator[np.ndarray]:
         scale = size[0] / frames[0].shape[1]
         self._reset_peak()
-        if len(frames) == 1 and source.suffix.lower() not in _VIDEO_INPUTS:
+        if source.suffix.lower() not in VIDEO_SUFFIXES:
             from seedvr_local.options import UpscaleOptions
 
             options = UpscaleOptions(
@@ -195,9 +202,6 @@ class ModelMethod:
             yield from (frame.pixels[..., :3] for frame in frames)
         finally:
             frames.close()
-
-
-_VIDEO_INPUTS = {".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".gif"}
 
 
 def load_model(args, seed: int) -> ModelMethod:

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from seedvr_local.cli_files import VIDEO_SUFFIXES
 from seedvr_local.evaluation import plots
-from seedvr_local.evaluation.datasets import Dataset, frame_files
+from seedvr_local.evaluation.datasets import Dataset, frame_files, read_frames
 from seedvr_local.evaluation.metrics import LOWER_IS_BETTER
 from seedvr_local.evaluation.paper import paper_values
 from seedvr_local.evaluation.runner import load_records, output_path
@@ -210,7 +211,7 @@ def _crops(out_dir: Path, dataset: Dataset, report: dict) -> str:
         side = min(CROP, width, height)
         top, left = (height - side) // 2, (width - side) // 2
         record = next((r for m in report["methods"] if (r := _record(out_dir, m, item.name))), None)
-        base = _input_picture(out_dir, item, record, (width, height))
+        base = _input_picture(record, (width, height))
         crops = {"LR input": base} if base is not None else {}  # a space: no method is named so
         crops.update(shown)
         crops = {name: pixels[top:top + side, left:left + side] for name, pixels in crops.items()
@@ -240,17 +241,15 @@ def _record(out_dir: Path, method: str, item: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def _input_picture(out_dir: Path, item, record: dict | None, size: tuple[int, int]) -> np.ndarray | None:
+def _input_picture(record: dict | None, size: tuple[int, int]) -> np.ndarray | None:
     """The item's input enlarged to the output's size (nearest neighbour: its pixels as they are)."""
     if record is None:
         return None
     source = Path(record["input"])
     try:
-        if source.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"} and source.is_file():
+        if source.suffix.lower() not in VIDEO_SUFFIXES:
             picture = Image.open(source).convert("RGB")
         else:
-            from seedvr_local.evaluation.datasets import read_frames
-
             frames = read_frames(source)
             picture = Image.fromarray(frames[len(frames) // 2])
     except (OSError, ValueError):
