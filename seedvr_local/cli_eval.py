@@ -144,7 +144,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from seedvr_local.evaluation.methods import (
         DEFAULT_COMPARE_TIMEOUT_S, MODEL_METHOD, CommandMethod, ResizeMethod, load_model,
     )  # fmt: skip
-    from seedvr_local.evaluation.metrics import VIDEO_METRICS
+    from seedvr_local.evaluation.metrics import LIBRARY_METRICS, VIDEO_METRICS
     from seedvr_local.evaluation.runner import MethodSpec, ProgressBar, build_metrics, run
 
     degradation = Degradation(args.scale, args.degrade_blur, args.degrade_noise, args.degrade_jpeg)
@@ -163,15 +163,14 @@ def run_eval(args: argparse.Namespace) -> int:
     print(f"{dataset.name}: {len(dataset.items)} item(s), {dataset.layout.replace('_', ' ')}, x{args.scale}, "
           f"seed {seed}", file=sys.stderr)
 
-    skipped_metrics: dict[str, str] = {}
+    metric_device = "cpu"
+    if any(name in LIBRARY_METRICS for name in args.metric_names):  # their networks run where the model does
+        from seedvr_local.devices import resolve_device
 
-    def note(line: str) -> None:  # "skipped metric NAME: reason"
-        name, _, reason = line.removeprefix("skipped metric ").partition(": ")
-        skipped_metrics[name] = reason
-        print(line, file=sys.stderr)
-
-    metric_device = args.device or "cpu"
-    metrics = build_metrics(args.metric_names, dataset, metric_device, args.metric_weights, note)
+        metric_device = str(resolve_device(args.device))
+    metrics, skipped = build_metrics(args.metric_names, dataset, metric_device, args.metric_weights)
+    for metric in skipped:
+        print(metric.line(), file=sys.stderr)
     timeout = args.compare_timeout or DEFAULT_COMPARE_TIMEOUT_S
     specs = [] if args.no_model else [MethodSpec(MODEL_METHOD, lambda: load_model(args, seed))]
     specs += [MethodSpec(name, lambda name=name: ResizeMethod(name)) for name in args.baseline_names]
@@ -180,9 +179,9 @@ def run_eval(args: argparse.Namespace) -> int:
     progress = ProgressBar(len(dataset.items) * len(specs))
     failures = run(dataset, specs, metrics, args.out, progress)
 
-    run_info = {"seed": seed, "scale": args.scale, "settings": settings, "command": sys.argv[1:]}
+    run_info = {"seed": seed, "scale": args.scale, "settings": settings}
     built = report.build(args.out, dataset, [s.name for s in specs], list(args.metric_names), run_info, failures,
-                         skipped_metrics)
+                         {metric.name: metric.reason for metric in skipped})
     report.write_all(built, args.out, dataset)
     print(f"report: {args.out / 'report.md'} and {args.out / 'report.html'}", file=sys.stderr)
     failed = sum(len(items) for items in failures.values())

@@ -144,17 +144,18 @@ def prepare_item(dataset: Dataset, item: Item, out_dir: Path) -> PreparedItem:
     return PreparedItem(source, frames, references, size)
 
 
-def build_metrics(names: tuple[str, ...], dataset: Dataset, device: str, weights_dir: Path | None,
-                  say: Callable[[str], None]) -> dict[str, ImageMetric | type[TemporalDifference]]:
-    """The metrics of `names` that can run on this dataset here; one line for each that cannot. A video metric
-    is its class, made anew for each sequence."""
-    ready = {}
+def build_metrics(
+    names: tuple[str, ...], dataset: Dataset, device: str, weights_dir: Path | None
+) -> tuple[dict[str, ImageMetric | type[TemporalDifference]], list[Skipped]]:
+    """The metrics of `names` that can run on this dataset here, and those that cannot, each with its reason. A
+    video metric is its class, made anew for each sequence."""
+    ready, skipped = {}, []
     for name in names:
         if name in FULL_REFERENCE and not dataset.has_reference:
-            say(Skipped(name, "it compares with HR references, and this dataset has none").line())
+            skipped.append(Skipped(name, "it compares with HR references, and this dataset has none"))
         elif name in VIDEO_METRICS:
             if "video" not in dataset.kinds:
-                say(Skipped(name, "it measures videos, and this dataset has none").line())
+                skipped.append(Skipped(name, "it measures videos, and this dataset has none"))
             else:
                 ready[name] = TemporalDifference
         elif name in BUILTIN_METRICS:
@@ -162,10 +163,10 @@ def build_metrics(names: tuple[str, ...], dataset: Dataset, device: str, weights
         else:
             loaded = library_metric(name, device, weights_dir)
             if isinstance(loaded, Skipped):
-                say(loaded.line())
+                skipped.append(loaded)
             else:
                 ready[name] = loaded
-    return ready
+    return ready, skipped
 
 
 class Measurement:
