@@ -110,6 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     from seedvr_local.server.worker_process import add_worker_arguments  # torch-free, as the serve flags
 
     add_worker_arguments(worker)
+
+    ev = commands.add_parser("eval", help="measure quality and speed on a dataset, against baselines and other upscalers")
+    _add_model_arguments(ev, required=False)
+    from seedvr_local.cli_eval import add_eval_arguments  # torch-free, as the serve flags
+
+    add_eval_arguments(ev)
     return parser
 
 
@@ -135,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale_command(args, run_images=run_upscale)  # videos there, images in run_upscale
         if args.command == "download":
             return _run_download(args)
+        if args.command == "eval":
+            from seedvr_local.cli_eval import run_eval
+
+            return run_eval(args)
         if args.command == "worker":
             from seedvr_local.server.worker_process import run_worker
 
