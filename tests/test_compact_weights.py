@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from seedvr_local.cli import main
 from seedvr_local.kernels import backend, ggml_reference
-from seedvr_local.models.quantized import QuantizedTensor, quantized_kinds, weight_bytes
+from seedvr_local.models.quantized import QuantizedTensor, dequant_scratch_bytes, quantized_kinds, weight_bytes
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
 from seedvr_local.weights.bundle import load_models
 from seedvr_local.weights.checkpoint import CheckpointFormatError, read_shapes
@@ -194,6 +194,8 @@ def test_the_gguf_dit_stays_packed_in_memory(tmp_path, tiny_weights):
     assert quantized_kinds(models.dit) == {
         name: sum(t.tensor_type.name == name for t in quantized.values()) for name in ("Q4_K", "Q8_0", "Q6_K")
     }
+    # Dequantising the largest packed weight: its float32 values and their float32 copy (loaded in float32).
+    assert dequant_scratch_bytes(models.dit) == max(t.n_elements for t in quantized.values()) * (4 + 4)
 
 
 def test_the_predicted_weight_bytes_are_what_loading_takes(tmp_path, tiny_weights):

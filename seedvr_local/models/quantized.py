@@ -153,6 +153,18 @@ def weight_bytes(module: nn.Module) -> int:
     return total
 
 
+def dequant_scratch_bytes(module: nn.Module) -> int:
+    """An upper bound of the memory dequantising one of `module`'s packed weights takes at once (the planner's
+    scratch): the largest one's float32 values and their copy in the compute dtype, as the PyTorch references
+    make them (the Triton kernels write the compute dtype directly; a float32 compute dtype needs no copy)."""
+    sizes = [
+        t.numel() * (4 + t.element_size())
+        for t in module.parameters()
+        if isinstance(t, QuantizedTensor)
+    ]
+    return max(sizes, default=0)
+
+
 def quantized_kinds(module: nn.Module) -> dict[str, int]:
     """Packed format -> how many of `module`'s weights are stored in it (empty when none is packed)."""
     kinds: dict[str, int] = {}
