@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _row(row: dict, fp32: dict) -> str:
     mib = 1 << 20
+    weights, share = row["dit_weight_bytes"] / mib, row["dit_weight_bytes"] / fp32["dit_weight_bytes"]
     return (f"{row['format']:>10}  PSNR {row['psnr_db']:7.2f} dB  max diff {row['max_uint8_diff']:3d}  DiT weights "
-            f"{row['dit_weight_bytes'] / mib:8.1f} MiB ({row['dit_weight_bytes'] / fp32['dit_weight_bytes']:.2f} of fp32)"
-            f"  load peak RSS {row['load_peak_rss'] / mib:7.0f} MiB")  # fmt: skip
+            f"{weights:8.1f} MiB ({share:.2f} of fp32)  load peak RSS {row['load_peak_rss'] / mib:7.0f} MiB")
 
 
 if __name__ == "__main__":

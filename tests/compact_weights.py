@@ -2,9 +2,9 @@
 
 GGUF files are written with llama.cpp's own `gguf.GGUFWriter` in ComfyUI-GGUF's layout (the
 `model.diffusion_model.` prefix, `comfy.gguf.orig_shape.<name>` for tensors stored reshaped; the writer is
-`benchmarks.gguf_files`); Q8_0/Q4_0/... blocks come from gguf-py's own quantiser, K-quant blocks are built here (random packed integers under sane fp16
-scales). Each writer returns the oracle: the same weights dequantised by gguf-py (`gguf.quants.dequantize`),
-as float32, which `write_weights_dir` can save as an ordinary safetensors weights directory.
+`benchmarks.gguf_files`); Q8_0/Q4_0/... blocks come from gguf-py's own quantiser, K-quant blocks are built here
+(random packed integers under sane fp16 scales). `write_gguf` returns the oracle: the same weights dequantised by
+gguf-py (`gguf.quants.dequantize`) as float32, which `write_weights_dir` saves as an ordinary weights directory.
 """
 
 from __future__ import annotations
@@ -75,7 +75,12 @@ def write_gguf(
 
 
 def write_weights_dir(
-    directory: Path, dit_file: str, vae_file: str, pos_emb: torch.Tensor, dit: dict | None = None, vae: dict | None = None
+    directory: Path,
+    dit_file: str,
+    vae_file: str,
+    pos_emb: torch.Tensor,
+    dit: dict | None = None,
+    vae: dict | None = None,
 ) -> Path:
     """A weights directory for the tiny architecture: its config.json naming the files, the text embedding, and
     `dit`/`vae` saved as float32 safetensors when given (else the caller wrote those files)."""

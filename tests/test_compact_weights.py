@@ -16,7 +16,6 @@ import pytest
 import torch
 from gguf.quants import dequantize
 from PIL import Image
-from safetensors.torch import save_file
 
 from seedvr_local.cli import main
 from seedvr_local.kernels import backend, ggml_reference
@@ -30,7 +29,6 @@ from tests import requires
 from tests.compact_weights import (
     K_TYPES,
     QUANTIZER_TYPES,
-    k_quant_blocks,
     tiny_state_dicts,
     write_gguf,
     write_weights_dir,
@@ -246,7 +244,8 @@ def test_gguf_keys_and_shapes_are_validated_against_the_manifest(tmp_path):
             continue
         shape = (2, 3) if key == misshapen else manifest.shapes.get(key, (4,))
         numpy_shape = shape or (1,)  # the writer stores the dims reversed, as GGUF does
-        writer.add_tensor_info("model.diffusion_model." + key, numpy_shape, np.dtype(np.float16), 2 * int(np.prod(shape)))
+        nbytes = 2 * int(np.prod(shape))
+        writer.add_tensor_info("model.diffusion_model." + key, numpy_shape, np.dtype(np.float16), nbytes)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -277,6 +276,17 @@ def test_a_lying_orig_shape_is_one_clear_error(tmp_path, tiny_weights):
     writer.close()
     with pytest.raises(CheckpointFormatError, match=r"orig_shape\.model\.diffusion_model\.txt_in\.weight \[40, 33\]"):
         read_shapes(path)
+    ternary = tmp_path / "ternary.gguf"
+    writer = gguf.GGUFWriter(ternary, arch="seedvr2")
+    _, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.TQ2_0]
+    ternary_blocks = np.zeros((40, type_size), dtype=np.uint8)
+    writer.add_tensor("txt_in.weight", ternary_blocks, raw_dtype=gguf.GGMLQuantizationType.TQ2_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(CheckpointFormatError, match="tensor txt_in.weight is stored as TQ2_0, which is not supported"):
+        read_shapes(ternary)
     (tmp_path / "other.gguf").write_bytes(b"GGUF not really")
     with pytest.raises(CheckpointFormatError, match="other.gguf: not a readable GGUF file"):
         read_shapes(tmp_path / "other.gguf")
@@ -323,7 +333,8 @@ def _eight_bit_files(dit: dict[str, torch.Tensor], layout: str) -> tuple[dict, d
                 stored[layer + ".input_scale"] = torch.tensor(1.0)
             oracle[key] = q.float() * (scale[:, None] if scale.dim() else scale)
         else:  # int8_tensorwise / int8_blockwise
-            block = (8, 8) if layout == "int8_blockwise" and weight.shape[0] % 8 == 0 and weight.shape[1] % 8 == 0 else None
+            whole_blocks = weight.shape[0] % 8 == 0 and weight.shape[1] % 8 == 0
+            block = (8, 8) if layout == "int8_blockwise" and whole_blocks else None
             q, scale = _int8_scaled(weight, block)
             stored[key], stored[layer + ".weight_scale"] = q, scale
             stored[layer + ".comfy_quant"] = _format_record("int8_blockwise" if block else "int8_tensorwise")

@@ -26,7 +26,11 @@ from pathlib import Path
 
 from seedvr_local.model_home import DOWNLOADABLE_MODELS as MODELS, VARIANTS
 
-OFFICIAL_REPOS = {"3b": "ByteDance-Seed/SeedVR2-3B", "7b": "ByteDance-Seed/SeedVR2-7B", "7b-sharp": "ByteDance-Seed/SeedVR2-7B"}
+OFFICIAL_REPOS = {
+    "3b": "ByteDance-Seed/SeedVR2-3B",
+    "7b": "ByteDance-Seed/SeedVR2-7B",
+    "7b-sharp": "ByteDance-Seed/SeedVR2-7B",  # the official 7B repo holds both 7B checkpoints
+}
 CONVERTED_REPO = "numz/SeedVR2_comfyUI"
 MIXED_FP8_REPO = "AInVFX/SeedVR2_comfyUI"
 

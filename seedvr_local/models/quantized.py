@@ -44,14 +44,24 @@ class QuantizedTensor(torch.Tensor):
 
     @staticmethod
     def __new__(
-        cls, qdata: torch.Tensor, kind: str, shape: Iterable[int], dtype: torch.dtype, scale: torch.Tensor | None = None
+        cls,
+        qdata: torch.Tensor,
+        kind: str,
+        shape: Iterable[int],
+        dtype: torch.dtype,
+        scale: torch.Tensor | None = None,
     ):
         return torch.Tensor._make_wrapper_subclass(
             cls, tuple(shape), dtype=dtype, device=qdata.device, requires_grad=False
         )
 
     def __init__(
-        self, qdata: torch.Tensor, kind: str, shape: Iterable[int], dtype: torch.dtype, scale: torch.Tensor | None = None
+        self,
+        qdata: torch.Tensor,
+        kind: str,
+        shape: Iterable[int],
+        dtype: torch.dtype,
+        scale: torch.Tensor | None = None,
     ):
         if kind not in KINDS:
             raise ValueError(f"unknown quantised weight format {kind!r}; known: {', '.join(KINDS)}")
