@@ -42,7 +42,8 @@ class UploadBudget:
         unused = self.reserved - kept + replaced
         if unused > 0:
             self.db.execute(
-                "UPDATE files SET size = CASE WHEN size > ? THEN size - ? ELSE 0 END WHERE id = ? AND state = 'pending'",
+                "UPDATE files SET size = CASE WHEN size > ? THEN size - ? ELSE 0 END"
+                " WHERE id = ? AND state = 'pending'",
                 (unused, unused, self.file_id),
             )
         self.reserved = kept

@@ -22,7 +22,9 @@ def test_private_network_access_only_for_origins_named_with_cors_origin(make_cli
         anyone = client.options(SUBMIT, headers={**PREFLIGHT, "Origin": "https://attacker.example"})
     assert anyone.status_code == 400 and "access-control-allow-private-network" not in anyone.headers
     with make_client() as client:  # the same page without private-network access: allowed, as before
-        public = client.options(SUBMIT, headers={"Access-Control-Request-Method": "POST", "Origin": "https://a.example"})
+        public = client.options(
+            SUBMIT, headers={"Access-Control-Request-Method": "POST", "Origin": "https://a.example"}
+        )
     assert public.status_code == 200 and public.headers["access-control-allow-origin"] == "*"
     with make_client(cors_origins=("https://app.example",)) as client:
         named = client.options(SUBMIT, headers={**PREFLIGHT, "Origin": "https://app.example"})
