@@ -110,3 +110,4 @@ def test_an_audio_codec_outside_the_allowlist_is_a_422(make_client, tmp_path):
     assert status == 422, body
     error = body["detail"][0]
     assert error["type"] == "video_load_error" and "unsupported audio codec 'pcm_alaw'" in error["msg"]
+

@@ -66,11 +66,13 @@ def png_mov(path: Path, sizes: list[tuple[int, int]], fps: int = 10) -> Path:
         stream.width, stream.height = sizes[0]
         stream.pix_fmt = "rgb24"
         stream.time_base = Fraction(1, fps)
+        container.start_encoding()  # the muxer settles the stream's time base here: the timestamps follow it
+        ticks = round(1 / (fps * stream.time_base))
         for index, (width, height) in enumerate(sizes):
             packet = av.Packet(png_frame(width, height, index * 20 % 256))
             packet.stream = stream
-            packet.pts = packet.dts = index
-            packet.duration = 1
+            packet.pts = packet.dts = index * ticks
+            packet.duration = ticks
             packet.time_base = stream.time_base
             container.mux(packet)
     return path
