@@ -8,6 +8,7 @@ import ipaddress
 import pytest
 
 from seedvr_local.server.netguard import BlockedURLError, NetGuard, is_public_address
+from tests.hostile.tools import serve_settings
 
 PREFLIGHT = {
     "Access-Control-Request-Method": "POST",
@@ -131,3 +132,11 @@ def test_a_name_resolving_to_such_an_address_is_refused():
     guard = NetGuard(resolver=lambda host, port: ["2606:4700:4700::1111", "64:ff9b:1::c0a8:101"])
     with pytest.raises(BlockedURLError, match="64:ff9b:1::c0a8:101"):
         guard.prepare("https://mixed.example/hook")
+
+
+def test_the_metrics_key_comes_from_its_flag_or_the_environment(monkeypatch):
+    monkeypatch.delenv("SEEDVR_METRICS_KEY", raising=False)
+    assert serve_settings().metrics_key is None
+    assert serve_settings("--metrics-key", "scrape").metrics_key == "scrape"
+    monkeypatch.setenv("SEEDVR_METRICS_KEY", " from-env ")
+    assert serve_settings().metrics_key == "from-env"

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image
 
+from tests.hostile.tools import serve_settings
 from tests.server.helpers import FakeEngine, data_uri, wait_status
 
 RUN = "/fal-ai/seedvr/upscale/image"
@@ -115,3 +116,10 @@ def test_a_result_the_database_refuses_fails_its_job_and_the_queue_goes_on(make_
     assert result.status_code == 500 and result.json()["detail"].startswith("the result could not be stored: ")
     assert ("too big" if small_result_field is None else "too long") in result.json()["detail"]
     assert next_result.status_code == 200 and next_result.json()["image"]["url"].startswith("http")
+
+
+def test_the_cap_is_a_serve_flag():
+    assert serve_settings().max_sync_result_bytes == 64 * 1024 * 1024
+    assert serve_settings("--max-sync-result-bytes", "1000").max_sync_result_bytes == 1000
+    with pytest.raises(ValueError, match="--max-sync-result-bytes must be positive"):
+        serve_settings("--max-sync-result-bytes", "0")

@@ -52,6 +52,14 @@ class PeakMemory:
         return self.peak - self.start
 
 
+def serve_settings(*flags: str):
+    """The ServerSettings `seedvr-local serve --model tiny <flags>` runs with."""
+    from seedvr_local.cli import build_parser
+    from seedvr_local.server.cli import settings_from_args
+
+    return settings_from_args(build_parser().parse_args(["serve", "--model", "tiny", *flags]))
+
+
 def png_frame(width: int, height: int, value: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (value, 255 - value, 90)).save(buffer, format="PNG")
