@@ -51,7 +51,7 @@ step compile 400 bash -c "$python -m pytest $pytest_flags $(timeout_flag 200) te
 step kernels 60 $python -m benchmarks.kernels --device cuda --size 2160p --json "$out/kernels.json"
 step memory 150 $python -m benchmarks.memory --device cuda --dtype bf16 --sizes 2048,3840x2160 \
     --tilings untiled,512/1 --timeout 30 --json "$out/memory.json"
-# Issue #13's figures: 3B, bf16, 1080p output from 540p; one 121-frame clip, then a 10-second video (24 fps).
+# The video figures: 3B, bf16, 1080p output from 540p; one 121-frame clip, then a 10-second video (24 fps).
 step video 400 bash -c "$python -m benchmarks.video --model 3b-random --device cuda --dtype bf16 --input 960x540 \
     --factor 2 --frames 121 --clip-frames 121 --json $out/video-clip.json \
     && $python -m benchmarks.video --model 3b-random --device cuda --dtype bf16 --input 960x540 --factor 2 \

@@ -96,7 +96,7 @@ class Upscaler:
         dtype: str | torch.dtype | None = None,
         kernels: str | None = None,
     ) -> "Upscaler":
-        """Load the DiT, the VAE and the text embedding of a weights directory (see README). `kernels`: "auto",
+        """Load the DiT, the VAE and the text embedding of a weights directory (see docs/weights.md). `kernels`: "auto",
         "triton" or "torch" for both models (default: `$SEEDVR_KERNELS`, else auto)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)

@@ -27,7 +27,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="torch.compile the model and autotune cuDNN: faster once warm, but the first request of each output "
-        "size compiles for seconds to minutes (see README)",
+        "size compiles for seconds to minutes (see docs/performance.md)",
     )
     parser.add_argument(
         "--warm-up-sizes",
@@ -279,7 +279,7 @@ def banner(settings: ServerSettings, host: str, port: int, tls: bool, descriptio
     python = (
         f"      FAL_RUN_HOST={hostport}/run FAL_QUEUE_RUN_HOST={hostport}/queue SSL_CERT_FILE=<your cert.pem>{key_hint}"
         if tls
-        else "      fal-client only speaks https: restart with --ssl-certfile/--ssl-keyfile (see the README), then\n"
+        else "      fal-client only speaks https: restart with --ssl-certfile/--ssl-keyfile (docs/http-api.md), then\n"
         f"      FAL_RUN_HOST={hostport}/run FAL_QUEUE_RUN_HOST={hostport}/queue SSL_CERT_FILE=<cert.pem>{key_hint}"
     )
     lines = [
