@@ -44,7 +44,10 @@ ANSWER_BYTES_READ = 64 * 1024
 
 
 async def _skim(response: httpx.Response) -> None:
-    """Read and drop at most ANSWER_BYTES_READ of the answer (a short one leaves the connection reusable)."""
+    """Read and drop at most ANSWER_BYTES_READ of the answer (a short one leaves the connection reusable). Raw
+    bytes: nothing is decompressed."""
+    if response.is_stream_consumed:  # an answer already in memory (a transport that is not the network)
+        return
     read = 0
     async for chunk in response.aiter_raw():
         read += len(chunk)

@@ -156,7 +156,13 @@ class Worker:
             reason = _one_line(exc.orig if getattr(exc, "orig", None) is not None else exc)
             log.error("job %s: the database refused its result (%s); the job fails", job.id, reason)
             error = request_error(500, f"the result could not be stored: {reason}", "runner_server_error")
-            self._until_done(self.jobs.complete, job.id, Completion.failure(error, None, completion.inference_time))
+            try:
+                self._until_done(self.jobs.complete, job.id, Completion.failure(error, None, completion.inference_time))
+            except SQLAlchemyError as again:
+                if is_connection_error(again):
+                    raise
+                # not even the error could be stored: the job's lease runs out, and it is rerun or failed then
+                log.exception("job %s: the database refused its failure too", job.id)
 
     def _until_done(self, call, *args):
         """A job's completion is retried while the database is away (a restart): losing it would run the job
