@@ -106,7 +106,9 @@ def create_app(
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"],
         allow_headers=["*"],
         expose_headers=EXPOSED_HEADERS,
-        allow_private_network=True,
+        # a page on the internet may reach a server on a private network only from an origin named with
+        # --cors-origin: never with "*", which would let any web page drive a key-less server on a LAN
+        allow_private_network="*" not in settings.cors_origins,
     )
     app.add_middleware(RequestIdMiddleware)
     return app

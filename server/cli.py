@@ -17,6 +17,8 @@ from seedvr_local.video.limits import check_clip_frames
 log = logging.getLogger("seedvr_local.server")
 
 DEFAULT_PORT = 8000
+#: The environment variable of the /metrics key when --metrics-key is not given.
+METRICS_KEY_ENV = "SEEDVR_METRICS_KEY"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,8 +86,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="ORIGIN",
-        help="origin allowed to call from a browser (repeatable; default any)",
+        help="origin allowed to call from a browser (repeatable; default any). Only origins named here may call a "
+        "server on a private network from a public page",
     )
+    parser.add_argument("--metrics-key", default=None, metavar="KEY",
+                        help=f"the key /metrics requires, as 'Authorization: Bearer KEY' (also {METRICS_KEY_ENV}; "
+                        "default: an admin key when API keys are set, none on a key-less server)")
     parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels,
                         help="refuse input images with more pixels than this, 1 or more "
                         f"(default {ServerSettings.max_input_pixels})")
@@ -102,6 +108,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is "
                         "restored in; the memory planner may choose shorter ones; longer clips flicker less at seams "
                         f"(default {ServerSettings.max_video_clip_frames})")
+    parser.add_argument("--max-sync-result-bytes", type=int, default=ServerSettings.max_sync_result_bytes,
+                        metavar="N", help="the largest output a sync_mode request gets inline as a data URI, 1 or "
+                        f"more (default {ServerSettings.max_sync_result_bytes}: 64 MiB); larger ones fail with 422")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
@@ -159,6 +168,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         check_clip_frames(args.max_video_clip_frames)
     except ValueError as exc:
         raise ValueError(f"--max-video-clip-frames: {exc}") from None
+    if args.max_sync_result_bytes < 1:
+        raise ValueError(f"--max-sync-result-bytes must be positive, got {args.max_sync_result_bytes}")
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
@@ -181,6 +192,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_video_pixel_frames=args.max_video_pixel_frames,
         max_video_clip_frames=args.max_video_clip_frames,
         retention_s=args.retention_hours * 3600 or None,
+        max_sync_result_bytes=args.max_sync_result_bytes,
+        metrics_key=(args.metrics_key or os.environ.get(METRICS_KEY_ENV, "")).strip() or None,
         webhook_user_id=args.webhook_user_id,
     )
 

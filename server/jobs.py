@@ -56,14 +56,16 @@ class Job:
 
     @classmethod
     def from_row(cls, row) -> Job:
-        """`input` is {} unless the row was read with it (`JobStore.get(..., with_input=True)`)."""
+        """`input` is {} unless the row was read with it (`JobStore.get(..., with_input=True)`); `response_body` None
+        when it was read without it (`with_result=False`)."""
+        columns = row.keys()
         return cls(
             id=row["id"],
             seq=row["seq"],
             kind=row["kind"],
             priority=row["priority"],
             status=row["status"],
-            input=json.loads(row["input"]) if "input" in row.keys() else {},
+            input=json.loads(row["input"]) if "input" in columns else {},
             base_url=row["base_url"],
             webhook_url=row["webhook_url"],
             created_at=row["created_at"],
@@ -74,7 +76,10 @@ class Job:
             cancel_requested=bool(row["cancel_requested"]),
             outcome=row["outcome"],
             response_status=row["response_status"],
-            response_body=json.loads(row["response_body"]) if row["response_body"] is not None else None,
+            response_body=(
+                json.loads(row["response_body"]) if "response_body" in columns and row["response_body"] is not None
+                else None
+            ),
             response_headers=json.loads(row["response_headers"] or "{}"),
             error=row["error"],
             error_type=row["error_type"],
@@ -86,11 +91,11 @@ class Job:
         )
 
 
-#: Every column of a job but its input: what status, result and SSE read, so a poll costs the same whatever the
-#: input's size.
-SMALL_COLUMNS = (
+#: Every column of a job but its input and its result: what status polls and SSE read, so a poll costs the same
+#: whatever the size of the input or of a sync_mode output.
+STATUS_COLUMNS = (
     "seq, id, kind, priority, status, base_url, webhook_url, created_at, started_at, finished_at, start_deadline,"
-    " attempts, cancel_requested, outcome, response_status, response_body, response_headers, error, error_type,"
+    " attempts, cancel_requested, outcome, response_status, response_headers, error, error_type,"
     " inference_time, owner, worker_id, lease_expires_at, limits"
 )
 
@@ -197,8 +202,9 @@ class JobStore:
         self._report(done)
         return self.get(job_id)
 
-    def get(self, job_id: str, with_input: bool = False) -> Job | None:
-        columns = f"{SMALL_COLUMNS}, input" if with_input else SMALL_COLUMNS
+    def get(self, job_id: str, with_input: bool = False, with_result: bool = True) -> Job | None:
+        """The job; its input only when asked, its result (`response_body`) unless told not to read it."""
+        columns = STATUS_COLUMNS + (", response_body" if with_result else "") + (", input" if with_input else "")
         row = self.db.query_one(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(row) if row else None
 
@@ -457,8 +463,8 @@ class OwnedJobs:
     def create(self, *args: Any, **kwargs: Any) -> Job:
         return self._jobs.create(*args, owner=self.owner, **kwargs)
 
-    def get(self, job_id: str, with_input: bool = False) -> Job | None:
-        job = self._jobs.get(job_id, with_input)
+    def get(self, job_id: str, with_input: bool = False, with_result: bool = True) -> Job | None:
+        job = self._jobs.get(job_id, with_input, with_result)
         if job is None or self.sees_all or job.owner == self.owner:
             return job
         return None

@@ -8,7 +8,6 @@ carrying the HTTP status and body of fal's matching error.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -25,6 +24,7 @@ from seedvr_local.server.errors import FalError, cancelled_error, model_error, r
 from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.jobs import Completion, Job, JobStore
 from seedvr_local.server.metrics import Metrics
+from seedvr_local.server.results import inline_output
 from seedvr_local.server.schema import SeedVRImageInput
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
 from seedvr_local.server.storage import FileStore
@@ -189,7 +189,7 @@ class JobProcessor:
         content_type = content_type_for(params.output_format)
         file_name = f"seedvr_{job.id[:8]}.{params.output_format}"
         if params.sync_mode:
-            url = f"data:{content_type};base64,{base64.b64encode(encoded).decode('ascii')}"
+            url = inline_output(lambda: encoded, len(encoded), content_type, settings.max_sync_result_bytes)
         else:
             url = self.files.public_url(self.files.save(encoded, file_name, content_type), job.base_url)
         phases.stop()

@@ -17,8 +17,11 @@ DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
 #: refuse what the API accepted (or run what it would refuse). `max_output_pixels` None still means what the
 #: worker's own device fits.
 JOB_LIMITS = (
-    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames"
+    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames",
+    "max_sync_result_bytes",
 )  # fmt: skip
+#: The largest output returned inline (a data URI in the result) with sync_mode: 64 MiB.
+DEFAULT_MAX_SYNC_RESULT_BYTES = 64 * 1024 * 1024
 STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 
@@ -81,8 +84,12 @@ class ServerSettings:
     allow_private_urls: bool = False
     #: Base URL for the URLs the server hands out (behind a reverse proxy); default: from each request.
     public_url: str | None = None
-    #: Origins allowed to call the API from a browser ("*" for any).
+    #: Origins allowed to call the API from a browser ("*" for any). Only origins named here may call it from a
+    #: public page into a private network (Private Network Access), never "*".
     cors_origins: tuple[str, ...] = ("*",)
+    #: The key /metrics requires (`Authorization: Bearer <key>`); None: an admin key when there are API keys (any
+    #: API key when none is an admin's), nothing on a key-less server.
+    metrics_key: str | None = None
 
     # Limits on what a request may make the server do.
     max_input_pixels: int = 40_000_000
@@ -99,6 +106,9 @@ class ServerSettings:
     #: The longest clip (4n+1 frames) a video is restored in; the memory planner may choose shorter ones.
     #: Longer clips share more context (less flicker at seams); a cancel waits for the clip in progress.
     max_video_clip_frames: int = 81
+    #: The largest output (bytes before base64) a sync_mode request gets inline; a larger one fails with a 422
+    #: before it is encoded, since the result is kept in the job database (use a file URL for larger outputs).
+    max_sync_result_bytes: int = DEFAULT_MAX_SYNC_RESULT_BYTES
 
     # Webhooks: up to `webhook_max_attempts` POSTs, waiting base * 2**n (capped) between them.
     webhook_max_attempts: int = 10

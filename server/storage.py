@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from seedvr_local.server.blobs import Blobs, LocalBlobs
 from seedvr_local.server.db import Database
+from seedvr_local.server.upload_budget import UploadBudget
 
 #: File ids and upload tokens: what `secrets.token_urlsafe` makes, 16 to 64 characters.
 ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
@@ -161,7 +162,8 @@ class FileStore:
     async def receive(
         self, stored: StoredFile, chunks: AsyncIterator[bytes], content_type: str | None = None
     ) -> StoredFile:
-        """The body of a single-part upload: the whole file, replacing what an earlier try sent."""
+        """The body of a single-part upload: the whole file. A try that failed may be sent again; once one
+        succeeded the upload is finished, and a further PUT is refused (the file is served as immutable)."""
         tmp, size = await self._stream_to_tmp(chunks)
         content_type = _content_type(content_type) if content_type else stored.content_type
         await run_in_threadpool(self._store_upload, stored.id, tmp, content_type, size)
@@ -169,7 +171,17 @@ class FileStore:
 
     def _store_upload(self, file_id: str, tmp: Path, content_type: str, size: int) -> None:
         try:
-            self.blobs.put_file(file_id, tmp, content_type)
+            # claimed first: of two PUTs racing, one stores its bytes, the other is refused
+            claimed = self.db.execute(
+                "UPDATE files SET state = 'storing' WHERE id = ? AND state = 'pending'", (file_id,)
+            )
+            if claimed.rowcount != 1:
+                raise StorageError(400, "this upload is already complete: its file cannot be replaced")
+            try:
+                self.blobs.put_file(file_id, tmp, content_type)
+            except BaseException:
+                self.db.execute("UPDATE files SET state = 'pending' WHERE id = ? AND state = 'storing'", (file_id,))
+                raise
         finally:
             tmp.unlink(missing_ok=True)
         self.db.execute(
@@ -178,23 +190,31 @@ class FileStore:
         )
 
     async def receive_part(self, stored: StoredFile, number: int, chunks: AsyncIterator[bytes]) -> str:
-        """One part of a multipart upload; returns its ETag (quoted, like S3's)."""
+        """One part of a multipart upload; returns its ETag (quoted, like S3's). The bytes of all the upload's
+        parts are reserved against the size limit as they arrive (server/upload_budget.py), so parts sent in
+        parallel cannot add up to more than the limit."""
         if not 1 <= number <= MAX_PARTS:
             raise StorageError(400, f"part number must be between 1 and {MAX_PARTS}, got {number}")
         key = _part_key(stored.id, number)
-        sizes = await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))
-        already = sum(size for part, size in sizes.items() if part != key)
+        budget = UploadBudget(self.db, stored.id, self.max_bytes)
         digest = hashlib.sha256()
-        tmp, _ = await self._stream_to_tmp(chunks, digest, budget=self.max_bytes - already)
-        etag = digest.hexdigest()[:32]
         try:
-            await run_in_threadpool(self.blobs.put_file, key, tmp, "application/octet-stream", {"etag": etag})
-        finally:
-            tmp.unlink(missing_ok=True)
+            tmp, size = await self._stream_to_tmp(chunks, digest, budget)
+            etag = digest.hexdigest()[:32]
+            try:
+                replaced = (await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))).get(key, 0)
+                await run_in_threadpool(self.blobs.put_file, key, tmp, "application/octet-stream", {"etag": etag})
+            finally:
+                tmp.unlink(missing_ok=True)
+        except BaseException:
+            await run_in_threadpool(budget.release_unused, 0)
+            raise
+        await run_in_threadpool(budget.release_unused, size, replaced)
         return f'"{etag}"'
 
     def complete_multipart(self, stored: StoredFile, parts: list[tuple[int, str | None]]) -> StoredFile:
-        """Join the listed parts in part-number order; an ETag given must match the part's."""
+        """Join the listed parts in part-number order; an ETag given must match the part's, and the parts together
+        must be within the size limit."""
         if not parts:
             raise StorageError(400, "complete needs the list of uploaded parts")
         ordered = sorted(set(parts))
@@ -204,6 +224,10 @@ class FileStore:
                 raise StorageError(400, f"part {number} was not uploaded")
             if etag is not None and etag.strip('"') != metadata.get("etag"):
                 raise StorageError(400, f"part {number}: etag {etag} does not match the uploaded data")
+        sizes = self.blobs.sizes(_parts_prefix(stored.id))
+        total = sum(sizes.get(_part_key(stored.id, number), 0) for number in {number for number, _ in ordered})
+        if total > self.max_bytes:
+            raise StorageError(413, f"the parts add up to {total:,} bytes, more than the limit of {self.max_bytes:,}")
         tmp = self.root / "tmp" / f"{stored.id}.{secrets.token_hex(4)}"
         size = 0
         try:
@@ -212,6 +236,8 @@ class FileStore:
                     for chunk in self.blobs.iter_bytes(_part_key(stored.id, number)) or ():
                         out.write(chunk)
                         size += len(chunk)
+                        if size > self.max_bytes:  # a part replaced since the check above
+                            raise StorageError(413, f"the parts add up to more than the limit of {self.max_bytes:,}")
                 out.flush()
                 os.fsync(out.fileno())
             self.blobs.put_file(stored.id, tmp, stored.content_type)
@@ -231,16 +257,19 @@ class FileStore:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _stream_to_tmp(
-        self, chunks: AsyncIterator[bytes], digest=None, budget: int | None = None
+        self, chunks: AsyncIterator[bytes], digest=None, budget: UploadBudget | None = None
     ) -> tuple[Path, int]:
-        budget = self.max_bytes if budget is None else budget
+        """The body in a scratch file, refused (413) past the size limit, or past what `budget` can reserve."""
         tmp = self.root / "tmp" / secrets.token_hex(12)
         size = 0
         try:
             with open(tmp, "wb") as out:
                 async for chunk in chunks:
                     size += len(chunk)
-                    if size > budget:
+                    if size > self.max_bytes or (
+                        budget is not None and size > budget.reserved
+                        and not await run_in_threadpool(budget.reserve, size)
+                    ):
                         raise StorageError(413, f"the upload is larger than the limit of {self.max_bytes:,} bytes")
                     out.write(chunk)
                     if digest is not None:

@@ -11,7 +11,6 @@ and says so in its logs: a partly written video cannot be continued.
 
 from __future__ import annotations
 
-import base64
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.fleet import WorkerRegistry
 from seedvr_local.server.jobs import Job, JobStore
 from seedvr_local.server.metrics import Metrics
+from seedvr_local.server.results import inline_output
 from seedvr_local.server.schema import SeedVRVideoInput
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.storage import FileStore
@@ -144,8 +144,9 @@ class VideoJobRunner:
             file_name = f"seedvr_{job.id[:8]}{result.format.extension}"
             size = output_file.stat().st_size
             if params.sync_mode:
-                encoded = base64.b64encode(output_file.read_bytes()).decode("ascii")
-                url = f"data:{result.content_type};base64,{encoded}"
+                url = inline_output(
+                    output_file.read_bytes, size, result.content_type, self.settings.max_sync_result_bytes
+                )
             else:
                 stored = self.files.adopt(output_file, file_name, result.content_type)
                 url = self.files.public_url(stored, job.base_url)

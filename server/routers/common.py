@@ -119,9 +119,10 @@ RequestIdPath = Annotated[
 ]
 
 
-def lookup_job(state: ServerState, request_id: str) -> Job | None:
-    """The job with this id, if it is one of the server's ids and the job exists."""
-    return state.jobs.get(request_id) if _REQUEST_ID.match(request_id) else None
+def lookup_job(state: ServerState, request_id: str, with_result: bool = True) -> Job | None:
+    """The job with this id, if it is one of the server's ids and the job exists (`with_result`: read its output,
+    which only the result route needs)."""
+    return state.jobs.get(request_id, with_result=with_result) if _REQUEST_ID.match(request_id) else None
 
 
 def request_not_found() -> FalError:
@@ -129,8 +130,8 @@ def request_not_found() -> FalError:
     return FalError(404, "No request with this request_id on this server", "request_not_found")
 
 
-def find_job(state: ServerState, request_id: str) -> Job:
-    job = lookup_job(state, request_id)
+def find_job(state: ServerState, request_id: str, with_result: bool = True) -> Job:
+    job = lookup_job(state, request_id, with_result)
     if job is None:
         raise request_not_found()
     return job

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel
 
+from seedvr_local.server.auth import require_metrics_key
+from seedvr_local.server.errors import error_responses
 from seedvr_local.server.jobs import IN_PROGRESS, IN_QUEUE
 from seedvr_local.server.state import StateDep
 
@@ -53,7 +55,12 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"detail": "the model is loading", "status": "loading"}, 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    dependencies=[Depends(require_metrics_key)],
+    responses=error_responses(401),
+)
 def metrics(state: StateDep) -> PlainTextResponse:
     """Prometheus metrics of the whole fleet: its queue, the counters and phase histograms every process records in
     the job database, and each live worker's heartbeat and device memory (a plain `def`: FastAPI runs it in its

@@ -145,14 +145,14 @@ LogsQuery = Annotated[str | None, Query(description="1 or true to include the re
 
 def status(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> JSONResponse:
     """IN_QUEUE (202), IN_PROGRESS (202) or COMPLETED (200)."""
-    job = find_job(state, request_id)
+    job = find_job(state, request_id, with_result=False)
     body = status_body(state, job, truthy(logs))
     return JSONResponse(body, status_code=200 if job.status == COMPLETED else 202, headers={"x-fal-request-id": job.id})
 
 
 async def status_stream(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> EventStreamResponse:
     """Server-sent events: one `data:` status per change, closed after COMPLETED."""
-    job = await run_in_threadpool(find_job, state, request_id)
+    job = await run_in_threadpool(find_job, state, request_id, False)
     headers = {"x-fal-request-id": job.id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     return EventStreamResponse(_events(state, job.id, truthy(logs)), headers=headers)
 
@@ -162,7 +162,7 @@ async def _events(state: ServerState, request_id: str, with_logs: bool) -> Async
     last_log, last_sent = 0, None
     with state.notifier.subscribe(request_id) as changes:
         while True:
-            job = await run_in_threadpool(state.jobs.get, request_id)
+            job = await run_in_threadpool(state.jobs.get, request_id, False, False)
             if with_logs and job.status != IN_QUEUE:
                 new_logs = await run_in_threadpool(state.jobs.logs, request_id, last_log)
             else:
@@ -190,7 +190,7 @@ def result(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
 
 def cancel(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """202 CANCELLATION_REQUESTED (queued: never runs; running: stops at the next phase), 400 ALREADY_COMPLETED, 404."""
-    job = lookup_job(state, request_id)
+    job = lookup_job(state, request_id, with_result=False)
     outcome = state.jobs.request_cancel(job.id) if job is not None else "NOT_FOUND"
     if outcome == "NOT_FOUND":  # fal's outcome, in the body as the other outcomes are
         error = request_not_found()

@@ -61,9 +61,9 @@ def _run_route(endpoint: Endpoint):
 async def _wait(state: ServerState, job: Job, request: Request) -> Job | None:
     with state.notifier.subscribe(job.id) as changes:
         while True:
-            current = await run_in_threadpool(state.jobs.get, job.id)
-            if current.status == COMPLETED:
-                return current
+            current = await run_in_threadpool(state.jobs.get, job.id, False, False)
+            if current.status == COMPLETED:  # the result is read once, when there is one
+                return await run_in_threadpool(state.jobs.get, job.id)
             if await request.is_disconnected():
                 await run_in_threadpool(state.jobs.request_cancel, job.id)
                 return None
