@@ -43,7 +43,8 @@ step layout 80 $python -m benchmarks.restore --model 3b-random --device cuda --d
     --factor 2 --repeat 3 --vae-layout contiguous --json "$out/layout.json"
 step attention 60 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
     --factor 2 --repeat 3 --attention sdpa --json "$out/attention.json"
-step tests 150 $python -m pytest $pytest_flags $parallel $(timeout_flag 60) tests/test_cuda.py tests/test_kernels.py -k "(cuda or Cuda) and not compiled"
+step tests 150 $python -m pytest $pytest_flags $parallel $(timeout_flag 60) tests/test_cuda.py tests/test_kernels.py \
+    tests/test_compact_weights.py -k "(cuda or Cuda) and not compiled"
 # Compiling takes minutes (154 s for the 3B at 1080p on an H100): the compiled test runs alone, with a longer limit.
 step compile 400 bash -c "$python -m pytest $pytest_flags $(timeout_flag 200) tests/test_cuda.py -k compiled \
     && $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \

@@ -4,8 +4,8 @@ planner: the tables of docs/weights.md.
     python -m benchmarks.weights_table
 
 Download sizes are the manifests' parameter counts times each format's bytes per parameter (a file adds a header
-of a few hundred kB). GPU memory is the weights in the compute dtype (every format is cast to it at load, so an
-fp8 file takes as much GPU memory as an fp16 one) plus the memory planner's predicted peak above the weights for
+of a few hundred kB). GPU memory is the weights in the compute dtype (what the full-precision files take; the
+compact formats' weights are in docs/low-vram.md) plus the memory planner's predicted peak above the weights for
 one image, untiled and with its most frugal VAE tiling. It builds the full-size models on the `meta` device:
 no download, no GPU, a few seconds on a CPU.
 """
@@ -21,7 +21,8 @@ from seedvr_local.models.nadit import DiTConfig, NaDiT
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.models.vae_tiling import STORE_SCALES, VAETiling
 from seedvr_local.pipeline import RestorationPipeline
-from seedvr_local.weights.download import remote_files
+from seedvr_local.weights.download import published_variants, remote_files
+from seedvr_local.weights.formats import estimated_weight_bytes
 from seedvr_local.weights.manifest import DIT_MANIFESTS, VAE_MANIFEST, load_manifest
 
 GB = 1000**3
@@ -39,6 +40,8 @@ def file_bytes(filename: str) -> int:
     if filename.endswith(".pt"):
         return EMBEDDING_BYTES // 2  # each embedding file: about half of the two
     manifest = load_manifest(VAE_MANIFEST if filename.startswith("ema_vae") else _dit_manifest(filename))
+    if filename.endswith(".gguf"):  # GGUF: the DiT's matrices in the file's block type, the small tensors F16
+        return estimated_weight_bytes(manifest.shapes, filename.removesuffix(".gguf").rpartition("-")[2], torch.float16)
     if "_fp8_" in filename:
         mixed = "_mixed_block35_fp16" in filename
         return sum(
@@ -62,7 +65,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 def download_rows() -> list[tuple[str, str, str, float]]:
     rows = []
     for model in DIT_MANIFESTS:
-        for variant in ("official", "fp16", "fp8"):
+        for variant in published_variants(model):
             files = remote_files(model, variant)
             names = ", ".join(f.filename for f in files if not f.filename.endswith(".pt"))
             rows.append((model, variant, names, sum(file_bytes(f.filename) for f in files) / GB))

@@ -91,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = commands.add_parser("download", help="download SeedVR2 weights from Hugging Face")
     dl.add_argument("--model", choices=DOWNLOADABLE_MODELS, required=True,
-                    help="the model's size in parameters: 7b needs more than twice the memory and time of 3b")
+                    help="the model's size in parameters: 7b needs more than twice the memory and time of 3b; "
+                         "7b-sharp is the 7B checkpoint trained for crisper detail")
     dl.add_argument("--variant", choices=VARIANTS, default="official",
                     help="which file of the DiT's weights: official (as published, the default), or the smaller "
-                         "community conversions fp16 and fp8")
+                         "community conversions fp16, fp8 and the GGUF files Q8_0 (3b only) and Q4_K_M, which stay "
+                         "compact in memory")
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
