@@ -273,6 +273,24 @@ class JobStore:
             )
         return result.rowcount == 1
 
+    def release_leases(self, worker_ids: list[str] | tuple[str, ...]) -> None:
+        """The leases of workers known dead (their process exited) end now: their jobs are reclaimed at the next
+        `reclaim_expired` (each run counted as an attempt), and so are the clips they restored for other workers'
+        videos (server/clip_tasks.py), instead of a lease later."""
+        if not worker_ids:
+            return
+        marks = ", ".join("?" for _ in worker_ids)
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET lease_expires_at = ? WHERE status = ? AND worker_id IN ({marks})",
+                (now - 1, IN_PROGRESS, *worker_ids),
+            )
+            conn.execute(
+                f"UPDATE clip_tasks SET lease_expires_at = ? WHERE state = 'running' AND worker_id IN ({marks})",
+                (now - 1, *worker_ids),
+            )
+
     def requeue(self, job_id: str, worker_id: str | None = None) -> None:
         """Put a job the worker gave up at shutdown back in its place; that run does not count."""
         owned = "" if worker_id is None else " AND worker_id = ?"
