@@ -326,7 +326,7 @@ class JobStore:
         from seedvr_local.server.webhooks import webhook_body  # the payload format lives with the sender
 
         row = conn.execute(
-            f"SELECT status, webhook_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
+            f"SELECT status, webhook_url, base_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
         ).fetchone()
         if row is None or row["status"] == COMPLETED:
             return False
@@ -351,7 +351,7 @@ class JobStore:
         if row["webhook_url"]:
             conn.execute(
                 "INSERT INTO webhooks (job_id, url, body, next_attempt, state) VALUES (?, ?, ?, ?, 'pending')",
-                (job_id, row["webhook_url"], webhook_body(job_id, completion), now),
+                (job_id, row["webhook_url"], webhook_body(job_id, completion, row["base_url"]), now),
             )
         done.append((job_id, completion))
         return True

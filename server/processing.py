@@ -191,7 +191,7 @@ class JobProcessor:
         if params.sync_mode:
             url = f"data:{content_type};base64,{base64.b64encode(encoded).decode('ascii')}"
         else:
-            url = self.files.public_url(self.files.save(encoded, file_name, content_type), job.base_url)
+            url = self.files.output_url(self.files.save(encoded, file_name, content_type))
         phases.stop()
         out_width, out_height = result.size
         self.metrics.megapixels(out_width * out_height / 1e6)

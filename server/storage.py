@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from seedvr_local.server.blobs import Blobs, LocalBlobs
 from seedvr_local.server.db import Database
+from seedvr_local.server.urls import FILE_PATH_PREFIX
 
 #: File ids and upload tokens: what `secrets.token_urlsafe` makes, 16 to 64 characters.
 ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
@@ -47,8 +48,13 @@ class StoredFile:
     state: str
     multipart: bool
 
+    @property
+    def path(self) -> str:
+        """Its URL's path on any front-end (what a result stores: server/urls.py)."""
+        return f"{FILE_PATH_PREFIX}{self.id}/{quote(self.name)}"
+
     def url(self, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/files/{self.id}/{quote(self.name)}"
+        return f"{base_url.rstrip('/')}{self.path}"
 
 
 def safe_file_name(name: str | None, default: str = "file") -> str:
@@ -101,13 +107,14 @@ class FileStore:
     def read_bytes(self, stored: StoredFile) -> bytes | None:
         return self.blobs.get_bytes(stored.id)
 
-    def public_url(self, stored: StoredFile, base_url: str) -> str:
-        """The URL handed out for an output: this server's, or a presigned URL of the bucket."""
+    def output_url(self, stored: StoredFile) -> str:
+        """The URL a result stores for an output: a presigned URL of the bucket, else the file's path, which the
+        front-end that answers makes absolute (server/urls.py)."""
         if self.presign_s:
             presigned = self.blobs.presigned_url(stored.id, stored.name, stored.content_type, self.presign_s)
             if presigned is not None:
                 return presigned
-        return stored.url(base_url)
+        return stored.path
 
     # --- writing -------------------------------------------------------------------------------
 

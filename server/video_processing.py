@@ -148,7 +148,7 @@ class VideoJobRunner:
                 url = f"data:{result.content_type};base64,{encoded}"
             else:
                 stored = self.files.adopt(output_file, file_name, result.content_type)
-                url = self.files.public_url(stored, job.base_url)
+                url = self.files.output_url(stored)
             phases.stop()
         finally:
             source_file.unlink(missing_ok=True)

@@ -52,7 +52,7 @@ def _run_route(endpoint: Endpoint):
         done = await _wait(state, job, request)
         if done is None:  # the client has gone; nobody reads this
             return JSONResponse({"detail": "client disconnected"}, status_code=499)
-        return result_response(done)
+        return result_response(done, state.base_url(request))
 
     run.__doc__ = f"{endpoint.summary} and wait for the result."
     return run
