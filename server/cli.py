@@ -10,6 +10,7 @@ import os
 import ssl
 from pathlib import Path
 
+from seedvr_local.server.quotas import add_quota_arguments, quota_settings
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
 from seedvr_local.server.worker_process import CPU_MEMORY_POLICIES, add_cpu_memory_argument
 from seedvr_local.video.limits import check_clip_frames
@@ -107,6 +108,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
                         help="delete finished requests and stored files older than this many hours, 0 or more "
                         "(default 24; 0 keeps them)")
+    add_quota_arguments(parser)
     add_cpu_memory_argument(parser)
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
@@ -172,6 +174,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         api_keys=keys,
         admin_keys=admin_keys,
         **stores,
+        **quota_settings(args),
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),

@@ -42,6 +42,9 @@ def add_store_arguments(parser) -> None:
                         help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
     parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
                         help="output URLs served through the API (default) or presigned URLs of the bucket")
+    parser.add_argument("--max-storage-bytes", type=int, default=None, metavar="N",
+                        help="the most bytes stored files (uploads and outputs) may take together, 1 or more; past "
+                        "it uploads and outputs are refused with 507 until retention frees room (default: no limit)")
 
 
 def store_settings(args) -> dict:
@@ -51,11 +54,14 @@ def store_settings(args) -> dict:
     storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
     if args.storage_public_urls == "presigned" and storage_url is None:
         raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+    if args.max_storage_bytes is not None and args.max_storage_bytes < 1:
+        raise ValueError(f"--max-storage-bytes must be 1 or more, got {args.max_storage_bytes}")
     return dict(
         database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
         storage_url=storage_url,
         s3_endpoint_url=args.s3_endpoint_url,
         storage_public_urls=args.storage_public_urls,
+        max_storage_bytes=args.max_storage_bytes,
     )
 
 
@@ -75,6 +81,11 @@ class ServerSettings:
     s3_endpoint_url: str | None = None
     #: Output URLs: "server" (served through this server) or "presigned" (the bucket's, signed; S3 only).
     storage_public_urls: str = "server"
+    #: The most bytes stored files may take together (uploads and outputs); None: no budget.
+    max_storage_bytes: int | None = None
+    #: Per-key quotas (server/quotas.py): queued requests per key (one more is a 429), running requests per key.
+    max_queued_per_key: int | None = None
+    max_running_per_key: int | None = None
     #: How long a presigned output URL is valid.
     presigned_url_ttl_s: int = 24 * 3600
     #: Lets image_url and webhooks reach loopback, private and link-local addresses.

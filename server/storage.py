@@ -39,6 +39,13 @@ class StorageError(Exception):
         self.status_code = status_code
 
 
+class StorageFull(StorageError):
+    """A file that does not fit the storage budget (`--max-storage-bytes`): 507, or 413 when it alone is larger
+    than the whole budget."""
+
+    error_type = "insufficient_storage"
+
+
 @dataclass
 class StoredFile:
     id: str
@@ -74,10 +81,21 @@ class FileStore:
     Uploads stream to a temporary file under `root/tmp` first (size limit, digest), then go to the blobs whole.
     """
 
-    def __init__(self, db: Database, root: Path, max_bytes: int, blobs: Blobs | None = None, presign_s: int = 0):
+    def __init__(
+        self,
+        db: Database,
+        root: Path,
+        max_bytes: int,
+        blobs: Blobs | None = None,
+        presign_s: int = 0,
+        max_total_bytes: int | None = None,
+    ):
+        """`max_bytes`: the largest upload; `max_total_bytes`: the storage budget of every stored file together
+        (None: none), checked before each file is stored (concurrent uploads may pass it by what they hold)."""
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
         self.blobs = blobs or LocalBlobs(root)
         #: > 0: output URLs are presigned URLs of the bucket, valid this long (--storage-public-urls presigned)
         self.presign_s = presign_s
@@ -116,6 +134,28 @@ class FileStore:
                 return presigned
         return stored.path
 
+    # --- the storage budget ----------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """What the stored files take (finished uploads and outputs)."""
+        return int(self.db.query_one("SELECT COALESCE(SUM(size), 0) FROM files")[0])
+
+    def room(self) -> int | None:
+        """Bytes left in the storage budget (None: no budget)."""
+        return None if self.max_total_bytes is None else self.max_total_bytes - self.used_bytes()
+
+    def _check_room(self, size: int, room: int | None) -> None:
+        if room is None or size <= room:
+            return
+        budget = self.max_total_bytes
+        if size > budget:
+            raise StorageFull(413, f"the file is larger than the storage budget of {budget:,} bytes")
+        raise StorageFull(
+            507,
+            f"the file store is full: {budget - room:,} of its {budget:,} bytes are in use, and this file needs "
+            f"more than the {max(room, 0):,} left; retry once older files have expired",
+        )
+
     # --- writing -------------------------------------------------------------------------------
 
     def new_upload(self, name: str | None, content_type: str | None, multipart: bool = False) -> tuple[StoredFile, str]:
@@ -139,6 +179,7 @@ class FileStore:
         """Store bytes produced by the server (an output image, a decoded data URI)."""
         file_id = secrets.token_urlsafe(16)
         content_type = _content_type(content_type)
+        self._check_room(len(data), self.room())
         self.blobs.put_file(file_id, self._write_tmp([data]), content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -153,6 +194,7 @@ class FileStore:
         with open(path, "rb") as written:  # on disk before the database names it, as `save` does
             os.fsync(written.fileno())
         size = path.stat().st_size
+        self._check_room(size, self.room())
         self.blobs.put_file(file_id, path, content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -169,7 +211,7 @@ class FileStore:
         self, stored: StoredFile, chunks: AsyncIterator[bytes], content_type: str | None = None
     ) -> StoredFile:
         """The body of a single-part upload: the whole file, replacing what an earlier try sent."""
-        tmp, size = await self._stream_to_tmp(chunks)
+        tmp, size = await self._stream_to_tmp(chunks, room=await run_in_threadpool(self.room))
         content_type = _content_type(content_type) if content_type else stored.content_type
         await run_in_threadpool(self._store_upload, stored.id, tmp, content_type, size)
         return await run_in_threadpool(self.get, stored.id)
@@ -192,7 +234,9 @@ class FileStore:
         sizes = await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))
         already = sum(size for part, size in sizes.items() if part != key)
         digest = hashlib.sha256()
-        tmp, _ = await self._stream_to_tmp(chunks, digest, budget=self.max_bytes - already)
+        room = await run_in_threadpool(self.room)
+        room = None if room is None else room - already
+        tmp, _ = await self._stream_to_tmp(chunks, digest, budget=self.max_bytes - already, room=room)
         etag = digest.hexdigest()[:32]
         try:
             await run_in_threadpool(self.blobs.put_file, key, tmp, "application/octet-stream", {"etag": etag})
@@ -221,6 +265,7 @@ class FileStore:
                         size += len(chunk)
                 out.flush()
                 os.fsync(out.fileno())
+            self._check_room(size, self.room())
             self.blobs.put_file(stored.id, tmp, stored.content_type)
         finally:
             tmp.unlink(missing_ok=True)
@@ -238,8 +283,9 @@ class FileStore:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _stream_to_tmp(
-        self, chunks: AsyncIterator[bytes], digest=None, budget: int | None = None
+        self, chunks: AsyncIterator[bytes], digest=None, budget: int | None = None, room: int | None = None
     ) -> tuple[Path, int]:
+        """`budget`: the upload limit left; `room`: the storage budget left (None: none)."""
         budget = self.max_bytes if budget is None else budget
         tmp = self.root / "tmp" / secrets.token_hex(12)
         size = 0
@@ -249,6 +295,7 @@ class FileStore:
                     size += len(chunk)
                     if size > budget:
                         raise StorageError(413, f"the upload is larger than the limit of {self.max_bytes:,} bytes")
+                    self._check_room(size, room)
                     out.write(chunk)
                     if digest is not None:
                         digest.update(chunk)

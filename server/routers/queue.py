@@ -114,7 +114,7 @@ for _endpoint in ENDPOINTS:
         operation_id=f"queue_submit{_endpoint.operation_suffix}",
         responses={
             200: {"description": "Queued (status IN_QUEUE)", "links": _SUBMIT_LINKS, "headers": _HEADER_ID},
-            **error_responses(413, 422),
+            **error_responses(413, 422, 429, 507),
         },
     )
 
@@ -275,7 +275,7 @@ _ROUTES = [
         {
             200: {"description": "The output", "headers": _HEADER_ID},
             400: {**error_responses(400)[400], "description": "Not completed yet (IN_QUEUE or IN_PROGRESS)"},
-            **error_responses(404, 422, 499, 500, 503, 504),
+            **error_responses(404, 422, 499, 500, 503, 504, 507),
         },
     ),
     _RequestRoute(
