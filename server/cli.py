@@ -103,6 +103,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is "
                         "restored in; the memory planner may choose shorter ones; longer clips flicker less at seams "
                         f"(default {ServerSettings.max_video_clip_frames})")
+    parser.add_argument("--max-storage-bytes", type=int, default=None, metavar="N",
+                        help="the most bytes stored files (uploads and outputs) may take together, 1 or more; past "
+                        "it uploads and outputs are refused with 507 until retention frees room (default: no limit)")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
@@ -154,7 +157,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
     for flag, value in (("--max-video-frames", args.max_video_frames),
                         ("--max-video-pixel-frames", args.max_video_pixel_frames),
-                        ("--max-video-clip-frames", args.max_video_clip_frames)):  # fmt: skip
+                        ("--max-video-clip-frames", args.max_video_clip_frames),
+                        ("--max-storage-bytes", args.max_storage_bytes)):  # fmt: skip
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
     try:
@@ -183,6 +187,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_video_frames=args.max_video_frames,
         max_video_pixel_frames=args.max_video_pixel_frames,
         max_video_clip_frames=args.max_video_clip_frames,
+        max_storage_bytes=args.max_storage_bytes,
         retention_s=args.retention_hours * 3600 or None,
         webhook_user_id=args.webhook_user_id,
     )

@@ -195,7 +195,8 @@ class JobProcessor:
         if params.sync_mode:
             url = f"data:{content_type};base64,{base64.b64encode(encoded).decode('ascii')}"
         else:
-            url = self.files.output_url(self.files.save(encoded, file_name, content_type))
+            stored = self.files.save(encoded, file_name, content_type, settings.max_storage_bytes)
+            url = self.files.output_url(stored)
         phases.stop()
         out_width, out_height = result.size
         self.metrics.megapixels(out_width * out_height / 1e6)

@@ -17,7 +17,8 @@ DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
 #: refuse what the API accepted (or run what it would refuse). `max_output_pixels` None still means what the
 #: worker's own device fits.
 JOB_LIMITS = (
-    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames"
+    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames",
+    "max_storage_bytes",
 )  # fmt: skip
 STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
@@ -42,9 +43,7 @@ def add_store_arguments(parser) -> None:
                         help="the S3 endpoint of a store other than AWS (MinIO, R2, ...)")
     parser.add_argument("--storage-public-urls", choices=("server", "presigned"), default="server",
                         help="output URLs served through the API (default) or presigned URLs of the bucket")
-    parser.add_argument("--max-storage-bytes", type=int, default=None, metavar="N",
-                        help="the most bytes stored files (uploads and outputs) may take together, 1 or more; past "
-                        "it uploads and outputs are refused with 507 until retention frees room (default: no limit)")
+
 
 
 def store_settings(args) -> dict:
@@ -54,14 +53,12 @@ def store_settings(args) -> dict:
     storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
     if args.storage_public_urls == "presigned" and storage_url is None:
         raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
-    if args.max_storage_bytes is not None and args.max_storage_bytes < 1:
-        raise ValueError(f"--max-storage-bytes must be 1 or more, got {args.max_storage_bytes}")
+
     return dict(
         database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
         storage_url=storage_url,
         s3_endpoint_url=args.s3_endpoint_url,
         storage_public_urls=args.storage_public_urls,
-        max_storage_bytes=args.max_storage_bytes,
     )
 
 

@@ -140,14 +140,15 @@ class FileStore:
         """What the stored files take (finished uploads and outputs)."""
         return int(self.db.query_one("SELECT COALESCE(SUM(size), 0) FROM files")[0])
 
-    def room(self) -> int | None:
-        """Bytes left in the storage budget (None: no budget)."""
-        return None if self.max_total_bytes is None else self.max_total_bytes - self.used_bytes()
+    def room(self, budget: int | None = None) -> int | None:
+        """Bytes left in the storage budget, `budget` or this store's (None: no budget)."""
+        budget = budget or self.max_total_bytes
+        return None if budget is None else budget - self.used_bytes()
 
-    def _check_room(self, size: int, room: int | None) -> None:
+    def _check_room(self, size: int, room: int | None, budget: int | None = None) -> None:
         if room is None or size <= room:
             return
-        budget = self.max_total_bytes
+        budget = budget or self.max_total_bytes
         if size > budget:
             raise StorageFull(413, f"the file is larger than the storage budget of {budget:,} bytes")
         raise StorageFull(
@@ -175,11 +176,12 @@ class FileStore:
         )
         return self.get(file_id), token
 
-    def save(self, data: bytes, name: str, content_type: str) -> StoredFile:
-        """Store bytes produced by the server (an output image, a decoded data URI)."""
+    def save(self, data: bytes, name: str, content_type: str, budget: int | None = None) -> StoredFile:
+        """Store bytes produced by the server (an output image, a decoded data URI). `budget`: the storage budget
+        of the job it is for (its API's, stored with it), else this store's."""
         file_id = secrets.token_urlsafe(16)
         content_type = _content_type(content_type)
-        self._check_room(len(data), self.room())
+        self._check_room(len(data), self.room(budget), budget)
         self.blobs.put_file(file_id, self._write_tmp([data]), content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -187,14 +189,14 @@ class FileStore:
         )
         return self.get(file_id)
 
-    def adopt(self, path: Path, name: str, content_type: str) -> StoredFile:
+    def adopt(self, path: Path, name: str, content_type: str, budget: int | None = None) -> StoredFile:
         """Store a file the server wrote (an output video) by moving it in: `path` must be under `tmp_dir` (the
-        local store moves it, a bucket uploads it)."""
+        local store moves it, a bucket uploads it). `budget` as for `save`."""
         file_id = secrets.token_urlsafe(16)
         with open(path, "rb") as written:  # on disk before the database names it, as `save` does
             os.fsync(written.fileno())
         size = path.stat().st_size
-        self._check_room(size, self.room())
+        self._check_room(size, self.room(budget), budget)
         self.blobs.put_file(file_id, path, content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",

@@ -147,7 +147,7 @@ class VideoJobRunner:
                 encoded = base64.b64encode(output_file.read_bytes()).decode("ascii")
                 url = f"data:{result.content_type};base64,{encoded}"
             else:
-                stored = self.files.adopt(output_file, file_name, result.content_type)
+                stored = self.files.adopt(output_file, file_name, result.content_type, self.settings.max_storage_bytes)
                 url = self.files.output_url(stored)
             phases.stop()
         finally:
