@@ -26,6 +26,7 @@ from seedvr_local.server.retention import Retention
 from seedvr_local.server.routers import health, playground, queue, run, storage, wellknown
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.state import ServerState
+from seedvr_local.server.sweeper import Sweeper, sweep_periodically
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -62,6 +63,8 @@ def create_app(
         tasks = [asyncio.create_task(state.webhooks.run()), asyncio.create_task(_expire_deadlines(state))]
         if state.retention is not None:
             tasks.append(asyncio.create_task(_sweep_expired(state.retention, settings.retention_sweep_s)))
+        sweeper = Sweeper(state.db, state.files, settings.orphan_files_after_s)
+        tasks.append(asyncio.create_task(sweep_periodically(sweeper, settings.retention_sweep_s)))
         for task in tasks:
             task.add_done_callback(_report_crash)
         try:

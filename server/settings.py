@@ -134,8 +134,10 @@ class ServerSettings:
     upload_token_ttl_s: int = 3600
     #: Finished requests and stored files older than this are deleted (server/retention.py); None keeps them.
     retention_s: float | None = 24 * 3600.0
-    #: Seconds between retention sweeps.
+    #: Seconds between retention sweeps (and sweeps of orphan files: server/sweeper.py).
     retention_sweep_s: float = 300.0
+    #: Scratch files and stored blobs that no record names are swept once they are this old.
+    orphan_files_after_s: float = 3600.0
 
     def job_limits(self) -> dict[str, int | None]:
         """The limits a job accepted here runs under, wherever it runs (stored with it: server/jobs.py)."""

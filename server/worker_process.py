@@ -231,6 +231,8 @@ def run_until_stopped(worker, grace_s: float, parent_pid: int | None = None) -> 
     feed.start()
     worker.start()
     log.info("worker %s started on %s", worker.id, worker.device)
+    # a worker on a host of its own has scratch files no API process sweeps
+    threading.Thread(target=_sweep_until, args=(worker, stopping), name="seedvr-sweeper", daemon=True).start()
     stopping.wait()
     log.info("worker %s stopping", worker.id)
     feed.stop()
@@ -264,6 +266,21 @@ def open_worker(settings: ServerSettings, device: str, load, description: str):
     engines = EngineHolder(load, description)
     processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
     return Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
+
+
+def _sweep_until(worker, stopping: threading.Event) -> None:
+    """What killed processes left (server/sweeper.py): at start, then every retention interval, until stopped."""
+    from seedvr_local.server.sweeper import Sweeper
+
+    settings = worker.processor.settings
+    sweeper = Sweeper(worker.jobs.db, worker.processor.files, settings.orphan_files_after_s)
+    while True:
+        try:
+            sweeper.sweep()
+        except Exception:  # a full disk or an unreachable bucket: try again at the next sweep
+            log.exception("sweeping orphan files failed")
+        if stopping.wait(settings.retention_sweep_s):
+            return
 
 
 def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:
