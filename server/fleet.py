@@ -126,7 +126,8 @@ class WorkerRegistry:
         ids = [row[0] for row in rows]
         for worker_id in ids:
             self.db.execute(
-                "UPDATE workers SET model_state = ?, model_notice = ?, current_job = NULL, heartbeat_at = ? WHERE id = ?",
+                "UPDATE workers SET model_state = ?, model_notice = ?, current_job = NULL, heartbeat_at = ?"
+                " WHERE id = ?",
                 (RESTARTING, f"its process exited ({how}) and is restarting", time.time(), worker_id),
             )
         return ids

@@ -11,7 +11,6 @@ written once and read for as long as the job runs), and so is every blob a row n
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -94,13 +93,3 @@ class Sweeper:
             known = {row[0] for row in self.db.query(f"SELECT id FROM files WHERE id IN ({marks})", batch)}
             orphans += [key for key in batch if key not in known]
         return orphans
-
-
-async def sweep_periodically(sweeper: Sweeper, interval_s: float) -> None:
-    """A sweep at start (what the last run left), then every `interval_s`."""
-    while True:
-        try:
-            await asyncio.to_thread(sweeper.sweep)
-        except Exception:  # a full disk or an unreachable bucket: try again at the next sweep
-            log.exception("sweeping orphan files failed")
-        await asyncio.sleep(interval_s)
