@@ -18,8 +18,10 @@ from tests.server.helpers import data_uri, png_bytes, wait_until
 
 QUEUE = "/queue/fal-ai/seedvr/upscale/image"
 REQUESTS = "/queue/fal-ai/seedvr/requests"
-#: An image job that keeps the tiny model busy for a second or two on a CPU: long enough to be killed mid-run.
-SLOW_IMAGE = {"image_url": data_uri(png_bytes(192, 192)), "upscale_factor": 4, "seed": 5}
+#: An image job that keeps the tiny model busy for a second or two on a CPU: long enough to be killed mid-run (to
+#: 512x512); the slow lane's twice-killed job runs for longer (to 768x768), to be killed twice.
+SLOW_IMAGE = {"image_url": data_uri(png_bytes(128, 128)), "upscale_factor": 4, "seed": 5}
+SLOWER_IMAGE = {**SLOW_IMAGE, "image_url": data_uri(png_bytes(192, 192))}
 
 
 def _submit(serve: RealServe, body: dict) -> str:
@@ -71,7 +73,7 @@ def test_a_killed_worker_is_restarted_and_its_job_completes(tmp_path):
         assert "error" not in status, status
         assert any("runs again" in entry["message"] for entry in status["logs"]), status["logs"]
         result = serve.client.get(f"{REQUESTS}/{request_id}")
-        assert result.status_code == 200 and result.json()["image"]["width"] == 768, result.text
+        assert result.status_code == 200 and result.json()["image"]["width"] == 512, result.text
 
         assert serve.restarts() == 1
         assert dead not in serve.worker_pids() and len(serve.worker_pids()) == 1
@@ -85,7 +87,7 @@ def test_a_job_that_kills_its_worker_every_time_fails_clearly_and_the_queue_goes
     attempts it fails with fal's error shape, and the next job runs."""
     with RealServe(tmp_path / "data", "--devices", "cpu") as serve:
         serve.wait_ready()
-        request_id = _submit(serve, SLOW_IMAGE)
+        request_id = _submit(serve, SLOWER_IMAGE)
         _kill_the_worker_running(serve, request_id)
         _readyz_says_restarting(serve)
         serve.wait_ready()
@@ -125,7 +127,9 @@ def test_worker_devices_restarts_a_killed_child(tmp_path):
     log = (tmp_path / "worker.log").open("wb")
     parent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        db = wait_until(lambda: (data / "seedvr.sqlite3").exists() and Database(data / "seedvr.sqlite3"), "the db")
+        db = wait_until(
+            lambda: (data / "seedvr.sqlite3").exists() and Database(data / "seedvr.sqlite3"), "the db", timeout=120
+        )
 
         def two_ready():
             rows = db.query("SELECT pid FROM workers WHERE model_state = 'ready' AND stopped_at IS NULL")
