@@ -156,3 +156,18 @@ def test_the_storage_budget_refuses_uploads_inputs_and_outputs_that_do_not_fit(m
         assert result.status_code == 507 and "the file store is full" in result.json()["detail"], result.text
         sync = client.post(RUN, json={"image_url": data_uri(png_bytes()), "sync_mode": True})
         assert sync.status_code == 200, sync.text  # an inline result takes no storage
+
+
+def test_the_quota_flags_reach_the_settings_and_refuse_nonsense():
+    from seedvr_local.cli import build_parser
+    from seedvr_local.server.cli import settings_from_args
+
+    def parse(*flags):
+        return settings_from_args(build_parser().parse_args(["serve", "--model", "tiny", *flags]))
+
+    settings = parse("--max-queued-per-key", "7", "--max-running-per-key", "2", "--max-storage-bytes", "1000")
+    assert (settings.max_queued_per_key, settings.max_running_per_key, settings.max_storage_bytes) == (7, 2, 1000)
+    assert parse().max_queued_per_key is None and parse().max_storage_bytes is None
+    for flag in ("--max-queued-per-key", "--max-running-per-key", "--max-storage-bytes"):
+        with pytest.raises(ValueError, match=flag):
+            parse(flag, "0")
