@@ -84,7 +84,6 @@ class WorkerSupervisor:
         self.restarts = 0  # in this supervisor's life (the counter in the database is the fleet's)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._changed = threading.Event()  # wakes the monitor: a slot to (re)start, or stop
         self._monitor: threading.Thread | None = None
 
     @property
@@ -104,7 +103,6 @@ class WorkerSupervisor:
         """No more restarts; SIGTERM to each process (it finishes or requeues its job), then wait; one still alive
         after the grace is killed, and its job comes back when its lease expires."""
         self._stopping.set()
-        self._changed.set()
         if self._monitor is not None:
             self._monitor.join()
         processes = self.processes
@@ -132,7 +130,6 @@ class WorkerSupervisor:
                 running = {slot.process.sentinel: slot for slot in self._slots if slot.restart_at is None}
                 due = [slot.restart_at for slot in self._slots if slot.restart_at is not None]
             timeout = max(0.0, min(due) - time.monotonic()) if due else 1.0
-            self._changed.clear()
             # a process's sentinel is ready the moment it exits: no polling interval between a death and its restart
             for sentinel in wait_for_sentinels(list(running), timeout=min(timeout, 1.0)):
                 self._exited(running[sentinel])
