@@ -10,6 +10,7 @@ import os
 import ssl
 from pathlib import Path
 
+from seedvr_local.server.quotas import add_quota_arguments, quota_settings
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
 from seedvr_local.server.worker_process import CPU_MEMORY_POLICIES, add_cpu_memory_argument
 from seedvr_local.video.limits import check_clip_frames
@@ -111,11 +112,15 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-sync-result-bytes", type=int, default=ServerSettings.max_sync_result_bytes,
                         metavar="N", help="the largest output a sync_mode request gets inline as a data URI, 1 or "
                         f"more (default {ServerSettings.max_sync_result_bytes}: 64 MiB); larger ones fail with 422")
+    parser.add_argument("--max-storage-bytes", type=int, default=None, metavar="N",
+                        help="the most bytes stored files (uploads and outputs) may take together, 1 or more; past "
+                        "it uploads and outputs are refused with 507 until retention frees room (default: no limit)")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
                         help="delete finished requests and stored files older than this many hours, 0 or more "
                         "(default 24; 0 keeps them)")
+    add_quota_arguments(parser)
     add_cpu_memory_argument(parser)
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
@@ -161,7 +166,8 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
     for flag, value in (("--max-video-frames", args.max_video_frames),
                         ("--max-video-pixel-frames", args.max_video_pixel_frames),
-                        ("--max-video-clip-frames", args.max_video_clip_frames)):  # fmt: skip
+                        ("--max-video-clip-frames", args.max_video_clip_frames),
+                        ("--max-storage-bytes", args.max_storage_bytes)):  # fmt: skip
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
     try:
@@ -183,6 +189,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         api_keys=keys,
         admin_keys=admin_keys,
         **stores,
+        **quota_settings(args),
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
@@ -191,6 +198,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_video_frames=args.max_video_frames,
         max_video_pixel_frames=args.max_video_pixel_frames,
         max_video_clip_frames=args.max_video_clip_frames,
+        max_storage_bytes=args.max_storage_bytes,
         retention_s=args.retention_hours * 3600 or None,
         max_sync_result_bytes=args.max_sync_result_bytes,
         metrics_key=(args.metrics_key or os.environ.get(METRICS_KEY_ENV, "")).strip() or None,

@@ -47,10 +47,13 @@ ERROR_MEANINGS: dict[int, tuple[type[BaseModel], str]] = {
     404: (RequestErrorBody, "No such request, file or upload (ids are the server's own)"),
     413: (RequestErrorBody, "The body is larger than the server accepts"),
     422: (ModelErrorBody, "The input is invalid, or names an image that cannot be used (download, decode, size)"),
+    429: (RequestErrorBody, "The API key has as many requests waiting as --max-queued-per-key allows (`rate_limited`,"
+          " with Retry-After)"),
     499: (RequestErrorBody, "The request was cancelled (`client_cancelled`)"),
     500: (RequestErrorBody, "The model failed on this input (`runner_server_error`)"),
     503: (RequestErrorBody, "The model is not loaded, or ran out of device memory"),
     504: (RequestErrorBody, "The request did not start within its x-fal-request-timeout (`request_timeout`)"),
+    507: (RequestErrorBody, "The file store is full: its --max-storage-bytes budget (`insufficient_storage`)"),
 }
 
 

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from seedvr_local.server.db import Database
 from seedvr_local.server.errors import FalError, cancelled_error, request_error, timeout_error
 from seedvr_local.server.metrics import count_job
+from seedvr_local.server.quotas import CLAIM_LOCK, owner_lock_key, queue_full_error
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 PRIORITIES = {"normal": 0, "low": 1}
@@ -159,9 +160,16 @@ class JobStore:
         on_completed: Callable[[Job, Completion], None] | None = None,
         write_input: InputWriter | None = None,
         limits: dict[str, int | None] | None = None,
+        max_queued_per_owner: int | None = None,
+        max_running_per_owner: int | None = None,
     ):
-        """`limits`: stored with every job created here, for the worker that runs it (ServerSettings.job_limits)."""
+        """`limits`: stored with every job created here, for the worker that runs it (ServerSettings.job_limits).
+        `max_queued_per_owner`: one more queued job of an owner is a 429 (server/quotas.py);
+        `max_running_per_owner`: stored with every job created here, the most of its owner's jobs that workers
+        run at once."""
         self.db = db
+        self.max_queued_per_owner = max_queued_per_owner
+        self.max_running_per_owner = max_running_per_owner
         self.limits = json.dumps(limits) if limits is not None else None
         self.max_attempts = max_attempts
         self.on_change = on_change or (lambda job_id: None)
@@ -183,16 +191,24 @@ class JobStore:
     ) -> Job:
         """A new job, queued; or already completed when `completion` is given (an invalid input)."""
         job_id = str(uuid.uuid4())
+        quota = completion is None and self.max_queued_per_owner is not None
+        if quota:  # before a large input is stored for nothing
+            with self.db.reading() as conn:
+                self._check_queued(conn, owner)
         stored_input = self.write_input(input, base_url)
         now = time.time()
         done: list = []
         with self.db.transaction() as conn:
+            if quota:  # again, where it counts: in the transaction that adds the job
+                if self.db.is_postgres:
+                    conn.execute("SELECT pg_advisory_xact_lock(?)", (owner_lock_key(owner),))
+                self._check_queued(conn, owner)
             conn.execute(
                 "INSERT INTO jobs (id, kind, priority, status, input, base_url, webhook_url, created_at,"
-                " start_deadline, owner, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_deadline, owner, limits, running_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, kind, priority, IN_QUEUE, json.dumps(stored_input), base_url, webhook_url, now,
-                    start_deadline, owner, self.limits,
+                    start_deadline, owner, self.limits, self.max_running_per_owner,
                 ),
             )  # fmt: skip
             if completion is not None:
@@ -201,6 +217,13 @@ class JobStore:
         self.on_change(job_id)
         self._report(done)
         return self.get(job_id)
+
+    def _check_queued(self, conn, owner: str | None) -> None:
+        waiting = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = ? AND COALESCE(owner, '') = ?", (IN_QUEUE, owner or "")
+        ).fetchone()[0]
+        if waiting >= self.max_queued_per_owner:
+            raise queue_full_error(self.max_queued_per_owner)
 
     def get(self, job_id: str, with_input: bool = False, with_result: bool = True) -> Job | None:
         """The job; its input only when asked, its result (`response_body`) unless told not to read it."""
@@ -255,8 +278,14 @@ class JobStore:
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.is_postgres else ""
         now = time.time()
         with self.db.transaction() as conn:
+            if self.db.is_postgres:  # one claim at a time: two at once could both pass an owner's running cap
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
+            # a job whose owner already runs its cap of jobs (`running_cap`, server/quotas.py) waits in its place
             row = conn.execute(
-                f"SELECT id FROM jobs WHERE status = ? ORDER BY priority, seq LIMIT 1{skip_locked}", (IN_QUEUE,)
+                "SELECT id FROM jobs j WHERE status = ? AND (j.running_cap IS NULL OR (SELECT COUNT(*) FROM jobs r"
+                " WHERE r.status = ? AND COALESCE(r.owner, '') = COALESCE(j.owner, '')) < j.running_cap)"
+                f" ORDER BY priority, seq LIMIT 1{skip_locked}",
+                (IN_QUEUE, IN_PROGRESS),
             ).fetchone()
             if row is None:
                 return None
@@ -278,6 +307,24 @@ class JobStore:
                 (time.time() + lease_s, job_id, worker_id, IN_PROGRESS),
             )
         return result.rowcount == 1
+
+    def release_leases(self, worker_ids: list[str] | tuple[str, ...]) -> None:
+        """The leases of workers known dead (their process exited) end now: their jobs are reclaimed at the next
+        `reclaim_expired` (each run counted as an attempt), and so are the clips they restored for other workers'
+        videos (server/clip_tasks.py), instead of a lease later."""
+        if not worker_ids:
+            return
+        marks = ", ".join("?" for _ in worker_ids)
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET lease_expires_at = ? WHERE status = ? AND worker_id IN ({marks})",
+                (now - 1, IN_PROGRESS, *worker_ids),
+            )
+            conn.execute(
+                f"UPDATE clip_tasks SET lease_expires_at = ? WHERE state = 'running' AND worker_id IN ({marks})",
+                (now - 1, *worker_ids),
+            )
 
     def requeue(self, job_id: str, worker_id: str | None = None) -> None:
         """Put a job the worker gave up at shutdown back in its place; that run does not count."""
@@ -314,7 +361,7 @@ class JobStore:
         from seedvr_local.server.webhooks import webhook_body  # the payload format lives with the sender
 
         row = conn.execute(
-            f"SELECT status, webhook_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
+            f"SELECT status, webhook_url, base_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
         ).fetchone()
         if row is None or row["status"] == COMPLETED:
             return False
@@ -339,7 +386,7 @@ class JobStore:
         if row["webhook_url"]:
             conn.execute(
                 "INSERT INTO webhooks (job_id, url, body, next_attempt, state) VALUES (?, ?, ?, ?, 'pending')",
-                (job_id, row["webhook_url"], webhook_body(job_id, completion), now),
+                (job_id, row["webhook_url"], webhook_body(job_id, completion, row["base_url"]), now),
             )
         done.append((job_id, completion))
         return True

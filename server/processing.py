@@ -27,7 +27,7 @@ from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.results import inline_output
 from seedvr_local.server.schema import SeedVRImageInput
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
-from seedvr_local.server.storage import FileStore
+from seedvr_local.server.storage import FileStore, StorageFull
 from seedvr_local.server.video_processing import VideoJobRunner
 
 log = logging.getLogger("seedvr_local.server")
@@ -100,6 +100,10 @@ class JobProcessor:
         except FalError as exc:
             self.jobs.log(job.id, f"failed: {exc.message}", "ERROR")
             return Completion.failure(exc, inference_time=time.perf_counter() - started)
+        except StorageFull as exc:  # the output does not fit the storage budget
+            self.jobs.log(job.id, f"failed: {exc}", "ERROR")
+            error = request_error(507, str(exc), exc.error_type)
+            return Completion.failure(error, inference_time=time.perf_counter() - started)
         except Exception as exc:  # a bug or a device failure: a 500, logged with its traceback
             log.exception("job %s failed", job.id)
             message = f"the upscale failed: {type(exc).__name__}: {_one_line(exc)}"
@@ -191,7 +195,8 @@ class JobProcessor:
         if params.sync_mode:
             url = inline_output(lambda: encoded, len(encoded), content_type, settings.max_sync_result_bytes)
         else:
-            url = self.files.public_url(self.files.save(encoded, file_name, content_type), job.base_url)
+            stored = self.files.save(encoded, file_name, content_type, settings.max_storage_bytes)
+            url = self.files.output_url(stored)
         phases.stop()
         out_width, out_height = result.size
         self.metrics.megapixels(out_width * out_height / 1e6)

@@ -19,6 +19,7 @@ DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
 JOB_LIMITS = (
     "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames",
     "max_sync_result_bytes",
+    "max_storage_bytes",
 )  # fmt: skip
 #: The largest output returned inline (a data URI in the result) with sync_mode: 64 MiB.
 DEFAULT_MAX_SYNC_RESULT_BYTES = 64 * 1024 * 1024
@@ -47,6 +48,7 @@ def add_store_arguments(parser) -> None:
                         help="output URLs served through the API (default) or presigned URLs of the bucket")
 
 
+
 def store_settings(args) -> dict:
     """The job database and file store the flags (`--database-url`, `--storage-url`, `--s3-endpoint-url`,
     `--storage-public-urls`) or the environment name, as ServerSettings fields: the same for `serve` and
@@ -54,6 +56,7 @@ def store_settings(args) -> dict:
     storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
     if args.storage_public_urls == "presigned" and storage_url is None:
         raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+
     return dict(
         database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
         storage_url=storage_url,
@@ -78,6 +81,11 @@ class ServerSettings:
     s3_endpoint_url: str | None = None
     #: Output URLs: "server" (served through this server) or "presigned" (the bucket's, signed; S3 only).
     storage_public_urls: str = "server"
+    #: The most bytes stored files may take together (uploads and outputs); None: no budget.
+    max_storage_bytes: int | None = None
+    #: Per-key quotas (server/quotas.py): queued requests per key (one more is a 429), running requests per key.
+    max_queued_per_key: int | None = None
+    max_running_per_key: int | None = None
     #: How long a presigned output URL is valid.
     presigned_url_ttl_s: int = 24 * 3600
     #: Lets image_url and webhooks reach loopback, private and link-local addresses.
@@ -136,8 +144,10 @@ class ServerSettings:
     upload_token_ttl_s: int = 3600
     #: Finished requests and stored files older than this are deleted (server/retention.py); None keeps them.
     retention_s: float | None = 24 * 3600.0
-    #: Seconds between retention sweeps.
+    #: Seconds between retention sweeps (and sweeps of orphan files: server/sweeper.py).
     retention_sweep_s: float = 300.0
+    #: Scratch files and stored blobs that no record names are swept once they are this old.
+    orphan_files_after_s: float = 3600.0
 
     def job_limits(self) -> dict[str, int | None]:
         """The limits a job accepted here runs under, wherever it runs (stored with it: server/jobs.py)."""

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from seedvr_local.server.blobs import Blobs, LocalBlobs
 from seedvr_local.server.db import Database
 from seedvr_local.server.upload_budget import UploadBudget
+from seedvr_local.server.urls import FILE_PATH_PREFIX
 
 #: File ids and upload tokens: what `secrets.token_urlsafe` makes, 16 to 64 characters.
 ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
@@ -39,6 +40,13 @@ class StorageError(Exception):
         self.status_code = status_code
 
 
+class StorageFull(StorageError):
+    """A file that does not fit the storage budget (`--max-storage-bytes`): 507, or 413 when it alone is larger
+    than the whole budget."""
+
+    error_type = "insufficient_storage"
+
+
 @dataclass
 class StoredFile:
     id: str
@@ -48,8 +56,13 @@ class StoredFile:
     state: str
     multipart: bool
 
+    @property
+    def path(self) -> str:
+        """Its URL's path on any front-end (what a result stores: server/urls.py)."""
+        return f"{FILE_PATH_PREFIX}{self.id}/{quote(self.name)}"
+
     def url(self, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/files/{self.id}/{quote(self.name)}"
+        return f"{base_url.rstrip('/')}{self.path}"
 
 
 def safe_file_name(name: str | None, default: str = "file") -> str:
@@ -69,10 +82,21 @@ class FileStore:
     Uploads stream to a temporary file under `root/tmp` first (size limit, digest), then go to the blobs whole.
     """
 
-    def __init__(self, db: Database, root: Path, max_bytes: int, blobs: Blobs | None = None, presign_s: int = 0):
+    def __init__(
+        self,
+        db: Database,
+        root: Path,
+        max_bytes: int,
+        blobs: Blobs | None = None,
+        presign_s: int = 0,
+        max_total_bytes: int | None = None,
+    ):
+        """`max_bytes`: the largest upload; `max_total_bytes`: the storage budget of every stored file together
+        (None: none), checked before each file is stored (concurrent uploads may pass it by what they hold)."""
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
         self.blobs = blobs or LocalBlobs(root)
         #: > 0: output URLs are presigned URLs of the bucket, valid this long (--storage-public-urls presigned)
         self.presign_s = presign_s
@@ -102,13 +126,37 @@ class FileStore:
     def read_bytes(self, stored: StoredFile) -> bytes | None:
         return self.blobs.get_bytes(stored.id)
 
-    def public_url(self, stored: StoredFile, base_url: str) -> str:
-        """The URL handed out for an output: this server's, or a presigned URL of the bucket."""
+    def output_url(self, stored: StoredFile) -> str:
+        """The URL a result stores for an output: a presigned URL of the bucket, else the file's path, which the
+        front-end that answers makes absolute (server/urls.py)."""
         if self.presign_s:
             presigned = self.blobs.presigned_url(stored.id, stored.name, stored.content_type, self.presign_s)
             if presigned is not None:
                 return presigned
-        return stored.url(base_url)
+        return stored.path
+
+    # --- the storage budget ----------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """What the stored files take (finished uploads and outputs)."""
+        return int(self.db.query_one("SELECT COALESCE(SUM(size), 0) FROM files")[0])
+
+    def room(self, budget: int | None = None) -> int | None:
+        """Bytes left in the storage budget, `budget` or this store's (None: no budget)."""
+        budget = budget or self.max_total_bytes
+        return None if budget is None else budget - self.used_bytes()
+
+    def _check_room(self, size: int, room: int | None, budget: int | None = None) -> None:
+        if room is None or size <= room:
+            return
+        budget = budget or self.max_total_bytes
+        if size > budget:
+            raise StorageFull(413, f"the file is larger than the storage budget of {budget:,} bytes")
+        raise StorageFull(
+            507,
+            f"the file store is full: {budget - room:,} of its {budget:,} bytes are in use, and this file needs "
+            f"more than the {max(room, 0):,} left; retry once older files have expired",
+        )
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -129,10 +177,12 @@ class FileStore:
         )
         return self.get(file_id), token
 
-    def save(self, data: bytes, name: str, content_type: str) -> StoredFile:
-        """Store bytes produced by the server (an output image, a decoded data URI)."""
+    def save(self, data: bytes, name: str, content_type: str, budget: int | None = None) -> StoredFile:
+        """Store bytes produced by the server (an output image, a decoded data URI). `budget`: the storage budget
+        of the job it is for (its API's, stored with it), else this store's."""
         file_id = secrets.token_urlsafe(16)
         content_type = _content_type(content_type)
+        self._check_room(len(data), self.room(budget), budget)
         self.blobs.put_file(file_id, self._write_tmp([data]), content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -140,13 +190,14 @@ class FileStore:
         )
         return self.get(file_id)
 
-    def adopt(self, path: Path, name: str, content_type: str) -> StoredFile:
+    def adopt(self, path: Path, name: str, content_type: str, budget: int | None = None) -> StoredFile:
         """Store a file the server wrote (an output video) by moving it in: `path` must be under `tmp_dir` (the
-        local store moves it, a bucket uploads it)."""
+        local store moves it, a bucket uploads it). `budget` as for `save`."""
         file_id = secrets.token_urlsafe(16)
         with open(path, "rb") as written:  # on disk before the database names it, as `save` does
             os.fsync(written.fileno())
         size = path.stat().st_size
+        self._check_room(size, self.room(budget), budget)
         self.blobs.put_file(file_id, path, content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -164,7 +215,7 @@ class FileStore:
     ) -> StoredFile:
         """The body of a single-part upload: the whole file. A try that failed may be sent again; once one
         succeeded the upload is finished, and a further PUT is refused (the file is served as immutable)."""
-        tmp, size = await self._stream_to_tmp(chunks)
+        tmp, size = await self._stream_to_tmp(chunks, room=await run_in_threadpool(self.room))
         content_type = _content_type(content_type) if content_type else stored.content_type
         await run_in_threadpool(self._store_upload, stored.id, tmp, content_type, size)
         return await run_in_threadpool(self.get, stored.id)
@@ -199,7 +250,7 @@ class FileStore:
         budget = UploadBudget(self.db, stored.id, self.max_bytes)
         digest = hashlib.sha256()
         try:
-            tmp, size = await self._stream_to_tmp(chunks, digest, budget)
+            tmp, size = await self._stream_to_tmp(chunks, digest, budget, room=await run_in_threadpool(self.room))
             etag = digest.hexdigest()[:32]
             try:
                 replaced = (await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))).get(key, 0)
@@ -240,6 +291,7 @@ class FileStore:
                             raise StorageError(413, f"the parts add up to more than the limit of {self.max_bytes:,}")
                 out.flush()
                 os.fsync(out.fileno())
+            self._check_room(size, self.room())
             self.blobs.put_file(stored.id, tmp, stored.content_type)
         finally:
             tmp.unlink(missing_ok=True)
@@ -257,9 +309,6 @@ class FileStore:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _stream_to_tmp(
-        self, chunks: AsyncIterator[bytes], digest=None, budget: UploadBudget | None = None
-    ) -> tuple[Path, int]:
-        """The body in a scratch file, refused (413) past the size limit, or past what `budget` can reserve."""
         tmp = self.root / "tmp" / secrets.token_hex(12)
         size = 0
         try:
@@ -271,6 +320,7 @@ class FileStore:
                         and not await run_in_threadpool(budget.reserve, size)
                     ):
                         raise StorageError(413, f"the upload is larger than the limit of {self.max_bytes:,} bytes")
+                    self._check_room(size, room)
                     out.write(chunk)
                     if digest is not None:
                         digest.update(chunk)

@@ -29,6 +29,7 @@ from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.netguard import BlockedURLError, NetGuard
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.signing import WebhookSigner
+from seedvr_local.server.urls import absolute_urls
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -55,11 +56,12 @@ async def _skim(response: httpx.Response) -> None:
             return
 
 
-def webhook_body(request_id: str, completion) -> str:
-    """fal's webhook payload: status OK with the output, or ERROR with the error body."""
+def webhook_body(request_id: str, completion, base_url: str) -> str:
+    """fal's webhook payload: status OK with the output (its files' URLs on `base_url`: `--public-url`, else the
+    front-end that accepted the job), or ERROR with the error body."""
     body: dict = {"request_id": request_id, "gateway_request_id": request_id}
     if completion.outcome == "ok":
-        body.update(status="OK", payload=completion.body)
+        body.update(status="OK", payload=absolute_urls(completion.body, base_url))
     else:
         body.update(status="ERROR", error=f"Invalid status code: {completion.status_code}", payload=completion.body)
     return json.dumps(body)

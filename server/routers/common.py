@@ -14,6 +14,7 @@ from seedvr_local.server.errors import FalError
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
 from seedvr_local.server.schema import parse_input
 from seedvr_local.server.state import ServerState
+from seedvr_local.server.urls import absolute_urls
 
 
 def input_body(endpoint: Endpoint) -> dict[str, Any]:
@@ -79,9 +80,13 @@ def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_VALUES
 
 
-def status_body(state: ServerState, job: Job, with_logs: bool, logs: list[LogEntry] | None = None) -> dict[str, Any]:
-    """fal's status object: queue_position while queued; logs (null unless asked) after; metrics at the end."""
-    body: dict[str, Any] = {"status": job.status, "request_id": job.id, **request_urls(job.base_url, job.id)}
+def status_body(
+    state: ServerState, job: Job, with_logs: bool, logs: list[LogEntry] | None = None, base_url: str | None = None
+) -> dict[str, Any]:
+    """fal's status object: queue_position while queued; logs (null unless asked) after; metrics at the end. Its
+    URLs on `base_url`: the answering front-end's (default: the one that accepted the job)."""
+    urls = request_urls(base_url or job.base_url, job.id)
+    body: dict[str, Any] = {"status": job.status, "request_id": job.id, **urls}
     if job.status == IN_QUEUE:
         body["queue_position"] = state.jobs.queue_position(job)
         return body
@@ -98,10 +103,12 @@ def status_body(state: ServerState, job: Job, with_logs: bool, logs: list[LogEnt
     return body
 
 
-def result_response(job: Job) -> JSONResponse:
-    """What fal answers for a completed request: the output, or the error's own status, headers and body."""
+def result_response(job: Job, base_url: str) -> JSONResponse:
+    """What fal answers for a completed request: the output (its files' URLs on `base_url`, the answering
+    front-end's), or the error's own status, headers and body."""
     headers = {**job.response_headers, "x-fal-request-id": job.id}
-    return JSONResponse(job.response_body, status_code=job.response_status or 500, headers=headers)
+    body = absolute_urls(job.response_body, base_url)
+    return JSONResponse(body, status_code=job.response_status or 500, headers=headers)
 
 
 #: Request ids are the server's own: lowercase UUIDs. Anything else is no request of this server.

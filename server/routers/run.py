@@ -31,7 +31,7 @@ router = APIRouter(tags=["run"], dependencies=[Depends(require_key)], responses=
 #: The request's own outcome, as its result call would answer it (a client that hangs up gets nothing).
 _RESPONSES = {
     200: {"headers": {"x-fal-request-id": {"description": "The request's id", "schema": {"type": "string"}}}},
-    **error_responses(413, 422, 499, 500, 503, 504),
+    **error_responses(413, 422, 429, 499, 500, 503, 504, 507),
 }
 
 
@@ -52,7 +52,7 @@ def _run_route(endpoint: Endpoint):
         done = await _wait(state, job, request)
         if done is None:  # the client has gone; nobody reads this
             return JSONResponse({"detail": "client disconnected"}, status_code=499)
-        return result_response(done)
+        return result_response(done, state.base_url(request))
 
     run.__doc__ = f"{endpoint.summary} and wait for the result."
     return run
