@@ -15,6 +15,7 @@ from pathlib import Path
 from seedvr_local import __version__
 from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
 from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
+from seedvr_local.offload_levels import OFFLOAD_CHOICES, parse_offload
 from seedvr_local.options import COLOR_FIXES, MAX_SEED, MIN_VAE_TILE, OUTPUT_FORMATS
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR, TARGET_SHORT_SIDE
 from seedvr_local.video.formats import DEFAULT_QUALITY, DEFAULT_WRITE_MODE, OUTPUT_QUALITIES, OUTPUT_WRITE_MODES
@@ -34,6 +35,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
                         help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)")
     parser.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto",
                         help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)")
+    parser.add_argument("--offload", type=_offload, default="auto", metavar="|".join(OFFLOAD_CHOICES),
+                        help="keep weights in host memory while they are not in use: blocks:N streams the DiT's last "
+                             "N blocks to the GPU as they run, full also the VAE and the rest; same output, slower. "
+                             "auto (default): the least offload each request needs to fit")
 
 
 def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_worker_arguments(worker)
     return parser
+
+
+def _offload(value: str) -> str:
+    try:
+        parse_offload(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("offload ")) from None
+    return value
 
 
 def _vae_tile(value: str) -> str | int:
