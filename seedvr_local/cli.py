@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from seedvr_local import __version__
+from seedvr_local.cli_plan import __doc__ as plan_doc
+from seedvr_local.cli_plan import add_plan_arguments
 from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
 from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
 from seedvr_local.offload_levels import OFFLOAD_CHOICES, parse_offload
@@ -102,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "community conversions fp16 and fp8")
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
+    plan = commands.add_parser("plan", help="will a model fit a GPU, and how: predicted memory before any download",
+                               description=plan_doc.split("\n\n")[0])
+    add_plan_arguments(plan, _offload)
+
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
     _add_model_arguments(serve, required=False)  # required unless --workers 0: server/cli.py checks which
     from seedvr_local.server.cli import add_serve_arguments  # torch-free: only the flags and their checks
@@ -146,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale_command(args, run_images=run_upscale)  # videos there, images in run_upscale
         if args.command == "download":
             return _run_download(args)
+        if args.command == "plan":
+            from seedvr_local.cli_plan import run_plan
+
+            return run_plan(args)
         if args.command == "worker":
             from seedvr_local.server.worker_process import run_worker
 
