@@ -96,8 +96,13 @@ class ModelOffload:
         groups = (*self.blocks, self.dit_other, self.vae)
         return sum(g.nbytes for g in groups if not g.offloaded or g.copies)
 
+    def resident(self) -> dict[str, bool]:
+        """Whether each part's weights are on the device now (kept there, or fetched for use): "blocks.<i>",
+        "dit" (the DiT's other weights) and "vae"."""
+        return {g.name: not g.offloaded or bool(g.copies) for g in (*self.blocks, self.dit_other, self.vae)}
+
     def resident_blocks(self) -> list[int]:
-        """Indices of the DiT blocks whose weights are on the device now (kept there, or fetched for use)."""
+        """Indices of the DiT blocks whose weights are on the device now."""
         return [i for i, g in enumerate(self.blocks) if not g.offloaded or g.copies]
 
     # ---- placement
