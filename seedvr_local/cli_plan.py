@@ -76,7 +76,8 @@ def run_plan(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(answer.to_json()))
     elif not answer.fits:
-        print(f"{_what(answer)} does not fit: {answer.reason}" + (f"; {answer.suggestion}" if answer.suggestion else ""))
+        change = answer.suggestion or "nothing fits, not even the smallest output with every saving"
+        print(f"{_what(answer)} does not fit: {answer.reason}; {change}")
     else:
         print(_report(answer))
     return 0 if answer.fits else DOES_NOT_FIT

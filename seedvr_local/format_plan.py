@@ -26,6 +26,7 @@ from seedvr_local.weights.manifest import DIT_MANIFESTS, VAE_MANIFEST, load_mani
 #: The device `seedvr-local plan` plans for: a GPU computing in bfloat16.
 PLAN_DEVICE = torch.device("cuda")
 PLAN_DTYPE = torch.bfloat16
+GiB = 1024**3
 
 
 def model_weights(model: str, fmt: str) -> ModelWeights:
@@ -122,21 +123,28 @@ def plan_for(
                   frames=frames, budget=budget)  # fmt: skip
     try:
         plan = planner.plan(width, height, frames, available=device_memory)
-    except MemoryPlanError as exc:
+    except MemoryPlanError:
         frugal = _frugal_attempt(planner, width, height, frames)
+        peaks = frugal.phase_peaks
+        phase = max(peaks, key=peaks.get)
+        reason = (f"even with {frugal.describe_tiling()} and offload {frugal.offload} it needs about "
+                  f"{peaks[phase] / GiB:.1f} GiB for the {phase} phase, {budget / GiB:.1f} GiB is usable")  # fmt: skip
         suggestion = smallest_change(model, fmt, device_memory, width, height, frames, offload)
-        return FormatPlan(**answer, fits=False, plan=None, peaks=frugal.phase_peaks, weights=frugal.weight_bytes,
-                          suggestion=suggestion, reason=str(exc))  # fmt: skip
+        return FormatPlan(**answer, fits=False, plan=None, peaks=peaks, weights=frugal.weight_bytes,
+                          suggestion=suggestion, reason=reason)  # fmt: skip
     return FormatPlan(**answer, fits=True, plan=plan, peaks=plan.phase_peaks, weights=plan.weight_bytes)
 
 
 def _frugal_attempt(planner: MemoryPlanner, width: int, height: int, frames: int) -> RunPlan:
-    """The least memory any plan needs (the most offload, the smallest tiles at the highest store scale): what a
+    """The plan needing the least memory (the most offload, the most frugal VAE tilings' lowest peak): what a
     refusal reports per phase."""
     level = planner.levels()[-1]
-    tiling = VAETiling(AUTO_TILES[-1], STORE_SCALES[-1])
-    phases = planner.costs.estimate(width, height, frames, tiling)
-    return RunPlan(width, height, frames, tiling, phases, 0, level, planner.weights_on_device(level))
+    weights = planner.weights_on_device(level)
+    plans = [
+        RunPlan(width, height, frames, tiling, planner.costs.estimate(width, height, frames, tiling), 0, level, weights)
+        for tiling in [None, *(VAETiling(AUTO_TILES[-1], scale) for scale in STORE_SCALES)]  # as `fits` tries
+    ]
+    return min(plans, key=lambda plan: plan.peak_bytes)
 
 
 def smallest_change(
@@ -169,7 +177,7 @@ def smallest_change(
     largest = planner.largest_fitting(width, height, 1, budget=planner.budget(device_memory))
     if largest is not None:
         return f"the largest output that fits (with {smallest}, full offload, 1 frame) is {largest[0]}x{largest[1]}"
-    return None
+    return None  # not even the smallest output
 
 
 def _longest_clip(fits, frames: int) -> int | None:

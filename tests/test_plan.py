@@ -153,7 +153,9 @@ def test_nothing_fits_says_so_with_exit_code_1(capsys):
     code, answer = _json_plan(capsys, "--model", "3b", "--device-memory", "1GiB", "--output", "1920x1080")
     assert code == 1 and answer["fits"] is False and answer["settings"] is None
     assert answer["peak_bytes"] > answer["budget_bytes"]
-    assert "nothing fits" in answer["reason"]
+    assert answer["suggestion"] is None and "it needs about" in answer["reason"]
+    code, out = _plan(capsys, "--model", "3b", "--device-memory", "1GiB", "--output", "1920x1080")
+    assert code == 1 and out.strip().endswith("nothing fits, not even the smallest output with every saving")
 
 
 @pytest.mark.parametrize(

@@ -137,9 +137,10 @@ class LocalClips:
         latent_shape = pipeline.latent_shape(task.frames, padded.shape[-2], padded.shape[-1])
         noises = RestoreNoises.draw(latent_shape, task.seed)
         tiling, offload = self.placement(task.width, task.height, task.frames)
+        placed = {} if offload is None else {"offload": offload}  # without a planner the weights stay as they are
         out = pipeline.restore(
             padded, noises, cond_noise_scale=task.noise_scale, color_fix=task.color_fix, on_phase=timer.start,
-            crop=(task.height, task.width), vae_tiling=tiling, offload=offload,
+            crop=(task.height, task.width), vae_tiling=tiling, **placed,
         )  # fmt: skip
         restored = out.colorfixed  # [3, T, H, W] in [-1, 1]
         timer.start("blend")
