@@ -178,9 +178,9 @@ class ModelOffload:
         if not group.offloaded or group.copies:
             return
         stream = self._stream
+        # The side stream does not wait for the computation: the host copies are never written, and memory freed
+        # by earlier copies is reused only after the computation that read it (`record_stream` in `_wait`).
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            if stream is not None:
-                stream.wait_stream(torch.cuda.current_stream(self.device))  # host copies are never written
             group.copies = [h.to(self.device, non_blocking=True, copy=True) for h in group.host]
             if stream is not None:
                 group.ready = torch.cuda.Event()

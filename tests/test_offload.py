@@ -141,3 +141,16 @@ def test_cli_rejects_a_bad_offload_in_one_line(tmp_path, capsys):
     assert "argument --offload: must be auto, none, blocks:N" in capsys.readouterr().err
     assert main(["upscale", str(source), "-o", str(tmp_path / "o.png"), "--model", "tiny", "--offload", "blocks:7"]) == 2
     assert capsys.readouterr().err.strip() == "seedvr-local: error: offload blocks:7 but the DiT has 3 blocks"
+
+
+def test_cli_video_with_full_offload_writes_the_resident_frames(tmp_path):
+    from seedvr_local.video.samples import make_video
+
+    source = make_video(tmp_path / "in.mp4", 24, 20, frames=5, audio=None)
+    outputs = {}
+    for level in ("none", "full"):
+        target = tmp_path / f"{level}.mov"
+        assert main(["upscale", str(source), "-o", str(target), "--model", "tiny", "--device", "cpu", "--seed", "2",
+                     "--clip-frames", "5", "--offload", level]) == 0  # fmt: skip
+        outputs[level] = target.read_bytes()
+    assert outputs["none"] == outputs["full"]
