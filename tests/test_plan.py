@@ -206,3 +206,15 @@ def test_plan_for_matches_the_cli_json(capsys):
                            "--output", "3840x2160")  # fmt: skip
     direct = plan_for("3b", "fp8", 12 * GiB, 3840, 2160).to_json()
     assert answer == direct and isinstance(torch.__version__, str)
+
+
+@pytest.mark.slow
+def test_the_docs_table_is_what_the_benchmark_prints(capsys):
+    from pathlib import Path
+
+    from benchmarks.plan_table import main as plan_table
+
+    assert plan_table([]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "which-gpu.md").read_text()
+    assert len(rows) == 2 * (1 + 2 * 4 * 2) and all(row in docs for row in rows)
