@@ -39,6 +39,11 @@ class _Group:
         return bool(self.host)
 
     @property
+    def on_device(self) -> bool:
+        """Kept on the device, or fetched there for use."""
+        return not self.host or bool(self.copies)
+
+    @property
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors)
 
@@ -94,16 +99,16 @@ class ModelOffload:
         if self.device.type == self.host.type:
             return self.weights().total  # the host's memory is the device's: every weight is on it
         groups = (*self.blocks, self.dit_other, self.vae)
-        return sum(g.nbytes for g in groups if not g.offloaded or g.copies)
+        return sum(g.nbytes for g in groups if g.on_device)
 
     def resident(self) -> dict[str, bool]:
         """Whether each part's weights are on the device now (kept there, or fetched for use): "blocks.<i>",
         "dit" (the DiT's other weights) and "vae"."""
-        return {g.name: not g.offloaded or bool(g.copies) for g in (*self.blocks, self.dit_other, self.vae)}
+        return {g.name: g.on_device for g in (*self.blocks, self.dit_other, self.vae)}
 
     def resident_blocks(self) -> list[int]:
         """Indices of the DiT blocks whose weights are on the device now."""
-        return [i for i, g in enumerate(self.blocks) if not g.offloaded or g.copies]
+        return [i for i, g in enumerate(self.blocks) if g.on_device]
 
     # ---- placement
 
@@ -175,7 +180,7 @@ class ModelOffload:
                 return
 
     def _fetch(self, group: _Group) -> None:
-        if not group.offloaded or group.copies:
+        if group.on_device:  # kept there, or already fetched
             return
         stream = self._stream
         # The side stream does not wait for the computation: the host copies are never written, and memory freed
