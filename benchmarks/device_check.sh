@@ -3,7 +3,7 @@
 #
 #   SEEDVR_REFERENCE_DIR=../shared/reference bash benchmarks/device_check.sh [OUT_DIR] [STEPS]
 #
-# STEPS (default "restore layout attention tests compile kernels memory video") picks what runs: restore is the
+# STEPS (default "restore layout attention tests compile kernels memory video offload") picks what runs: restore is the
 # baseline; layout (the contiguous VAE instead of channels-last) and attention (SDPA over window groups instead of
 # packed varlen) rerun it with one change each; compile checks the compiled pipeline against eager, then times
 # it. Each step has its own time limit and a failing step does not stop the next; logs and JSON land in OUT_DIR
@@ -12,7 +12,7 @@
 # benchmark 178 s, kernels 6 s; memory did not finish in 60 s.
 set -u
 out=${1:-device-check}
-steps=${2:-restore layout attention tests compile kernels memory video}
+steps=${2:-restore layout attention tests compile kernels memory video offload}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -57,6 +57,10 @@ step video 400 bash -c "$python -m benchmarks.video --model 3b-random --device c
     --factor 2 --frames 121 --clip-frames 121 --json $out/video-clip.json \
     && $python -m benchmarks.video --model 3b-random --device cuda --dtype bf16 --input 960x540 --factor 2 \
     --frames 240 --fps 24 --clip-frames 121 --json $out/video-10s.json"
+# Block swap: the 3B at 1080p resident, with half and all of its DiT blocks streamed, and fully offloaded: device
+# memory, seconds, the same pixels as resident, and each streamed block's cost with the side-stream copy and without.
+step offload 300 $python -m benchmarks.offload --model 3b-random --device cuda --dtype bf16 --size 1920x1080 \
+    --json "$out/offload.json"
 
 # One archive of everything (logs, JSON, the profile) for machines that hand back only a few files.
 if [ -n "${PACK:-}" ]; then

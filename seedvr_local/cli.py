@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 from seedvr_local import __version__
+from seedvr_local.cli_plan import __doc__ as plan_doc
+from seedvr_local.cli_plan import add_plan_arguments
 from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
 from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
+from seedvr_local.offload_levels import OFFLOAD_CHOICES, parse_offload
 from seedvr_local.options import COLOR_FIXES, MAX_SEED, MIN_VAE_TILE, OUTPUT_FORMATS
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR, TARGET_SHORT_SIDE
 from seedvr_local.video.formats import DEFAULT_QUALITY, DEFAULT_WRITE_MODE, OUTPUT_QUALITIES, OUTPUT_WRITE_MODES
@@ -34,6 +37,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
                         help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)")
     parser.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto",
                         help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)")
+    parser.add_argument("--offload", type=_offload, default="auto", metavar="|".join(OFFLOAD_CHOICES),
+                        help="keep weights in host memory while they are not in use: blocks:N streams the DiT's last "
+                             "N blocks to the GPU as they run, full also the VAE and the rest; same output, slower. "
+                             "auto (default): the least offload each request needs to fit")
 
 
 def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "compact in memory")
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
 
+    plan = commands.add_parser("plan", help="will a model fit a GPU, and how: predicted memory before any download",
+                               description=plan_doc.split("\n\n")[0])
+    add_plan_arguments(plan, _offload)
+
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
     _add_model_arguments(serve, required=False)  # required unless --workers 0: server/cli.py checks which
     from seedvr_local.server.cli import add_serve_arguments  # torch-free: only the flags and their checks
@@ -117,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_eval_arguments(ev)
     return parser
+
+
+def _offload(value: str) -> str:
+    try:
+        parse_offload(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("offload ")) from None
+    return value
 
 
 def _vae_tile(value: str) -> str | int:
@@ -145,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
             from seedvr_local.cli_eval import run_eval
 
             return run_eval(args)
+        if args.command == "plan":
+            from seedvr_local.cli_plan import run_plan
+
+            return run_plan(args)
         if args.command == "worker":
             from seedvr_local.server.worker_process import run_worker
 

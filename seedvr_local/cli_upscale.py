@@ -119,9 +119,11 @@ def run_upscale(args: argparse.Namespace) -> int:
     first = _read(jobs[0][0]) if single else None  # a bad single input fails before the model loads
     kernels.backend.resolve(args.kernels, resolve_device(args.device))  # an impossible --kernels fails before loading
     upscaler = (
-        Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels)
+        Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels, offload=args.offload)
         if weights_dir is None
-        else Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype, kernels=args.kernels)
+        else Upscaler.from_weights_dir(
+            weights_dir, device=args.device, dtype=args.dtype, kernels=args.kernels, offload=args.offload
+        )
     )
     backend = upscaler.kernel_backend
     if args.compile:

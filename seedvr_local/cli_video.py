@@ -220,7 +220,7 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
     from seedvr_local.video.clips import LocalClips, longest_clip
     from seedvr_local.video.pool import ClipPool, ModelSpec
 
-    spec = ModelSpec(weights_dir, dtype=args.dtype, kernels=args.kernels, compile=args.compile)
+    spec = ModelSpec(weights_dir, dtype=args.dtype, kernels=args.kernels, compile=args.compile, offload=args.offload)
     devices = parse_devices(args.devices) if args.devices is not None else [args.device]
     pool = None
     if len(devices) > 1:

@@ -110,9 +110,11 @@ def engine_for(args: argparse.Namespace, device_name: str | None):
 
     def load() -> Upscaler:
         upscaler = (
-            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels)
+            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels, offload=args.offload)
             if weights_dir is None
-            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels)
+            else Upscaler.from_weights_dir(
+                weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels, offload=args.offload
+            )
         )
         # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
         # compiling: compiled graphs are per size, and no request has the warm-up's.
