@@ -21,8 +21,8 @@ from seedvr_local.models.nadit import DiTConfig, NaDiT
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.models.vae_tiling import STORE_SCALES, VAETiling
 from seedvr_local.pipeline import RestorationPipeline
+from seedvr_local.weight_formats import estimated_weight_bytes
 from seedvr_local.weights.download import published_variants, remote_files
-from seedvr_local.weights.formats import estimated_weight_bytes
 from seedvr_local.weights.manifest import DIT_MANIFESTS, VAE_MANIFEST, load_manifest
 
 GB = 1000**3

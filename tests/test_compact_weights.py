@@ -5,6 +5,7 @@ weights in float32 restore, through the Python API and the CLI, with the weights
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,21 +15,24 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quantize
 from PIL import Image
 
+from benchmarks import gguf_files
+from benchmarks.gguf_files import block_size
 from seedvr_local.cli import main
 from seedvr_local.kernels import backend, ggml_reference
 from seedvr_local.models.quantized import QuantizedTensor, dequant_scratch_bytes, quantized_kinds, weight_bytes
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
+from seedvr_local.weight_formats import estimated_weight_bytes
 from seedvr_local.weights.bundle import load_models
-from seedvr_local.weights.checkpoint import CheckpointFormatError, read_shapes
-from seedvr_local.weights.formats import estimated_weight_bytes
+from seedvr_local.weights.checkpoint import CheckpointFormatError, read_shapes, read_state_dict
 from seedvr_local.weights.manifest import CheckpointMismatchError, load_manifest
 from tests import requires
 from tests.compact_weights import (
     K_TYPES,
     QUANTIZER_TYPES,
+    k_quant_blocks,
     tiny_state_dicts,
     write_gguf,
     write_weights_dir,
@@ -196,14 +200,38 @@ def test_the_gguf_dit_stays_packed_in_memory(tmp_path, tiny_weights):
     assert dequant_scratch_bytes(models.dit) == max(t.n_elements for t in quantized.values()) * (4 + 4)
 
 
-def test_the_predicted_weight_bytes_are_what_loading_takes(tmp_path, tiny_weights):
-    # Every tiny weight matrix has a multiple of 32 values, so a Q8_0 file packs all of them.
-    quant, _ = _gguf_dir(tmp_path, tiny_weights, ["Q8_0"])
-    models = load_models(quant)
-    shapes = {key: tuple(p.shape) for key, p in models.dit.named_parameters()}
-    assert all(isinstance(p, QuantizedTensor) for p in models.dit.parameters() if p.dim() >= 2)
-    params = sum(p.storage_bytes if isinstance(p, QuantizedTensor) else p.nbytes for p in models.dit.parameters())
-    assert estimated_weight_bytes(shapes, "Q8_0", torch.float32) == params
+def test_the_predicted_weight_bytes_are_what_loading_takes(tmp_path):
+    """A GGUF file laid out as the published ones are (ComfyUI-GGUF's converter): vectors and tensors of under 1024
+    values in F32, matrices whose rows are not whole blocks in F16, the rest in the block type. Loaded in float16,
+    the plain tensors take 2 bytes a value and the packed ones their blocks."""
+    rng = np.random.default_rng(3)
+    shapes = {"a.weight": (64, 256), "b.weight": (96, 512), "a.bias": (64,), "small.weight": (16, 32),
+              "rows.weight": (64, 40), "conv.weight": (8, 4, 3, 3, 256)}  # fmt: skip
+    state = {key: torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for key, shape in shapes.items()}
+
+    for type_name, per_block in (("Q8_0", 34 / 32), ("Q4_K", 144 / 256)):
+
+        def converter_type(key, shape, type_name=type_name) -> str:
+            return "F32" if math.prod(shape) < 1024 else "F16" if shape[-1] % block_size(type_name) else type_name
+
+        path = tmp_path / f"t-{type_name}.gguf"
+        gguf_files.write_gguf(path, state, converter_type, _blocks_of(type_name), prefix="")
+        loaded = read_state_dict(path, torch.float16, keep_quantized=True)
+        held = sum(t.storage_bytes if isinstance(t, QuantizedTensor) else t.nbytes for t in loaded.values())
+        packed = {k for k, t in loaded.items() if isinstance(t, QuantizedTensor)}
+        assert packed == {"a.weight", "b.weight", "conv.weight"}
+        want = sum(math.prod(shapes[k]) * per_block for k in packed) + 2 * sum(
+            math.prod(s) for k, s in shapes.items() if k not in packed
+        )
+        assert held == want
+        assert estimated_weight_bytes(shapes, type_name, torch.float16) == held
+
+
+def _blocks_of(type_name: str):
+    rng = np.random.default_rng(4)
+    if type_name in QUANTIZER_TYPES:
+        return lambda values, name: quantize(values.astype(np.float32), gguf.GGMLQuantizationType[name])
+    return lambda values, name: k_quant_blocks(name, values.size // 256, rng).reshape(*values.shape[:-1], -1)
 
 
 @pytest.mark.parametrize(

@@ -37,12 +37,11 @@ def _budget(device_memory: int) -> int:
 
 
 def _q8_0_bytes(shape) -> int:
-    """GGUF Q8_0: 34 bytes (32 int8 values, an fp16 scale) per 32 weights of a row; vectors and tensors under 1024
-    values stay float32, matrices whose rows are not whole blocks float16."""
+    """GGUF Q8_0: 34 bytes (32 int8 values, an fp16 scale) per 32 weights of a row. Vectors, tensors under 1024
+    values and matrices whose rows are not whole blocks are stored plain, and loading casts them to the compute
+    dtype: bfloat16 on a GPU, 2 bytes."""
     count = math.prod(shape)
-    if len(shape) < 2 or count < 1024:
-        return 4 * count
-    if shape[-1] % 32:
+    if len(shape) < 2 or count < 1024 or shape[-1] % 32:
         return 2 * count
     return count // 32 * 34
 
