@@ -32,6 +32,9 @@ from tests import requires
 from tests.compact_weights import (
     K_TYPES,
     QUANTIZER_TYPES,
+    eight_bit_files,
+    format_record,
+    gguf_weights_dir,
     k_quant_blocks,
     tiny_state_dicts,
     write_gguf,
@@ -129,21 +132,6 @@ def tiny_weights():
     return tiny_state_dicts()
 
 
-def _gguf_dir(root: Path, tiny_weights, types: list[str], *, vae_types: list[str] | None = None) -> tuple[Path, Path]:
-    """A weights dir with the DiT (and the VAE when `vae_types`) as GGUF, and its float32 oracle dir."""
-    dit, vae, pos_emb = tiny_weights
-    quant, oracle = root / "gguf", root / "float32"
-    quant.mkdir(parents=True)
-    dit_oracle, _ = write_gguf(quant / "seedvr2_ema_3b-test.gguf", dit, types)
-    vae_file, vae_oracle = "ema_vae.safetensors", vae
-    if vae_types:
-        vae_file = "ema_vae-test.gguf"
-        vae_oracle, _ = write_gguf(quant / vae_file, vae, vae_types, seed=1, prefix="")
-    write_weights_dir(quant, "seedvr2_ema_3b-test.gguf", vae_file, pos_emb, vae=None if vae_types else vae)
-    write_weights_dir(oracle, "dit.safetensors", "vae.safetensors", pos_emb, dit_oracle, vae_oracle)
-    return quant, oracle
-
-
 def _image(width=24, height=16) -> Image.Image:
     return Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
@@ -169,12 +157,12 @@ def _assert_within_one_level(got: np.ndarray, want: np.ndarray) -> None:
     ids=["q8_q4", "q4_1_q5-vae_q8", "k_quants-vae_q4"],
 )
 def test_a_gguf_weights_dir_restores_what_its_float32_weights_restore(tmp_path, tiny_weights, types, vae_types):
-    quant, oracle = _gguf_dir(tmp_path, tiny_weights, types, vae_types=vae_types)
+    quant, oracle = gguf_weights_dir(tmp_path, tiny_weights, types, vae_types=vae_types)
     _assert_within_one_level(_restore(quant), _restore(oracle))
 
 
 def test_the_gguf_dit_stays_packed_in_memory(tmp_path, tiny_weights):
-    quant, _ = _gguf_dir(tmp_path, tiny_weights, ["Q4_K", "Q8_0", "Q6_K"])
+    quant, _ = gguf_weights_dir(tmp_path, tiny_weights, ["Q4_K", "Q8_0", "Q6_K"])
     models = load_models(quant)
     reader = gguf.GGUFReader(quant / "seedvr2_ema_3b-test.gguf")
     stored = {t.name.removeprefix("model.diffusion_model."): t for t in reader.tensors}
@@ -246,7 +234,7 @@ def test_the_predicted_weight_bytes_match_the_published_files(manifest, weights_
 
 
 def test_the_cli_restores_from_a_gguf_weights_dir(tmp_path, tiny_weights):
-    quant, oracle = _gguf_dir(tmp_path, tiny_weights, ["Q8_0", "Q4_K"], vae_types=["Q8_0"])
+    quant, oracle = gguf_weights_dir(tmp_path, tiny_weights, ["Q8_0", "Q4_K"], vae_types=["Q8_0"])
     source = tmp_path / "in.png"
     _image().save(source)
     outputs = []
@@ -323,61 +311,6 @@ def test_a_lying_orig_shape_is_one_clear_error(tmp_path, tiny_weights):
 # ------------------------------------------------------------------------------------------ 8-bit files
 
 
-def _fp8_scaled(weight: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    amax = weight.abs().amax(dim=1, keepdim=True) if per_row else weight.abs().max()
-    scale = (amax / 448).float().clamp_min(1e-12)
-    return (weight / scale).to(torch.float8_e4m3fn), scale.reshape(-1) if per_row else scale.reshape(())
-
-
-def _int8_scaled(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if block is None:
-        scale = (weight.abs().max() / 127).float()
-        return (weight / scale).round().clamp(-127, 127).to(torch.int8), scale
-    rows, cols = block
-    blocks = weight.reshape(weight.shape[0] // rows, rows, weight.shape[1] // cols, cols)
-    scale = (blocks.abs().amax(dim=(1, 3)) / 127).float().clamp_min(1e-12)
-    q = (blocks / scale[:, None, :, None]).round().clamp(-127, 127).to(torch.int8).reshape(weight.shape)
-    return q, scale
-
-
-def _eight_bit_files(dit: dict[str, torch.Tensor], layout: str) -> tuple[dict, dict]:
-    """(the file's tensors, the oracle state_dict: the same weights as float32 by the layout's formula)."""
-    stored, oracle = {}, {}
-    for key, weight in dit.items():
-        eligible = key.endswith(".weight") and weight.dim() == 2
-        if not eligible:
-            stored[key] = oracle[key] = weight
-            continue
-        layer = key.removesuffix(".weight")
-        if layout == "fp8":  # numz's conversion: fp8 values, no scale
-            stored[key] = weight.to(torch.float8_e4m3fn)
-            oracle[key] = stored[key].float()
-        elif layout in ("comfy_fp8", "legacy_fp8"):
-            q, scale = _fp8_scaled(weight, per_row=layout == "legacy_fp8")
-            stored[key] = q
-            stored[layer + (".weight_scale" if layout == "comfy_fp8" else ".scale_weight")] = scale
-            if layout == "comfy_fp8":
-                stored[layer + ".comfy_quant"] = _format_record("float8_e4m3fn")
-                stored[layer + ".input_scale"] = torch.tensor(1.0)
-            oracle[key] = q.float() * (scale[:, None] if scale.dim() else scale)
-        else:  # int8_tensorwise / int8_blockwise
-            whole_blocks = weight.shape[0] % 8 == 0 and weight.shape[1] % 8 == 0
-            block = (8, 8) if layout == "int8_blockwise" and whole_blocks else None
-            q, scale = _int8_scaled(weight, block)
-            stored[key], stored[layer + ".weight_scale"] = q, scale
-            stored[layer + ".comfy_quant"] = _format_record("int8_blockwise" if block else "int8_tensorwise")
-            expand = scale.repeat_interleave(8, 0).repeat_interleave(8, 1) if block else scale
-            oracle[key] = q.float() * expand
-    if layout == "legacy_fp8":  # as ComfyUI writes them: the model's keys prefixed, the marker not
-        stored = {"model.diffusion_model." + key: value for key, value in stored.items()}
-        stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
-    return stored, oracle
-
-
-def _format_record(fmt: str) -> torch.Tensor:
-    return torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
-
-
 @pytest.mark.parametrize(
     "layout",
     [
@@ -390,7 +323,7 @@ def _format_record(fmt: str) -> torch.Tensor:
 )
 def test_an_8bit_dit_restores_what_its_float32_weights_restore_and_stays_8bit(tmp_path, tiny_weights, layout):
     dit, vae, pos_emb = tiny_weights
-    stored, oracle = _eight_bit_files(dit, layout)
+    stored, oracle = eight_bit_files(dit, layout)
     packed_dir = write_weights_dir(tmp_path / "packed", "dit.safetensors", "vae.safetensors", pos_emb, stored, vae)
     oracle_dir = write_weights_dir(tmp_path / "float32", "dit.safetensors", "vae.safetensors", pos_emb, oracle, vae)
     _assert_within_one_level(_restore(packed_dir), _restore(oracle_dir))
@@ -403,8 +336,8 @@ def test_an_8bit_dit_restores_what_its_float32_weights_restore_and_stays_8bit(tm
 
 def test_unsupported_comfy_formats_are_refused_by_layer_name(tmp_path, tiny_weights):
     dit, vae, pos_emb = tiny_weights
-    stored, _ = _eight_bit_files(dit, "comfy_fp8")
-    stored["blocks.1.mlp.all.proj_in.comfy_quant"] = _format_record("nvfp4")
+    stored, _ = eight_bit_files(dit, "comfy_fp8")
+    stored["blocks.1.mlp.all.proj_in.comfy_quant"] = format_record("nvfp4")
     weights = write_weights_dir(tmp_path / "w", "dit.safetensors", "vae.safetensors", pos_emb, stored, vae)
     with pytest.raises(CheckpointFormatError, match="layer blocks.1.mlp.all.proj_in is stored as nvfp4"):
         load_models(weights)
