@@ -70,6 +70,7 @@ class RunPlan:
     vae_tiling: VAETiling | None  # None: untiled
     phase_bytes: dict[str, int] = field(compare=False)
     budget: int  # bytes the plan had to fit in
+    periodic: bool = False  # planned for a tileable image (the seamless upscale)
 
     @property
     def peak_bytes(self) -> int:
@@ -120,10 +121,16 @@ class MemoryPlanner:
         return [VAETiling(int(vae_tile), s, offload) for s in STORE_SCALES]
 
     def plan(
-        self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", available: int | None = None
+        self,
+        width: int,
+        height: int,
+        frames: int = 1,
+        vae_tile: VaeTile = "auto",
+        available: int | None = None,
+        periodic: bool = False,
     ) -> RunPlan:
-        """The first candidate tiling whose every phase fits the budget. Raises `MemoryPlanError` (one line,
-        naming the largest output of the same aspect ratio that fits) when none does."""
+        """The first candidate tiling whose every phase fits the budget (`periodic`: for a tileable image). Raises
+        `MemoryPlanError` (one line, naming the largest output of the same aspect ratio that fits) when none does."""
         check_vae_tile(vae_tile)
         budget = self.budget(available)
         phases = self.costs.untileable(width, height, frames)
@@ -131,12 +138,12 @@ class MemoryPlanner:
         if need <= budget:  # else no tiling can help
             tried = []
             for tiling in self.candidates(vae_tile):
-                estimate = self.costs.estimate(width, height, frames, tiling)
+                estimate = self.costs.estimate(width, height, frames, tiling, periodic)
                 if max(estimate.values()) <= budget:
-                    return RunPlan(width, height, frames, tiling, estimate, budget)
+                    return RunPlan(width, height, frames, tiling, estimate, budget, periodic)
                 tried.append((max(estimate.values()), estimate))
             need, phases = min(tried, key=lambda t: t[0])
-        largest = self.largest_fitting(width, height, frames, vae_tile, budget=budget)
+        largest = self.largest_fitting(width, height, frames, vae_tile, budget=budget, periodic=periodic)
         phase = max(phases, key=phases.get)
         fits = f"the largest {_aspect(width, height)} output that fits is {largest[0]}x{largest[1]}" if largest else (
             "nothing fits: free some memory or use a smaller model"
@@ -154,15 +161,24 @@ class MemoryPlanner:
         cannot shrink the DiT phase)."""
         current = _vae_peak(plan.phase_bytes)
         estimates = [
-            (t, self.costs.estimate(plan.width, plan.height, plan.frames, t)) for t in self.candidates("auto") if t is not None
-        ]
+            (t, self.costs.estimate(plan.width, plan.height, plan.frames, t, plan.periodic))
+            for t in self.candidates("auto") if t is not None
+        ]  # fmt: skip
         half = [(t, e) for t, e in estimates if _vae_peak(e) <= current // 2]
         tiling, phases = half[0] if half else min(estimates, key=lambda te: _vae_peak(te[1]))
         if _vae_peak(phases) >= current:
             return None
-        return RunPlan(plan.width, plan.height, plan.frames, tiling, phases, plan.budget)
+        return RunPlan(plan.width, plan.height, plan.frames, tiling, phases, plan.budget, plan.periodic)
 
-    def fits(self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", budget: int | None = None) -> bool:
+    def fits(
+        self,
+        width: int,
+        height: int,
+        frames: int = 1,
+        vae_tile: VaeTile = "auto",
+        budget: int | None = None,
+        periodic: bool = False,
+    ) -> bool:
         """Whether some tiling fits; only the most frugal candidates are tried (the smallest tile at every store
         scale, and untiled, which wins for images smaller than a tile)."""
         budget = self.budget() if budget is None else budget
@@ -170,10 +186,16 @@ class MemoryPlanner:
             return False
         tile = AUTO_TILES[-1] if vae_tile == "auto" else int(vae_tile)
         frugal = [None] * (vae_tile == "auto") + [VAETiling(tile, s) for s in STORE_SCALES]
-        return any(max(self.costs.estimate(width, height, frames, t).values()) <= budget for t in frugal)
+        return any(max(self.costs.estimate(width, height, frames, t, periodic).values()) <= budget for t in frugal)
 
     def largest_fitting(
-        self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", budget: int | None = None
+        self,
+        width: int,
+        height: int,
+        frames: int = 1,
+        vae_tile: VaeTile = "auto",
+        budget: int | None = None,
+        periodic: bool = False,
     ) -> tuple[int, int] | None:
         """The largest `(w, h)` with the aspect ratio of `width x height` (w and h multiples of the pipeline's
         size multiple) that fits."""
@@ -185,12 +207,12 @@ class MemoryPlanner:
             return w, max(step, round(w * ratio / step) * step)
 
         lo, hi = 0, max(width, step) // step + 1  # in units of `step` pixels of width
-        if self.fits(*size(hi * step), frames, vae_tile, budget):
-            while self.fits(*size(hi * step), frames, vae_tile, budget):
+        if self.fits(*size(hi * step), frames, vae_tile, budget, periodic):
+            while self.fits(*size(hi * step), frames, vae_tile, budget, periodic):
                 lo, hi = hi, hi * 2
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if self.fits(*size(mid * step), frames, vae_tile, budget) else (lo, mid)
+            lo, hi = (mid, hi) if self.fits(*size(mid * step), frames, vae_tile, budget, periodic) else (lo, mid)
         return size(lo * step) if lo else None
 
     def max_output_pixels(self, aspect: tuple[int, int] = (1, 1), budget: int | None = None) -> int:
