@@ -86,6 +86,10 @@ def test_seamless_restore_is_periodic_and_has_no_seam(pipeline):
     assert abs(across_seam / as_interior - 1) < 0.01
 
     plain_first, plain_second = restore_pair(pipeline, periodic=False)
+    plain_ratio = (plain_first[..., -1] - plain_first[..., 0]).abs().mean() / (
+        plain_second[..., half - 1] - plain_second[..., half]
+    ).abs().mean()
+    assert abs(plain_ratio - 1) > 0.05, "the plain restore's seam differs from its interior (0.88 measured)"
     difference = (plain_second - torch.roll(plain_first, (half, half), (-2, -1))).abs()
     seam = torch.cat([difference[..., half - 4 : half + 4, :].flatten(), difference[..., half - 4 : half + 4].flatten()])
     assert seam.mean() > 0.05, "the plain restore should show its padded edges along the seam"
