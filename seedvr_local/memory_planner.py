@@ -121,14 +121,9 @@ class MemoryPlanner:
         return [VAETiling(int(vae_tile), s, offload) for s in STORE_SCALES]
 
     def plan(
-        self,
-        width: int,
-        height: int,
-        frames: int = 1,
-        vae_tile: VaeTile = "auto",
-        available: int | None = None,
+        self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", available: int | None = None,
         periodic: bool = False,
-    ) -> RunPlan:
+    ) -> RunPlan:  # fmt: skip
         """The first candidate tiling whose every phase fits the budget (`periodic`: for a tileable image). Raises
         `MemoryPlanError` (one line, naming the largest output of the same aspect ratio that fits) when none does."""
         check_vae_tile(vae_tile)
@@ -171,14 +166,9 @@ class MemoryPlanner:
         return RunPlan(plan.width, plan.height, plan.frames, tiling, phases, plan.budget, plan.periodic)
 
     def fits(
-        self,
-        width: int,
-        height: int,
-        frames: int = 1,
-        vae_tile: VaeTile = "auto",
-        budget: int | None = None,
+        self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", budget: int | None = None,
         periodic: bool = False,
-    ) -> bool:
+    ) -> bool:  # fmt: skip
         """Whether some tiling fits; only the most frugal candidates are tried (the smallest tile at every store
         scale, and untiled, which wins for images smaller than a tile)."""
         budget = self.budget() if budget is None else budget
@@ -189,14 +179,9 @@ class MemoryPlanner:
         return any(max(self.costs.estimate(width, height, frames, t, periodic).values()) <= budget for t in frugal)
 
     def largest_fitting(
-        self,
-        width: int,
-        height: int,
-        frames: int = 1,
-        vae_tile: VaeTile = "auto",
-        budget: int | None = None,
+        self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", budget: int | None = None,
         periodic: bool = False,
-    ) -> tuple[int, int] | None:
+    ) -> tuple[int, int] | None:  # fmt: skip
         """The largest `(w, h)` with the aspect ratio of `width x height` (w and h multiples of the pipeline's
         size multiple) that fits."""
         budget = self.budget() if budget is None else budget
