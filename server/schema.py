@@ -108,7 +108,9 @@ class SeedVRSeamlessImageInput(SeedVRImageInput):
 
     model_config = ConfigDict(title="SeedVRSeamlessImageInput")
 
-    output_format: SeamlessOutputFormat = Field("png", description="Format of the output image.")
+    output_format: SeamlessOutputFormat = Field(
+        "png", description=SeedVRImageInput.model_fields["output_format"].description
+    )
     enable_safety_checker: bool = Field(
         True, description="Accepted as fal's schema has it; this server runs no safety checker, so it changes nothing."
     )
