@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "mp4 for videos)")
     up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet",
                     help="match the output's colours to the input's (default wavelet; none keeps the model's)")
+    up.add_argument("--seamless", action="store_true",
+                    help="images: the input is a tileable texture; restore it wrapping around its edges so that the "
+                         "result tiles too (fal's fal-ai/seedvr/upscale/image/seamless)")
     _add_video_arguments(up)
     up.add_argument("--compile", action="store_true",
                     help="torch.compile the model and autotune cuDNN: faster from the second image of a size on, "

@@ -68,7 +68,8 @@ def _options(args: argparse.Namespace) -> UpscaleOptions:
         else dict(upscale_mode="factor", upscale_factor=2.0 if args.upscale_factor is None else args.upscale_factor)
     )
     options = UpscaleOptions(
-        **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, vae_tile=args.vae_tile
+        **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, vae_tile=args.vae_tile,
+        seamless=args.seamless,
     )
     options.validate()
     return options

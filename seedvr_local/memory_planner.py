@@ -76,6 +76,7 @@ class RunPlan:
     budget: int  # bytes the plan had to fit in
     offload: OffloadLevel = NO_OFFLOAD
     weight_bytes: dict[str, int] = field(default_factory=dict, compare=False)
+    periodic: bool = False  # planned for a tileable image (the seamless upscale)
 
     @property
     def peak_bytes(self) -> int:
@@ -160,10 +161,10 @@ class MemoryPlanner:
 
     def plan(
         self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", available: int | None = None,
-        offload: Offload | None = None,
+        offload: Offload | None = None, periodic: bool = False,
     ) -> RunPlan:  # fmt: skip
-        """The first offload level (least first) and candidate tiling whose every phase fits the budget. Raises
-        `MemoryPlanError` (one line, naming the largest output of the same aspect ratio that fits) when none does."""
+        """The first offload level (least first) and candidate tiling whose every phase fits the budget (`periodic`:
+        for a tileable image). Raises `MemoryPlanError` (one line, naming the largest output of the same aspect ratio that fits) when none does."""
         check_vae_tile(vae_tile)
         budget = self.budget(available)
         tried = []
@@ -174,13 +175,15 @@ class MemoryPlanner:
                 tried.append((max(untileable.values()), untileable))
                 continue
             for tiling in self.candidates(vae_tile):
-                estimate = self.costs.estimate(width, height, frames, tiling)
+                estimate = self.costs.estimate(width, height, frames, tiling, periodic)
                 peaks = _plus(estimate, weights)
                 if max(peaks.values()) <= budget:
-                    return RunPlan(width, height, frames, tiling, estimate, budget, level, weights)
+                    return RunPlan(width, height, frames, tiling, estimate, budget, level, weights, periodic)
                 tried.append((max(peaks.values()), peaks))
         need, phases = min(tried, key=lambda t: t[0])
-        largest = self.largest_fitting(width, height, frames, vae_tile, budget=budget, offload=offload)
+        largest = self.largest_fitting(
+            width, height, frames, vae_tile, budget=budget, offload=offload, periodic=periodic
+        )
         phase = max(phases, key=phases.get)
         fits = f"the largest {_aspect(width, height)} output that fits is {largest[0]}x{largest[1]}" if largest else (
             "nothing fits: free some memory or use a smaller model"
@@ -201,17 +204,21 @@ class MemoryPlanner:
         cannot shrink the DiT phase)."""
         current = _vae_peak(plan.phase_bytes)
         estimates = [
-            (t, self.costs.estimate(plan.width, plan.height, plan.frames, t)) for t in self.candidates("auto") if t is not None
-        ]
+            (t, self.costs.estimate(plan.width, plan.height, plan.frames, t, plan.periodic))
+            for t in self.candidates("auto") if t is not None
+        ]  # fmt: skip
         half = [(t, e) for t, e in estimates if _vae_peak(e) <= current // 2]
         tiling, phases = half[0] if half else min(estimates, key=lambda te: _vae_peak(te[1]))
         if _vae_peak(phases) >= current:
             return None
-        return RunPlan(plan.width, plan.height, plan.frames, tiling, phases, plan.budget, plan.offload, plan.weight_bytes)
+        return RunPlan(
+            plan.width, plan.height, plan.frames, tiling, phases, plan.budget, plan.offload, plan.weight_bytes,
+            plan.periodic,
+        )
 
     def fits(
         self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", budget: int | None = None,
-        offload: Offload | None = None,
+        offload: Offload | None = None, periodic: bool = False,
     ) -> bool:  # fmt: skip
         """Whether some plan fits; only the most frugal candidates are tried (the most offload, and the smallest
         tile at every store scale, and untiled, which wins for images smaller than a tile)."""
@@ -222,12 +229,13 @@ class MemoryPlanner:
         tile = AUTO_TILES[-1] if vae_tile == "auto" else int(vae_tile)
         frugal = [None] * (vae_tile == "auto") + [VAETiling(tile, s) for s in STORE_SCALES]
         return any(
-            max(_plus(self.costs.estimate(width, height, frames, t), weights).values()) <= budget for t in frugal
+            max(_plus(self.costs.estimate(width, height, frames, t, periodic), weights).values()) <= budget
+            for t in frugal
         )
 
     def largest_fitting(
         self, width: int, height: int, frames: int = 1, vae_tile: VaeTile = "auto", budget: int | None = None,
-        offload: Offload | None = None,
+        offload: Offload | None = None, periodic: bool = False,
     ) -> tuple[int, int] | None:  # fmt: skip
         """The largest `(w, h)` with the aspect ratio of `width x height` (w and h multiples of the pipeline's
         size multiple) that fits."""
@@ -240,7 +248,7 @@ class MemoryPlanner:
 
         lo, hi = 0, max(width, step) // step + 1  # in units of `step` pixels of width
         def fits(w: int) -> bool:
-            return self.fits(*size(w * step), frames, vae_tile, budget, offload)
+            return self.fits(*size(w * step), frames, vae_tile, budget, offload, periodic)
 
         if fits(hi):
             while fits(hi):

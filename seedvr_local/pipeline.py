@@ -147,11 +147,15 @@ class RestorationPipeline:
         crop: tuple[int, int] | None = None,
         vae_tiling: VAETiling | None = None,
         offload: OffloadLevel | None = None,
+        periodic: bool = False,
     ) -> RestoreOutput:
         """`crop=(height, width)` cuts the decoded video back to the top-left region of the input that was
         not padding before the colour fix, so padding never influences the colours of the result.
         `vae_tiling` runs the VAE in exact spatial tiles (same result, less memory; `seedvr_local/models/vae_tiling.py`).
-        `offload` places the weights for that level first (`enable_offload`; default: as they are)."""
+        `offload` places the weights for that level first (`enable_offload`; default: as they are).
+        `periodic`: each frame is one period of a tileable image, restored as the endless plane of its tiles would
+        be, so that the result tiles too: the VAE's paddings, the DiT's attention windows and the colour fix's
+        blurs wrap around the frame's sides (docs/seamless.md says which of these are exact)."""
         if offload is not None and (self.offload is not None or offload != NO_OFFLOAD):
             self.enable_offload().apply(offload)
         on_phase = on_phase or (lambda phase: None)
@@ -165,7 +169,7 @@ class RestorationPipeline:
         on_phase("encode")
         x = pad_frames(video, self.padded_frames(frames)).to(device=device, dtype=dtype)
         with self.weights_on_device("encode"):
-            mean, logvar = self._vae("encode", x[None], vae_tiling)
+            mean, logvar = self._vae("encode", x[None], vae_tiling, periodic)
         mean, logvar = f32(mean[0]), f32(logvar[0])
         latent = mean + torch.exp(0.5 * logvar) * f32(noises.posterior_eps) if self.sample_posterior else mean
         cond_latent = (latent - self.shifting_factor) * self.scaling_factor
@@ -180,36 +184,39 @@ class RestorationPipeline:
         timestep = torch.full((1,), NUM_TIMESTEPS, device=device)
         text = self.text_embedding.to(device=device, dtype=dtype)
         with self.weights_on_device("dit"):
-            (dit_out,) = self.dit.forward_samples([dit_in], [text], timestep)
+            (dit_out,) = self.dit.forward_samples([dit_in], [text], timestep, periodic)
         dit_out = dit_out.float()
         latent_out = v_lerp_to_x0(noise, dit_out, NUM_TIMESTEPS)
 
         on_phase("vae_decode")
         z = latent_out / self.scaling_factor + self.shifting_factor
         with self.weights_on_device("decode"):
-            decoded = self._vae("decode", z[None].to(dtype), vae_tiling)[0, :, :frames].float()
+            decoded = self._vae("decode", z[None].to(dtype), vae_tiling, periodic)[0, :, :frames].float()
         style = video
         if crop is not None:
             decoded, style = crop_to(decoded, crop), crop_to(video, crop)
 
         on_phase("color_fix")
         style = style.to(device=device, dtype=torch.float32)
-        colorfixed = apply_color_fix(color_fix, decoded.transpose(0, 1), style.transpose(0, 1)).transpose(0, 1)
+        frames_first = decoded.transpose(0, 1), style.transpose(0, 1)
+        colorfixed = apply_color_fix(color_fix, *frames_first, periodic).transpose(0, 1)
         return RestoreOutput(cond_latent, cond_timestep, condition, dit_out, latent_out, decoded, colorfixed)
 
-    def _vae(self, phase: str, x: torch.Tensor, tiling: VAETiling | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def _vae(
+        self, phase: str, x: torch.Tensor, tiling: VAETiling | None, periodic: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`vae.encode` or `vae.decode`; in fp16 a phase whose output overflowed runs again in float32.
 
         fp16 stops at 65504, and VAE activations can pass it (spec pitfall 7: black or NaN images on GPUs without
         bf16), which shows as inf/NaN in the output. bf16 has float32's range and never needs this.
         """
         run = getattr(self.vae, phase)
-        out = run(x, tiling=tiling)
+        out = run(x, tiling=tiling, periodic=periodic)
         if x.dtype != torch.float16 or all(bool(t.isfinite().all()) for t in _as_tuple(out)):
             return out
         log.warning("the VAE %s overflowed float16; running it again in float32", phase)
         with _float32_weights(self.vae):
-            return run(x.float(), tiling=tiling)
+            return run(x.float(), tiling=tiling, periodic=periodic)
 
 
 def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -31,7 +31,7 @@ from seedvr_local.offload_levels import (
 )  # fmt: skip
 from seedvr_local.options import MAX_SEED, ProgressCallback, UpscaleOptions
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
-from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
+from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias, resize_periodic
 from seedvr_local.weights.bundle import load_models
 from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE, build_tiny_models
 
@@ -47,6 +47,7 @@ class PreparedRun:
     seed: int  # `options.seed`, or the one drawn for this run
     output_size: tuple[int, int]  # (width, height) of the result
     padded_size: tuple[int, int]  # (width, height) the model runs at: the output padded to the pipeline's multiple
+    # (seamless: resized to it, since a tileable image cannot be padded and stay one)
     plan: RunPlan  # how it fits in memory
 
 
@@ -208,7 +209,7 @@ class Upscaler:
         """The memory plan for a `width x height` output on this device now. Raises `MemoryPlanError` (a
         ValueError with a one-line message naming the largest output that fits) when it cannot fit."""
         options.validate()
-        return self.planner.plan(width, height, vae_tile=options.vae_tile)
+        return self.planner.plan(width, height, vae_tile=options.vae_tile, periodic=options.seamless)
 
     def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
         """Pixels of the largest output of this aspect ratio (width, height) that fits in the memory available
@@ -224,7 +225,7 @@ class Upscaler:
         width, height = options.output_size(source.width, source.height)
         multiple = self.pipeline.size_multiple
         padded = (width + -width % multiple, height + -height % multiple)
-        plan = self.planner.plan(width, height, vae_tile=options.vae_tile)
+        plan = self.planner.plan(width, height, vae_tile=options.vae_tile, periodic=options.seamless)
         seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
         return PreparedRun(source, options, seed, (width, height), padded, plan)
 
@@ -246,16 +247,22 @@ class Upscaler:
         clock = _PhaseClock(timings, progress, cuda=self.pipeline.device.type == "cuda")
 
         clock.start("resize")
-        rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
-        video = (rgb * 2 - 1).transpose(0, 1)  # [3, 1, H, W] in [-1, 1]
-        padded, _ = pad_to_multiple(video, self.pipeline.size_multiple)
+        seamless = options.seamless
+        if seamless:  # resized straight to the model's size: padding would break the tiling
+            rgb = resize_periodic(source.rgb[None].float(), prepared.padded_size[::-1]).clamp(0, 1)
+            padded = (rgb * 2 - 1).transpose(0, 1)
+        else:
+            rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
+            video = (rgb * 2 - 1).transpose(0, 1)  # [3, 1, H, W] in [-1, 1]
+            padded, _ = pad_to_multiple(video, self.pipeline.size_multiple)
         latent_shape = self.pipeline.latent_shape(1, padded.shape[-2], padded.shape[-1])
         noises = RestoreNoises.draw(latent_shape, prepared.seed)
 
         def restore(plan: RunPlan):
             return self.pipeline.restore(
                 padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix,
-                on_phase=clock.start, crop=(height, width), vae_tiling=plan.vae_tiling, offload=plan.offload,
+                on_phase=clock.start, crop=None if seamless else (height, width), vae_tiling=plan.vae_tiling,
+                offload=plan.offload, periodic=seamless,
             )  # fmt: skip
 
         out = _unless_out_of_memory(restore, plan)
@@ -268,10 +275,12 @@ class Upscaler:
 
         clock.start("finish")
         rgb = (out.colorfixed[:, 0].clamp(-1, 1) + 1) / 2  # [3, H, W] in [0, 1], on the model's device
+        if rgb.shape[-2:] != (height, width):  # a seamless run at the next multiple of the model's size
+            rgb = resize_periodic(rgb, (height, width)).clamp(0, 1)
         # Rounded there and laid out for PIL: a quarter of the bytes cross to the CPU, and the CPU does not spend
         # longer converting a 4K image than encoding it.
         pixels = to_uint8(rgb).permute(1, 2, 0).contiguous().cpu().permute(2, 0, 1)
-        alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
+        alpha = upscale_alpha(source.alpha, (height, width), seamless) if source.alpha is not None else None
         result = UpscaleResult(pixels, rgb, alpha, prepared.seed, timings, plan)
         clock.stop()
         return result

@@ -151,3 +151,17 @@ def _first_message(detail: Any) -> str:
         more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
         return f"{'.'.join(loc)}: {message}{more}" if loc else f"{message}{more}"
     return str(detail)
+
+
+#: Seconds a client is told to wait after a 429 (a request of its own has to start first).
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def queue_full_error(limit: int) -> FalError:
+    return request_error(
+        429,
+        f"this API key already has {limit} request(s) waiting in the queue, the most it may; retry once one of "
+        "them has started",
+        "rate_limited",
+        {"retry-after": str(QUEUE_FULL_RETRY_AFTER_S)},
+    )

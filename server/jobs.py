@@ -15,9 +15,9 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from seedvr_local.server.db import Database
-from seedvr_local.server.errors import FalError, cancelled_error, request_error, timeout_error
+from seedvr_local.server.errors import FalError, cancelled_error, queue_full_error, request_error, timeout_error
 from seedvr_local.server.metrics import count_job
-from seedvr_local.server.quotas import CLAIM_LOCK, owner_lock_key, queue_full_error
+from seedvr_local.server.quotas import CLAIM_LOCK, owner_lock_key
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 PRIORITIES = {"normal": 0, "low": 1}

@@ -18,14 +18,13 @@ from seedvr_local.memory_planner import MemoryPlanError, RunOutOfMemoryError
 from seedvr_local.options import UpscaleOptions
 from seedvr_local.sizes import SizeError
 from seedvr_local.server.clip_tasks import ClipHelper, ClipTaskQueue
-from seedvr_local.server.endpoint import VIDEO, endpoint_of
+from seedvr_local.server.endpoint import SEAMLESS, VIDEO, endpoint_of
 from seedvr_local.server.engine import Engine, EngineHolder
 from seedvr_local.server.errors import FalError, cancelled_error, model_error, request_error
 from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.jobs import Completion, Job, JobStore
 from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.results import inline_output
-from seedvr_local.server.schema import SeedVRImageInput
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
 from seedvr_local.server.storage import FileStore, StorageFull
 from seedvr_local.server.video_processing import VideoJobRunner
@@ -133,7 +132,8 @@ class JobProcessor:
             raise request_error(503, str(exc), "runner_scheduling_failure") from None
 
     def _run_image(self, job: Job, phases: _Phases, settings: ServerSettings) -> dict:
-        params = SeedVRImageInput.model_validate(job.input)
+        endpoint = endpoint_of(job.input)
+        params = endpoint.input_model.model_validate(job.input)
         phases.start("download", "fetching image_url")
         engine = self._engine()
         try:
@@ -157,6 +157,7 @@ class JobProcessor:
             target_resolution=params.target_resolution,
             seed=params.seed,
             noise_scale=params.noise_scale,
+            seamless=endpoint is SEAMLESS,
         )
         size_field = "upscale_factor" if params.upscale_mode == "factor" else "target_resolution"
         try:

@@ -17,11 +17,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 
-from seedvr_local.server.errors import FalError, request_error
-
-#: Seconds a client is told to wait after a 429 (a request of its own has to start first).
-QUEUE_FULL_RETRY_AFTER_S = 5
-
 #: The advisory lock (PostgreSQL) that serializes the workers' claims, so that a running cap is never passed by two
 #: claims at once: "claim" in ASCII.
 CLAIM_LOCK = 0x636C61696D
@@ -48,13 +43,3 @@ def quota_settings(args: argparse.Namespace) -> dict:
 def owner_lock_key(owner: str | None) -> int:
     """The advisory lock (PostgreSQL, a positive 63-bit key) that serializes one key's submits."""
     return int.from_bytes(hashlib.sha256(b"seedvr-queue:" + (owner or "").encode()).digest()[:8]) >> 1
-
-
-def queue_full_error(limit: int) -> FalError:
-    return request_error(
-        429,
-        f"this API key already has {limit} request(s) waiting in the queue, the most it may; retry once one of "
-        "them has started",
-        "rate_limited",
-        {"retry-after": str(QUEUE_FULL_RETRY_AFTER_S)},
-    )

@@ -309,6 +309,10 @@ class FileStore:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _stream_to_tmp(
+        self, chunks: AsyncIterator[bytes], digest=None, budget: UploadBudget | None = None, room: int | None = None
+    ) -> tuple[Path, int]:
+        """The body in a scratch file, refused (413) past the size limit, or past what `budget` can reserve; 507
+        past `room`, the storage budget left (None: no storage budget)."""
         tmp = self.root / "tmp" / secrets.token_hex(12)
         size = 0
         try:

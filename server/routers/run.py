@@ -1,5 +1,5 @@
-"""Sync run: `POST /fal-ai/seedvr/upscale/image` and `/fal-ai/seedvr/upscale/video` (and `/run/...`, for
-FAL_RUN_HOST=host:port/run).
+"""Sync run: `POST /fal-ai/seedvr/upscale/image`, `/fal-ai/seedvr/upscale/image/seamless` and
+`/fal-ai/seedvr/upscale/video` (and `/run/...`, for FAL_RUN_HOST=host:port/run).
 
 The request joins the same queue as queued ones (one device, one worker) and the response is sent
 when it completes. A client that hangs up cancels its request.
