@@ -5,7 +5,7 @@ planner: the tables of docs/weights.md.
 
 Download sizes are the manifests' parameter counts times each format's bytes per parameter (a file adds a header
 of a few hundred kB). GPU memory is the weights in the compute dtype (what the full-precision files take; the
-compact formats' weights are in docs/low-vram.md) plus the memory planner's predicted peak above the weights for
+compact formats' weights are in docs/which-gpu.md) plus the memory planner's predicted peak above the weights for
 one image, untiled and with its most frugal VAE tiling. It builds the full-size models on the `meta` device:
 no download, no GPU, a few seconds on a CPU.
 """
