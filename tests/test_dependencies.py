@@ -26,6 +26,7 @@ OPTIONAL_IMPORTS: dict[str, tuple[str, str]] = {
         "the `triton` extra: the fused GPU kernels, chosen only when it is installed",
     ),
     "flash_attn": ("", "an optional attention backend, used when installed"),
+    "pyiqa": ("", "the `eval` extra: `seedvr-local eval`'s pretrained metrics, each skipped with its reason without it"),
 }
 
 
