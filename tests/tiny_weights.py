@@ -3,14 +3,13 @@ need a directory on disk (`--weights-dir`, the loaders, the benchmarks): nothing
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from seedvr_local.weights.bundle import CONFIG_FILE, NEG_EMB_FILE, POS_EMB_FILE
-from seedvr_local.weights.tiny import build_tiny_models, tiny_dit_config, tiny_vae_config
+from seedvr_local.weights.bundle import NEG_EMB_FILE
+from seedvr_local.weights.tiny import build_tiny_models
+from tests.compact_weights import write_weights_dir
 
 DIT_FILE = "seedvr2_ema_3b.safetensors"
 VAE_FILE = "ema_vae.safetensors"
@@ -18,21 +17,13 @@ NEG_EMB_TOKENS = 10  # another length than the positive embedding's, as in the r
 
 
 def write_tiny_weights_dir(root: Path) -> Path:
-    """`root` holding config.json (the tiny architecture under the official field names, and the file names),
-    the DiT and VAE checkpoints in float32 safetensors, `pos_emb.pt` (the tiny model's) and a `neg_emb.pt` of
-    another length."""
+    """`root` holding config.json (the tiny architecture, the file names), the DiT (its RoPE buffers included,
+    as the official files hold them) and the VAE in float32 safetensors under their official names, `pos_emb.pt`
+    (the tiny model's) and a `neg_emb.pt` of another length."""
     models = build_tiny_models()
-    root.mkdir(parents=True, exist_ok=True)
-    config = {
-        "dit_variant": "3b",
-        "dit": {key: value for key, value in tiny_dit_config().to_dict().items() if key != "variant"},
-        "vae": tiny_vae_config().to_dict(),
-        "files": {"dit": DIT_FILE, "vae": VAE_FILE, "pos_emb": POS_EMB_FILE, "neg_emb": NEG_EMB_FILE},
-    }
-    (root / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-    save_file({key: t.contiguous() for key, t in models.dit.state_dict().items()}, str(root / DIT_FILE))
-    save_file({key: t.contiguous() for key, t in models.vae.state_dict().items()}, str(root / VAE_FILE))
-    torch.save(models.pos_emb.clone(), root / POS_EMB_FILE)
+    write_weights_dir(
+        root, DIT_FILE, VAE_FILE, models.pos_emb, dict(models.dit.state_dict()), dict(models.vae.state_dict())
+    )
     negative = torch.randn(NEG_EMB_TOKENS, models.pos_emb.shape[1], generator=torch.Generator().manual_seed(1))
     torch.save(negative, root / NEG_EMB_FILE)
     return root
