@@ -10,7 +10,7 @@ from fastapi import Header, Path, Request
 from fastapi.responses import JSONResponse
 
 from seedvr_local.image_io import InvalidImageError, check_image_signature
-from seedvr_local.server.endpoint import IMAGE, Endpoint, request_urls, stored_input
+from seedvr_local.server.endpoint import VIDEO, Endpoint, request_urls, stored_input
 from seedvr_local.server.errors import FalError, model_error
 from seedvr_local.server.fetch import FetchError, decode_data_uri
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
@@ -60,7 +60,7 @@ def check_data_uri(endpoint: Endpoint, data: dict[str, Any], max_bytes: int) -> 
         content = decode_data_uri(url, max_bytes)
     except FetchError as exc:
         raise model_error(endpoint.url_field, str(exc), exc.error_type) from None
-    if endpoint is IMAGE:
+    if endpoint is not VIDEO:  # the image endpoints: plain and seamless
         try:
             check_image_signature(content)
         except InvalidImageError as exc:

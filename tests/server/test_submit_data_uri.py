@@ -11,7 +11,6 @@ import pytest
 from tests.server.helpers import data_uri, png_bytes, wait_status
 
 SUBMIT = "/queue/fal-ai/seedvr/upscale/image"
-RUN = "/fal-ai/seedvr/upscale/image"
 SUBMIT_VIDEO = "/queue/fal-ai/seedvr/upscale/video"
 RESULT = "/queue/fal-ai/seedvr/requests/{}"
 
@@ -26,13 +25,14 @@ RESULT = "/queue/fal-ai/seedvr/requests/{}"
         ("data:text/plain,hello%20world", "image_load_error", "not an image in a supported format"),
     ],
 )
-def test_submit_refuses_what_the_result_would_refuse(client, engine, image_url, error_type, says):
-    submitted = client.post(SUBMIT, json={"image_url": image_url})
+@pytest.mark.parametrize("path", ["upscale/image", "upscale/image/seamless"])
+def test_submit_refuses_what_the_result_would_refuse(client, engine, image_url, error_type, says, path):
+    submitted = client.post(f"/queue/fal-ai/seedvr/{path}", json={"image_url": image_url})
     assert submitted.status_code == 422, submitted.text
     [error] = submitted.json()["detail"]
     assert error["loc"] == ["body", "image_url"] and error["type"] == error_type and says in error["msg"]
     assert "request_id" not in submitted.json()
-    ran = client.post(RUN, json={"image_url": image_url})  # fetched and decoded: the result's own answer
+    ran = client.post(f"/fal-ai/seedvr/{path}", json={"image_url": image_url})  # fetched and decoded: the result's
     assert (ran.status_code, ran.json()) == (422, submitted.json())
     assert engine.calls == []
 
