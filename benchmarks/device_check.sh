@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks in one run, for a CUDA machine with seedvr-local's dependencies installed:
 #
-#   SEEDVR_REFERENCE_DIR=../shared/reference bash benchmarks/device_check.sh [OUT_DIR] [STEPS]
+#   bash benchmarks/device_check.sh [OUT_DIR] [STEPS]
 #
 # STEPS (default "restore layout attention tests compile kernels memory video offload") picks what runs: restore is the
 # baseline; layout (the contiguous VAE instead of channels-last) and attention (SDPA over window groups instead of

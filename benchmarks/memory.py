@@ -169,15 +169,14 @@ def measure_dit(spec: dict) -> dict:
 @torch.no_grad()
 def measure_restore(spec: dict) -> dict:
     """The whole restore (tiny DiT, full-size VAE) with per-phase peaks in one process."""
-    from benchmarks.models import tiny_bundle_dir
     from seedvr_local.memory_cost import PhaseCosts
     from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
-    from seedvr_local.weights.bundle import load_models
+    from seedvr_local.weights.tiny import build_tiny_models
 
     device, dtype = _device_and_dtype(spec)
     width, height = spec["size"]
     tiling = parse_tiling(spec["tiling"])
-    tiny = load_models(tiny_bundle_dir(), device=device, dtype=dtype)
+    tiny = build_tiny_models(device=device, dtype=dtype)
     pipeline = RestorationPipeline(tiny.dit, _random_vae(device, dtype), tiny.pos_emb)
     generator = torch.Generator().manual_seed(0)
     video = torch.rand(3, spec["frames"], height, width, generator=generator) * 2 - 1

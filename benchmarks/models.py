@@ -1,11 +1,8 @@
-"""The models a benchmark runs: the tiny test bundle, a full-size architecture with random weights, or a
+"""The models a benchmark runs: the built-in tiny model, a full-size architecture with random weights, or a
 real weights directory. Random weights time exactly like real ones, so speed and memory numbers for the
 full-size models need no download."""
 
 from __future__ import annotations
-
-import os
-from pathlib import Path
 
 import torch
 
@@ -17,13 +14,6 @@ from seedvr_local.upscaler import Upscaler
 RANDOM_MODELS = ("3b-random", "7b-random")
 TINY = "tiny"
 TEXT_TOKENS = 58  # length of the real SeedVR2 positive text embedding
-
-
-def tiny_bundle_dir() -> Path:
-    """The reference tiny bundle (`$SEEDVR_REFERENCE_DIR/tiny_model`, default `../shared/reference`)."""
-    root = os.environ.get("SEEDVR_REFERENCE_DIR")
-    root = Path(root) if root else Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
-    return root / "tiny_model"
 
 
 def materialize_random_(
@@ -47,7 +37,7 @@ def materialize_random_(
 def build_upscaler(model: str, device: str | None = None, dtype: str | None = None) -> Upscaler:
     """`model`: "tiny", "3b-random", "7b-random" or a weights directory."""
     if model == TINY:
-        return Upscaler.from_weights_dir(tiny_bundle_dir(), device=device, dtype=dtype)
+        return Upscaler.tiny(device=device, dtype=dtype)
     if model not in RANDOM_MODELS:
         return Upscaler.from_weights_dir(model, device=device, dtype=dtype)
 

@@ -3,7 +3,7 @@
     python -m benchmarks.restore --model tiny --sizes 128x128,256x256
     python -m benchmarks.restore --model 3b-random --device cuda --sizes 1920x1080,3840x2160 --json out.json
 
-`--model` is `tiny` (the reference test bundle), `3b-random`/`7b-random` (the full-size architecture with
+`--model` is `tiny` (the built-in tiny model), `3b-random`/`7b-random` (the full-size architecture with
 random weights: same speed and memory as the real model) or a weights directory. Sizes are output sizes;
 each input is a random image of that size divided by `--factor`. The first run of each size is a warm-up,
 reported apart as `first s` (the first-call cost: CUDA context, kernel compilation, `--compile`'s graphs).

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from benchmarks.models import TINY, tiny_bundle_dir
+from benchmarks.models import TINY
 from benchmarks.restore import parse_size, random_png
 
 ENDPOINT = "fal-ai/seedvr/upscale/image"
@@ -66,8 +66,7 @@ def start_server(
 ) -> tuple[list[subprocess.Popen], str]:
     """The server (and with `workers`, that many worker processes beside an API-only server); its URL."""
     port = _free_port()
-    source = ["--weights-dir", str(tiny_bundle_dir())] if model == TINY else (
-        ["--model", model] if model in ("3b", "7b") else ["--weights-dir", model])
+    source = ["--model", model] if model in (TINY, "3b", "7b") else ["--weights-dir", model]
     api_cpu, worker_cpu = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if pin else ([], [])
     model_flags = source + (["--device", device] if device else [])
     serve = [*api_cpu, sys.executable, "-m", "seedvr_local.cli", "serve", "--port", str(port), "--data-dir",

@@ -4,7 +4,7 @@
     python -m benchmarks.video --model 3b-random --device cuda --input 960x540 --frames 121 --clip-frames 33 --json out.json
     python -m benchmarks.video --model 3b-random --devices all --input 960x540 --frames 241 --clip-frames 33
 
-`--model` is `tiny` (the reference test bundle), `3b-random`/`7b-random` (full-size architecture, random
+`--model` is `tiny` (the built-in tiny model), `3b-random`/`7b-random` (full-size architecture, random
 weights: same speed and memory) or a weights directory. The source is a synthetic moving pattern of `--input`
 size with a sine-wave audio track, written to a temporary file; the output size follows `--factor`. Phases:
 decode (source frames), encode (VAE encode), dit, vae_decode, encode_video (output frames), and the small ones

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from seedvr_local import __version__
+from seedvr_local.cli_parser import CommandLineParser
 from seedvr_local.cli_plan import __doc__ as plan_doc
 from seedvr_local.cli_plan import add_plan_arguments
 from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
@@ -61,7 +62,7 @@ def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seedvr-local", description=__doc__.split("\n\n")[0])
+    parser = CommandLineParser(prog="seedvr-local", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 

@@ -62,8 +62,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> DecodedImage:
     Raises `InvalidImageError` for anything that is not a readable image and `ImageTooLargeError` for an
     image over the limit (or over Pillow's own decompression-bomb limit).
     """
-    if not data:
-        raise InvalidImageError("the image is empty (0 bytes)")
+    check_image_signature(data)
     image = _open(data, max_pixels)
     width, height = image.size
     if width < 1 or height < 1:
@@ -162,14 +161,42 @@ def _one_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+#: Bytes of a file's start that tell its format (what Pillow reads to identify one).
+SIGNATURE_BYTES = 16
+
+
+def check_image_signature(data: bytes) -> None:
+    """InvalidImageError unless `data` (a file, or its first `SIGNATURE_BYTES`) starts like one of the formats
+    read from uploads: Pillow's identification of each, nothing decoded. `decode_image` checks this first."""
+    if not data:
+        raise InvalidImageError("the image is empty (0 bytes)")
+    formats = _readable_formats()
+    if not any(_identifies(Image.OPEN[name][1], data[:SIGNATURE_BYTES]) for name in formats):
+        raise _not_an_image(formats)
+
+
+def _identifies(accept: Callable[[bytes], bool | str] | None, prefix: bytes) -> bool:
+    """Pillow's rule in `Image.open`: no test accepts anything; a test's string is a reason it cannot open it."""
+    result = accept is None or accept(prefix)
+    return bool(result) and not isinstance(result, str)
+
+
+def _readable_formats() -> list[str]:
+    Image.init()
+    return [name for name in _READABLE_FORMATS if name in Image.OPEN]
+
+
+def _not_an_image(formats: list[str]) -> InvalidImageError:
+    return InvalidImageError(f"the data is not an image in a supported format ({', '.join(formats)})")
+
+
 def _open(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Open (parse the header of) image bytes; no pixel is decoded yet.
 
     Pillow refuses a header of more than twice its `MAX_IMAGE_PIXELS` before anyone sees the size; when
     the caller has a lower limit of its own, that is the limit the refusal quotes.
     """
-    Image.init()
-    formats = [name for name in _READABLE_FORMATS if name in Image.OPEN]
+    formats = _readable_formats()
     with warnings.catch_warnings():
         # Pillow warns between its bomb limit and twice it; the caller's `max_pixels` is the real limit.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -180,7 +207,7 @@ def _open(data: bytes, max_pixels: int | None = None) -> Image.Image:
                 raise ImageTooLargeError(f"the image has more pixels than the limit of {max_pixels:,}") from exc
             raise ImageTooLargeError(f"the image is too large to decode safely: {_one_line(exc)}") from exc
         except Image.UnidentifiedImageError as exc:
-            raise InvalidImageError(f"the data is not an image in a supported format ({', '.join(formats)})") from exc
+            raise _not_an_image(formats) from exc
         except Exception as exc:
             raise InvalidImageError(f"the image header is corrupt: {_one_line(exc)}") from exc
 

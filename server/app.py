@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
 from seedvr_local import __version__
-from seedvr_local.server.endpoint import ENDPOINT_ID
+from seedvr_local.server.endpoint import ENDPOINTS
 from seedvr_local.server.engine import EngineFactory
 from seedvr_local.server.errors import install_handlers
 from seedvr_local.server.middleware import CrashGuardMiddleware, RequestIdMiddleware
@@ -88,7 +88,11 @@ def create_app(
 
     app = FastAPI(
         title="seedvr-local",
-        summary=f"Self-hosted SeedVR2 speaking fal's {ENDPOINT_ID} protocol",
+        summary=f"Self-hosted SeedVR2 speaking fal's {' and '.join(e.id for e in ENDPOINTS)} protocols",
+        description=" ".join(
+            f"{e.summary}: `POST /{e.id}` runs it and answers with the result, `POST /queue/{e.id}` queues it."
+            for e in ENDPOINTS
+        ),
         version=__version__,
         lifespan=lifespan,
         docs_url=None,  # served by `_serve_docs`, from this server's own files

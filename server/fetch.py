@@ -59,6 +59,27 @@ def _decode_base64(payload: str) -> bytes:
     raise FetchError(f"the data URI is not valid base64: {why}")
 
 
+def decode_data_uri(url: str, max_bytes: int) -> bytes:
+    """The bytes of a `data:` URI of at most `max_bytes`; FetchError (one line) for a malformed one."""
+    header, comma, payload = url[5:].partition(",")
+    if not comma:
+        raise FetchError("the data URI has no ',' before its data")
+    if header.lower().endswith(";base64"):
+        payload = re.sub(r"\s+", "", payload)
+        if len(payload) * 3 // 4 > max_bytes:
+            raise _too_large(max_bytes)
+        data = _decode_base64(payload)
+    else:
+        data = unquote_to_bytes(payload)
+    if len(data) > max_bytes:
+        raise _too_large(max_bytes)
+    return data
+
+
+def _too_large(max_bytes: int) -> FetchError:
+    return FetchError(f"the file is larger than the limit of {max_bytes:,} bytes", "file_too_large")
+
+
 class ImageFetcher:
     def __init__(
         self,
@@ -80,7 +101,7 @@ class ImageFetcher:
         """(bytes, where they came from: "data URI", "stored file", or the host). `field` names the URL in
         error messages."""
         if url[:5].lower() == "data:":
-            return self._data_uri(url), "data URI"
+            return decode_data_uri(url, self.max_bytes), "data URI"
         stored = self._own_file(url, field)
         if stored is not None:
             data = self.files.read_bytes(stored)
@@ -108,26 +129,11 @@ class ImageFetcher:
                     sink.write(chunk)
             return target, "stored file"
         if url[:5].lower() == "data:":  # already in memory: it came in the request body
-            target.write_bytes(self._data_uri(url))
+            target.write_bytes(decode_data_uri(url, self.max_bytes))
             return target, "data URI"
         with open(target, "wb") as sink:
             self._download(url, field, sink)
         return target, httpx.URL(url).host
-
-    def _data_uri(self, url: str) -> bytes:
-        header, comma, payload = url[5:].partition(",")
-        if not comma:
-            raise FetchError("the data URI has no ',' before its data")
-        if header.lower().endswith(";base64"):
-            payload = re.sub(r"\s+", "", payload)
-            if len(payload) * 3 // 4 > self.max_bytes:
-                raise self._too_large()
-            data = _decode_base64(payload)
-        else:
-            data = unquote_to_bytes(payload)
-        if len(data) > self.max_bytes:
-            raise self._too_large()
-        return data
 
     def _own_file(self, url: str, field: str) -> StoredFile | None:
         """The complete file of this server that `url` names, or None for any other URL."""
@@ -184,4 +190,4 @@ class ImageFetcher:
             sink.write(chunk)
 
     def _too_large(self) -> FetchError:
-        return FetchError(f"the file is larger than the limit of {self.max_bytes:,} bytes", "file_too_large")
+        return _too_large(self.max_bytes)

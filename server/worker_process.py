@@ -126,8 +126,7 @@ def engine_for(args: argparse.Namespace, device_name: str | None):
             log.info("ran %s in %.1f s", sizes, upscaler.warm_up(warm_up_sizes))
         return upscaler
 
-    if info is None:
-        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
+    # The notice travels in the description: `serve` shows it once, in its banner; `worker` logs it once.
     description = (
         f"tiny test model on {device} ({RANDOM_WEIGHTS_NOTICE})"
         if info is None
@@ -297,6 +296,10 @@ def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     devices = parse_devices(args.devices)
     check_stores(settings, server=False)
+    if model_weights_dir(args) is None:
+        from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE
+
+        log.warning("the tiny test model has %s", RANDOM_WEIGHTS_NOTICE)
     if len(devices) == 1:
         run_worker_process(args, settings, devices[0])
         return 0

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.reference_data import reference_dir
+from tests.reference_data import MissingReferenceCase
+from tests.tiny_weights import write_tiny_weights_dir
 
 # Names the tests may resolve: the machine itself. Anything else would make a test depend on DNS.
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"}
@@ -93,15 +94,24 @@ def fixed_seeds() -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle() -> Path:
-    """The complete tiny SeedVR2 bundle of the reference data (a real weights directory)."""
-    path = reference_dir() / "tiny_model"
-    assert path.is_dir(), f"tiny model bundle not found at {path} (set SEEDVR_REFERENCE_DIR)"
-    return path
+def tiny_bundle(tmp_path_factory) -> Path:
+    """The built-in tiny model (`--model tiny`) as a real weights directory, written once per run: a
+    `config.json` with its architecture, the DiT and VAE checkpoints under their official file names, and the
+    text embeddings. Loading it gives the same models as `Upscaler.tiny()`."""
+    return write_tiny_weights_dir(tmp_path_factory.mktemp("tiny_model"))
 
 
 @pytest.fixture(scope="session")
-def tiny_upscaler(tiny_bundle):
+def tiny_upscaler():
     from seedvr_local.upscaler import Upscaler
 
-    return Upscaler.from_weights_dir(tiny_bundle, device="cpu")
+    return Upscaler.tiny(device="cpu")
+
+
+def pytest_runtest_setup(item) -> None:
+    """A reference test parametrised over no case at all fails before its fixtures run, naming where it looked
+    (never a skip, never an error from deep inside a fixture)."""
+    callspec = getattr(item, "callspec", None)
+    for value in callspec.params.values() if callspec else ():
+        if isinstance(value, MissingReferenceCase):
+            pytest.fail(str(value), pytrace=False)

@@ -145,3 +145,40 @@ def assert_matches_expected(case: ReferenceCase, actual: dict[str, torch.Tensor]
         if not ok:
             failures.append(f"{name}: max abs error {err:.3g} > atol {tol.atol} (rtol {tol.rtol})")
     assert not failures, f"case {case.name}: " + "; ".join(failures)
+
+
+class MissingReferenceCase:
+    """The one parameter of a reference test that found no case: the test fails with this message
+    (tests/conftest.py), it is not skipped for an empty parameter list."""
+
+    def __init__(self, what: str, root: Path | None = None):
+        self.message = missing_reference_message(what, root)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def missing_reference_message(what: str, root: Path | None = None) -> str:
+    """One line: what was looked for, where, and how to point the tests elsewhere."""
+    root = root or reference_dir()
+    return (
+        f"no {what} found under {root}: set SEEDVR_REFERENCE_DIR to a directory in the reference format "
+        "(cases/<name>/case.json, manifests/), or place it at ../shared/reference beside the repository"
+    )
+
+
+def case_params(cases: list[ReferenceCase], what: str, marks=lambda case: []) -> list:
+    """`pytest.param`s of `cases` for a test parametrised over them, each marked `reference` and `marks(case)`,
+    named by case; a single failing parameter (MissingReferenceCase) when there is none."""
+    import pytest
+
+    if not cases:
+        return [pytest.param(MissingReferenceCase(what), id="no-reference-case", marks=pytest.mark.reference)]
+    return [pytest.param(case, id=case.name, marks=[pytest.mark.reference, *marks(case)]) for case in cases]
+
+
+def first_case(cases: list[ReferenceCase], what: str) -> ReferenceCase:
+    """The first of `cases`, or a ReferenceDataError naming where none was found."""
+    if not cases:
+        raise ReferenceDataError(missing_reference_message(what))
+    return cases[0]

@@ -19,7 +19,7 @@ from seedvr_local.models.window_attention import TokenLayout, resolve_attention_
 from seedvr_local.models.windows import window_boxes, window_size
 from tests.parity.dit import build_case_model
 from tests.precision import DIT_LIMITS, assert_within
-from tests.reference_data import discover_cases
+from tests.reference_data import case_params, discover_cases, first_case
 
 DIT_CASES = [c for c in discover_cases() if c.kind in ("dit3b", "dit7b")]
 METHODS = {"regular_windows": "720pwin_by_size_bysize", "shifted_windows": "720pswin_by_size_bysize"}
@@ -55,7 +55,7 @@ def random_inputs(grids, txt_lens, seed: int = 1, txt_dim: int = 24):
 # ----------------------------------------------------------------------------------------------- windows
 
 
-@pytest.mark.parametrize("case", DIT_CASES, ids=[c.name for c in DIT_CASES])
+@pytest.mark.parametrize("case", case_params(DIT_CASES, "dit3b/dit7b reference case"))
 def test_window_boxes_match_reference_notes(case):
     assert case.meta["notes"]["windows_per_sample"], "a DiT case without window notes"
     for sample in case.meta["notes"]["windows_per_sample"]:
@@ -275,9 +275,10 @@ def test_low_precision_smoke(variant, dtype):
 
 
 def _by_kind(kind: str):
-    return next(c for c in DIT_CASES if c.kind == kind)
+    return first_case([c for c in DIT_CASES if c.kind == kind], f"{kind} reference case")
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("kind", ["dit3b", "dit7b"])
 def test_rope_frequencies_are_recomputed_not_loaded(kind):
     case = _by_kind(kind)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.reference_data import reference_dir
+from tests.reference_data import missing_reference_message, reference_dir
 from seedvr_local.weights.build_manifests import read_official_manifest
 from seedvr_local.weights.manifest import MANIFEST_NAMES, format_manifest, load_manifest, parse_manifest
 
@@ -16,10 +16,11 @@ OFFICIAL_COUNTS = {  # spec section 4: tensors and parameters of the released fi
 }
 
 
+@pytest.mark.reference
 @pytest.mark.parametrize("name", MANIFEST_NAMES)
 def test_shipped_manifest_equals_the_official_one(name):
-    manifests = reference_dir() / "manifests"
-    assert manifests.is_dir(), f"official manifests not found at {manifests} (set SEEDVR_REFERENCE_DIR)"
+    official_file = reference_dir() / "manifests" / f"{name}.json"
+    assert official_file.is_file(), missing_reference_message(f"official manifest manifests/{name}.json")
     official = read_official_manifest(reference_dir(), name)
     shipped = load_manifest(name)
     assert list(shipped.shapes.items()) == list(official.shapes.items())  # keys, order and shapes

@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from tests.reference_data import REPO_ROOT, ReferenceCase, ReferenceDataError, discover_cases, reference_dir
+from tests.reference_data import (
+    REPO_ROOT,
+    ReferenceCase,
+    ReferenceDataError,
+    discover_cases,
+    missing_reference_message,
+    reference_dir,
+)
 
 pytestmark = pytest.mark.reference
 
@@ -22,7 +29,7 @@ CASES = discover_cases()
 def _case_with_several_tensors() -> ReferenceCase:
     listed = lambda case, section: case.meta.get("tensors", {}).get(section, {})  # noqa: E731
     case = next((c for c in CASES if len(listed(c, "inputs")) > 1 and len(listed(c, "expected")) > 1), None)
-    assert case is not None, f"no reference case under {reference_dir()} with several inputs and expected tensors"
+    assert case is not None, missing_reference_message("reference case with several inputs and expected tensors")
     return case
 
 
@@ -55,7 +62,7 @@ SPOILERS = {
 def test_every_case_directory_holds_a_case():
     """A directory under cases/ without case.json would be skipped by discovery, so it is an error."""
     cases_dir = reference_dir() / "cases"
-    assert cases_dir.is_dir(), f"no reference cases at {cases_dir} (set SEEDVR_REFERENCE_DIR)"
+    assert cases_dir.is_dir(), missing_reference_message("cases/ directory")
     strays = [p.name for p in cases_dir.iterdir() if p.is_dir() and not (p / "case.json").is_file()]
     assert not strays, f"case directories without case.json: {strays}"
 
@@ -85,6 +92,7 @@ def test_a_wrongly_shaped_tensor_is_an_error(tmp_path):
 
 
 def test_the_intact_cases_load():
+    assert CASES, missing_reference_message("reference case")
     for case in CASES:
         assert case.inputs and case.expected, case.name
 
@@ -98,6 +106,7 @@ def _parity_run(root: Path, *args: str) -> subprocess.CompletedProcess:
 def test_pytest_m_reference_fails_on_a_bundle_with_one_emptied_expected_file(tmp_path):
     """The parity suite run as a user would, on a copied bundle (only the spoiled case, to keep it quick: the
     other cases are the same files as the real bundle's)."""
+    assert CASES, missing_reference_message("reference case")
     root = _linked_copy(reference_dir(), tmp_path / "reference")
     victim = CASES[len(CASES) // 2]
     path = root / "cases" / victim.name / "expected.safetensors"

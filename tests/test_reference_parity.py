@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.parity import RUNNERS, runner_for
-from tests.reference_data import assert_matches_expected, discover_cases, reference_dir
+from tests.reference_data import assert_matches_expected, case_params, discover_cases, missing_reference_message
 
 CASES = discover_cases()
 
@@ -14,10 +14,10 @@ pytestmark = pytest.mark.reference
 
 
 def test_reference_cases_found():
-    assert CASES, f"no reference case found under {reference_dir()} (set SEEDVR_REFERENCE_DIR)"
+    assert CASES, missing_reference_message("reference case")
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+@pytest.mark.parametrize("case", case_params(CASES, "reference case"))
 def test_reference_case(case):
     assert case.kind in RUNNERS, f"case {case.name}: unknown case kind {case.kind!r}"
     run = runner_for(case.kind)

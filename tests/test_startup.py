@@ -66,6 +66,7 @@ def test_help_loads_nothing_heavy(argv):
         (["serve", "--model", "tiny", "--ssl-certfile", "cert.pem"], "go together"),
         (["serve", "--model", "3b", "--warm-up-sizes", "big"], "--warm-up-sizes"),
         (["download", "--model", "tiny"], "invalid choice"),
+        (["upscale", "in.png", "--scale", "4"], "unrecognized argument --scale: did you mean --upscale-factor?"),
     ],
 )
 def test_argument_errors_load_nothing_heavy(argv, message, tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
-"""Exact VAE tiling: tiled encode/decode equals the untiled one (1e-4 in float32) with the reference tiny VAE
-weights, for ragged tile grids, every store scale, images and clips, and through the restore pipeline."""
+"""Exact VAE tiling: tiled encode/decode equals the untiled one (1e-4 in float32) with the built-in tiny VAE (and
+with a reference case's weights in the `reference` run), for ragged tile grids, every store scale, images and
+clips, and through the restore pipeline."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from seedvr_local import kernels
 from seedvr_local.models import vae_blocks, vae_tiling
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.models.vae_tiling import VAETiling, attention_in_place_, required_regions, segments, tile_grid
+from seedvr_local.weights.tiny import build_tiny_models
 from tests.parity.restore import run_restore_case
 from tests.parity.vae import build_case_model
 from tests.reference_data import REPO_ROOT as REPO
-from tests.reference_data import assert_matches_expected, discover_cases, reference_dir
+from tests.reference_data import assert_matches_expected, case_params, discover_cases, first_case
 
 ATOL = 1e-4
 # Any case set in the reference format: the tests pick cases by kind, never by name.
@@ -28,8 +30,7 @@ RESTORE_CASES = [case for case in discover_cases() if case.kind == "restore"]
 
 def _reference_vae() -> VideoAutoencoder:
     """The tiny VAE of a VAE reference case, with its (trained-like) weights."""
-    assert VAE_CASES, f"no vae_encode/vae_decode reference case under {reference_dir()}"
-    return build_case_model(VAE_CASES[0])
+    return build_case_model(first_case(VAE_CASES, "vae_encode/vae_decode reference case"))
 
 
 def _frames(case) -> int:
@@ -43,24 +44,16 @@ def _seedvr2_vae() -> VideoAutoencoder:
         return VideoAutoencoder.from_vae_config(VAEConfig.seedvr2())
 
 
-def _bundle_vae() -> VideoAutoencoder:
-    """The VAE of the reference tiny model bundle."""
-    import json
-
-    from safetensors.torch import load_file
-
-    root = reference_dir() / "tiny_model"
-    config = json.loads((root / "config.json").read_text())
-    model = VideoAutoencoder.from_vae_config(VAEConfig.from_dict(config["vae"]))
-    model.load_state_dict(load_file(str(root / "ema_vae.safetensors")), strict=True)
-    return model.eval()
+def _tiny_vae() -> VideoAutoencoder:
+    """The VAE of the built-in tiny model (`--model tiny`)."""
+    return build_tiny_models().vae
 
 
-@pytest.fixture(scope="module", params=["vae_case", "tiny_bundle"])
+@pytest.fixture(scope="module", params=[pytest.param("vae_case", marks=pytest.mark.reference), "tiny_model"])
 def vae(request) -> VideoAutoencoder:
     if request.param == "vae_case":
         return _reference_vae()
-    return _bundle_vae()
+    return _tiny_vae()
 
 
 def _video(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -124,7 +117,7 @@ def test_tiled_clips_equal_untiled(vae, tiling):
 
 @torch.no_grad()
 def test_offloaded_cuts_and_a_single_tile_give_the_same_result():
-    vae = _reference_vae()
+    vae = _tiny_vae()
     z = _latent(2, 6, 5)
     expected = vae.decode(z)
     assert _max_err(vae.decode(z, VAETiling(16, 1, offload=True)), expected) < ATOL
@@ -135,10 +128,10 @@ def test_offloaded_cuts_and_a_single_tile_give_the_same_result():
 @torch.no_grad()
 def test_tiling_in_bfloat16_is_as_accurate_as_untiled():
     """In bf16 the tiles round at other places than the untiled run: both must stay as close to float32."""
-    vae = _reference_vae()
+    vae = _tiny_vae()
     x, z = _video(1, 32, 32), _latent(1, 4, 4)
     reference = vae.encode(x)[0], vae.decode(z)
-    half = _reference_vae().to(torch.bfloat16)
+    half = _tiny_vae().to(torch.bfloat16)
     untiled = [_max_err(half.encode(x)[0].float(), reference[0]), _max_err(half.decode(z).float(), reference[1])]
     for tiling in (VAETiling(16, 1), VAETiling(16, 8)):
         tiled = [_max_err(half.encode(x, tiling)[0].float(), reference[0]),
@@ -146,17 +139,15 @@ def test_tiling_in_bfloat16_is_as_accurate_as_untiled():
         assert all(t <= 2 * u for t, u in zip(tiled, untiled)), (tiling, tiled, untiled)
 
 
-@pytest.mark.reference
-@pytest.mark.parametrize("case", VAE_CASES, ids=[c.name for c in VAE_CASES])
+@pytest.mark.parametrize("case", case_params(VAE_CASES, "vae_encode/vae_decode reference case"))
 def test_tiled_vae_matches_the_official_reference(case, monkeypatch):
     """The reference cases themselves, run tiled: the same tolerance as the untiled parity test."""
     _tile_every_vae_call(case, monkeypatch)
     _check_vae_case(case)
 
 
-@pytest.mark.reference
 @pytest.mark.parametrize("tiled", [False, True], ids=["untiled", "tiled"])
-@pytest.mark.parametrize("case", VAE_CASES, ids=[c.name for c in VAE_CASES])
+@pytest.mark.parametrize("case", case_params(VAE_CASES, "vae_encode/vae_decode reference case"))
 def test_channels_last_vae_matches_the_official_reference(case, tiled, monkeypatch):
     """The reference cases on channels-last activations (`vae.channels_last`, for cuDNN): the same tolerance."""
     prepare = VideoAutoencoder._prepare
@@ -189,9 +180,8 @@ def _with_tiling(method, tiling):
     return call
 
 
-@pytest.mark.reference
 @pytest.mark.parametrize(
-    "case", [pytest.param(c, id=c.name, marks=SLOW if _frames(c) > 1 else ()) for c in RESTORE_CASES]
+    "case", case_params(RESTORE_CASES, "restore reference case", marks=lambda c: [SLOW] if _frames(c) > 1 else [])
 )
 def test_tiled_restore_matches_the_official_reference(case, monkeypatch):
     """The whole restore with a tiled VAE lands on the reference outputs, as the untiled one does."""
@@ -215,7 +205,7 @@ def test_tiled_restore_matches_the_official_reference(case, monkeypatch):
 @torch.no_grad()
 def test_per_tile_statistics_or_missing_halos_would_be_caught(monkeypatch):
     """The two mistakes exact tiling avoids make errors far above the tolerance with these weights."""
-    vae = _reference_vae()
+    vae = _tiny_vae()
     z, tiling = _latent(1, 6, 8), VAETiling(24, 1)
     expected = vae.decode(z)
 
@@ -239,7 +229,7 @@ def test_per_tile_statistics_or_missing_halos_would_be_caught(monkeypatch):
 
 
 def _vae_outputs() -> dict[str, torch.Tensor]:
-    vae = _bundle_vae()
+    vae = _tiny_vae()
     x = torch.rand(1, 3, 1, 24, 40, generator=torch.Generator().manual_seed(0)) * 2 - 1
     tiling = VAETiling(16, 1)
     with torch.no_grad():

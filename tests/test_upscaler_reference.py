@@ -24,7 +24,7 @@ from seedvr_local.pipeline import RestoreNoises, to_uint8_frames
 from seedvr_local.preprocess import resize_bicubic_antialias
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
 from tests.parity.restore import build_pipeline, case_color_fix, case_noises
-from tests.reference_data import discover_cases, reference_dir
+from tests.reference_data import case_params, discover_cases, missing_reference_message
 
 def _is_image_case(case) -> bool:
     """A `restore` case of one frame, read from case.json (loading tensors here would turn a broken case file
@@ -37,8 +37,9 @@ IMAGE_CASES = [c for c in discover_cases() if _is_image_case(c)]
 SEED = 1234  # any: the case's noises replace the draw; checked to be what reaches the draw
 
 
+@pytest.mark.reference
 def test_image_restore_cases_found():
-    assert IMAGE_CASES, f"no image `restore` case under {reference_dir()} (set SEEDVR_REFERENCE_DIR)"
+    assert IMAGE_CASES, missing_reference_message("image `restore` reference case")
 
 
 def _as_image(video: torch.Tensor) -> DecodedImage:
@@ -63,14 +64,16 @@ def _upscale_with_case_noises(monkeypatch, upscaler, case, noises: RestoreNoises
     return result.pixels.permute(1, 2, 0)
 
 
-@pytest.fixture(scope="module", params=IMAGE_CASES, ids=[c.name for c in IMAGE_CASES])
+@pytest.fixture(scope="module", params=case_params(IMAGE_CASES, "image `restore` reference case"))
 def case_upscaler(request):
     case = request.param
     return case, Upscaler(build_pipeline(case))
 
 
+@pytest.mark.reference
 def test_the_1x_resize_is_the_identity():
     """What makes the 1x upscale of `video` the official run: the product's resize leaves it untouched."""
+    assert IMAGE_CASES, missing_reference_message("image `restore` reference case")
     for case in IMAGE_CASES:
         rgb = _as_image(case.inputs["video"]).rgb
         assert torch.equal(resize_bicubic_antialias(rgb[None], tuple(rgb.shape[-2:]))[0], rgb), case.name

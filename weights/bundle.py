@@ -304,7 +304,7 @@ def _load_into(
 ) -> nn.Module:
     # The RoPE frequencies the model computed itself are kept; a file's (possibly fp8) copy is never read.
     state_dict = read_state_dict(
-        path, dtype, skip=is_rope_freqs, float32=_kept_in_float32(model), keep_quantized=True
+        path, dtype, skip=is_rope_freqs, float32=kept_in_float32(model), keep_quantized=True
     )
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     missing = [key for key in missing if not is_rope_freqs(key)]
@@ -316,7 +316,7 @@ def _load_into(
     return model.to(device).eval().requires_grad_(False)
 
 
-def _kept_in_float32(model: nn.Module) -> Callable[[str], bool]:
+def kept_in_float32(model: nn.Module) -> Callable[[str], bool]:
     """Whether a key belongs to one of the model's `_keep_in_fp32_modules` (diffusers' rule: a module name is
     one of the key's dotted parts), loaded in float32 whatever the load dtype."""
     names = set(getattr(model, "_keep_in_fp32_modules", None) or ())

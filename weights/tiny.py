@@ -14,7 +14,7 @@ import torch
 
 from seedvr_local.models.nadit import DiTConfig, NaDiT
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
-from seedvr_local.weights.bundle import LoadedModels
+from seedvr_local.weights.bundle import LoadedModels, kept_in_float32
 from seedvr_local.weights.manifest import DIT_MANIFESTS, load_manifest
 
 #: What the CLI and `/readyz` say about a model built here.
@@ -61,9 +61,20 @@ def build_tiny_models(device: str | torch.device = "cpu", dtype: torch.dtype = t
         vae = VideoAutoencoder.from_vae_config(tiny_vae_config())
         pos_emb = torch.randn(_TEXT_TOKENS, dit_config.txt_in_dim)
     return LoadedModels(
-        dit=dit.to(device=device, dtype=dtype).eval().requires_grad_(False),
-        vae=vae.to(device=device, dtype=dtype).eval().requires_grad_(False),
+        dit=_placed(dit, device, dtype),
+        vae=_placed(vae, device, dtype),
         pos_emb=pos_emb.to(device=device, dtype=dtype),
         neg_emb=None,
         weights_dir=None,
     )
+
+
+def _placed(model: torch.nn.Module, device: str | torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """`model` on `device` in `dtype` as `load_models` leaves a model read from a file: the parameters of its
+    `_keep_in_fp32_modules` and its buffers (the RoPE frequencies) stay float32. Cast parameter by parameter:
+    diffusers' `ModelMixin.to(dtype=...)` would cast those modules too (and logs a warning saying so)."""
+    keep_float32 = kept_in_float32(model)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            parameter.data = parameter.data.to(torch.float32 if keep_float32(name) else dtype)
+    return model.to(device).eval().requires_grad_(False)

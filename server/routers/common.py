@@ -9,8 +9,10 @@ from typing import Annotated, Any, Literal
 from fastapi import Header, Path, Request
 from fastapi.responses import JSONResponse
 
-from seedvr_local.server.endpoint import Endpoint, request_urls, stored_input
-from seedvr_local.server.errors import FalError
+from seedvr_local.image_io import InvalidImageError, check_image_signature
+from seedvr_local.server.endpoint import VIDEO, Endpoint, request_urls, stored_input
+from seedvr_local.server.errors import FalError, model_error
+from seedvr_local.server.fetch import FetchError, decode_data_uri
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
 from seedvr_local.server.schema import parse_input
 from seedvr_local.server.state import ServerState
@@ -46,6 +48,23 @@ def body_limit(state: ServerState) -> int:
 async def read_input(request: Request, state: ServerState, endpoint: Endpoint) -> dict[str, Any]:
     """The validated input of `endpoint`, as a job stores it; raises InputError (a 422) for an invalid one."""
     return stored_input(endpoint, parse_input(await read_body(request, body_limit(state)), endpoint.input_model))
+
+
+def check_data_uri(endpoint: Endpoint, data: dict[str, Any], max_bytes: int) -> None:
+    """An input's data: URI decodes within the size limit and, for an image, starts like one (nothing else is
+    decoded): else fal's 422 on its field, the error the request's result would give."""
+    url = data[endpoint.url_field]
+    if url[:5].lower() != "data:":
+        return
+    try:
+        content = decode_data_uri(url, max_bytes)
+    except FetchError as exc:
+        raise model_error(endpoint.url_field, str(exc), exc.error_type) from None
+    if endpoint is not VIDEO:  # the image endpoints: plain and seamless
+        try:
+            check_image_signature(content)
+        except InvalidImageError as exc:
+            raise model_error(endpoint.url_field, str(exc), "image_load_error") from None
 
 
 #: x-fal-queue-priority: fal's values ("high" is in fal's queue API, sent by no official client, and

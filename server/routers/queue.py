@@ -21,6 +21,7 @@ from seedvr_local.server.errors import FalError, error_responses
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE
 from seedvr_local.server.netguard import BlockedURLError
 from seedvr_local.server.routers.common import (
+    check_data_uri,
     PriorityHeader,
     RequestIdPath,
     TimeoutHeader,
@@ -81,6 +82,8 @@ def _submit_route(endpoint: Endpoint):
         if fal_webhook is not None:
             await _check_webhook(state, fal_webhook)
         data = await read_input(request, state, endpoint)
+        # What the result would refuse at once, cheaply: an undecodable data URI, or one holding no image.
+        await run_in_threadpool(check_data_uri, endpoint, data, state.settings.max_download_bytes)
         job = await run_in_threadpool(
             state.jobs.create, "queue", data, state.base_url(request), priority, fal_webhook, deadline
         )

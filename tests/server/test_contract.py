@@ -1,4 +1,4 @@
-"""The API contract: what the OpenAPI document promises is what the server does (issue #14's cases).
+"""The API contract: what the OpenAPI document promises is what the server does.
 
 The full fuzzing run is tests/contract/run.sh (part of .ci/run); these are the cases it found, one by one.
 """

@@ -1,4 +1,4 @@
-"""The fleet under faults (issue #12, item 8): PostgreSQL + an S3-compatible store + 2 API-only front-ends + 3
+"""The fleet under faults: PostgreSQL + an S3-compatible store + 2 API-only front-ends + 3
 worker processes, all real processes on loopback with the tiny model. Jobs go in through both front-ends (queued
 and sync) and are polled and streamed through the other; one worker is killed with SIGKILL in the middle of a
 job, one front-end in the middle of an SSE stream, and PostgreSQL restarts once. Every job completes exactly once

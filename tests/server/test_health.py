@@ -50,10 +50,17 @@ def test_openapi_version_is_the_packages():
     assert app.version == version("seedvr-local")
 
 
+def test_the_api_document_introduces_the_image_and_the_video_endpoint(client):
+    info = client.get("/openapi.json").json()["info"]
+    for path in ("fal-ai/seedvr/upscale/image", "fal-ai/seedvr/upscale/video"):
+        assert path in info["summary"] and f"`POST /queue/{path}`" in info["description"]
+
+
 def test_metrics_count_outcomes_phases_and_megapixels(client):
     client.post("/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(png_bytes(100, 100))})
     client.post("/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(b"junk")})
-    queued = client.post("/queue/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(b"junk")})
+    # A PNG cut short: submit accepts it (it starts like an image), the decode fails.
+    queued = client.post("/queue/fal-ai/seedvr/upscale/image", json={"image_url": data_uri(png_bytes()[:40])})
     request_id = queued.json()["request_id"]
     wait_status(client, request_id)
     response = client.get("/metrics")
