@@ -16,8 +16,7 @@ from typing import Callable
 
 import torch
 
-# The block layouts are the formats table's (one fact): re-exported for the dequantisers here and beside.
-from seedvr_local.weight_formats import BLOCK_LAYOUTS, QK_K, QUANTIZED_TYPES  # noqa: F401
+from seedvr_local.weight_formats import BLOCK_LAYOUTS, QK_K
 
 
 

@@ -1,6 +1,6 @@
 """The weights formats: each one's name, block layout and the bytes a model's weights take on the device in it.
-The one table the loader (`weights.gguf_reader`, `models.quantized`), the memory planner, `seedvr-local plan`,
-`seedvr-local download` and the docs read. Without torch, so `plan --help` stays light.
+The one table the loader (`weights.gguf_reader`, `models.quantized`), the memory planner, `seedvr-local plan`
+and the docs read (`plan --weights-format` takes its names). Without torch, so `plan --help` stays light.
 
 GGML's block layouts (the GGUF files' quantised types) are exact: Q8_0 packs 32 int8 values and an fp16 scale
 into 34 bytes (8.5 bits a weight), Q4_0 18 bytes per 32 (4.5 bits), Q4_K 144 bytes per 256 (4.5 bits), Q6_K 210
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 Shape = Sequence[int]
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from benchmarks import gguf_files
 from benchmarks.gguf_files import block_size
+from seedvr_local import weight_formats
 from seedvr_local.cli import main
 from seedvr_local.kernels import backend, ggml_reference
 from seedvr_local.models.quantized import QuantizedTensor, dequant_scratch_bytes, quantized_kinds, weight_bytes
@@ -61,7 +62,7 @@ def _assert_bit_exact(got: torch.Tensor, want: torch.Tensor) -> None:
 def test_reference_dequantiser_is_bit_exact_with_gguf_py(type_name):
     qtype = gguf.GGMLQuantizationType[type_name]
     block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    assert ggml_reference.BLOCK_LAYOUTS[type_name] == (block_size, type_size)
+    assert weight_formats.BLOCK_LAYOUTS[type_name] == (block_size, type_size)
     rng = np.random.default_rng(7)
     # Every byte pattern: scales included (some decode to inf/NaN, compared by their bits too).
     raw = rng.integers(0, 256, (300, type_size), dtype=np.uint8)
@@ -101,7 +102,7 @@ def run_interpreter_dequant(out_path: str) -> None:
 
 
 def _kernel_case(type_name: str) -> torch.Tensor:
-    _, type_size = ggml_reference.BLOCK_LAYOUTS[type_name]
+    _, type_size = weight_formats.BLOCK_LAYOUTS[type_name]
     # 11 blocks: one full program of triton_dequant.BLOCKS and a partial one (masked).
     raw = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (11, type_size), dtype=np.uint8))
     raw[:, 0:2] = torch.tensor([0x66, 0x1E], dtype=torch.uint8)  # a finite scale: 0.0061

@@ -9,7 +9,7 @@ exists at full width. Moving it (`module.to(device)`, pinning, `detach`) moves t
 
 Formats (`kind`):
 
-- a GGML block type ("Q8_0", "Q4_K", ...; `kernels.ggml_reference.QUANTIZED_TYPES`): `qdata` is the uint8
+- a GGML block type ("Q8_0", "Q4_K", ...; `weight_formats.QUANTIZED_TYPES`): `qdata` is the uint8
   blocks `(n_blocks, type_size)` of the row-major values;
 - "fp8": `qdata` float8 (e4m3fn or e5m2) in the logical shape, times an optional float32 `scale` (a scalar, or
   one per output row);
@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from seedvr_local.kernels.dequant import dequantize_ggml
-from seedvr_local.kernels.ggml_reference import BLOCK_LAYOUTS, QUANTIZED_TYPES
+from seedvr_local.weight_formats import BLOCK_LAYOUTS, QUANTIZED_TYPES
 
 SCALED_KINDS = ("fp8", "int8")
 KINDS = QUANTIZED_TYPES + SCALED_KINDS
