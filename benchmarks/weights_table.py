@@ -5,7 +5,7 @@ planner: the tables of docs/weights.md.
 
 Download sizes are the manifests' parameter counts times each format's bytes per parameter (a file adds a header
 of a few hundred kB). GPU memory is the weights in the compute dtype (what the full-precision files take; the
-compact formats' weights are in docs/low-vram.md) plus the memory planner's predicted peak above the weights for
+compact formats' weights are in docs/which-gpu.md) plus the memory planner's predicted peak above the weights for
 one image, untiled and with its most frugal VAE tiling. It builds the full-size models on the `meta` device:
 no download, no GPU, a few seconds on a CPU.
 """
@@ -21,16 +21,14 @@ from seedvr_local.models.nadit import DiTConfig, NaDiT
 from seedvr_local.models.vae import VAEConfig, VideoAutoencoder
 from seedvr_local.models.vae_tiling import STORE_SCALES, VAETiling
 from seedvr_local.pipeline import RestorationPipeline
+from seedvr_local.weight_formats import estimated_weight_bytes
 from seedvr_local.weights.download import published_variants, remote_files
-from seedvr_local.weights.formats import estimated_weight_bytes
 from seedvr_local.weights.manifest import DIT_MANIFESTS, VAE_MANIFEST, load_manifest
 
 GB = 1000**3
 GiB = 1024**3
 #: The precomputed text embeddings, bf16 [58, 5120] and [64, 5120] (spec: the official pos_emb.pt/neg_emb.pt).
 EMBEDDING_BYTES = (58 + 64) * 5120 * 2
-#: The 7B fp8 conversion keeps its last block in fp16 (`..._fp8_e4m3fn_mixed_block35_fp16`).
-MIXED_FP16_PREFIX = "blocks.35."
 OUTPUTS = ((1280, 720), (1920, 1080), (2560, 1440), (3840, 2160))
 FRUGAL_TILE = 128  # the smallest tile `--vae-tile auto` tries (memory_planner.AUTO_TILES)
 
@@ -42,24 +40,14 @@ def file_bytes(filename: str) -> int:
     manifest = load_manifest(VAE_MANIFEST if filename.startswith("ema_vae") else _dit_manifest(filename))
     if filename.endswith(".gguf"):  # GGUF: the DiT's matrices in the file's block type, the small tensors F16
         return estimated_weight_bytes(manifest.shapes, filename.removesuffix(".gguf").rpartition("-")[2], torch.float16)
-    if "_fp8_" in filename:
-        mixed = "_mixed_block35_fp16" in filename
-        return sum(
-            _numel(shape) * (2 if mixed and key.startswith(MIXED_FP16_PREFIX) else 1)
-            for key, shape in manifest.shapes.items()
-        )
+    if "_fp8_" in filename:  # fp8 matrices, the small tensors (and the mixed files' block 35) fp16
+        fmt = "fp8_mixed_block35" if "_mixed_block35_fp16" in filename else "fp8"
+        return estimated_weight_bytes(manifest.shapes, fmt, torch.float16)
     return manifest.num_params * (2 if "_fp16" in filename else 4)
 
 
 def _dit_manifest(filename: str) -> str:
     return next(name for model, name in DIT_MANIFESTS.items() if filename.startswith(f"seedvr2_ema_{model}"))
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def download_rows() -> list[tuple[str, str, str, float]]:

@@ -16,23 +16,8 @@ from typing import Callable
 
 import torch
 
-#: Values per super-block of the K types.
-QK_K = 256
+from seedvr_local.weight_formats import BLOCK_LAYOUTS, QK_K
 
-#: type name -> (values per block, bytes per block): GGML's block layouts.
-BLOCK_LAYOUTS: dict[str, tuple[int, int]] = {
-    "Q4_0": (32, 2 + 16),
-    "Q4_1": (32, 2 + 2 + 16),
-    "Q5_0": (32, 2 + 4 + 16),
-    "Q5_1": (32, 2 + 2 + 4 + 16),
-    "Q8_0": (32, 2 + 32),
-    "Q2_K": (QK_K, QK_K // 16 + QK_K // 4 + 2 + 2),
-    "Q3_K": (QK_K, QK_K // 8 + QK_K // 4 + 12 + 2),
-    "Q4_K": (QK_K, 2 + 2 + 12 + QK_K // 2),
-    "Q5_K": (QK_K, 2 + 2 + 12 + QK_K // 8 + QK_K // 2),
-    "Q6_K": (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),
-}
-QUANTIZED_TYPES = tuple(BLOCK_LAYOUTS)
 
 
 def _f16(blocks: torch.Tensor, start: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seedvr_local.kernels.ggml_reference import BLOCK_LAYOUTS
+from seedvr_local.weight_formats import BLOCK_LAYOUTS
 
 BLOCKS = 8
 

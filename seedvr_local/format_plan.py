@@ -19,9 +19,9 @@ from seedvr_local.models.vae_tiling import STORE_SCALES, VAETiling
 from seedvr_local.offload_levels import FULL_OFFLOAD, ModelWeights, Offload
 from seedvr_local.pipeline import RestorationPipeline
 from seedvr_local.weight_formats import (
-    FORMAT_NAMES, VAE_FORMAT, dequant_scratch, dit_block_shapes, weight_format, weights_bytes,
+    FORMAT_NAMES, VAE_FORMAT, dequant_scratch, dit_block_shapes, estimated_weight_bytes,
 )  # fmt: skip
-from seedvr_local.weights.manifest import DIT_MANIFESTS, VAE_MANIFEST, load_manifest
+from seedvr_local.weights.manifest import MODEL_MANIFESTS, VAE_MANIFEST, load_manifest
 
 #: The device `seedvr-local plan` plans for: a GPU computing in bfloat16.
 PLAN_DEVICE = torch.device("cuda")
@@ -30,16 +30,15 @@ GiB = 1024**3
 
 
 def model_weights(model: str, fmt: str) -> ModelWeights:
-    """The device bytes of `model`'s ("3b" or "7b") DiT stored in format `fmt`, and of its 16-bit VAE."""
-    manifest = load_manifest(DIT_MANIFESTS[model])
-    dit_format = weight_format(fmt)
+    """The device bytes of `model`'s ("3b", "7b", "7b-sharp") DiT stored in format `fmt`, and of its 16-bit VAE."""
+    manifest = load_manifest(MODEL_MANIFESTS[model])
     blocks, other = dit_block_shapes(manifest.shapes, manifest.config["num_layers"])
     vae = load_manifest(VAE_MANIFEST)
     return ModelWeights(
-        block_bytes=tuple(weights_bytes(shapes, dit_format) for shapes in blocks),
-        dit_other_bytes=weights_bytes(other, dit_format),
-        vae_bytes=weights_bytes(vae.shapes.values(), weight_format(VAE_FORMAT)),
-        dequant_scratch=dequant_scratch(manifest.shapes.values(), dit_format),
+        block_bytes=tuple(estimated_weight_bytes(shapes, fmt, PLAN_DTYPE) for shapes in blocks),
+        dit_other_bytes=estimated_weight_bytes(other, fmt, PLAN_DTYPE),
+        vae_bytes=estimated_weight_bytes(vae.shapes, VAE_FORMAT, PLAN_DTYPE),
+        dequant_scratch=dequant_scratch(manifest.shapes, fmt, PLAN_DTYPE),
     )
 
 

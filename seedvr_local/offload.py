@@ -20,6 +20,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from seedvr_local.models.quantized import point_at, stored_bytes
 from seedvr_local.offload_levels import FULL_OFFLOAD, NO_OFFLOAD, ModelWeights, OffloadLevel, check_offload
 
 
@@ -45,7 +46,7 @@ class _Group:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors)
+        return sum(stored_bytes(t) for t in self.tensors)  # packed weights: their packed size
 
 
 def _tensors(modules: list[nn.Module], exclude: set[int] = frozenset()) -> list[torch.Tensor]:
@@ -127,10 +128,10 @@ class ModelOffload:
         if offloaded and not group.offloaded:
             group.host = [self._to_host(t.data) for t in group.tensors]
             for t, host in zip(group.tensors, group.host):
-                t.data = host
+                point_at(t, host)
         elif not offloaded and group.offloaded:
             for t, host in zip(group.tensors, group.host):
-                t.data = host.to(self.device, copy=True)
+                point_at(t, host.to(self.device, copy=True))
             group.host = []
 
     def _to_host(self, data: torch.Tensor) -> torch.Tensor:
@@ -201,11 +202,11 @@ class ModelOffload:
                 copy.record_stream(current)  # freed only once the computation that reads it is done
             group.ready = None
         for t, copy in zip(group.tensors, group.copies):
-            t.data = copy
+            point_at(t, copy)
 
     def _release(self, group: _Group) -> None:
         if not group.copies:
             return
         for t, host in zip(group.tensors, group.host):
-            t.data = host
+            point_at(t, host)
         group.copies, group.ready = [], None

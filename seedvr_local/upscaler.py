@@ -25,7 +25,10 @@ from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil, 
 from seedvr_local.memory_planner import (
     MemoryPlanError, MemoryPlanner, RunOutOfMemoryError, RunPlan, use_mmap_for_large_cpu_tensors,
 )  # fmt: skip
-from seedvr_local.offload_levels import FULL_OFFLOAD, NO_OFFLOAD, Offload, check_offload, parse_offload
+from seedvr_local.models.quantized import dequant_scratch_bytes
+from seedvr_local.offload_levels import (
+    FULL_OFFLOAD, NO_OFFLOAD, ModelWeights, Offload, check_offload, parse_offload,
+)  # fmt: skip
 from seedvr_local.options import MAX_SEED, ProgressCallback, UpscaleOptions
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
 from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias, resize_periodic
@@ -98,11 +101,15 @@ class Upscaler:
         self.offload = parse_offload(offload)
         check_offload(self.offload, len(pipeline.dit.blocks))
         placement = None if self.offload == NO_OFFLOAD and pipeline.offload is None else pipeline.enable_offload()
+        # Packed weights (GGUF, fp8, int8) are expanded one layer at a time during the DiT phase.
+        scratch = dequant_scratch_bytes(pipeline.dit)
         if placement is None:
-            self.planner = MemoryPlanner.for_pipeline(pipeline)
+            # The weights stay where they are (already in the memory measured); only the scratch is the plan's.
+            weights = ModelWeights((), 0, 0, scratch, host_is_device=pipeline.device.type == "cpu") if scratch else None
+            self.planner = MemoryPlanner.for_pipeline(pipeline, weights=weights, offload=NO_OFFLOAD)
         else:
             self.planner = MemoryPlanner.for_pipeline(
-                pipeline, weights=placement.weights(), offload=self.offload, resident=placement.device_bytes
+                pipeline, weights=placement.weights(scratch), offload=self.offload, resident=placement.device_bytes
             )
             placement.apply(self._first_level(placement.level))
         if pipeline.device.type == "cpu":

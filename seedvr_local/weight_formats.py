@@ -1,73 +1,120 @@
-"""Bytes per weight of each published weights format, and the bytes of a model's weights in one: the one table
-the memory planner and `seedvr-local plan` read. Without torch.
+"""The weights formats: each one's name, block layout and the bytes a model's weights take on the device in it.
+The one table the loader (`weights.gguf_reader`, `models.quantized`), the memory planner, `seedvr-local plan`
+and the docs read (`plan --weights-format` takes its names). Without torch, so `plan --help` stays light.
 
-Sizes come from the formats' block layouts: a GGUF Q8_0 block is 32 int8 values and one fp16 scale (34 bytes per
-32 weights, 8.5 bits); Q4_0 18 bytes per 32 (4.5 bits); Q4_K 144 bytes per 256 (4.5 bits); Q6_K 210 bytes per 256
-(6.5625 bits). Q4_K_M is a mix of Q4_K and Q6_K blocks (some projections keep 6 bits): 4.5 to 4.85 bits per weight
-overall, counted here at the upper end, 4.85. fp8 and int8 files store one byte per weight (their per-tensor or
-per-row scales are a rounding error).
+GGML's block layouts (the GGUF files' quantised types) are exact: Q8_0 packs 32 int8 values and an fp16 scale
+into 34 bytes (8.5 bits a weight), Q4_0 18 bytes per 32 (4.5 bits), Q4_K 144 bytes per 256 (4.5 bits), Q6_K 210
+per 256 (6.5625 bits). The llama.cpp mix names ("Q4_K_M", "Q5_K_S", ...) count as their base type, which is what
+the published SeedVR2 files use for their weight matrices (their sizes agree within 0.5%). fp8 and int8 weights
+take one byte a value (their per-tensor or per-row scales are a rounding error and not counted).
 
-Per-tensor rule: only matrices are stored in the compact format. A one-dimensional tensor (bias, norm weight) or
-one of fewer than `SMALL_TENSOR_ELEMENTS` values is kept in float32 in a GGUF file and in 16 bits in an fp8/int8
-one; a matrix whose rows (its last dimension) are not whole blocks of its format is kept in 16 bits.
+Per-tensor rule, as the converters write the published files and as loading keeps them:
+
+- a tensor is stored compact when it has 2+ dimensions, at least `SMALL_TENSOR_ELEMENTS` values, and rows (its
+  last dimension) of whole blocks; numz's mixed fp8 7B keeps its last block (`blocks.35.`) in 16 bits;
+- every other tensor is plain, and loading casts it to the compute dtype (the 16- and 32-bit formats: every
+  tensor). The DiT's modulation vectors, which loading keeps in float32, are counted in the compute dtype too
+  (a few MB of the 7B's 8 billion weights).
+
+`models.quantized.weight_bytes(module)` measures a loaded model instead.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Mapping, Sequence
 
-Shape = tuple[int, ...]
+Shape = Sequence[int]
 
-#: Tensors smaller than this stay unquantised (a block format gains nothing on them).
+#: Values per super-block of GGML's K types.
+QK_K = 256
+#: GGML type name -> (values per block, bytes per block).
+BLOCK_LAYOUTS: dict[str, tuple[int, int]] = {
+    "Q4_0": (32, 2 + 16),
+    "Q4_1": (32, 2 + 2 + 16),
+    "Q5_0": (32, 2 + 4 + 16),
+    "Q5_1": (32, 2 + 2 + 4 + 16),
+    "Q8_0": (32, 2 + 32),
+    "Q2_K": (QK_K, QK_K // 16 + QK_K // 4 + 2 + 2),
+    "Q3_K": (QK_K, QK_K // 8 + QK_K // 4 + 12 + 2),
+    "Q4_K": (QK_K, 2 + 2 + 12 + QK_K // 2),
+    "Q5_K": (QK_K, 2 + 2 + 12 + QK_K // 8 + QK_K // 2),
+    "Q6_K": (QK_K, QK_K // 2 + QK_K // 4 + QK_K // 16 + 2),
+}
+QUANTIZED_TYPES = tuple(BLOCK_LAYOUTS)
+#: Tensors smaller than this stay plain (a block format gains nothing on them).
 SMALL_TENSOR_ELEMENTS = 1024
-#: Bytes of one value in the compute dtype a dequantised layer is expanded to (bf16/fp16).
-COMPUTE_ITEMSIZE = 2
+#: numz's mixed fp8 7B conversion keeps this block in fp16.
+_MIXED_FP8_BLOCK = "blocks.35."
 
 
 @dataclass(frozen=True)
 class WeightFormat:
-    name: str
-    bits: float  # per weight of a matrix stored in this format, scales included
-    block: int  # values per block along a row (1: no blocks)
-    small_bits: int  # bits per value of the tensors the per-tensor rule keeps unquantised
-    quantised: bool  # expanded to the compute dtype layer by layer at use
-    about: str
+    """A weights format: `block` values packed into `block_bytes` bytes (None: plain, in the compute dtype)."""
 
-    def compact(self, shape: Shape) -> bool:
-        """Whether a tensor of `shape` is stored in this format (else the per-tensor rule keeps it whole)."""
+    name: str
+    about: str
+    block: int = 1
+    block_bytes: int | None = None
+    plain_keys: str | None = None  # a key prefix the format keeps plain
+
+    @property
+    def quantised(self) -> bool:
+        """Whether its weights stay packed on the device and are expanded to the compute dtype layer by layer."""
+        return self.block_bytes is not None
+
+    @property
+    def bits(self) -> float:
+        """Bits a compact weight takes (0 for the plain formats: they take the compute dtype's)."""
+        return 8 * self.block_bytes / self.block if self.quantised else 0.0
+
+    def compact(self, shape: Shape, key: str = "") -> bool:
+        """Whether the tensor `key` of `shape` is stored in this format (else it is plain, by the rule above)."""
+        if not self.quantised or (self.plain_keys and key.startswith(self.plain_keys)):
+            return False
         return len(shape) >= 2 and math.prod(shape) >= SMALL_TENSOR_ELEMENTS and shape[-1] % self.block == 0
 
-    def tensor_bytes(self, shape: Shape) -> int:
-        """Bytes of one tensor of `shape` stored in this format, by the per-tensor rule above."""
+    def tensor_bytes(self, shape: Shape, itemsize: int, key: str = "") -> int:
+        """Device bytes of the tensor `key` of `shape` loaded computing in a dtype of `itemsize` bytes."""
         count = math.prod(shape)
-        if self.compact(shape):
-            return math.ceil(count * self.bits / 8)
-        if len(shape) < 2 or count < SMALL_TENSOR_ELEMENTS:
-            return math.ceil(count * self.small_bits / 8)
-        return count * 2  # a matrix whose rows are not whole blocks
+        if self.compact(shape, key):
+            return count // self.block * self.block_bytes
+        return count * itemsize
 
 
+#: llama.cpp's mixes of a K type ("Q4_K_M": mostly Q4_K blocks), counted as their base type.
+_GGUF_MIXES = {"Q5_K": "SM", "Q4_K": "SM", "Q3_K": "SML", "Q2_K": "S"}
+
+
+def _gguf_types() -> list[WeightFormat]:
+    """Every GGML block type and its mixes, the largest first."""
+    formats = []
+    for base in sorted(QUANTIZED_TYPES, key=lambda t: -BLOCK_LAYOUTS[t][1] / BLOCK_LAYOUTS[t][0]):
+        block, block_bytes = BLOCK_LAYOUTS[base]
+        about = f"GGUF {base}: {block_bytes} bytes per {block} weights"
+        formats.append(WeightFormat(base, about, block, block_bytes))
+        mixes = [f"{base}_{size}" for size in _GGUF_MIXES.get(base, "")]
+        formats += [WeightFormat(mix, f"GGUF mix counted as {base}", block, block_bytes) for mix in mixes]
+    return formats
+
+
+#: Name -> format, the most precise first: the 16- and 32-bit formats, the 8-bit ones, the GGUF types from the
+#: largest to the smallest (the order `seedvr-local plan` suggests a smaller format in).
 FORMATS: dict[str, WeightFormat] = {
     f.name: f
     for f in (
-        WeightFormat("fp32", 32, 1, 32, False, "float32, as the official checkpoints"),
-        WeightFormat("bf16", 16, 1, 16, False, "bfloat16"),
-        WeightFormat("fp16", 16, 1, 16, False, "float16"),
-        WeightFormat("fp8", 8, 1, 16, True, "float8 e4m3, one byte per weight, up-cast per layer at use"),
-        WeightFormat("int8", 8, 1, 16, True, "int8 with scales, one byte per weight, up-cast per layer at use"),
-        WeightFormat("Q8_0", 8.5, 32, 32, True, "GGUF: 32 int8 values and an fp16 scale per block"),
-        WeightFormat("Q6_K", 6.5625, 256, 32, True, "GGUF k-quant: 210 bytes per 256 weights"),
-        WeightFormat("Q5_K_M", 5.69, 256, 32, True, "GGUF: Q5_K (5.5 bits) with some Q6_K blocks"),
-        WeightFormat("Q4_K_M", 4.85, 256, 32, True, "GGUF: Q4_K (4.5 bits) with some Q6_K blocks, upper end"),
-        WeightFormat("Q4_0", 4.5, 32, 32, True, "GGUF: 32 4-bit values and an fp16 scale per block"),
-        WeightFormat("Q3_K_M", 3.91, 256, 32, True, "GGUF: Q3_K (3.44 bits) with some Q4_K/Q5_K blocks"),
+        WeightFormat("fp32", "float32, as the official checkpoints (loaded in the compute dtype)"),
+        WeightFormat("bf16", "bfloat16 (loaded in the compute dtype)"),
+        WeightFormat("fp16", "float16 (loaded in the compute dtype)"),
+        WeightFormat("fp8", "float8 e4m3fn or e5m2, scaled or not: one byte a weight, up-cast per layer", 1, 1),
+        WeightFormat("int8", "int8 with scales: one byte a weight, up-cast per layer", 1, 1),
+        WeightFormat("fp8_mixed_block35", "numz's 7B fp8 with block 35 in fp16", 1, 1, _MIXED_FP8_BLOCK),
+        *_gguf_types(),
     )
 }
-#: Smallest last: the order `seedvr-local plan` suggests a smaller format in.
 FORMAT_NAMES = tuple(FORMATS)
-#: The VAE's weights in `seedvr-local plan`: the published VAE files are 16-bit (and 0.5 GB; the DiT is the rest).
+#: The VAE's weights in `seedvr-local plan`: the published VAE files are 16-bit (0.5 GB; the DiT is the rest).
 VAE_FORMAT = "bf16"
 
 
@@ -78,22 +125,26 @@ def weight_format(name: str) -> WeightFormat:
         raise ValueError(f"unknown weights format {name!r}; known: {', '.join(FORMAT_NAMES)}") from None
 
 
-def weights_bytes(shapes: Iterable[Shape], fmt: WeightFormat) -> int:
-    return sum(fmt.tensor_bytes(shape) for shape in shapes)
+def estimated_weight_bytes(shapes: Mapping[str, Shape], weights_format: str, dtype) -> int:
+    """The bytes weights of these shapes (key -> shape) take loaded in `weights_format`, computing in `dtype` (a
+    torch dtype, or its size in bytes)."""
+    fmt, itemsize = weight_format(weights_format), getattr(dtype, "itemsize", dtype)
+    return sum(fmt.tensor_bytes(shape, itemsize, key) for key, shape in shapes.items())
 
 
-def dequant_scratch(shapes: Iterable[Shape], fmt: WeightFormat) -> int:
-    """Bytes of the compute-dtype copy of the largest compact tensor: what expanding one layer at use needs."""
-    if not fmt.quantised:
-        return 0
-    return max((math.prod(s) * COMPUTE_ITEMSIZE for s in shapes if fmt.compact(s)), default=0)
+def dequant_scratch(shapes: Mapping[str, Shape], weights_format: str, dtype) -> int:
+    """Bytes of the compute-dtype copy of the largest compact tensor: what expanding one layer at use takes on a
+    GPU, where the dequantising kernels write the compute dtype directly (0 for the plain formats)."""
+    fmt, itemsize = weight_format(weights_format), getattr(dtype, "itemsize", dtype)
+    return max((math.prod(s) * itemsize for k, s in shapes.items() if fmt.compact(s, k)), default=0)
 
 
-def dit_block_shapes(shapes: Mapping[str, Shape], num_blocks: int) -> tuple[list[list[Shape]], list[Shape]]:
+def dit_block_shapes(shapes: Mapping[str, Shape], num_blocks: int) -> tuple[list[dict[str, Shape]], dict[str, Shape]]:
     """A DiT state dict's shapes split into each block's (`blocks.<i>.`) and the rest."""
-    blocks: list[list[Shape]] = [[] for _ in range(num_blocks)]
-    other: list[Shape] = []
+    blocks: list[dict[str, Shape]] = [{} for _ in range(num_blocks)]
+    other: dict[str, Shape] = {}
     for key, shape in shapes.items():
         head, index, *_ = key.split(".") + [""]
-        (blocks[int(index)] if head == "blocks" and index.isdigit() else other).append(shape)
+        (blocks[int(index)] if head == "blocks" and index.isdigit() else other)[key] = shape
     return blocks, other
+

@@ -98,3 +98,75 @@ def write_weights_dir(
     }
     (directory / "config.json").write_text(json.dumps(config))
     return directory
+
+
+def gguf_weights_dir(
+    root: Path, tiny_weights, types: list[str], *, vae_types: list[str] | None = None
+) -> tuple[Path, Path]:
+    """A weights dir with the DiT (and the VAE when `vae_types`) as GGUF, and its float32 oracle dir."""
+    dit, vae, pos_emb = tiny_weights
+    quant, oracle = root / "gguf", root / "float32"
+    quant.mkdir(parents=True)
+    dit_oracle, _ = write_gguf(quant / "seedvr2_ema_3b-test.gguf", dit, types)
+    vae_file, vae_oracle = "ema_vae.safetensors", vae
+    if vae_types:
+        vae_file = "ema_vae-test.gguf"
+        vae_oracle, _ = write_gguf(quant / vae_file, vae, vae_types, seed=1, prefix="")
+    write_weights_dir(quant, "seedvr2_ema_3b-test.gguf", vae_file, pos_emb, vae=None if vae_types else vae)
+    write_weights_dir(oracle, "dit.safetensors", "vae.safetensors", pos_emb, dit_oracle, vae_oracle)
+    return quant, oracle
+
+
+def _fp8_scaled(weight: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    amax = weight.abs().amax(dim=1, keepdim=True) if per_row else weight.abs().max()
+    scale = (amax / 448).float().clamp_min(1e-12)
+    return (weight / scale).to(torch.float8_e4m3fn), scale.reshape(-1) if per_row else scale.reshape(())
+
+
+def _int8_scaled(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if block is None:
+        scale = (weight.abs().max() / 127).float()
+        return (weight / scale).round().clamp(-127, 127).to(torch.int8), scale
+    rows, cols = block
+    blocks = weight.reshape(weight.shape[0] // rows, rows, weight.shape[1] // cols, cols)
+    scale = (blocks.abs().amax(dim=(1, 3)) / 127).float().clamp_min(1e-12)
+    q = (blocks / scale[:, None, :, None]).round().clamp(-127, 127).to(torch.int8).reshape(weight.shape)
+    return q, scale
+
+
+def eight_bit_files(dit: dict[str, torch.Tensor], layout: str) -> tuple[dict, dict]:
+    """(the file's tensors, the oracle state_dict: the same weights as float32 by the layout's formula)."""
+    stored, oracle = {}, {}
+    for key, weight in dit.items():
+        eligible = key.endswith(".weight") and weight.dim() == 2
+        if not eligible:
+            stored[key] = oracle[key] = weight
+            continue
+        layer = key.removesuffix(".weight")
+        if layout == "fp8":  # numz's conversion: fp8 values, no scale
+            stored[key] = weight.to(torch.float8_e4m3fn)
+            oracle[key] = stored[key].float()
+        elif layout in ("comfy_fp8", "legacy_fp8"):
+            q, scale = _fp8_scaled(weight, per_row=layout == "legacy_fp8")
+            stored[key] = q
+            stored[layer + (".weight_scale" if layout == "comfy_fp8" else ".scale_weight")] = scale
+            if layout == "comfy_fp8":
+                stored[layer + ".comfy_quant"] = format_record("float8_e4m3fn")
+                stored[layer + ".input_scale"] = torch.tensor(1.0)
+            oracle[key] = q.float() * (scale[:, None] if scale.dim() else scale)
+        else:  # int8_tensorwise / int8_blockwise
+            whole_blocks = weight.shape[0] % 8 == 0 and weight.shape[1] % 8 == 0
+            block = (8, 8) if layout == "int8_blockwise" and whole_blocks else None
+            q, scale = _int8_scaled(weight, block)
+            stored[key], stored[layer + ".weight_scale"] = q, scale
+            stored[layer + ".comfy_quant"] = format_record("int8_blockwise" if block else "int8_tensorwise")
+            expand = scale.repeat_interleave(8, 0).repeat_interleave(8, 1) if block else scale
+            oracle[key] = q.float() * expand
+    if layout == "legacy_fp8":  # as ComfyUI writes them: the model's keys prefixed, the marker not
+        stored = {"model.diffusion_model." + key: value for key, value in stored.items()}
+        stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
+    return stored, oracle
+
+
+def format_record(fmt: str) -> torch.Tensor:
+    return torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)

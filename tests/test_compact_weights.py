@@ -5,6 +5,7 @@ weights in float32 restore, through the Python API and the CLI, with the weights
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,21 +15,28 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from gguf.quants import dequantize
+from gguf.quants import dequantize, quantize
 from PIL import Image
 
+from benchmarks import gguf_files
+from benchmarks.gguf_files import block_size
+from seedvr_local import weight_formats
 from seedvr_local.cli import main
 from seedvr_local.kernels import backend, ggml_reference
 from seedvr_local.models.quantized import QuantizedTensor, dequant_scratch_bytes, quantized_kinds, weight_bytes
 from seedvr_local.upscaler import Upscaler, UpscaleOptions
+from seedvr_local.weight_formats import estimated_weight_bytes
 from seedvr_local.weights.bundle import load_models
-from seedvr_local.weights.checkpoint import CheckpointFormatError, read_shapes
-from seedvr_local.weights.formats import estimated_weight_bytes
+from seedvr_local.weights.checkpoint import CheckpointFormatError, read_shapes, read_state_dict
 from seedvr_local.weights.manifest import CheckpointMismatchError, load_manifest
 from tests import requires
 from tests.compact_weights import (
     K_TYPES,
     QUANTIZER_TYPES,
+    eight_bit_files,
+    format_record,
+    gguf_weights_dir,
+    k_quant_blocks,
     tiny_state_dicts,
     write_gguf,
     write_weights_dir,
@@ -54,7 +62,7 @@ def _assert_bit_exact(got: torch.Tensor, want: torch.Tensor) -> None:
 def test_reference_dequantiser_is_bit_exact_with_gguf_py(type_name):
     qtype = gguf.GGMLQuantizationType[type_name]
     block_size, type_size = gguf.GGML_QUANT_SIZES[qtype]
-    assert ggml_reference.BLOCK_LAYOUTS[type_name] == (block_size, type_size)
+    assert weight_formats.BLOCK_LAYOUTS[type_name] == (block_size, type_size)
     rng = np.random.default_rng(7)
     # Every byte pattern: scales included (some decode to inf/NaN, compared by their bits too).
     raw = rng.integers(0, 256, (300, type_size), dtype=np.uint8)
@@ -94,7 +102,7 @@ def run_interpreter_dequant(out_path: str) -> None:
 
 
 def _kernel_case(type_name: str) -> torch.Tensor:
-    _, type_size = ggml_reference.BLOCK_LAYOUTS[type_name]
+    _, type_size = weight_formats.BLOCK_LAYOUTS[type_name]
     # 11 blocks: one full program of triton_dequant.BLOCKS and a partial one (masked).
     raw = torch.from_numpy(np.random.default_rng(3).integers(0, 256, (11, type_size), dtype=np.uint8))
     raw[:, 0:2] = torch.tensor([0x66, 0x1E], dtype=torch.uint8)  # a finite scale: 0.0061
@@ -125,21 +133,6 @@ def tiny_weights():
     return tiny_state_dicts()
 
 
-def _gguf_dir(root: Path, tiny_weights, types: list[str], *, vae_types: list[str] | None = None) -> tuple[Path, Path]:
-    """A weights dir with the DiT (and the VAE when `vae_types`) as GGUF, and its float32 oracle dir."""
-    dit, vae, pos_emb = tiny_weights
-    quant, oracle = root / "gguf", root / "float32"
-    quant.mkdir(parents=True)
-    dit_oracle, _ = write_gguf(quant / "seedvr2_ema_3b-test.gguf", dit, types)
-    vae_file, vae_oracle = "ema_vae.safetensors", vae
-    if vae_types:
-        vae_file = "ema_vae-test.gguf"
-        vae_oracle, _ = write_gguf(quant / vae_file, vae, vae_types, seed=1, prefix="")
-    write_weights_dir(quant, "seedvr2_ema_3b-test.gguf", vae_file, pos_emb, vae=None if vae_types else vae)
-    write_weights_dir(oracle, "dit.safetensors", "vae.safetensors", pos_emb, dit_oracle, vae_oracle)
-    return quant, oracle
-
-
 def _image(width=24, height=16) -> Image.Image:
     return Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
@@ -165,12 +158,12 @@ def _assert_within_one_level(got: np.ndarray, want: np.ndarray) -> None:
     ids=["q8_q4", "q4_1_q5-vae_q8", "k_quants-vae_q4"],
 )
 def test_a_gguf_weights_dir_restores_what_its_float32_weights_restore(tmp_path, tiny_weights, types, vae_types):
-    quant, oracle = _gguf_dir(tmp_path, tiny_weights, types, vae_types=vae_types)
+    quant, oracle = gguf_weights_dir(tmp_path, tiny_weights, types, vae_types=vae_types)
     _assert_within_one_level(_restore(quant), _restore(oracle))
 
 
 def test_the_gguf_dit_stays_packed_in_memory(tmp_path, tiny_weights):
-    quant, _ = _gguf_dir(tmp_path, tiny_weights, ["Q4_K", "Q8_0", "Q6_K"])
+    quant, _ = gguf_weights_dir(tmp_path, tiny_weights, ["Q4_K", "Q8_0", "Q6_K"])
     models = load_models(quant)
     reader = gguf.GGUFReader(quant / "seedvr2_ema_3b-test.gguf")
     stored = {t.name.removeprefix("model.diffusion_model."): t for t in reader.tensors}
@@ -196,14 +189,38 @@ def test_the_gguf_dit_stays_packed_in_memory(tmp_path, tiny_weights):
     assert dequant_scratch_bytes(models.dit) == max(t.n_elements for t in quantized.values()) * (4 + 4)
 
 
-def test_the_predicted_weight_bytes_are_what_loading_takes(tmp_path, tiny_weights):
-    # Every tiny weight matrix has a multiple of 32 values, so a Q8_0 file packs all of them.
-    quant, _ = _gguf_dir(tmp_path, tiny_weights, ["Q8_0"])
-    models = load_models(quant)
-    shapes = {key: tuple(p.shape) for key, p in models.dit.named_parameters()}
-    assert all(isinstance(p, QuantizedTensor) for p in models.dit.parameters() if p.dim() >= 2)
-    params = sum(p.storage_bytes if isinstance(p, QuantizedTensor) else p.nbytes for p in models.dit.parameters())
-    assert estimated_weight_bytes(shapes, "Q8_0", torch.float32) == params
+def test_the_predicted_weight_bytes_are_what_loading_takes(tmp_path):
+    """A GGUF file laid out as the published ones are (ComfyUI-GGUF's converter): vectors and tensors of under 1024
+    values in F32, matrices whose rows are not whole blocks in F16, the rest in the block type. Loaded in float16,
+    the plain tensors take 2 bytes a value and the packed ones their blocks."""
+    rng = np.random.default_rng(3)
+    shapes = {"a.weight": (64, 256), "b.weight": (96, 512), "a.bias": (64,), "small.weight": (16, 32),
+              "rows.weight": (64, 40), "conv.weight": (8, 4, 3, 3, 256)}  # fmt: skip
+    state = {key: torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) for key, shape in shapes.items()}
+
+    for type_name, per_block in (("Q8_0", 34 / 32), ("Q4_K", 144 / 256)):
+
+        def converter_type(key, shape, type_name=type_name) -> str:
+            return "F32" if math.prod(shape) < 1024 else "F16" if shape[-1] % block_size(type_name) else type_name
+
+        path = tmp_path / f"t-{type_name}.gguf"
+        gguf_files.write_gguf(path, state, converter_type, _blocks_of(type_name), prefix="")
+        loaded = read_state_dict(path, torch.float16, keep_quantized=True)
+        held = sum(t.storage_bytes if isinstance(t, QuantizedTensor) else t.nbytes for t in loaded.values())
+        packed = {k for k, t in loaded.items() if isinstance(t, QuantizedTensor)}
+        assert packed == {"a.weight", "b.weight", "conv.weight"}
+        want = sum(math.prod(shapes[k]) * per_block for k in packed) + 2 * sum(
+            math.prod(s) for k, s in shapes.items() if k not in packed
+        )
+        assert held == want
+        assert estimated_weight_bytes(shapes, type_name, torch.float16) == held
+
+
+def _blocks_of(type_name: str):
+    rng = np.random.default_rng(4)
+    if type_name in QUANTIZER_TYPES:
+        return lambda values, name: quantize(values.astype(np.float32), gguf.GGMLQuantizationType[name])
+    return lambda values, name: k_quant_blocks(name, values.size // 256, rng).reshape(*values.shape[:-1], -1)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +235,7 @@ def test_the_predicted_weight_bytes_match_the_published_files(manifest, weights_
 
 
 def test_the_cli_restores_from_a_gguf_weights_dir(tmp_path, tiny_weights):
-    quant, oracle = _gguf_dir(tmp_path, tiny_weights, ["Q8_0", "Q4_K"], vae_types=["Q8_0"])
+    quant, oracle = gguf_weights_dir(tmp_path, tiny_weights, ["Q8_0", "Q4_K"], vae_types=["Q8_0"])
     source = tmp_path / "in.png"
     _image().save(source)
     outputs = []
@@ -295,61 +312,6 @@ def test_a_lying_orig_shape_is_one_clear_error(tmp_path, tiny_weights):
 # ------------------------------------------------------------------------------------------ 8-bit files
 
 
-def _fp8_scaled(weight: torch.Tensor, per_row: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    amax = weight.abs().amax(dim=1, keepdim=True) if per_row else weight.abs().max()
-    scale = (amax / 448).float().clamp_min(1e-12)
-    return (weight / scale).to(torch.float8_e4m3fn), scale.reshape(-1) if per_row else scale.reshape(())
-
-
-def _int8_scaled(weight: torch.Tensor, block: tuple[int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if block is None:
-        scale = (weight.abs().max() / 127).float()
-        return (weight / scale).round().clamp(-127, 127).to(torch.int8), scale
-    rows, cols = block
-    blocks = weight.reshape(weight.shape[0] // rows, rows, weight.shape[1] // cols, cols)
-    scale = (blocks.abs().amax(dim=(1, 3)) / 127).float().clamp_min(1e-12)
-    q = (blocks / scale[:, None, :, None]).round().clamp(-127, 127).to(torch.int8).reshape(weight.shape)
-    return q, scale
-
-
-def _eight_bit_files(dit: dict[str, torch.Tensor], layout: str) -> tuple[dict, dict]:
-    """(the file's tensors, the oracle state_dict: the same weights as float32 by the layout's formula)."""
-    stored, oracle = {}, {}
-    for key, weight in dit.items():
-        eligible = key.endswith(".weight") and weight.dim() == 2
-        if not eligible:
-            stored[key] = oracle[key] = weight
-            continue
-        layer = key.removesuffix(".weight")
-        if layout == "fp8":  # numz's conversion: fp8 values, no scale
-            stored[key] = weight.to(torch.float8_e4m3fn)
-            oracle[key] = stored[key].float()
-        elif layout in ("comfy_fp8", "legacy_fp8"):
-            q, scale = _fp8_scaled(weight, per_row=layout == "legacy_fp8")
-            stored[key] = q
-            stored[layer + (".weight_scale" if layout == "comfy_fp8" else ".scale_weight")] = scale
-            if layout == "comfy_fp8":
-                stored[layer + ".comfy_quant"] = _format_record("float8_e4m3fn")
-                stored[layer + ".input_scale"] = torch.tensor(1.0)
-            oracle[key] = q.float() * (scale[:, None] if scale.dim() else scale)
-        else:  # int8_tensorwise / int8_blockwise
-            whole_blocks = weight.shape[0] % 8 == 0 and weight.shape[1] % 8 == 0
-            block = (8, 8) if layout == "int8_blockwise" and whole_blocks else None
-            q, scale = _int8_scaled(weight, block)
-            stored[key], stored[layer + ".weight_scale"] = q, scale
-            stored[layer + ".comfy_quant"] = _format_record("int8_blockwise" if block else "int8_tensorwise")
-            expand = scale.repeat_interleave(8, 0).repeat_interleave(8, 1) if block else scale
-            oracle[key] = q.float() * expand
-    if layout == "legacy_fp8":  # as ComfyUI writes them: the model's keys prefixed, the marker not
-        stored = {"model.diffusion_model." + key: value for key, value in stored.items()}
-        stored["scaled_fp8"] = torch.zeros(0, dtype=torch.float8_e4m3fn)
-    return stored, oracle
-
-
-def _format_record(fmt: str) -> torch.Tensor:
-    return torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
-
-
 @pytest.mark.parametrize(
     "layout",
     [
@@ -362,7 +324,7 @@ def _format_record(fmt: str) -> torch.Tensor:
 )
 def test_an_8bit_dit_restores_what_its_float32_weights_restore_and_stays_8bit(tmp_path, tiny_weights, layout):
     dit, vae, pos_emb = tiny_weights
-    stored, oracle = _eight_bit_files(dit, layout)
+    stored, oracle = eight_bit_files(dit, layout)
     packed_dir = write_weights_dir(tmp_path / "packed", "dit.safetensors", "vae.safetensors", pos_emb, stored, vae)
     oracle_dir = write_weights_dir(tmp_path / "float32", "dit.safetensors", "vae.safetensors", pos_emb, oracle, vae)
     _assert_within_one_level(_restore(packed_dir), _restore(oracle_dir))
@@ -375,8 +337,8 @@ def test_an_8bit_dit_restores_what_its_float32_weights_restore_and_stays_8bit(tm
 
 def test_unsupported_comfy_formats_are_refused_by_layer_name(tmp_path, tiny_weights):
     dit, vae, pos_emb = tiny_weights
-    stored, _ = _eight_bit_files(dit, "comfy_fp8")
-    stored["blocks.1.mlp.all.proj_in.comfy_quant"] = _format_record("nvfp4")
+    stored, _ = eight_bit_files(dit, "comfy_fp8")
+    stored["blocks.1.mlp.all.proj_in.comfy_quant"] = format_record("nvfp4")
     weights = write_weights_dir(tmp_path / "w", "dit.safetensors", "vae.safetensors", pos_emb, stored, vae)
     with pytest.raises(CheckpointFormatError, match="layer blocks.1.mlp.all.proj_in is stored as nvfp4"):
         load_models(weights)

@@ -37,12 +37,11 @@ def _budget(device_memory: int) -> int:
 
 
 def _q8_0_bytes(shape) -> int:
-    """GGUF Q8_0: 34 bytes (32 int8 values, an fp16 scale) per 32 weights of a row; vectors and tensors under 1024
-    values stay float32, matrices whose rows are not whole blocks float16."""
+    """GGUF Q8_0: 34 bytes (32 int8 values, an fp16 scale) per 32 weights of a row. Vectors, tensors under 1024
+    values and matrices whose rows are not whole blocks are stored plain, and loading casts them to the compute
+    dtype: bfloat16 on a GPU, 2 bytes."""
     count = math.prod(shape)
-    if len(shape) < 2 or count < 1024:
-        return 4 * count
-    if shape[-1] % 32:
+    if len(shape) < 2 or count < 1024 or shape[-1] % 32:
         return 2 * count
     return count // 32 * 34
 
@@ -218,3 +217,22 @@ def test_the_docs_table_is_what_the_benchmark_prints(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
     docs = (Path(__file__).resolve().parent.parent / "docs" / "which-gpu.md").read_text()
     assert len(rows) == 2 * (1 + 2 * 4 * 2) and all(row in docs for row in rows)
+
+
+def test_7b_sharp_is_planned_as_the_7b_it_shares_its_shapes_with(capsys):
+    argv = ("--weights-format", "Q4_K_M", "--device-memory", "8GiB", "--output", "1920x1080")
+    code, sharp = _json_plan(capsys, "--model", "7b-sharp", *argv)
+    assert code == 0 and sharp == _json_plan(capsys, "--model", "7b", *argv)[1]
+    code, out = _plan(capsys, "--model", "7b-sharp", *argv)
+    assert code == 0 and out.startswith("SeedVR2 7B-SHARP (Q4_K_M) at 1920x1080 on 8.00 GiB: fits")
+
+
+def test_every_published_variant_and_ggml_type_is_a_weights_format(capsys):
+    from seedvr_local.model_home import VARIANTS
+
+    parser_formats = {"fp32", "bf16", "fp16", "fp8", "int8", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M"}
+    ggml = {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"}  # gguf-py's block types
+    for name in (set(VARIANTS) - {"official"}) | parser_formats | ggml:
+        code, _ = _json_plan(capsys, "--model", "3b", "--weights-format", name, "--device-memory", "80GiB",
+                             "--output", "256x256")  # fmt: skip
+        assert code == 0, name

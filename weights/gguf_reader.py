@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from seedvr_local.kernels.ggml_reference import BLOCK_LAYOUTS, QUANTIZED_TYPES
+from seedvr_local.weight_formats import BLOCK_LAYOUTS, QUANTIZED_TYPES
 from seedvr_local.models.quantized import QuantizedTensor
 from seedvr_local.weights.manifest import Shape
 

@@ -30,6 +30,8 @@ Shape = tuple[int, ...]
 MANIFEST_NAMES = ("seedvr2_ema_3b", "seedvr2_ema_7b", "ema_vae")
 #: The DiT manifest of each variant (the 7B "sharp" checkpoint has the 7B keys).
 DIT_MANIFESTS = {"3b": "seedvr2_ema_3b", "7b": "seedvr2_ema_7b"}
+#: The DiT manifest of each model `--model` names (`model_home.DOWNLOADABLE_MODELS`).
+MODEL_MANIFESTS = {**DIT_MANIFESTS, "7b-sharp": DIT_MANIFESTS["7b"]}
 VAE_MANIFEST = "ema_vae"
 
 #: How many names of each kind of problem a mismatch message spells out before it only counts the rest.

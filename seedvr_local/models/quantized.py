@@ -9,7 +9,7 @@ exists at full width. Moving it (`module.to(device)`, pinning, `detach`) moves t
 
 Formats (`kind`):
 
-- a GGML block type ("Q8_0", "Q4_K", ...; `kernels.ggml_reference.QUANTIZED_TYPES`): `qdata` is the uint8
+- a GGML block type ("Q8_0", "Q4_K", ...; `weight_formats.QUANTIZED_TYPES`): `qdata` is the uint8
   blocks `(n_blocks, type_size)` of the row-major values;
 - "fp8": `qdata` float8 (e4m3fn or e5m2) in the logical shape, times an optional float32 `scale` (a scalar, or
   one per output row);
@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from seedvr_local.kernels.dequant import dequantize_ggml
-from seedvr_local.kernels.ggml_reference import BLOCK_LAYOUTS, QUANTIZED_TYPES
+from seedvr_local.weight_formats import BLOCK_LAYOUTS, QUANTIZED_TYPES
 
 SCALED_KINDS = ("fp8", "int8")
 KINDS = QUANTIZED_TYPES + SCALED_KINDS
@@ -130,9 +130,10 @@ def _expand_scale(scale: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def _to_copy(t: QuantizedTensor, *, dtype=None, device=None, non_blocking=False, **_: Any) -> QuantizedTensor:
-    # A dtype change is the dtype it dequantises to; a device change moves the packed data.
+    # A dtype change is the dtype it dequantises to; a device change moves the packed data. `_to_copy` is a copy
+    # (`.to(..., copy=True)`, `.clone()`-like uses): on the same device too, as offload's host/device copies need.
     target = torch.device(device) if device is not None else t.qdata.device
-    return t._with(lambda x: x.to(target, non_blocking=non_blocking), dtype if dtype is not None else None)
+    return t._with(lambda x: x.to(target, non_blocking=non_blocking, copy=True), dtype if dtype is not None else None)
 
 
 _STRUCTURAL_OPS = {
@@ -151,6 +152,20 @@ def ggml_nbytes(shape: Iterable[int], kind: str) -> int:
     return math.prod(shape) // block_size * type_size
 
 
+def point_at(param: torch.Tensor, data: torch.Tensor) -> None:
+    """Make `param` hold `data` (the same weight elsewhere: a device or host copy). For a packed weight the packed
+    data has to be swapped too: `param.data = data` alone updates only the wrapper (its device), while every use
+    dequantises the `qdata` and `scale` it keeps as attributes."""
+    param.data = data
+    if isinstance(param, QuantizedTensor):
+        param.qdata, param.scale = data.qdata, data.scale
+
+
+def stored_bytes(tensor: torch.Tensor) -> int:
+    """The bytes `tensor` takes in memory: a packed weight its packed size."""
+    return tensor.storage_bytes if isinstance(tensor, QuantizedTensor) else tensor.nbytes
+
+
 def weight_bytes(module: nn.Module) -> int:
     """The bytes `module`'s parameters and buffers take where they are: packed weights count their packed size."""
     seen: set[int] = set()
@@ -159,7 +174,7 @@ def weight_bytes(module: nn.Module) -> int:
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
-        total += tensor.storage_bytes if isinstance(tensor, QuantizedTensor) else tensor.nbytes
+        total += stored_bytes(tensor)
     return total
 
 
