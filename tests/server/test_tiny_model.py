@@ -145,3 +145,25 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
         second.send_signal(signal.SIGTERM)
         output = second.communicate(timeout=30)[0]
     assert "recovered after restart" in output and output.count(" queue ok ") == 3
+
+
+def test_the_real_planner_refuses_through_the_api_and_the_size_it_names_runs(settings, tiny_upscaler, monkeypatch):
+    from seedvr_local import memory_planner
+    from tests.test_memory_planner import small_device_memory
+
+    memory = small_device_memory(tiny_upscaler.planner, 12 * 2**20)
+    monkeypatch.setattr(memory_planner, "available_memory", lambda device: memory)
+    with TestClient(create_app(settings, lambda: tiny_upscaler)) as client:
+        refused = client.post(RUN, json={"image_url": data_uri(png_bytes(100, 100)), "upscale_factor": 4})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"] == ["body", "upscale_factor"] and error["type"] == "image_too_large"
+        assert error["msg"].startswith("a 400x400 output needs about")
+        width, height = error["ctx"]["max_width"], error["ctx"]["max_height"]
+        assert f"the largest 1:1 output that fits is {width}x{height}" in error["msg"]
+        assert width == height and 16 <= width < 400
+
+        image_url = data_uri(png_bytes(width // 4, height // 4))
+        fits = client.post(RUN, json={"image_url": image_url, "upscale_factor": 4, "seed": 2})
+        assert fits.status_code == 200, fits.text
+        assert (fits.json()["image"]["width"], fits.json()["image"]["height"]) == (width, height)
