@@ -327,6 +327,20 @@ def wait_until(condition, what: str, timeout: float = 10.0):
         time.sleep(0.02)
 
 
+LISTENING = re.compile(r"listening on (https?://\S+)")
+
+
+def listening_url(log: Path, process: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The URL a `seedvr-local serve` started with `--port 0` prints in its log once it accepts connections."""
+
+    def printed():
+        assert process.poll() is None, f"the server exited: {log.read_text(errors='replace')[-2000:]}"
+        found = LISTENING.search(log.read_text(errors="replace")) if log.exists() else None
+        return found and found.group(1)
+
+    return wait_until(printed, f"the server logging to {log} listening", timeout)
+
+
 def wait_status(client, request_id: str, wanted: str = "COMPLETED", timeout: float = 10.0, logs: bool = False) -> dict:
     """Poll a TestClient's status route until the request reaches `wanted`."""
     last: dict = {}
