@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from seedvr_local.server import create_app
-from tests.server.helpers import data_uri, free_port, png_bytes, wait_status, wait_until
+from tests.server.helpers import data_uri, listening_url, png_bytes, wait_status, wait_until
 
 RUN = "/fal-ai/seedvr/upscale/image"
 
@@ -45,23 +45,17 @@ def test_real_model_behind_every_surface(settings, tiny_upscaler):
 
 def test_serve_model_tiny_answers_readyz_and_a_sync_upscale(tmp_path):
     """`seedvr-local serve --model tiny` from a bare clone: no weights, ready with a note, one real upscale."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--model", "tiny", "--port", str(port),
+    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--model", "tiny", "--port", "0",
                "--data-dir", str(tmp_path / "data"), "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "SEEDVR_HOME": str(tmp_path / "empty-home")}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not get ready"
-            try:
-                ready = httpx.get(f"{base}/readyz")
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        base = listening_url(log, server, timeout=120)
+        ready = wait_until(
+            lambda: (answer := httpx.get(f"{base}/readyz")).status_code == 200 and answer, "the server ready", 120
+        )
         assert ready.json()["notice"] == "random weights: output is noise; for trying the plumbing"
         assert "tiny" in ready.json()["model"]
         response = httpx.post(
@@ -72,46 +66,30 @@ def test_serve_model_tiny_answers_readyz_and_a_sync_upscale(tmp_path):
         assert (image["width"], image["height"]) == (40, 24) and image["url"].startswith("data:image/jpeg")
     finally:
         server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0]
-    assert "random weights: output is noise" in output  # in the start-up log too
+        server.wait(30)
+    assert "random weights: output is noise" in log.read_text()  # in the start-up log too
 
 
 @pytest.mark.slow
 def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
     """The real `seedvr-local serve`, killed with SIGKILL mid-job and started again: every job completes."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "seedvr_local.cli",
-        "serve",
-        "--weights-dir",
-        str(tiny_bundle),
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--device",
-        "cpu",
-    ]
+    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--weights-dir", str(tiny_bundle), "--port", "0",
+               "--data-dir", str(tmp_path / "data"), "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
-    def start() -> subprocess.Popen:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.2)
-        process.kill()
-        raise AssertionError("the server did not get ready")
+    def start(name: str) -> tuple[subprocess.Popen, str, Path]:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            base = listening_url(log, process, timeout=120)
+            wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, "the server ready", timeout=120)
+        except BaseException:
+            process.kill()
+            raise
+        return process, base, log
 
-    first = start()
+    first, base, _ = start("first")
     try:
         ids = [
             httpx.post(f"{base}/queue{RUN}", json={"image_url": data_uri(png_bytes(16, 16)), "seed": n}).json()[
@@ -128,7 +106,7 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
         first.send_signal(signal.SIGKILL)
         first.wait(30)
 
-    second = start()
+    second, base, second_log = start("second")
     try:
         for request_id in ids:
             status = wait_until(
@@ -143,7 +121,8 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
             assert result.status_code == 200 and httpx.get(result.json()["image"]["url"]).status_code == 200
     finally:
         second.send_signal(signal.SIGTERM)
-        output = second.communicate(timeout=30)[0]
+        second.wait(30)
+    output = second_log.read_text()
     assert "recovered after restart" in output and output.count(" queue ok ") == 3
 
 
