@@ -118,7 +118,9 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
             )
             assert "error" not in status, status
             result = httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}")
-            assert result.status_code == 200 and httpx.get(result.json()["image"]["url"]).status_code == 200
+            # the URL names the first server's port (where the job was submitted): the file is read here
+            stored = httpx.get(base + httpx.URL(result.json()["image"]["url"]).path)
+            assert result.status_code == 200 and stored.status_code == 200
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
