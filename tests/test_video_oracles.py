@@ -39,7 +39,7 @@ class OffsetPipeline:
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
         return (2, (frames - 1) // 4 + 1, 2, 2)
 
-    def restore(self, video, noises, cond_noise_scale, color_fix, on_phase, crop, vae_tiling):
+    def restore(self, video, noises, cond_noise_scale, color_fix, on_phase, crop, vae_tiling, **placement):
         offset = CLIP_OFFSETS[len(self.noises)]
         self.noises.append(noises)
         height, width = crop
