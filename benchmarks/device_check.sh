@@ -3,7 +3,7 @@
 #
 #   SEEDVR_REFERENCE_DIR=../shared/reference bash benchmarks/device_check.sh [OUT_DIR] [STEPS]
 #
-# STEPS (default "restore layout attention tests compile kernels memory video") picks what runs: restore is the
+# STEPS (default "restore layout attention tests compile kernels memory video offload") picks what runs: restore is the
 # baseline; layout (the contiguous VAE instead of channels-last) and attention (SDPA over window groups instead of
 # packed varlen) rerun it with one change each; compile checks the compiled pipeline against eager, then times
 # it. Each step has its own time limit and a failing step does not stop the next; logs and JSON land in OUT_DIR
@@ -12,7 +12,7 @@
 # benchmark 178 s, kernels 6 s; memory did not finish in 60 s.
 set -u
 out=${1:-device-check}
-steps=${2:-restore layout attention tests compile kernels memory video}
+steps=${2:-restore layout attention tests compile kernels memory video offload}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python=${PYTHON:-python3}
@@ -43,7 +43,8 @@ step layout 80 $python -m benchmarks.restore --model 3b-random --device cuda --d
     --factor 2 --repeat 3 --vae-layout contiguous --json "$out/layout.json"
 step attention 60 $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
     --factor 2 --repeat 3 --attention sdpa --json "$out/attention.json"
-step tests 150 $python -m pytest $pytest_flags $parallel $(timeout_flag 60) tests/test_cuda.py tests/test_kernels.py -k "(cuda or Cuda) and not compiled"
+step tests 150 $python -m pytest $pytest_flags $parallel $(timeout_flag 60) tests/test_cuda.py tests/test_kernels.py \
+    tests/test_compact_weights.py -k "(cuda or Cuda) and not compiled"
 # Compiling takes minutes (154 s for the 3B at 1080p on an H100): the compiled test runs alone, with a longer limit.
 step compile 400 bash -c "$python -m pytest $pytest_flags $(timeout_flag 200) tests/test_cuda.py -k compiled \
     && $python -m benchmarks.restore --model 3b-random --device cuda --dtype bf16 --sizes 1920x1080 \
@@ -51,11 +52,15 @@ step compile 400 bash -c "$python -m pytest $pytest_flags $(timeout_flag 200) te
 step kernels 60 $python -m benchmarks.kernels --device cuda --size 2160p --json "$out/kernels.json"
 step memory 150 $python -m benchmarks.memory --device cuda --dtype bf16 --sizes 2048,3840x2160 \
     --tilings untiled,512/1 --timeout 30 --json "$out/memory.json"
-# Issue #13's figures: 3B, bf16, 1080p output from 540p; one 121-frame clip, then a 10-second video (24 fps).
+# The video figures: 3B, bf16, 1080p output from 540p; one 121-frame clip, then a 10-second video (24 fps).
 step video 400 bash -c "$python -m benchmarks.video --model 3b-random --device cuda --dtype bf16 --input 960x540 \
     --factor 2 --frames 121 --clip-frames 121 --json $out/video-clip.json \
     && $python -m benchmarks.video --model 3b-random --device cuda --dtype bf16 --input 960x540 --factor 2 \
     --frames 240 --fps 24 --clip-frames 121 --json $out/video-10s.json"
+# Block swap: the 3B at 1080p resident, with half and all of its DiT blocks streamed, and fully offloaded: device
+# memory, seconds, the same pixels as resident, and each streamed block's cost with the side-stream copy and without.
+step offload 300 $python -m benchmarks.offload --model 3b-random --device cuda --dtype bf16 --size 1920x1080 \
+    --json "$out/offload.json"
 
 # One archive of everything (logs, JSON, the profile) for machines that hand back only a few files.
 if [ -n "${PACK:-}" ]; then

@@ -6,7 +6,9 @@ reference that computes the same numbers:
 - `rotate_pairs`: RoPE on q/k (adjacent pairs, partial rotary dims, optional fused window gather);
 - `group_norm_silu`, `group_norm_stats`, `group_norm_moments`, `merge_moments`: the VAE's per-frame GroupNorm
   fused with SiLU, from statistics that may come from the whole frame while the tensor is one tile of it;
-- `unnormalized_softmax`: the softmax of the VAE attention's two-GEMM path in two passes over the scores.
+- `unnormalized_softmax`: the softmax of the VAE attention's two-GEMM path in two passes over the scores;
+- `dequant.dequantize_ggml`: GGUF weight blocks to the compute dtype (Triton for Q8_0 and Q4_K; the PyTorch
+  references in `ggml_reference` cover every type).
 
 Backend: chosen per model (`ModelBackends.set_kernel_backend("auto" | "triton" | "torch")`, see `backend`); the
 ops called while a model's `@runs_kernels` method runs use that model's backend, elsewhere the references. Triton

@@ -13,8 +13,11 @@ import sys
 from pathlib import Path
 
 from seedvr_local import __version__
+from seedvr_local.cli_plan import __doc__ as plan_doc
+from seedvr_local.cli_plan import add_plan_arguments
 from seedvr_local.cli_video import VIDEO_FORMAT_NAMES
 from seedvr_local.model_home import DOWNLOADABLE_MODELS, MODELS, TINY_MODEL, VARIANTS, default_weights_dir
+from seedvr_local.offload_levels import OFFLOAD_CHOICES, parse_offload
 from seedvr_local.options import COLOR_FIXES, MAX_SEED, MIN_VAE_TILE, OUTPUT_FORMATS
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR, TARGET_SHORT_SIDE
 from seedvr_local.video.formats import DEFAULT_QUALITY, DEFAULT_WRITE_MODE, OUTPUT_QUALITIES, OUTPUT_WRITE_MODES
@@ -34,6 +37,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> Non
                         help="compute dtype (default: bf16 on CUDA, fp16 on GPUs older than Ampere, fp32 on CPU)")
     parser.add_argument("--kernels", choices=("auto", "triton", "torch"), default="auto",
                         help="fused Triton kernels or plain PyTorch (default: Triton on CUDA when installed)")
+    parser.add_argument("--offload", type=_offload, default="auto", metavar="|".join(OFFLOAD_CHOICES),
+                        help="keep weights in host memory while they are not in use: blocks:N streams the DiT's last "
+                             "N blocks to the GPU as they run, full also the VAE and the rest; same output, slower. "
+                             "auto (default): the least offload each request needs to fit")
 
 
 def _add_video_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "mp4 for videos)")
     up.add_argument("--color-fix", choices=COLOR_FIXES, default="wavelet",
                     help="match the output's colours to the input's (default wavelet; none keeps the model's)")
+    up.add_argument("--seamless", action="store_true",
+                    help="images: the input is a tileable texture; restore it wrapping around its edges so that the "
+                         "result tiles too (fal's fal-ai/seedvr/upscale/image/seamless)")
     _add_video_arguments(up)
     up.add_argument("--compile", action="store_true",
                     help="torch.compile the model and autotune cuDNN: faster from the second image of a size on, "
@@ -91,11 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     dl = commands.add_parser("download", help="download SeedVR2 weights from Hugging Face")
     dl.add_argument("--model", choices=DOWNLOADABLE_MODELS, required=True,
-                    help="the model's size in parameters: 7b needs more than twice the memory and time of 3b")
+                    help="the model's size in parameters: 7b needs more than twice the memory and time of 3b; "
+                         "7b-sharp is the 7B checkpoint trained for crisper detail")
     dl.add_argument("--variant", choices=VARIANTS, default="official",
                     help="which file of the DiT's weights: official (as published, the default), or the smaller "
-                         "community conversions fp16 and fp8")
+                         "community conversions fp16, fp8 and the GGUF files Q8_0 (3b only) and Q4_K_M, which stay "
+                         "compact in memory")
     dl.add_argument("--dir", type=Path, default=None, help="target directory (default: the models home)")
+
+    plan = commands.add_parser("plan", help="will a model fit a GPU, and how: predicted memory before any download",
+                               description=plan_doc.split("\n\n")[0])
+    add_plan_arguments(plan, _offload)
 
     serve = commands.add_parser("serve", help="run the fal-compatible HTTP server")
     _add_model_arguments(serve, required=False)  # required unless --workers 0: server/cli.py checks which
@@ -108,7 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     from seedvr_local.server.worker_process import add_worker_arguments  # torch-free, as the serve flags
 
     add_worker_arguments(worker)
+
+    ev = commands.add_parser("eval", help="measure quality and speed on a dataset, against baselines and other upscalers")
+    _add_model_arguments(ev, required=False)
+    from seedvr_local.cli_eval import add_eval_arguments  # torch-free, as the serve flags
+
+    add_eval_arguments(ev)
     return parser
+
+
+def _offload(value: str) -> str:
+    try:
+        parse_offload(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("offload ")) from None
+    return value
 
 
 def _vae_tile(value: str) -> str | int:
@@ -133,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_upscale_command(args, run_images=run_upscale)  # videos there, images in run_upscale
         if args.command == "download":
             return _run_download(args)
+        if args.command == "eval":
+            from seedvr_local.cli_eval import run_eval
+
+            return run_eval(args)
+        if args.command == "plan":
+            from seedvr_local.cli_plan import run_plan
+
+            return run_plan(args)
         if args.command == "worker":
             from seedvr_local.server.worker_process import run_worker
 

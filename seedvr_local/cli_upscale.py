@@ -68,7 +68,8 @@ def _options(args: argparse.Namespace) -> UpscaleOptions:
         else dict(upscale_mode="factor", upscale_factor=2.0 if args.upscale_factor is None else args.upscale_factor)
     )
     options = UpscaleOptions(
-        **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, vae_tile=args.vae_tile
+        **size, seed=args.seed, noise_scale=args.noise_scale, color_fix=args.color_fix, vae_tile=args.vae_tile,
+        seamless=args.seamless,
     )
     options.validate()
     return options
@@ -119,9 +120,11 @@ def run_upscale(args: argparse.Namespace) -> int:
     first = _read(jobs[0][0]) if single else None  # a bad single input fails before the model loads
     kernels.backend.resolve(args.kernels, resolve_device(args.device))  # an impossible --kernels fails before loading
     upscaler = (
-        Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels)
+        Upscaler.tiny(device=args.device, dtype=args.dtype, kernels=args.kernels, offload=args.offload)
         if weights_dir is None
-        else Upscaler.from_weights_dir(weights_dir, device=args.device, dtype=args.dtype, kernels=args.kernels)
+        else Upscaler.from_weights_dir(
+            weights_dir, device=args.device, dtype=args.dtype, kernels=args.kernels, offload=args.offload
+        )
     )
     backend = upscaler.kernel_backend
     if args.compile:

@@ -49,6 +49,8 @@ def run_upscale_command(args: argparse.Namespace, run_images: Callable[[argparse
             if args.devices is not None:
                 raise ValueError(f"--devices is for videos, and {source} holds none; images run on --device")
         return run_images(args)
+    if args.seamless:
+        raise ValueError(f"--seamless is for images, and {source} {'holds' if source.is_dir() else 'is'} a video")
     failed = run_video(args, videos)
     if source.is_dir() and _has_images(source, videos):
         run_images(argparse.Namespace(**{**vars(args), "output_format": _image_format(args.output_format)}))
@@ -220,7 +222,7 @@ def run_video(args: argparse.Namespace, videos: list[Path]) -> int:
     from seedvr_local.video.clips import LocalClips, longest_clip
     from seedvr_local.video.pool import ClipPool, ModelSpec
 
-    spec = ModelSpec(weights_dir, dtype=args.dtype, kernels=args.kernels, compile=args.compile)
+    spec = ModelSpec(weights_dir, dtype=args.dtype, kernels=args.kernels, compile=args.compile, offload=args.offload)
     devices = parse_devices(args.devices) if args.devices is not None else [args.device]
     pool = None
     if len(devices) > 1:

@@ -10,6 +10,9 @@ content's dtype.
 - `wavelet_numz`: the same as numz's ComfyUI port computes it (radius cap, clamp); kept for parity.
 - `adain`: per-frame, per-channel mean and standard deviation of the style.
 - `lab`: numz's CIELAB variant: wavelet, then histogram matching of a*, b* and a bit of L*.
+
+With `periodic=True` (a tileable image) the blurs wrap around the frame instead of replicating its border, so a
+result that tiles stays tileable; the statistics of `adain` and `lab` cover the whole frame and need no change.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from seedvr_local.options import COLOR_FIXES as COLOR_FIX_METHODS  # the methods `apply_color_fix` accepts
+from seedvr_local.preprocess import wrap_pad
 
 WAVELET_LEVELS = 5
 
@@ -40,47 +44,54 @@ def _check_pair(content: torch.Tensor, style: torch.Tensor) -> None:
         )
 
 
-def _blur(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Depthwise binomial blur with taps `radius` pixels apart; the border is extended by replication."""
+def _blur(x: torch.Tensor, radius: int, periodic: bool = False) -> torch.Tensor:
+    """Depthwise binomial blur with taps `radius` pixels apart; the border is extended by replication, or, when
+    `periodic`, by the opposite side."""
     channels = x.shape[1]
     kernel = torch.tensor(_BLUR_KERNEL, dtype=x.dtype, device=x.device) / 16.0
     kernel = kernel.expand(channels, 1, 3, 3)
-    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    if periodic:
+        padded = wrap_pad(x, radius, radius)
+    else:
+        padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
     return F.conv2d(padded, kernel, groups=channels, dilation=radius)
 
 
-def _wavelet_low_frequency(x: torch.Tensor, radii: list[int]) -> torch.Tensor:
+def _wavelet_low_frequency(x: torch.Tensor, radii: list[int], periodic: bool) -> torch.Tensor:
     """What is left after blurring with each radius in turn: the colour and illumination."""
     for radius in radii:
-        x = _blur(x, radius)
+        x = _blur(x, radius, periodic)
     return x
 
 
-def _wavelet_transfer(content: torch.Tensor, style: torch.Tensor, radii: list[int]) -> torch.Tensor:
+def _wavelet_transfer(content: torch.Tensor, style: torch.Tensor, radii: list[int], periodic: bool) -> torch.Tensor:
     content, style = content.float(), style.to(device=content.device, dtype=torch.float32)
     # The high band is the sum of the differences between successive blur levels, i.e. the content
     # minus its last level; swapping that last level for the style's recolours the content.
-    return content - _wavelet_low_frequency(content, radii) + _wavelet_low_frequency(style, radii)
+    low = _wavelet_low_frequency
+    return content - low(content, radii, periodic) + low(style, radii, periodic)
 
 
-def wavelet_reconstruction(content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS) -> torch.Tensor:
+def wavelet_reconstruction(
+    content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS, periodic: bool = False
+) -> torch.Tensor:
     """The official colour fix (StableSR): content's high frequencies plus style's low frequencies.
 
     Blur radii 1, 2, 4, ..., 2**(levels-1) with replicate padding, no clamp. Any channel count.
     """
     _check_pair(content, style)
     radii = [2**i for i in range(levels)]
-    return _wavelet_transfer(content, style, radii).to(content.dtype)
+    return _wavelet_transfer(content, style, radii, periodic).to(content.dtype)
 
 
 def wavelet_reconstruction_numz(
-    content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS
+    content: torch.Tensor, style: torch.Tensor, levels: int = WAVELET_LEVELS, periodic: bool = False
 ) -> torch.Tensor:
     """numz's variant: radii capped at max(1, min(H, W) // 8) and the result clamped to [-1, 1]."""
     _check_pair(content, style)
     cap = max(1, min(content.shape[-2:]) // 8)
     radii = [min(2**i, cap) for i in range(levels)]
-    return _wavelet_transfer(content, style, radii).clamp(-1.0, 1.0).to(content.dtype)
+    return _wavelet_transfer(content, style, radii, periodic).clamp(-1.0, 1.0).to(content.dtype)
 
 
 def _mean_std(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,8 +102,11 @@ def _mean_std(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     return mean[..., None, None], std[..., None, None]
 
 
-def adain_color_fix(content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Adaptive instance normalisation: each frame's channels get the style's mean and deviation."""
+def adain_color_fix(
+    content: torch.Tensor, style: torch.Tensor, eps: float = 1e-5, periodic: bool = False
+) -> torch.Tensor:
+    """Adaptive instance normalisation: each frame's channels get the style's mean and deviation (whole-frame
+    statistics: the same on a torus)."""
     _check_pair(content, style)
     c, s = content.float(), style.to(device=content.device, dtype=torch.float32)
     c_mean, c_std = _mean_std(c, eps)
@@ -167,14 +181,16 @@ def _match_histogram(source: torch.Tensor, reference: torch.Tensor) -> torch.Ten
     return out.reshape(source.shape)
 
 
-def lab_color_fix(content: torch.Tensor, style: torch.Tensor, luminance_weight: float = 0.8) -> torch.Tensor:
+def lab_color_fix(
+    content: torch.Tensor, style: torch.Tensor, luminance_weight: float = 0.8, periodic: bool = False
+) -> torch.Tensor:
     """numz's CIELAB colour transfer: the numz wavelet fix, then histogram matching in CIELAB.
 
     a* and b* take the style's distribution (over all frames together); L* keeps `luminance_weight` of
     the content's and takes the rest from the matched one, to keep detail. Output clamped to [-1, 1].
     """
     _check_pair(content, style)
-    base = wavelet_reconstruction_numz(content.float(), style.float())
+    base = wavelet_reconstruction_numz(content.float(), style.float(), periodic=periodic)
     style = style.to(device=content.device, dtype=torch.float32)
     content_lab = _srgb_to_lab(((base + 1) * 0.5).clamp(0, 1))
     style_lab = _srgb_to_lab(((style + 1) * 0.5).clamp(0, 1))
@@ -192,12 +208,12 @@ def lab_color_fix(content: torch.Tensor, style: torch.Tensor, luminance_weight: 
     return (_lab_to_srgb(result) * 2 - 1).to(content.dtype)
 
 
-def _no_color_fix(content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+def _no_color_fix(content: torch.Tensor, style: torch.Tensor, periodic: bool = False) -> torch.Tensor:
     _check_pair(content, style)
     return content
 
 
-_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+_METHODS: dict[str, Callable[..., torch.Tensor]] = {
     "wavelet": wavelet_reconstruction,
     "adain": adain_color_fix,
     "lab": lab_color_fix,
@@ -205,9 +221,10 @@ _METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
 }
 
 
-def apply_color_fix(method: str, content: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
-    """Recolour `content` after `style` (`[N, C, H, W]` in [-1, 1]) with one of `COLOR_FIX_METHODS`."""
+def apply_color_fix(method: str, content: torch.Tensor, style: torch.Tensor, periodic: bool = False) -> torch.Tensor:
+    """Recolour `content` after `style` (`[N, C, H, W]` in [-1, 1]) with one of `COLOR_FIX_METHODS`; `periodic`:
+    the frames are tileable images (see the module docstring)."""
     fix = _METHODS.get(method)
     if fix is None:
         raise ValueError(f"unknown colour fix {method!r}; valid methods: {', '.join(COLOR_FIX_METHODS)}")
-    return fix(content, style)
+    return fix(content, style, periodic=periodic)

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from seedvr_local.png import encode_png
-from seedvr_local.preprocess import resize_bicubic_antialias
+from seedvr_local.preprocess import resize_bicubic_antialias, resize_periodic
 
 # Formats read from uploads. Pillow can open many more, some through external programs (EPS runs
 # Ghostscript) or rarely audited parsers, which untrusted input should not reach.
@@ -143,9 +143,11 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
-def upscale_alpha(alpha: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a `[1, H, W]` alpha channel to `size = (H', W')` for the model's RGB output."""
-    return resize_bicubic_antialias(alpha.float(), size).clamp(0, 1)
+def upscale_alpha(alpha: torch.Tensor, size: tuple[int, int], periodic: bool = False) -> torch.Tensor:
+    """Resize a `[1, H, W]` alpha channel to `size = (H', W')` for the model's RGB output (as a tileable image's
+    when `periodic`)."""
+    resize = resize_periodic if periodic else resize_bicubic_antialias
+    return resize(alpha.float(), size).clamp(0, 1)
 
 
 def _writable(fmt: str) -> tuple[str, str, bool]:

@@ -15,6 +15,10 @@ output of `width x height` and `frames` frames, on a device, in the VAE's dtype,
   in the token count), measured.
 * **color_fix**: `_COLOR_FIX_VALUES_PER_PIXEL` float32 values per output pixel, measured.
 
+A tileable image (`periodic`, the seamless upscale) runs at the same size; what it adds is in the VAE: each conv
+that pads copies its input with the wrapped rows and columns around it (`vae_blocks.wrap_space`), and a tile on a
+torus has a halo on every side.
+
 On the CPU the model counts on `device_memory.use_mmap_for_large_cpu_tensors()` (the `Upscaler` calls it).
 """
 
@@ -96,14 +100,18 @@ def _segment_output(segment: Segment, channels: int, frames: int) -> _Shape:
 
 
 def _extents(
-    segment: Segment, rows: list[tuple[int, int]], columns: list[tuple[int, int]], image_size: tuple[int, int]
+    segment: Segment,
+    rows: list[tuple[int, int]],
+    columns: list[tuple[int, int]],
+    image_size: tuple[int, int],
+    periodic: bool,
 ) -> list[tuple[int, int]]:
     """The largest (rows, columns) of any tile's region at every op boundary of the final pass. Regions are
     separable, so the row extents come from one column of tiles and the column extents from one row."""
     best = [(0, 0)] * (len(segment.ops) + 1)
     for r, c in [(r, columns[0]) for r in rows] + [(rows[0], c) for c in columns]:
         target = scaled_region((*r, *c), image_size, segment.sizes[-1])
-        regions = required_regions(segment.ops, segment.sizes, target)
+        regions = required_regions(segment.ops, segment.sizes, target, periodic)
         best = [
             (max(b[0], reg[1] - reg[0]), max(b[1], reg[3] - reg[2])) for b, reg in zip(best, regions)
         ]
@@ -111,10 +119,16 @@ def _extents(
 
 
 def _walk_bytes(
-    segment: Segment, shapes: list[_Shape], extents: list[tuple[int, int]], itemsize: int, tiled: bool
+    segment: Segment,
+    shapes: list[_Shape],
+    extents: list[tuple[int, int]],
+    itemsize: int,
+    tiled: bool,
+    periodic: bool = False,
 ) -> int:
     """The most bytes alive at any op of one run of `segment` over tensors of the given extents: the op's input
-    and output, its temporaries, and the ResNet input kept for the residual connection."""
+    and output, its temporaries, and the ResNet input kept for the residual connection (`periodic`: and the
+    wrapped copy of a padding conv's input)."""
     n = [s.channels * s.frames * e[0] * e[1] for s, e in zip(shapes, extents)]
     fp32_copy = 4 if itemsize < 4 else 0  # a norm's float32 copy of a half-precision input
     peak, residual, input_is_residual = 0, 0, False
@@ -135,6 +149,8 @@ def _walk_bytes(
         elif op.kind == "conv":
             # oneDNN reorders the input (and the weights) into its blocked layout: one more input-sized tensor
             live = 2 * x + y + op.weight_numel * itemsize
+            if periodic and any(op.module.halo):
+                live += x
             if frames > 1 and op.head_frames:
                 live += x * (frames + op.head_frames) // frames  # causal head frames (torch.cat)
         elif op.kind == "add":
@@ -146,6 +162,7 @@ def _walk_bytes(
             live = 3 * x + y  # input, its right/bottom pad, the conv's reordered input, output
         elif op.kind == "up":
             live = x + 3 * y  # input, the shuffled upscale_conv output, the conv's reordered input, output
+            live += y if periodic else 0  # the shuffled output, wrapped
         else:
             raise AssertionError(op.kind)
         peak = max(peak, held + live)
@@ -184,11 +201,18 @@ class VAEMemoryModel:
         self.attention_chunk = attention_chunk_bytes(torch.device(device))
 
     def bytes(
-        self, phase: str, frames: int, height: int, width: int, tiling: VAETiling | None, itemsize: int
+        self,
+        phase: str,
+        frames: int,
+        height: int,
+        width: int,
+        tiling: VAETiling | None,
+        itemsize: int,
+        periodic: bool = False,
     ) -> int:
         """Peak bytes of `phase` ("encode" or "decode") of a `frames x height x width` video (height and width
         multiples of the VAE's spatial factor, frames already padded as `VideoAutoencoder.padded_frames`), its
-        input and output included."""
+        input and output included; `periodic`: of a tileable image, its paddings wrapping around."""
         cfg = self.vae.config
         channels, latent_frames, *latent_size = self.vae.latent_shape(frames, height, width)
         image_size = (height, width)
@@ -205,12 +229,12 @@ class VAEMemoryModel:
             split = cfg.slicing_sample_min_size // (1 if phase == "encode" else self.vae.temporal_factor)
             chunk = _Shape(shape.channels, min(shape.frames, split + 1))
             concatenation = (2 * latent if phase == "encode" else pixels) if shape.frames > chunk.frames else 0
-            work = self._untiled(blocks, size, chunk, itemsize)
+            work = self._untiled(blocks, size, chunk, itemsize, periodic)
             return outside + concatenation + int(_KAPPA["untiled"] * work)
-        return outside + self._tiled(blocks, size, image_size, shape, itemsize, tiling)
+        return outside + self._tiled(blocks, size, image_size, shape, itemsize, tiling, periodic)
 
     def _untiled(
-        self, blocks: list[Block], size: tuple[int, int], shape: _Shape, itemsize: int,
+        self, blocks: list[Block], size: tuple[int, int], shape: _Shape, itemsize: int, periodic: bool,
         group: dict[str, int] | None = None,
     ) -> int:  # fmt: skip
         """Whole frames, block after block. In the module forward a container (`down1`, `mid`, `up2`) keeps its
@@ -232,20 +256,20 @@ class VAEMemoryModel:
                 work = _attention_bytes(shape, size, itemsize, group is not None, self.attention_chunk)
             else:
                 shapes = _op_shapes(segment, shape.channels, shape.frames)
-                work = _walk_bytes(segment, shapes, segment.sizes, itemsize, tiled=False)
+                work = _walk_bytes(segment, shapes, segment.sizes, itemsize, tiled=False, periodic=periodic)
             peak = max(peak, held + work)
             shape, size = _segment_output(segment, shape.channels, shape.frames), segment.sizes[-1]
         return peak
 
     def _tiled(
         self, blocks: list[Block], size: tuple[int, int], image_size: tuple[int, int], shape: _Shape,
-        itemsize: int, tiling: VAETiling,
+        itemsize: int, tiling: VAETiling, periodic: bool,
     ) -> int:  # fmt: skip
         rows, columns = tile_spans(image_size[0], tiling.core), tile_spans(image_size[1], tiling.core)
         parts = segments(blocks, size, image_size, tiling.store_scale)
         if len(rows) * len(columns) == 1:  # every segment runs whole, as untiled but without temporal slicing
             group = {block.name: k for k, part in enumerate(parts) for block in part.blocks}
-            return int(_KAPPA["untiled"] * self._untiled(blocks, size, shape, itemsize, group))
+            return int(_KAPPA["untiled"] * self._untiled(blocks, size, shape, itemsize, periodic, group))
         peak = 0
         for segment in parts:
             out = _segment_output(segment, shape.channels, shape.frames)
@@ -254,7 +278,8 @@ class VAEMemoryModel:
             else:
                 cuts = _full_bytes(shape, segment.sizes[0], itemsize) + _full_bytes(out, segment.sizes[-1], itemsize)
                 shapes = _op_shapes(segment, shape.channels, shape.frames)
-                work = _walk_bytes(segment, shapes, _extents(segment, rows, columns, image_size), itemsize, tiled=True)
+                extents = _extents(segment, rows, columns, image_size, periodic)
+                work = _walk_bytes(segment, shapes, extents, itemsize, tiled=True, periodic=periodic)
                 if shape.frames == 1:
                     work += _image_weight_bytes(segment, itemsize)
                 total = cuts + int(_KAPPA["tile"] * work)
@@ -288,10 +313,12 @@ class PhaseCosts:
         m = self.size_multiple
         return -(-width // m) * m, -(-height // m) * m, self.pipeline.padded_frames(frames)
 
-    def estimate(self, width: int, height: int, frames: int = 1, tiling: VAETiling | None = None) -> dict[str, int]:
+    def estimate(
+        self, width: int, height: int, frames: int = 1, tiling: VAETiling | None = None, periodic: bool = False
+    ) -> dict[str, int]:
         """Predicted peak bytes above the weights of each phase (`PHASES`) for an output of `width x height` and
-        `frames` frames (padded as the pipeline pads them)."""
-        key = (*self.padded(width, height, frames), tiling)
+        `frames` frames (padded as the pipeline pads them); `periodic`: of a tileable image (the seamless upscale)."""
+        key = (*self.padded(width, height, frames), tiling, periodic)
         if key in self._estimates:
             self._estimates.move_to_end(key)
         else:
@@ -300,14 +327,14 @@ class PhaseCosts:
                 self._estimates.popitem(last=False)
         return dict(self._estimates[key])
 
-    def _estimate(self, w: int, h: int, t: int, tiling: VAETiling | None) -> dict[str, int]:
+    def _estimate(self, w: int, h: int, t: int, tiling: VAETiling | None, periodic: bool) -> dict[str, int]:
         size = self.itemsize
         float_copy = 3 * t * h * w * 4 if size < 4 else 0  # the pipeline's float32 copy of the decoded video
         untileable = self.untileable(w, h, t)
         return {
-            "encode": self.vae.bytes("encode", t, h, w, tiling, size),
+            "encode": self.vae.bytes("encode", t, h, w, tiling, size, periodic),
             "dit": untileable["dit"],
-            "decode": self.vae.bytes("decode", t, h, w, tiling, size) + float_copy,
+            "decode": self.vae.bytes("decode", t, h, w, tiling, size, periodic) + float_copy,
             "color_fix": untileable["color_fix"],
         }
 

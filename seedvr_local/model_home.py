@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 #: The models `seedvr-local download` fetches and `--model` finds in the models home.
-DOWNLOADABLE_MODELS = ("3b", "7b")
+DOWNLOADABLE_MODELS = ("3b", "7b", "7b-sharp")
 #: `--model tiny`: a toy architecture with random weights built in memory (`seedvr_local.weights.tiny`).
 TINY_MODEL = "tiny"
 MODELS = (*DOWNLOADABLE_MODELS, TINY_MODEL)
-VARIANTS = ("official", "fp16", "fp8")
+#: Weight formats, most precise first (`weights.download` says which files each is; not every model has each).
+VARIANTS = ("official", "fp16", "fp8", "Q8_0", "Q4_K_M")
 
 
 def models_home() -> Path:
@@ -24,7 +25,7 @@ def default_weights_dir(model: str, variant: str = "official") -> Path:
 
 
 def find_installed_weights(model: str) -> Path:
-    """The first downloaded variant of `model` (official, then fp16, then fp8)."""
+    """The first downloaded variant of `model`, in VARIANTS order (the most precise first)."""
     for variant in VARIANTS:
         path = default_weights_dir(model, variant)
         if path.is_dir() and any(path.iterdir()):

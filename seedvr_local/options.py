@@ -65,9 +65,12 @@ class RestoreOptions:
 
 @dataclass(frozen=True)
 class UpscaleOptions(RestoreOptions):
-    """fal's `fal-ai/seedvr/upscale/image` input semantics (minus the image and the output format)."""
+    """fal's `fal-ai/seedvr/upscale/image` input semantics (minus the image and the output format);
+    `seamless=True` is `fal-ai/seedvr/upscale/image/seamless`'s: the image is a tileable texture, restored as one
+    period of a torus so that the result tiles too (docs/seamless.md)."""
 
     vae_tile: VaeTile = "auto"  # VAE tile in pixels; "auto": untiled if it fits, else the planner's
+    seamless: bool = False
 
     def validate(self) -> None:
         super().validate()

@@ -19,6 +19,8 @@ from seedvr_local.colorfix import apply_color_fix
 from seedvr_local.diffusion import NUM_TIMESTEPS, condition_timestep, lerp_noise, v_lerp_to_x0
 from seedvr_local.preprocess import crop_to
 from seedvr_local.models.vae_tiling import VAETiling
+from seedvr_local.offload import ModelOffload
+from seedvr_local.offload_levels import NO_OFFLOAD, OffloadLevel
 
 PhaseCallback = Callable[[str], None]
 log = logging.getLogger("seedvr_local")
@@ -82,10 +84,23 @@ class RestorationPipeline:
         self.scaling_factor = scaling_factor
         self.shifting_factor = shifting_factor
         self.sample_posterior = sample_posterior
+        self.offload: ModelOffload | None = None  # `enable_offload`: weights placed between host and device
 
     @property
     def device(self) -> torch.device:
-        return next(self.dit.parameters()).device
+        """Where the restoration runs (with offload, some weights wait in host memory meanwhile)."""
+        return self.offload.device if self.offload is not None else next(self.dit.parameters()).device
+
+    def enable_offload(self, device: torch.device | str | None = None) -> ModelOffload:
+        """Let `restore` keep weights in host memory by `OffloadLevel` (none until one is given), running on
+        `device` (default: where the models are)."""
+        if self.offload is None:
+            self.offload = ModelOffload(self.dit, self.vae, self.device if device is None else device)
+        return self.offload
+
+    def weights_on_device(self, phase: str) -> contextlib.AbstractContextManager:
+        """The weights of `phase` ("encode", "dit", "decode") on the device for the duration of the `with`."""
+        return self.offload.phase(phase) if self.offload is not None else contextlib.nullcontext()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -131,10 +146,18 @@ class RestorationPipeline:
         on_phase: PhaseCallback | None = None,
         crop: tuple[int, int] | None = None,
         vae_tiling: VAETiling | None = None,
+        offload: OffloadLevel | None = None,
+        periodic: bool = False,
     ) -> RestoreOutput:
         """`crop=(height, width)` cuts the decoded video back to the top-left region of the input that was
         not padding before the colour fix, so padding never influences the colours of the result.
-        `vae_tiling` runs the VAE in exact spatial tiles (same result, less memory; `seedvr_local/models/vae_tiling.py`)."""
+        `vae_tiling` runs the VAE in exact spatial tiles (same result, less memory; `seedvr_local/models/vae_tiling.py`).
+        `offload` places the weights for that level first (`enable_offload`; default: as they are).
+        `periodic`: each frame is one period of a tileable image, restored as the endless plane of its tiles would
+        be, so that the result tiles too: the VAE's paddings, the DiT's attention windows and the colour fix's
+        blurs wrap around the frame's sides (docs/seamless.md says which of these are exact)."""
+        if offload is not None and (self.offload is not None or offload != NO_OFFLOAD):
+            self.enable_offload().apply(offload)
         on_phase = on_phase or (lambda phase: None)
         frames, height, width = video.shape[1:]
         multiple = self.size_multiple
@@ -145,7 +168,8 @@ class RestorationPipeline:
 
         on_phase("encode")
         x = pad_frames(video, self.padded_frames(frames)).to(device=device, dtype=dtype)
-        mean, logvar = self._vae("encode", x[None], vae_tiling)
+        with self.weights_on_device("encode"):
+            mean, logvar = self._vae("encode", x[None], vae_tiling, periodic)
         mean, logvar = f32(mean[0]), f32(logvar[0])
         latent = mean + torch.exp(0.5 * logvar) * f32(noises.posterior_eps) if self.sample_posterior else mean
         cond_latent = (latent - self.shifting_factor) * self.scaling_factor
@@ -159,35 +183,40 @@ class RestorationPipeline:
         dit_in = torch.cat([noise, condition]).to(dtype)
         timestep = torch.full((1,), NUM_TIMESTEPS, device=device)
         text = self.text_embedding.to(device=device, dtype=dtype)
-        (dit_out,) = self.dit.forward_samples([dit_in], [text], timestep)
+        with self.weights_on_device("dit"):
+            (dit_out,) = self.dit.forward_samples([dit_in], [text], timestep, periodic)
         dit_out = dit_out.float()
         latent_out = v_lerp_to_x0(noise, dit_out, NUM_TIMESTEPS)
 
         on_phase("vae_decode")
         z = latent_out / self.scaling_factor + self.shifting_factor
-        decoded = self._vae("decode", z[None].to(dtype), vae_tiling)[0, :, :frames].float()
+        with self.weights_on_device("decode"):
+            decoded = self._vae("decode", z[None].to(dtype), vae_tiling, periodic)[0, :, :frames].float()
         style = video
         if crop is not None:
             decoded, style = crop_to(decoded, crop), crop_to(video, crop)
 
         on_phase("color_fix")
         style = style.to(device=device, dtype=torch.float32)
-        colorfixed = apply_color_fix(color_fix, decoded.transpose(0, 1), style.transpose(0, 1)).transpose(0, 1)
+        frames_first = decoded.transpose(0, 1), style.transpose(0, 1)
+        colorfixed = apply_color_fix(color_fix, *frames_first, periodic).transpose(0, 1)
         return RestoreOutput(cond_latent, cond_timestep, condition, dit_out, latent_out, decoded, colorfixed)
 
-    def _vae(self, phase: str, x: torch.Tensor, tiling: VAETiling | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def _vae(
+        self, phase: str, x: torch.Tensor, tiling: VAETiling | None, periodic: bool
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """`vae.encode` or `vae.decode`; in fp16 a phase whose output overflowed runs again in float32.
 
         fp16 stops at 65504, and VAE activations can pass it (spec pitfall 7: black or NaN images on GPUs without
         bf16), which shows as inf/NaN in the output. bf16 has float32's range and never needs this.
         """
         run = getattr(self.vae, phase)
-        out = run(x, tiling=tiling)
+        out = run(x, tiling=tiling, periodic=periodic)
         if x.dtype != torch.float16 or all(bool(t.isfinite().all()) for t in _as_tuple(out)):
             return out
         log.warning("the VAE %s overflowed float16; running it again in float32", phase)
         with _float32_weights(self.vae):
-            return run(x.float(), tiling=tiling)
+            return run(x.float(), tiling=tiling, periodic=periodic)
 
 
 def _as_tuple(out: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

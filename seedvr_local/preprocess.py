@@ -119,6 +119,43 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> tuple[tor
     return x, (height, width)
 
 
+def wrap_pad(x: torch.Tensor, rows: int, columns: int) -> torch.Tensor:
+    """`[..., H, W]` with `rows` rows and `columns` columns added on both sides, taken from the opposite side:
+    the image as one period of a torus. Any pad works, even one larger than the image."""
+    height, width = x.shape[-2:]
+    if rows:
+        x = x.index_select(-2, torch.arange(-rows, height + rows, device=x.device) % height)
+    if columns:
+        x = x.index_select(-1, torch.arange(-columns, width + columns, device=x.device) % width)
+    return x
+
+
+def _resize_periodic_axis(x: torch.Tensor, axis: int, size: int) -> torch.Tensor:
+    """`resize_bicubic_antialias` of `[..., C, H, W]` along one axis (-2 or -1) of a periodic image.
+
+    The image is wrap padded by whole multiples of `n / gcd(n, size)` input pixels, which the resize maps to whole
+    output pixels, so cropping the resized padding off leaves exactly the resize of the infinite periodic image.
+    """
+    n = x.shape[axis]
+    if n == size:
+        return x
+    unit_in, unit_out = n // math.gcd(n, size), size // math.gcd(n, size)
+    reach = math.ceil(2 * max(1.0, n / size)) + 1  # the cubic kernel's support, widened when downscaling
+    units = -(-reach // unit_in)
+    pad_in, pad_out = units * unit_in, units * unit_out
+    padded = wrap_pad(x, pad_in, 0) if axis == -2 else wrap_pad(x, 0, pad_in)
+    height, width = padded.shape[-2:]
+    out_size = (size + 2 * pad_out, width) if axis == -2 else (height, size + 2 * pad_out)
+    out = resize_bicubic_antialias(padded, out_size)
+    return out.narrow(axis, pad_out, size)
+
+
+def resize_periodic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`resize_bicubic_antialias` of a tileable image `[..., C, H, W]` to `size = (H', W')` as one period of a
+    torus: the kernel taps that fall off one side read the other side, so the result tiles as the input does."""
+    return _resize_periodic_axis(_resize_periodic_axis(x, -2, int(size[0])), -1, int(size[1]))
+
+
 def crop_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Undo `pad_to_multiple`: keep the top-left `size = (H, W)` of `[..., H', W']`."""
     height, width = size

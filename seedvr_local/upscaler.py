@@ -22,10 +22,13 @@ from PIL import Image
 
 from seedvr_local.devices import resolve_device, resolve_dtype
 from seedvr_local.image_io import DecodedImage, encode_image, from_pil, to_pil, to_uint8, upscale_alpha
-from seedvr_local.memory_planner import MemoryPlanner, RunOutOfMemoryError, RunPlan, use_mmap_for_large_cpu_tensors
+from seedvr_local.memory_planner import (
+    MemoryPlanError, MemoryPlanner, RunOutOfMemoryError, RunPlan, use_mmap_for_large_cpu_tensors,
+)  # fmt: skip
+from seedvr_local.offload_levels import FULL_OFFLOAD, NO_OFFLOAD, Offload, check_offload, parse_offload
 from seedvr_local.options import MAX_SEED, ProgressCallback, UpscaleOptions
 from seedvr_local.pipeline import RestorationPipeline, RestoreNoises
-from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
+from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias, resize_periodic
 from seedvr_local.weights.bundle import load_models
 from seedvr_local.weights.tiny import RANDOM_WEIGHTS_NOTICE, build_tiny_models
 
@@ -41,6 +44,7 @@ class PreparedRun:
     seed: int  # `options.seed`, or the one drawn for this run
     output_size: tuple[int, int]  # (width, height) of the result
     padded_size: tuple[int, int]  # (width, height) the model runs at: the output padded to the pipeline's multiple
+    # (seamless: resized to it, since a tileable image cannot be padded and stay one)
     plan: RunPlan  # how it fits in memory
 
 
@@ -78,15 +82,43 @@ class Upscaler:
     """SeedVR2 loaded on one device. Not thread-safe: run one upscale at a time.
 
     `notice`: a line a user must see about this model, shown by the CLI and the server's `/readyz` (the tiny
-    model's random weights), or None."""
+    model's random weights), or None.
 
-    def __init__(self, pipeline: RestorationPipeline, description: str = "SeedVR2", notice: str | None = None):
+    `offload`: "auto" (the least offload that fits each request), "none", "blocks:N" or "full", or an
+    `OffloadLevel` (`seedvr_local/offload_levels.py`): how much of the model waits in host memory while it is not
+    in use. The result is the same at every level."""
+
+    def __init__(
+        self, pipeline: RestorationPipeline, description: str = "SeedVR2", notice: str | None = None,
+        offload: Offload | str = "auto",
+    ):  # fmt: skip
         self.pipeline = pipeline
         self.description = description
         self.notice = notice
-        self.planner = MemoryPlanner.for_pipeline(pipeline)
+        self.offload = parse_offload(offload)
+        check_offload(self.offload, len(pipeline.dit.blocks))
+        placement = None if self.offload == NO_OFFLOAD and pipeline.offload is None else pipeline.enable_offload()
+        if placement is None:
+            self.planner = MemoryPlanner.for_pipeline(pipeline)
+        else:
+            self.planner = MemoryPlanner.for_pipeline(
+                pipeline, weights=placement.weights(), offload=self.offload, resident=placement.device_bytes
+            )
+            placement.apply(self._first_level(placement.level))
         if pipeline.device.type == "cpu":
             use_mmap_for_large_cpu_tensors()  # keeps the resident size what the planner predicts
+
+    def _first_level(self, current):
+        """Where to place the weights before the first request: the fixed level, or under "auto" the least
+        offload a small image needs (weights loaded on the device stay there)."""
+        if self.offload != "auto":
+            return self.offload
+        if current == NO_OFFLOAD:
+            return current
+        try:
+            return self.planner.plan(64, 64).offload
+        except MemoryPlanError:
+            return FULL_OFFLOAD
 
     @classmethod
     def from_weights_dir(
@@ -95,12 +127,14 @@ class Upscaler:
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         kernels: str | None = None,
+        offload: Offload | str = "auto",
     ) -> "Upscaler":
-        """Load the DiT, the VAE and the text embedding of a weights directory (see README). `kernels`: "auto",
-        "triton" or "torch" for both models (default: `$SEEDVR_KERNELS`, else auto)."""
+        """Load the DiT, the VAE and the text embedding of a weights directory (see docs/weights.md). `kernels`: "auto",
+        "triton" or "torch" for both models (default: `$SEEDVR_KERNELS`, else auto); `offload`: as for the
+        constructor (with offload, a GPU's model loads into host memory first)."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        models = load_models(weights_dir, device=torch_device, dtype=torch_dtype)
+        models = load_models(weights_dir, device=_load_device(torch_device, offload), dtype=torch_dtype)
         info = models.weights_dir
         pipeline = RestorationPipeline(
             models.dit,
@@ -109,24 +143,31 @@ class Upscaler:
             scaling_factor=info.scaling_factor,
             shifting_factor=info.shifting_factor,
         )
+        if pipeline.device.type != torch_device.type:  # loaded into host memory for the device
+            pipeline.enable_offload(torch_device)
         dtype_name = str(torch_dtype).removeprefix("torch.")
-        upscaler = cls(pipeline, f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})")
+        description = f"SeedVR2 {info.variant.upper()} from {info.path} on {torch_device} ({dtype_name})"
+        upscaler = cls(pipeline, description, offload=offload)
         if kernels is not None:
             upscaler.set_kernel_backend(kernels)
         return upscaler
 
     @classmethod
     def tiny(
-        cls, device: str | None = None, dtype: str | torch.dtype | None = None, kernels: str | None = None
-    ) -> "Upscaler":
+        cls, device: str | None = None, dtype: str | torch.dtype | None = None, kernels: str | None = None,
+        offload: Offload | str = "auto",
+    ) -> "Upscaler":  # fmt: skip
         """A tiny SeedVR2 architecture with fixed random weights, built in memory (nothing to download): the
         whole CLI and server run with it in seconds on a CPU, but the pictures it makes are noise."""
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        models = build_tiny_models(device=torch_device, dtype=torch_dtype)
+        models = build_tiny_models(device=_load_device(torch_device, offload), dtype=torch_dtype)
         pipeline = RestorationPipeline(models.dit, models.vae, models.pos_emb)
+        if pipeline.device.type != torch_device.type:  # loaded into host memory for the device
+            pipeline.enable_offload(torch_device)
         dtype_name = str(torch_dtype).removeprefix("torch.")
-        upscaler = cls(pipeline, f"tiny test model on {torch_device} ({dtype_name})", RANDOM_WEIGHTS_NOTICE)
+        description = f"tiny test model on {torch_device} ({dtype_name})"
+        upscaler = cls(pipeline, description, RANDOM_WEIGHTS_NOTICE, offload=offload)
         if kernels is not None:
             upscaler.set_kernel_backend(kernels)
         return upscaler
@@ -134,8 +175,10 @@ class Upscaler:
     def set_kernel_backend(self, mode: str) -> str:
         """Run both models with the "auto", "triton" or "torch" kernels -> the backend chosen ("triton" or
         "torch"; both models are on one device, so they choose alike)."""
-        self.pipeline.vae.set_kernel_backend(mode)
-        return self.pipeline.dit.set_kernel_backend(mode)
+        with self.pipeline.weights_on_device("encode"):  # resolved where the weights are while they run
+            self.pipeline.vae.set_kernel_backend(mode)
+        with self.pipeline.weights_on_device("dit"):
+            return self.pipeline.dit.set_kernel_backend(mode)
 
     @property
     def kernel_backend(self) -> str:
@@ -159,7 +202,7 @@ class Upscaler:
         """The memory plan for a `width x height` output on this device now. Raises `MemoryPlanError` (a
         ValueError with a one-line message naming the largest output that fits) when it cannot fit."""
         options.validate()
-        return self.planner.plan(width, height, vae_tile=options.vae_tile)
+        return self.planner.plan(width, height, vae_tile=options.vae_tile, periodic=options.seamless)
 
     def max_output_pixels(self, aspect: tuple[int, int] = (1, 1)) -> int:
         """Pixels of the largest output of this aspect ratio (width, height) that fits in the memory available
@@ -175,7 +218,7 @@ class Upscaler:
         width, height = options.output_size(source.width, source.height)
         multiple = self.pipeline.size_multiple
         padded = (width + -width % multiple, height + -height % multiple)
-        plan = self.planner.plan(width, height, vae_tile=options.vae_tile)
+        plan = self.planner.plan(width, height, vae_tile=options.vae_tile, periodic=options.seamless)
         seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
         return PreparedRun(source, options, seed, (width, height), padded, plan)
 
@@ -197,16 +240,22 @@ class Upscaler:
         clock = _PhaseClock(timings, progress, cuda=self.pipeline.device.type == "cuda")
 
         clock.start("resize")
-        rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
-        video = (rgb * 2 - 1).transpose(0, 1)  # [3, 1, H, W] in [-1, 1]
-        padded, _ = pad_to_multiple(video, self.pipeline.size_multiple)
+        seamless = options.seamless
+        if seamless:  # resized straight to the model's size: padding would break the tiling
+            rgb = resize_periodic(source.rgb[None].float(), prepared.padded_size[::-1]).clamp(0, 1)
+            padded = (rgb * 2 - 1).transpose(0, 1)
+        else:
+            rgb = resize_bicubic_antialias(source.rgb[None].float(), (height, width)).clamp(0, 1)
+            video = (rgb * 2 - 1).transpose(0, 1)  # [3, 1, H, W] in [-1, 1]
+            padded, _ = pad_to_multiple(video, self.pipeline.size_multiple)
         latent_shape = self.pipeline.latent_shape(1, padded.shape[-2], padded.shape[-1])
         noises = RestoreNoises.draw(latent_shape, prepared.seed)
 
         def restore(plan: RunPlan):
             return self.pipeline.restore(
                 padded, noises, cond_noise_scale=options.noise_scale, color_fix=options.color_fix,
-                on_phase=clock.start, crop=(height, width), vae_tiling=plan.vae_tiling,
+                on_phase=clock.start, crop=None if seamless else (height, width), vae_tiling=plan.vae_tiling,
+                offload=plan.offload, periodic=seamless,
             )  # fmt: skip
 
         out = _unless_out_of_memory(restore, plan)
@@ -219,13 +268,20 @@ class Upscaler:
 
         clock.start("finish")
         rgb = (out.colorfixed[:, 0].clamp(-1, 1) + 1) / 2  # [3, H, W] in [0, 1], on the model's device
+        if rgb.shape[-2:] != (height, width):  # a seamless run at the next multiple of the model's size
+            rgb = resize_periodic(rgb, (height, width)).clamp(0, 1)
         # Rounded there and laid out for PIL: a quarter of the bytes cross to the CPU, and the CPU does not spend
         # longer converting a 4K image than encoding it.
         pixels = to_uint8(rgb).permute(1, 2, 0).contiguous().cpu().permute(2, 0, 1)
-        alpha = upscale_alpha(source.alpha, (height, width)) if source.alpha is not None else None
+        alpha = upscale_alpha(source.alpha, (height, width), seamless) if source.alpha is not None else None
         result = UpscaleResult(pixels, rgb, alpha, prepared.seed, timings, plan)
         clock.stop()
         return result
+
+
+def _load_device(device: torch.device, offload: Offload | str) -> torch.device:
+    """Where to load a model for `device`: host memory when some of it may stay there (a GPU with offload)."""
+    return torch.device("cpu") if device.type != "cpu" and parse_offload(offload) != NO_OFFLOAD else device
 
 
 def _unless_out_of_memory(run: Callable[[RunPlan], object], plan: RunPlan):

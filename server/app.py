@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -22,10 +22,10 @@ from seedvr_local.server.errors import install_handlers
 from seedvr_local.server.middleware import CrashGuardMiddleware, RequestIdMiddleware
 from seedvr_local.server.netguard import NetGuard
 from seedvr_local.server.proxy import PROXY_PATH, FalProxyMiddleware, openapi_path
-from seedvr_local.server.retention import Retention
 from seedvr_local.server.routers import health, playground, queue, run, storage, wellknown
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.state import ServerState
+from seedvr_local.server.sweeper import Sweeper
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -60,8 +60,11 @@ def create_app(
         if settings.worker_in_process:
             state.worker.start()
         tasks = [asyncio.create_task(state.webhooks.run()), asyncio.create_task(_expire_deadlines(state))]
+        sweeps = [(Sweeper(state.db, state.files, settings.orphan_files_after_s).sweep, "sweeping orphan files")]
         if state.retention is not None:
-            tasks.append(asyncio.create_task(_sweep_expired(state.retention, settings.retention_sweep_s)))
+            sweeps.append((state.retention.sweep, "retention sweep"))
+        for sweep, what in sweeps:
+            tasks.append(asyncio.create_task(_sweep_periodically(sweep, settings.retention_sweep_s, what)))
         for task in tasks:
             task.add_done_callback(_report_crash)
         try:
@@ -106,7 +109,9 @@ def create_app(
         allow_methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD"],
         allow_headers=["*"],
         expose_headers=EXPOSED_HEADERS,
-        allow_private_network=True,
+        # a page on the internet may reach a server on a private network only from an origin named with
+        # --cors-origin: never with "*", which would let any web page drive a key-less server on a LAN
+        allow_private_network="*" not in settings.cors_origins,
     )
     app.add_middleware(RequestIdMiddleware)
     return app
@@ -161,13 +166,14 @@ def _report_crash(task: asyncio.Task) -> None:
         log.error("background task %s stopped", task.get_coro(), exc_info=task.exception())
 
 
-async def _sweep_expired(retention: Retention, interval_s: float) -> None:
-    """Retention sweeps, the first at start (a server that was down a while catches up)."""
+async def _sweep_periodically(sweep: Callable[[], object], interval_s: float, what: str) -> None:
+    """`sweep()` in a thread, the first at start (a server that was down a while catches up), then every
+    `interval_s`: retention, and the sweep of what killed processes left (server/sweeper.py)."""
     while True:
         try:
-            await asyncio.to_thread(retention.sweep)
-        except Exception:  # a full disk or a locked file: try again at the next sweep
-            log.exception("retention sweep failed")
+            await asyncio.to_thread(sweep)
+        except Exception:  # a full disk, a locked file, an unreachable bucket: try again at the next sweep
+            log.exception("%s failed", what)
         await asyncio.sleep(interval_s)
 
 

@@ -43,6 +43,20 @@ def require_key(request: Request) -> None:
         raise FalError(401, "Invalid API key")
 
 
+def require_metrics_key(request: Request) -> None:
+    """FastAPI dependency of /metrics (it names hosts, processes and the queue): `--metrics-key` when given, else
+    an admin key (any API key when none is an admin's); open on a key-less server without `--metrics-key`."""
+    settings = request.app.state.server.settings
+    keys = (settings.metrics_key,) if settings.metrics_key else (settings.admin_keys or settings.api_keys)
+    if not keys:
+        return
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() not in ("key", "bearer") or not key_matches(credentials, tuple(keys)):
+        what = "the metrics key" if settings.metrics_key else "an admin key" if settings.admin_keys else "an API key"
+        raise FalError(401, f"/metrics needs {what}: send 'Authorization: Bearer <key>'")
+
+
 def key_matches(candidate: str, keys: tuple[str, ...]) -> bool:
     # compare every key, in constant time, so timing tells nothing about which one was close
     matched = False
@@ -76,8 +90,10 @@ class UploadTokens:
         return {"token": token, "token_type": "Bearer", "expires_at": expires_at}
 
     def valid(self, token: str) -> bool:
+        """Any string: a malformed one (not ASCII, no signature, not JSON) is simply not valid."""
         payload, _, signature = token.partition(".")
-        if not signature or not hmac.compare_digest(signature, self._sign(payload)):
+        # compared as bytes: compare_digest refuses str with characters outside ASCII (a header may carry them)
+        if not signature or not hmac.compare_digest(signature.encode(), self._sign(payload).encode()):
             return False
         try:
             claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))

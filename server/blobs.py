@@ -40,6 +40,11 @@ class Blobs(Protocol):
         """Delete these keys (those that do not exist are no error)."""
         ...
 
+    def modified(self, prefix: str) -> dict[str, float]:
+        """{key: when it was last written, Unix time} of the blobs directly under `prefix` ("" or a folder ending
+        in "/"; not those in folders below it)."""
+        ...
+
     def local_path(self, key: str) -> Path | None:
         """A path to serve the blob from, when it is on this machine's disk."""
         ...
@@ -104,6 +109,19 @@ class LocalBlobs:
             path.with_name(path.name + ".meta").unlink(missing_ok=True)
             if key.startswith("parts/") and path.parent.is_dir() and not any(path.parent.iterdir()):
                 shutil.rmtree(path.parent, ignore_errors=True)
+
+    def modified(self, prefix: str) -> dict[str, float]:
+        folder = self._path(prefix)
+        if not folder.is_dir():
+            return {}
+        found = {}
+        for path in folder.iterdir():
+            try:
+                if path.is_file() and not path.name.endswith(".meta"):
+                    found[prefix + path.name] = path.stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+        return found
 
     def local_path(self, key: str) -> Path | None:
         path = self._path(key)
@@ -192,6 +210,14 @@ class S3Blobs:
             self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(key)} for key in batch], "Quiet": True}
             )
+
+    def modified(self, prefix: str) -> dict[str, float]:
+        found = {}
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix), Delimiter="/"):
+            for item in page.get("Contents", []):
+                found[item["Key"][len(self.prefix) :]] = item["LastModified"].timestamp()
+        return found
 
     def local_path(self, key: str) -> Path | None:
         return None

@@ -10,6 +10,7 @@ import os
 import ssl
 from pathlib import Path
 
+from seedvr_local.server.quotas import add_quota_arguments, quota_settings
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings, add_store_arguments, store_settings
 from seedvr_local.server.worker_process import CPU_MEMORY_POLICIES, add_cpu_memory_argument
 from seedvr_local.video.limits import check_clip_frames
@@ -17,6 +18,8 @@ from seedvr_local.video.limits import check_clip_frames
 log = logging.getLogger("seedvr_local.server")
 
 DEFAULT_PORT = 8000
+#: The environment variable of the /metrics key when --metrics-key is not given.
+METRICS_KEY_ENV = "SEEDVR_METRICS_KEY"
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="torch.compile the model and autotune cuDNN: faster once warm, but the first request of each output "
-        "size compiles for seconds to minutes (see README)",
+        "size compiles for seconds to minutes (see docs/performance.md)",
     )
     parser.add_argument(
         "--warm-up-sizes",
@@ -84,8 +87,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=None,
         metavar="ORIGIN",
-        help="origin allowed to call from a browser (repeatable; default any)",
+        help="origin allowed to call from a browser (repeatable; default any). Only origins named here may call a "
+        "server on a private network from a public page",
     )
+    parser.add_argument("--metrics-key", default=None, metavar="KEY",
+                        help=f"the key /metrics requires, as 'Authorization: Bearer KEY' (also {METRICS_KEY_ENV}; "
+                        "default: an admin key when API keys are set, none on a key-less server)")
     parser.add_argument("--max-input-pixels", type=int, default=ServerSettings.max_input_pixels,
                         help="refuse input images with more pixels than this, 1 or more "
                         f"(default {ServerSettings.max_input_pixels})")
@@ -102,11 +109,18 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N", help="the longest clip, 4n+1 frames (1, 5, 9, ...), 1 or more, a video is "
                         "restored in; the memory planner may choose shorter ones; longer clips flicker less at seams "
                         f"(default {ServerSettings.max_video_clip_frames})")
+    parser.add_argument("--max-sync-result-bytes", type=int, default=ServerSettings.max_sync_result_bytes,
+                        metavar="N", help="the largest output a sync_mode request gets inline as a data URI, 1 or "
+                        f"more (default {ServerSettings.max_sync_result_bytes}: 64 MiB); larger ones fail with 422")
+    parser.add_argument("--max-storage-bytes", type=int, default=None, metavar="N",
+                        help="the most bytes stored files (uploads and outputs) may take together, 1 or more; past "
+                        "it uploads and outputs are refused with 507 until retention frees room (default: no limit)")
     parser.add_argument("--webhook-user-id", default=ServerSettings.webhook_user_id,
                         help="X-Fal-Webhook-User-Id of the signed webhooks (default seedvr-local)")
     parser.add_argument("--retention-hours", type=float, default=ServerSettings.retention_s / 3600,
                         help="delete finished requests and stored files older than this many hours, 0 or more "
                         "(default 24; 0 keeps them)")
+    add_quota_arguments(parser)
     add_cpu_memory_argument(parser)
     parser.add_argument("--access-log", action="store_true", help="log every HTTP request (default: one line per job)")
 
@@ -152,13 +166,16 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         raise ValueError("--max-input-pixels and --max-output-pixels must be positive")
     for flag, value in (("--max-video-frames", args.max_video_frames),
                         ("--max-video-pixel-frames", args.max_video_pixel_frames),
-                        ("--max-video-clip-frames", args.max_video_clip_frames)):  # fmt: skip
+                        ("--max-video-clip-frames", args.max_video_clip_frames),
+                        ("--max-storage-bytes", args.max_storage_bytes)):  # fmt: skip
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be positive, got {value}")
     try:
         check_clip_frames(args.max_video_clip_frames)
     except ValueError as exc:
         raise ValueError(f"--max-video-clip-frames: {exc}") from None
+    if args.max_sync_result_bytes < 1:
+        raise ValueError(f"--max-sync-result-bytes must be positive, got {args.max_sync_result_bytes}")
     if not args.retention_hours >= 0:
         raise ValueError(f"--retention-hours must be 0 (keep everything) or more, got {args.retention_hours:g}")
     env_keys = [key.strip() for key in os.environ.get("SEEDVR_API_KEYS", "").split(",")]
@@ -172,6 +189,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         api_keys=keys,
         admin_keys=admin_keys,
         **stores,
+        **quota_settings(args),
         allow_private_urls=args.allow_private_urls,
         public_url=args.public_url,
         cors_origins=tuple(args.cors_origin) if args.cors_origin else ("*",),
@@ -180,7 +198,10 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_video_frames=args.max_video_frames,
         max_video_pixel_frames=args.max_video_pixel_frames,
         max_video_clip_frames=args.max_video_clip_frames,
+        max_storage_bytes=args.max_storage_bytes,
         retention_s=args.retention_hours * 3600 or None,
+        max_sync_result_bytes=args.max_sync_result_bytes,
+        metrics_key=(args.metrics_key or os.environ.get(METRICS_KEY_ENV, "")).strip() or None,
         webhook_user_id=args.webhook_user_id,
     )
 
@@ -266,7 +287,7 @@ def banner(settings: ServerSettings, host: str, port: int, tls: bool, descriptio
     python = (
         f"      FAL_RUN_HOST={hostport}/run FAL_QUEUE_RUN_HOST={hostport}/queue SSL_CERT_FILE=<your cert.pem>{key_hint}"
         if tls
-        else "      fal-client only speaks https: restart with --ssl-certfile/--ssl-keyfile (see the README), then\n"
+        else "      fal-client only speaks https: restart with --ssl-certfile/--ssl-keyfile (docs/http-api.md), then\n"
         f"      FAL_RUN_HOST={hostport}/run FAL_QUEUE_RUN_HOST={hostport}/queue SSL_CERT_FILE=<cert.pem>{key_hint}"
     )
     lines = [

@@ -43,6 +43,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from seedvr_local.models.vae_tiling import VAETiling
 from seedvr_local.server.db import Database
 from seedvr_local.server.engine import EngineHolder
+from seedvr_local.server.errors import request_error
 from seedvr_local.server.jobs import CHANGES_CHANNEL, IN_PROGRESS
 from seedvr_local.server.storage import FileStore
 from seedvr_local.video.clips import ClipTask, LocalClips, RestoredClip
@@ -464,9 +465,12 @@ class FleetClips:
 
 def clip_error(state: ClipState) -> Exception:
     """What a clip that failed elsewhere raises here: out of memory as such (the job answers 503 as for a clip
-    restored here), anything else with the worker's error."""
+    restored here), workers that kept dying as fal's 503 `runner_disconnected`, anything else with the worker's
+    error."""
     if state.error_type == "OutOfMemoryError":
         return torch.OutOfMemoryError(state.error)
+    if state.error_type == WORKERS_LOST:  # as a job whose worker keeps dying: fal's 503, not a bug's 500
+        return request_error(503, f"clip {state.index}: {state.error}", "runner_disconnected")
     return ClipFailed(f"clip {state.index} failed on worker {state.worker_id}: {state.error_type}: {state.error}")
 
 

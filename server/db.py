@@ -44,6 +44,13 @@ class DatabaseUnavailable(RuntimeError):
     """The database cannot be reached or used; the message names the host and the reason, in one line."""
 
 
+def is_connection_error(exc: BaseException) -> bool:
+    """The database could not be reached or used for now (worth another try), as opposed to a statement it refused
+    (a data error, a constraint): SQLAlchemy's OperationalError and InterfaceError (SQLite's "database is locked"
+    among them)."""
+    return isinstance(exc, (OperationalError, InterfaceError))
+
+
 class Record:
     """A row, by column name (`row["id"]`) or by position (`row[0]`)."""
 

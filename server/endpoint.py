@@ -1,7 +1,7 @@
 """The fal endpoints this server implements, and the URLs of a request on them.
 
 fal addresses submit/run with the full id (owner/alias/path) and status/result/cancel with
-owner/alias only; see the protocol doc, section 1. Both endpoints share one alias, so one queue and one
+owner/alias only; see the protocol doc, section 1. All endpoints share one alias, so one queue and one
 set of request routes serve them.
 """
 
@@ -12,7 +12,13 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from seedvr_local.server.schema import SeedVRImageInput, SeedVRImageOutput, SeedVRVideoInput, SeedVRVideoOutput
+from seedvr_local.server.schema import (
+    SeedVRImageInput,
+    SeedVRImageOutput,
+    SeedVRSeamlessImageInput,
+    SeedVRVideoInput,
+    SeedVRVideoOutput,
+)
 
 OWNER = "fal-ai"
 ALIAS = "seedvr"
@@ -35,7 +41,12 @@ class Endpoint:
 
 IMAGE = Endpoint("upscale/image", SeedVRImageInput, SeedVRImageOutput, "image_url", "Upscale an image", "")
 VIDEO = Endpoint("upscale/video", SeedVRVideoInput, SeedVRVideoOutput, "video_url", "Upscale a video", "_video")
-ENDPOINTS = (IMAGE, VIDEO)
+#: An image upscale of a tileable texture whose result tiles too (`UpscaleOptions.seamless`).
+SEAMLESS = Endpoint(
+    "upscale/image/seamless", SeedVRSeamlessImageInput, SeedVRImageOutput, "image_url",
+    "Upscale a tileable image so that the result tiles", "_seamless",
+)  # fmt: skip
+ENDPOINTS = (IMAGE, VIDEO, SEAMLESS)
 ENDPOINT_ID = IMAGE.id
 _BY_ID = {endpoint.id: endpoint for endpoint in ENDPOINTS}
 

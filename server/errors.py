@@ -47,10 +47,13 @@ ERROR_MEANINGS: dict[int, tuple[type[BaseModel], str]] = {
     404: (RequestErrorBody, "No such request, file or upload (ids are the server's own)"),
     413: (RequestErrorBody, "The body is larger than the server accepts"),
     422: (ModelErrorBody, "The input is invalid, or names an image that cannot be used (download, decode, size)"),
+    429: (RequestErrorBody, "The API key has as many requests waiting as --max-queued-per-key allows (`rate_limited`,"
+          " with Retry-After)"),
     499: (RequestErrorBody, "The request was cancelled (`client_cancelled`)"),
     500: (RequestErrorBody, "The model failed on this input (`runner_server_error`)"),
     503: (RequestErrorBody, "The model is not loaded, or ran out of device memory"),
     504: (RequestErrorBody, "The request did not start within its x-fal-request-timeout (`request_timeout`)"),
+    507: (RequestErrorBody, "The file store is full: its --max-storage-bytes budget (`insufficient_storage`)"),
 }
 
 
@@ -148,3 +151,17 @@ def _first_message(detail: Any) -> str:
         more = f" (and {len(detail) - 1} more)" if len(detail) > 1 else ""
         return f"{'.'.join(loc)}: {message}{more}" if loc else f"{message}{more}"
     return str(detail)
+
+
+#: Seconds a client is told to wait after a 429 (a request of its own has to start first).
+QUEUE_FULL_RETRY_AFTER_S = 5
+
+
+def queue_full_error(limit: int) -> FalError:
+    return request_error(
+        429,
+        f"this API key already has {limit} request(s) waiting in the queue, the most it may; retry once one of "
+        "them has started",
+        "rate_limited",
+        {"retry-after": str(QUEUE_FULL_RETRY_AFTER_S)},
+    )

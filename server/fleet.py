@@ -15,6 +15,11 @@ from dataclasses import dataclass
 from seedvr_local.server.db import Database
 
 
+#: A worker's `model_state` while its supervisor restarts its process (server/supervisor.py); the others are the
+#: model's: loading, ready, failed.
+RESTARTING = "restarting"
+
+
 def owner_of(api_key: str) -> str:
     """What a job row stores of the key that submitted it: a digest, never the key."""
     return hashlib.sha256(api_key.encode()).hexdigest()[:32]
@@ -111,6 +116,26 @@ class WorkerRegistry:
 
     def stopped(self, worker_id: str) -> None:
         self.db.execute("UPDATE workers SET stopped_at = ?, current_job = NULL WHERE id = ?", (time.time(), worker_id))
+
+    def mark_restarting(self, host: str, pid: int, how: str) -> list[str]:
+        """The rows of the worker process `pid` on `host`, which exited (`how`: "killed by SIGKILL"): they say
+        "restarting" (with how it ended as their notice) until its supervisor starts the next process; their ids."""
+        rows = self.db.query(
+            "SELECT id FROM workers WHERE host = ? AND pid = ? AND stopped_at IS NULL", (host, pid)
+        )
+        ids = [row[0] for row in rows]
+        for worker_id in ids:
+            self.db.execute(
+                "UPDATE workers SET model_state = ?, model_notice = ?, current_job = NULL, heartbeat_at = ?"
+                " WHERE id = ?",
+                (RESTARTING, f"its process exited ({how}) and is restarting", time.time(), worker_id),
+            )
+        return ids
+
+    def replaced(self, worker_ids: tuple[str, ...]) -> None:
+        """A restarted worker's new process is up: the dead one's rows are history."""
+        for worker_id in worker_ids:
+            self.stopped(worker_id)
 
     def live(self, fresh_s: float) -> list[WorkerInfo]:
         """The workers that have not stopped and beat within `fresh_s` seconds."""

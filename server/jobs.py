@@ -15,8 +15,9 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from seedvr_local.server.db import Database
-from seedvr_local.server.errors import FalError, cancelled_error, request_error, timeout_error
+from seedvr_local.server.errors import FalError, cancelled_error, queue_full_error, request_error, timeout_error
 from seedvr_local.server.metrics import count_job
+from seedvr_local.server.quotas import CLAIM_LOCK, owner_lock_key
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 PRIORITIES = {"normal": 0, "low": 1}
@@ -56,14 +57,16 @@ class Job:
 
     @classmethod
     def from_row(cls, row) -> Job:
-        """`input` is {} unless the row was read with it (`JobStore.get(..., with_input=True)`)."""
+        """`input` is {} unless the row was read with it (`JobStore.get(..., with_input=True)`); `response_body` None
+        when it was read without it (`with_result=False`)."""
+        columns = row.keys()
         return cls(
             id=row["id"],
             seq=row["seq"],
             kind=row["kind"],
             priority=row["priority"],
             status=row["status"],
-            input=json.loads(row["input"]) if "input" in row.keys() else {},
+            input=json.loads(row["input"]) if "input" in columns else {},
             base_url=row["base_url"],
             webhook_url=row["webhook_url"],
             created_at=row["created_at"],
@@ -74,7 +77,10 @@ class Job:
             cancel_requested=bool(row["cancel_requested"]),
             outcome=row["outcome"],
             response_status=row["response_status"],
-            response_body=json.loads(row["response_body"]) if row["response_body"] is not None else None,
+            response_body=(
+                json.loads(row["response_body"]) if "response_body" in columns and row["response_body"] is not None
+                else None
+            ),
             response_headers=json.loads(row["response_headers"] or "{}"),
             error=row["error"],
             error_type=row["error_type"],
@@ -86,11 +92,11 @@ class Job:
         )
 
 
-#: Every column of a job but its input: what status, result and SSE read, so a poll costs the same whatever the
-#: input's size.
-SMALL_COLUMNS = (
+#: Every column of a job but its input and its result: what status polls and SSE read, so a poll costs the same
+#: whatever the size of the input or of a sync_mode output.
+STATUS_COLUMNS = (
     "seq, id, kind, priority, status, base_url, webhook_url, created_at, started_at, finished_at, start_deadline,"
-    " attempts, cancel_requested, outcome, response_status, response_body, response_headers, error, error_type,"
+    " attempts, cancel_requested, outcome, response_status, response_headers, error, error_type,"
     " inference_time, owner, worker_id, lease_expires_at, limits"
 )
 
@@ -154,9 +160,16 @@ class JobStore:
         on_completed: Callable[[Job, Completion], None] | None = None,
         write_input: InputWriter | None = None,
         limits: dict[str, int | None] | None = None,
+        max_queued_per_owner: int | None = None,
+        max_running_per_owner: int | None = None,
     ):
-        """`limits`: stored with every job created here, for the worker that runs it (ServerSettings.job_limits)."""
+        """`limits`: stored with every job created here, for the worker that runs it (ServerSettings.job_limits).
+        `max_queued_per_owner`: one more queued job of an owner is a 429 (server/quotas.py);
+        `max_running_per_owner`: stored with every job created here, the most of its owner's jobs that workers
+        run at once."""
         self.db = db
+        self.max_queued_per_owner = max_queued_per_owner
+        self.max_running_per_owner = max_running_per_owner
         self.limits = json.dumps(limits) if limits is not None else None
         self.max_attempts = max_attempts
         self.on_change = on_change or (lambda job_id: None)
@@ -178,16 +191,24 @@ class JobStore:
     ) -> Job:
         """A new job, queued; or already completed when `completion` is given (an invalid input)."""
         job_id = str(uuid.uuid4())
+        quota = completion is None and self.max_queued_per_owner is not None
+        if quota:  # before a large input is stored for nothing
+            with self.db.reading() as conn:
+                self._check_queued(conn, owner)
         stored_input = self.write_input(input, base_url)
         now = time.time()
         done: list = []
         with self.db.transaction() as conn:
+            if quota:  # again, where it counts: in the transaction that adds the job
+                if self.db.is_postgres:
+                    conn.execute("SELECT pg_advisory_xact_lock(?)", (owner_lock_key(owner),))
+                self._check_queued(conn, owner)
             conn.execute(
                 "INSERT INTO jobs (id, kind, priority, status, input, base_url, webhook_url, created_at,"
-                " start_deadline, owner, limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " start_deadline, owner, limits, running_cap) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job_id, kind, priority, IN_QUEUE, json.dumps(stored_input), base_url, webhook_url, now,
-                    start_deadline, owner, self.limits,
+                    start_deadline, owner, self.limits, self.max_running_per_owner,
                 ),
             )  # fmt: skip
             if completion is not None:
@@ -197,8 +218,16 @@ class JobStore:
         self._report(done)
         return self.get(job_id)
 
-    def get(self, job_id: str, with_input: bool = False) -> Job | None:
-        columns = f"{SMALL_COLUMNS}, input" if with_input else SMALL_COLUMNS
+    def _check_queued(self, conn, owner: str | None) -> None:
+        waiting = conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status = ? AND COALESCE(owner, '') = ?", (IN_QUEUE, owner or "")
+        ).fetchone()[0]
+        if waiting >= self.max_queued_per_owner:
+            raise queue_full_error(self.max_queued_per_owner)
+
+    def get(self, job_id: str, with_input: bool = False, with_result: bool = True) -> Job | None:
+        """The job; its input only when asked, its result (`response_body`) unless told not to read it."""
+        columns = STATUS_COLUMNS + (", response_body" if with_result else "") + (", input" if with_input else "")
         row = self.db.query_one(f"SELECT {columns} FROM jobs WHERE id = ?", (job_id,))
         return Job.from_row(row) if row else None
 
@@ -249,8 +278,14 @@ class JobStore:
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.is_postgres else ""
         now = time.time()
         with self.db.transaction() as conn:
+            if self.db.is_postgres:  # one claim at a time: two at once could both pass an owner's running cap
+                conn.execute("SELECT pg_advisory_xact_lock(?)", (CLAIM_LOCK,))
+            # a job whose owner already runs its cap of jobs (`running_cap`, server/quotas.py) waits in its place
             row = conn.execute(
-                f"SELECT id FROM jobs WHERE status = ? ORDER BY priority, seq LIMIT 1{skip_locked}", (IN_QUEUE,)
+                "SELECT id FROM jobs j WHERE status = ? AND (j.running_cap IS NULL OR (SELECT COUNT(*) FROM jobs r"
+                " WHERE r.status = ? AND COALESCE(r.owner, '') = COALESCE(j.owner, '')) < j.running_cap)"
+                f" ORDER BY priority, seq LIMIT 1{skip_locked}",
+                (IN_QUEUE, IN_PROGRESS),
             ).fetchone()
             if row is None:
                 return None
@@ -272,6 +307,24 @@ class JobStore:
                 (time.time() + lease_s, job_id, worker_id, IN_PROGRESS),
             )
         return result.rowcount == 1
+
+    def release_leases(self, worker_ids: list[str] | tuple[str, ...]) -> None:
+        """The leases of workers known dead (their process exited) end now: their jobs are reclaimed at the next
+        `reclaim_expired` (each run counted as an attempt), and so are the clips they restored for other workers'
+        videos (server/clip_tasks.py), instead of a lease later."""
+        if not worker_ids:
+            return
+        marks = ", ".join("?" for _ in worker_ids)
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET lease_expires_at = ? WHERE status = ? AND worker_id IN ({marks})",
+                (now - 1, IN_PROGRESS, *worker_ids),
+            )
+            conn.execute(
+                f"UPDATE clip_tasks SET lease_expires_at = ? WHERE state = 'running' AND worker_id IN ({marks})",
+                (now - 1, *worker_ids),
+            )
 
     def requeue(self, job_id: str, worker_id: str | None = None) -> None:
         """Put a job the worker gave up at shutdown back in its place; that run does not count."""
@@ -308,7 +361,7 @@ class JobStore:
         from seedvr_local.server.webhooks import webhook_body  # the payload format lives with the sender
 
         row = conn.execute(
-            f"SELECT status, webhook_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
+            f"SELECT status, webhook_url, base_url FROM jobs WHERE id = ?{self.db.for_update}", (job_id,)
         ).fetchone()
         if row is None or row["status"] == COMPLETED:
             return False
@@ -333,7 +386,7 @@ class JobStore:
         if row["webhook_url"]:
             conn.execute(
                 "INSERT INTO webhooks (job_id, url, body, next_attempt, state) VALUES (?, ?, ?, ?, 'pending')",
-                (job_id, row["webhook_url"], webhook_body(job_id, completion), now),
+                (job_id, row["webhook_url"], webhook_body(job_id, completion, row["base_url"]), now),
             )
         done.append((job_id, completion))
         return True
@@ -457,8 +510,8 @@ class OwnedJobs:
     def create(self, *args: Any, **kwargs: Any) -> Job:
         return self._jobs.create(*args, owner=self.owner, **kwargs)
 
-    def get(self, job_id: str, with_input: bool = False) -> Job | None:
-        job = self._jobs.get(job_id, with_input)
+    def get(self, job_id: str, with_input: bool = False, with_result: bool = True) -> Job | None:
+        job = self._jobs.get(job_id, with_input, with_result)
         if job is None or self.sees_all or job.owner == self.owner:
             return job
         return None

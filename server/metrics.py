@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from seedvr_local.server.db import Database
-from seedvr_local.server.fleet import WorkerInfo
+from seedvr_local.server.fleet import RESTARTING, WorkerInfo
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -59,6 +59,10 @@ class Metrics:
 
     def megapixels(self, value: float) -> None:
         self._record(_COUNT, [("megapixels", "", value)])
+
+    def worker_restart(self) -> None:
+        """A worker process that exited was restarted by its supervisor (server/supervisor.py)."""
+        self._record(_COUNT, [("worker_restarts", "", 1)])
 
     def webhook(self, outcome: str) -> None:
         self._record(_COUNT, [("webhook_deliveries", outcome, 1)])
@@ -132,9 +136,13 @@ class Metrics:
                 f"{_number(counters.get(('webhook_deliveries', outcome), 0))}"
                 for outcome in WEBHOOK_OUTCOMES
             ),
-            "# HELP seedvr_workers Live workers (a heartbeat within two leases), fleet-wide.",
+            "# HELP seedvr_worker_restarts_total Worker processes that exited and were restarted by their "
+            "supervisor (serve --devices, worker --devices), fleet-wide.",
+            "# TYPE seedvr_worker_restarts_total counter",
+            f"seedvr_worker_restarts_total {_number(counters.get(('worker_restarts', ''), 0))}",
+            "# HELP seedvr_workers Live workers (a heartbeat within two leases), fleet-wide; not those restarting.",
             "# TYPE seedvr_workers gauge",
-            f"seedvr_workers {len(workers)}",
+            f"seedvr_workers {sum(worker.model_state != RESTARTING for worker in workers)}",
         ]
         lines += _worker_series(
             workers,

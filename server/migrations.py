@@ -178,6 +178,16 @@ CREATE INDEX clip_tasks_job ON clip_tasks (job_id)
     _run(conn, statements.format(**_types(db)))
 
 
+def _quotas(conn: Connection, db: Database) -> None:
+    """Per-key quotas (server/quotas.py): the most of its owner's jobs that may run at once, chosen by the API
+    process that accepted the job, for the workers' claims."""
+    statements = """
+ALTER TABLE jobs ADD COLUMN running_cap INTEGER;            -- NULL: no cap
+CREATE INDEX jobs_owner_status ON jobs (owner, status)
+"""
+    _run(conn, statements)
+
+
 def _run(conn: Connection, script: str) -> None:
     for statement in script.split(";"):
         lines = [line.split("--")[0].rstrip() for line in statement.strip().splitlines()]
@@ -193,6 +203,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection, Database], None]]] = [
     (3, "shared secrets, webhook delivery claims", _shared_secrets_and_webhook_claims),
     (4, "worker memory and model, fleet-wide phase histograms and counters, job limits", _operations),
     (5, "clip tasks: the clips of a video restored by every worker", _clip_tasks),
+    (6, "per-key quotas: a job's running cap", _quotas),
 ]
 LATEST = MIGRATIONS[-1][0]
 

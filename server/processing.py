@@ -8,7 +8,6 @@ carrying the HTTP status and body of fal's matching error.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -19,15 +18,15 @@ from seedvr_local.memory_planner import MemoryPlanError, RunOutOfMemoryError
 from seedvr_local.options import UpscaleOptions
 from seedvr_local.sizes import SizeError
 from seedvr_local.server.clip_tasks import ClipHelper, ClipTaskQueue
-from seedvr_local.server.endpoint import VIDEO, endpoint_of
+from seedvr_local.server.endpoint import SEAMLESS, VIDEO, endpoint_of
 from seedvr_local.server.engine import Engine, EngineHolder
 from seedvr_local.server.errors import FalError, cancelled_error, model_error, request_error
 from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.jobs import Completion, Job, JobStore
 from seedvr_local.server.metrics import Metrics
-from seedvr_local.server.schema import SeedVRImageInput
+from seedvr_local.server.results import inline_output
 from seedvr_local.server.settings import DEFAULT_MAX_OUTPUT_PIXELS, ServerSettings
-from seedvr_local.server.storage import FileStore
+from seedvr_local.server.storage import FileStore, StorageFull
 from seedvr_local.server.video_processing import VideoJobRunner
 
 log = logging.getLogger("seedvr_local.server")
@@ -100,6 +99,10 @@ class JobProcessor:
         except FalError as exc:
             self.jobs.log(job.id, f"failed: {exc.message}", "ERROR")
             return Completion.failure(exc, inference_time=time.perf_counter() - started)
+        except StorageFull as exc:  # the output does not fit the storage budget
+            self.jobs.log(job.id, f"failed: {exc}", "ERROR")
+            error = request_error(507, str(exc), exc.error_type)
+            return Completion.failure(error, inference_time=time.perf_counter() - started)
         except Exception as exc:  # a bug or a device failure: a 500, logged with its traceback
             log.exception("job %s failed", job.id)
             message = f"the upscale failed: {type(exc).__name__}: {_one_line(exc)}"
@@ -129,7 +132,8 @@ class JobProcessor:
             raise request_error(503, str(exc), "runner_scheduling_failure") from None
 
     def _run_image(self, job: Job, phases: _Phases, settings: ServerSettings) -> dict:
-        params = SeedVRImageInput.model_validate(job.input)
+        endpoint = endpoint_of(job.input)
+        params = endpoint.input_model.model_validate(job.input)
         phases.start("download", "fetching image_url")
         engine = self._engine()
         try:
@@ -153,6 +157,7 @@ class JobProcessor:
             target_resolution=params.target_resolution,
             seed=params.seed,
             noise_scale=params.noise_scale,
+            seamless=endpoint is SEAMLESS,
         )
         size_field = "upscale_factor" if params.upscale_mode == "factor" else "target_resolution"
         try:
@@ -189,9 +194,10 @@ class JobProcessor:
         content_type = content_type_for(params.output_format)
         file_name = f"seedvr_{job.id[:8]}.{params.output_format}"
         if params.sync_mode:
-            url = f"data:{content_type};base64,{base64.b64encode(encoded).decode('ascii')}"
+            url = inline_output(lambda: encoded, len(encoded), content_type, settings.max_sync_result_bytes)
         else:
-            url = self.files.public_url(self.files.save(encoded, file_name, content_type), job.base_url)
+            stored = self.files.save(encoded, file_name, content_type, settings.max_storage_bytes)
+            url = self.files.output_url(stored)
         phases.stop()
         out_width, out_height = result.size
         self.metrics.megapixels(out_width * out_height / 1e6)

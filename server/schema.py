@@ -1,5 +1,5 @@
-"""fal's input and output schemas of `fal-ai/seedvr/upscale/image` and `fal-ai/seedvr/upscale/video`, and of
-their queue, as pydantic models.
+"""fal's input and output schemas of `fal-ai/seedvr/upscale/image`, `fal-ai/seedvr/upscale/image/seamless` and
+`fal-ai/seedvr/upscale/video`, and of their queue, as pydantic models.
 
 The input model is the validation: unknown fields are ignored, every invalid value is a 422 with a
 FastAPI-style `detail` list (what fal, itself FastAPI, returns).
@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from seedvr_local.options import OUTPUT_FORMATS as IMAGE_OUTPUT_FORMATS
 from seedvr_local.options import MAX_SEED, OutputFormat, TargetResolution, UpscaleMode
 from seedvr_local.sizes import MAX_UPSCALE_FACTOR, MIN_UPSCALE_FACTOR
 from seedvr_local.video.formats import (
@@ -94,6 +95,25 @@ class SeedVRImageInput(_UpscaleInput):
     @classmethod
     def _known_scheme(cls, value: str) -> str:
         return _check_url("image_url", value)
+
+
+#: fal's seamless endpoint spells JPEG "jpeg" where the image endpoint says "jpg" (`image_io` writes both).
+SEAMLESS_OUTPUT_FORMATS = tuple("jpeg" if fmt == "jpg" else fmt for fmt in IMAGE_OUTPUT_FORMATS)
+SeamlessOutputFormat = Literal[SEAMLESS_OUTPUT_FORMATS]  # type: ignore[valid-type]
+
+
+class SeedVRSeamlessImageInput(SeedVRImageInput):
+    """The image endpoint's input, as fal's `fal-ai/seedvr/upscale/image/seamless` differs from it: the output
+    format's spelling of JPEG, a PNG default, and a safety checker switch."""
+
+    model_config = ConfigDict(title="SeedVRSeamlessImageInput")
+
+    output_format: SeamlessOutputFormat = Field(
+        "png", description=SeedVRImageInput.model_fields["output_format"].description
+    )
+    enable_safety_checker: bool = Field(
+        True, description="Accepted as fal's schema has it; this server runs no safety checker, so it changes nothing."
+    )
 
 
 class SeedVRVideoInput(_UpscaleInput):

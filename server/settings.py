@@ -17,8 +17,12 @@ DATABASE_URL_ENV = "SEEDVR_DATABASE_URL"
 #: refuse what the API accepted (or run what it would refuse). `max_output_pixels` None still means what the
 #: worker's own device fits.
 JOB_LIMITS = (
-    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames"
+    "max_input_pixels", "max_output_pixels", "max_video_frames", "max_video_pixel_frames", "max_video_clip_frames",
+    "max_sync_result_bytes",
+    "max_storage_bytes",
 )  # fmt: skip
+#: The largest output returned inline (a data URI in the result) with sync_mode: 64 MiB.
+DEFAULT_MAX_SYNC_RESULT_BYTES = 64 * 1024 * 1024
 STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 
@@ -44,6 +48,7 @@ def add_store_arguments(parser) -> None:
                         help="output URLs served through the API (default) or presigned URLs of the bucket")
 
 
+
 def store_settings(args) -> dict:
     """The job database and file store the flags (`--database-url`, `--storage-url`, `--s3-endpoint-url`,
     `--storage-public-urls`) or the environment name, as ServerSettings fields: the same for `serve` and
@@ -51,6 +56,7 @@ def store_settings(args) -> dict:
     storage_url = args.storage_url or os.environ.get(STORAGE_URL_ENV) or None
     if args.storage_public_urls == "presigned" and storage_url is None:
         raise ValueError("--storage-public-urls presigned needs --storage-url s3://...")
+
     return dict(
         database_url=args.database_url or os.environ.get(DATABASE_URL_ENV) or None,
         storage_url=storage_url,
@@ -75,14 +81,23 @@ class ServerSettings:
     s3_endpoint_url: str | None = None
     #: Output URLs: "server" (served through this server) or "presigned" (the bucket's, signed; S3 only).
     storage_public_urls: str = "server"
+    #: The most bytes stored files may take together (uploads and outputs); None: no budget.
+    max_storage_bytes: int | None = None
+    #: Per-key quotas (server/quotas.py): queued requests per key (one more is a 429), running requests per key.
+    max_queued_per_key: int | None = None
+    max_running_per_key: int | None = None
     #: How long a presigned output URL is valid.
     presigned_url_ttl_s: int = 24 * 3600
     #: Lets image_url and webhooks reach loopback, private and link-local addresses.
     allow_private_urls: bool = False
     #: Base URL for the URLs the server hands out (behind a reverse proxy); default: from each request.
     public_url: str | None = None
-    #: Origins allowed to call the API from a browser ("*" for any).
+    #: Origins allowed to call the API from a browser ("*" for any). Only origins named here may call it from a
+    #: public page into a private network (Private Network Access), never "*".
     cors_origins: tuple[str, ...] = ("*",)
+    #: The key /metrics requires (`Authorization: Bearer <key>`); None: an admin key when there are API keys (any
+    #: API key when none is an admin's), nothing on a key-less server.
+    metrics_key: str | None = None
 
     # Limits on what a request may make the server do.
     max_input_pixels: int = 40_000_000
@@ -99,6 +114,9 @@ class ServerSettings:
     #: The longest clip (4n+1 frames) a video is restored in; the memory planner may choose shorter ones.
     #: Longer clips share more context (less flicker at seams); a cancel waits for the clip in progress.
     max_video_clip_frames: int = 81
+    #: The largest output (bytes before base64) a sync_mode request gets inline; a larger one fails with a 422
+    #: before it is encoded, since the result is kept in the job database (use a file URL for larger outputs).
+    max_sync_result_bytes: int = DEFAULT_MAX_SYNC_RESULT_BYTES
 
     # Webhooks: up to `webhook_max_attempts` POSTs, waiting base * 2**n (capped) between them.
     webhook_max_attempts: int = 10
@@ -126,8 +144,10 @@ class ServerSettings:
     upload_token_ttl_s: int = 3600
     #: Finished requests and stored files older than this are deleted (server/retention.py); None keeps them.
     retention_s: float | None = 24 * 3600.0
-    #: Seconds between retention sweeps.
+    #: Seconds between retention sweeps (and sweeps of orphan files: server/sweeper.py).
     retention_sweep_s: float = 300.0
+    #: Scratch files and stored blobs that no record names are swept once they are this old.
+    orphan_files_after_s: float = 3600.0
 
     def job_limits(self) -> dict[str, int | None]:
         """The limits a job accepted here runs under, wherever it runs (stored with it: server/jobs.py)."""

@@ -12,6 +12,7 @@ from seedvr_local.server.auth import UploadTokens, key_matches
 from seedvr_local.server.blobs import Blobs, LocalBlobs, S3Blobs
 from seedvr_local.server.db import Database, DataDirLock
 from seedvr_local.server.engine import EngineFactory, EngineHolder
+from seedvr_local.server.errors import FalError
 from seedvr_local.server.events import ChangeNotifier
 from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.change_feed import ChangeFeed, change_feed
@@ -23,7 +24,7 @@ from seedvr_local.server.processing import JobProcessor
 from seedvr_local.server.retention import Retention
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.signing import WebhookSigner
-from seedvr_local.server.storage import FileStore
+from seedvr_local.server.storage import FileStore, StorageFull
 from seedvr_local.server.webhooks import WebhookSender
 from seedvr_local.server.worker import Worker, log_job
 
@@ -73,6 +74,8 @@ class ServerState:
             on_completed=log_job,
             write_input=lambda input, base_url: _inputs_out_of_line(input, base_url, fetcher, files),
             limits=settings.job_limits(),
+            max_queued_per_owner=settings.max_queued_per_key,
+            max_running_per_owner=settings.max_running_per_key,
         )
         engines = EngineHolder(engine_factory, description)
         processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
@@ -121,6 +124,7 @@ def open_files(settings: ServerSettings, db: Database) -> FileStore:
         settings.max_upload_bytes,
         blobs=open_blobs(settings),
         presign_s=settings.presigned_url_ttl_s if settings.storage_public_urls == "presigned" else 0,
+        max_total_bytes=settings.max_storage_bytes,
     )
 
 
@@ -145,7 +149,10 @@ def _inputs_out_of_line(input: dict[str, Any], base_url: str, fetcher: ImageFetc
         except FetchError:
             continue
         content_type = value[5:].split(",", 1)[0].split(";", 1)[0]
-        replaced[name] = files.save(data, "input", content_type).url(base_url)
+        try:
+            replaced[name] = files.save(data, "input", content_type).url(base_url)
+        except StorageFull as exc:
+            raise FalError(exc.status_code, str(exc), exc.error_type) from None
     return {**input, **replaced} if replaced else input
 
 

@@ -22,6 +22,8 @@ from starlette.concurrency import run_in_threadpool
 
 from seedvr_local.server.blobs import Blobs, LocalBlobs
 from seedvr_local.server.db import Database
+from seedvr_local.server.upload_budget import UploadBudget
+from seedvr_local.server.urls import FILE_PATH_PREFIX
 
 #: File ids and upload tokens: what `secrets.token_urlsafe` makes, 16 to 64 characters.
 ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
@@ -38,6 +40,13 @@ class StorageError(Exception):
         self.status_code = status_code
 
 
+class StorageFull(StorageError):
+    """A file that does not fit the storage budget (`--max-storage-bytes`): 507, or 413 when it alone is larger
+    than the whole budget."""
+
+    error_type = "insufficient_storage"
+
+
 @dataclass
 class StoredFile:
     id: str
@@ -47,8 +56,13 @@ class StoredFile:
     state: str
     multipart: bool
 
+    @property
+    def path(self) -> str:
+        """Its URL's path on any front-end (what a result stores: server/urls.py)."""
+        return f"{FILE_PATH_PREFIX}{self.id}/{quote(self.name)}"
+
     def url(self, base_url: str) -> str:
-        return f"{base_url.rstrip('/')}/files/{self.id}/{quote(self.name)}"
+        return f"{base_url.rstrip('/')}{self.path}"
 
 
 def safe_file_name(name: str | None, default: str = "file") -> str:
@@ -68,10 +82,21 @@ class FileStore:
     Uploads stream to a temporary file under `root/tmp` first (size limit, digest), then go to the blobs whole.
     """
 
-    def __init__(self, db: Database, root: Path, max_bytes: int, blobs: Blobs | None = None, presign_s: int = 0):
+    def __init__(
+        self,
+        db: Database,
+        root: Path,
+        max_bytes: int,
+        blobs: Blobs | None = None,
+        presign_s: int = 0,
+        max_total_bytes: int | None = None,
+    ):
+        """`max_bytes`: the largest upload; `max_total_bytes`: the storage budget of every stored file together
+        (None: none), checked before each file is stored (concurrent uploads may pass it by what they hold)."""
         self.db = db
         self.root = root
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
         self.blobs = blobs or LocalBlobs(root)
         #: > 0: output URLs are presigned URLs of the bucket, valid this long (--storage-public-urls presigned)
         self.presign_s = presign_s
@@ -101,13 +126,37 @@ class FileStore:
     def read_bytes(self, stored: StoredFile) -> bytes | None:
         return self.blobs.get_bytes(stored.id)
 
-    def public_url(self, stored: StoredFile, base_url: str) -> str:
-        """The URL handed out for an output: this server's, or a presigned URL of the bucket."""
+    def output_url(self, stored: StoredFile) -> str:
+        """The URL a result stores for an output: a presigned URL of the bucket, else the file's path, which the
+        front-end that answers makes absolute (server/urls.py)."""
         if self.presign_s:
             presigned = self.blobs.presigned_url(stored.id, stored.name, stored.content_type, self.presign_s)
             if presigned is not None:
                 return presigned
-        return stored.url(base_url)
+        return stored.path
+
+    # --- the storage budget ----------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """What the stored files take (finished uploads and outputs)."""
+        return int(self.db.query_one("SELECT COALESCE(SUM(size), 0) FROM files")[0])
+
+    def room(self, budget: int | None = None) -> int | None:
+        """Bytes left in the storage budget, `budget` or this store's (None: no budget)."""
+        budget = budget or self.max_total_bytes
+        return None if budget is None else budget - self.used_bytes()
+
+    def _check_room(self, size: int, room: int | None, budget: int | None = None) -> None:
+        if room is None or size <= room:
+            return
+        budget = budget or self.max_total_bytes
+        if size > budget:
+            raise StorageFull(413, f"the file is larger than the storage budget of {budget:,} bytes")
+        raise StorageFull(
+            507,
+            f"the file store is full: {budget - room:,} of its {budget:,} bytes are in use, and this file needs "
+            f"more than the {max(room, 0):,} left; retry once older files have expired",
+        )
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -128,10 +177,12 @@ class FileStore:
         )
         return self.get(file_id), token
 
-    def save(self, data: bytes, name: str, content_type: str) -> StoredFile:
-        """Store bytes produced by the server (an output image, a decoded data URI)."""
+    def save(self, data: bytes, name: str, content_type: str, budget: int | None = None) -> StoredFile:
+        """Store bytes produced by the server (an output image, a decoded data URI). `budget`: the storage budget
+        of the job it is for (its API's, stored with it), else this store's."""
         file_id = secrets.token_urlsafe(16)
         content_type = _content_type(content_type)
+        self._check_room(len(data), self.room(budget), budget)
         self.blobs.put_file(file_id, self._write_tmp([data]), content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -139,13 +190,14 @@ class FileStore:
         )
         return self.get(file_id)
 
-    def adopt(self, path: Path, name: str, content_type: str) -> StoredFile:
+    def adopt(self, path: Path, name: str, content_type: str, budget: int | None = None) -> StoredFile:
         """Store a file the server wrote (an output video) by moving it in: `path` must be under `tmp_dir` (the
-        local store moves it, a bucket uploads it)."""
+        local store moves it, a bucket uploads it). `budget` as for `save`."""
         file_id = secrets.token_urlsafe(16)
         with open(path, "rb") as written:  # on disk before the database names it, as `save` does
             os.fsync(written.fileno())
         size = path.stat().st_size
+        self._check_room(size, self.room(budget), budget)
         self.blobs.put_file(file_id, path, content_type)
         self.db.execute(
             "INSERT INTO files (id, name, content_type, size, state, created_at) VALUES (?, ?, ?, ?, 'complete', ?)",
@@ -161,15 +213,26 @@ class FileStore:
     async def receive(
         self, stored: StoredFile, chunks: AsyncIterator[bytes], content_type: str | None = None
     ) -> StoredFile:
-        """The body of a single-part upload: the whole file, replacing what an earlier try sent."""
-        tmp, size = await self._stream_to_tmp(chunks)
+        """The body of a single-part upload: the whole file. A try that failed may be sent again; once one
+        succeeded the upload is finished, and a further PUT is refused (the file is served as immutable)."""
+        tmp, size = await self._stream_to_tmp(chunks, room=await run_in_threadpool(self.room))
         content_type = _content_type(content_type) if content_type else stored.content_type
         await run_in_threadpool(self._store_upload, stored.id, tmp, content_type, size)
         return await run_in_threadpool(self.get, stored.id)
 
     def _store_upload(self, file_id: str, tmp: Path, content_type: str, size: int) -> None:
         try:
-            self.blobs.put_file(file_id, tmp, content_type)
+            # claimed first: of two PUTs racing, one stores its bytes, the other is refused
+            claimed = self.db.execute(
+                "UPDATE files SET state = 'storing' WHERE id = ? AND state = 'pending'", (file_id,)
+            )
+            if claimed.rowcount != 1:
+                raise StorageError(400, "this upload is already complete: its file cannot be replaced")
+            try:
+                self.blobs.put_file(file_id, tmp, content_type)
+            except BaseException:
+                self.db.execute("UPDATE files SET state = 'pending' WHERE id = ? AND state = 'storing'", (file_id,))
+                raise
         finally:
             tmp.unlink(missing_ok=True)
         self.db.execute(
@@ -178,23 +241,31 @@ class FileStore:
         )
 
     async def receive_part(self, stored: StoredFile, number: int, chunks: AsyncIterator[bytes]) -> str:
-        """One part of a multipart upload; returns its ETag (quoted, like S3's)."""
+        """One part of a multipart upload; returns its ETag (quoted, like S3's). The bytes of all the upload's
+        parts are reserved against the size limit as they arrive (server/upload_budget.py), so parts sent in
+        parallel cannot add up to more than the limit."""
         if not 1 <= number <= MAX_PARTS:
             raise StorageError(400, f"part number must be between 1 and {MAX_PARTS}, got {number}")
         key = _part_key(stored.id, number)
-        sizes = await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))
-        already = sum(size for part, size in sizes.items() if part != key)
+        budget = UploadBudget(self.db, stored.id, self.max_bytes)
         digest = hashlib.sha256()
-        tmp, _ = await self._stream_to_tmp(chunks, digest, budget=self.max_bytes - already)
-        etag = digest.hexdigest()[:32]
         try:
-            await run_in_threadpool(self.blobs.put_file, key, tmp, "application/octet-stream", {"etag": etag})
-        finally:
-            tmp.unlink(missing_ok=True)
+            tmp, size = await self._stream_to_tmp(chunks, digest, budget, room=await run_in_threadpool(self.room))
+            etag = digest.hexdigest()[:32]
+            try:
+                replaced = (await run_in_threadpool(self.blobs.sizes, _parts_prefix(stored.id))).get(key, 0)
+                await run_in_threadpool(self.blobs.put_file, key, tmp, "application/octet-stream", {"etag": etag})
+            finally:
+                tmp.unlink(missing_ok=True)
+        except BaseException:
+            await run_in_threadpool(budget.release_unused, 0)
+            raise
+        await run_in_threadpool(budget.release_unused, size, replaced)
         return f'"{etag}"'
 
     def complete_multipart(self, stored: StoredFile, parts: list[tuple[int, str | None]]) -> StoredFile:
-        """Join the listed parts in part-number order; an ETag given must match the part's."""
+        """Join the listed parts in part-number order; an ETag given must match the part's, and the parts together
+        must be within the size limit."""
         if not parts:
             raise StorageError(400, "complete needs the list of uploaded parts")
         ordered = sorted(set(parts))
@@ -204,6 +275,10 @@ class FileStore:
                 raise StorageError(400, f"part {number} was not uploaded")
             if etag is not None and etag.strip('"') != metadata.get("etag"):
                 raise StorageError(400, f"part {number}: etag {etag} does not match the uploaded data")
+        sizes = self.blobs.sizes(_parts_prefix(stored.id))
+        total = sum(sizes.get(_part_key(stored.id, number), 0) for number in {number for number, _ in ordered})
+        if total > self.max_bytes:
+            raise StorageError(413, f"the parts add up to {total:,} bytes, more than the limit of {self.max_bytes:,}")
         tmp = self.root / "tmp" / f"{stored.id}.{secrets.token_hex(4)}"
         size = 0
         try:
@@ -212,8 +287,11 @@ class FileStore:
                     for chunk in self.blobs.iter_bytes(_part_key(stored.id, number)) or ():
                         out.write(chunk)
                         size += len(chunk)
+                        if size > self.max_bytes:  # a part replaced since the check above
+                            raise StorageError(413, f"the parts add up to more than the limit of {self.max_bytes:,}")
                 out.flush()
                 os.fsync(out.fileno())
+            self._check_room(size, self.room())
             self.blobs.put_file(stored.id, tmp, stored.content_type)
         finally:
             tmp.unlink(missing_ok=True)
@@ -231,17 +309,22 @@ class FileStore:
     # --- helpers -------------------------------------------------------------------------------
 
     async def _stream_to_tmp(
-        self, chunks: AsyncIterator[bytes], digest=None, budget: int | None = None
+        self, chunks: AsyncIterator[bytes], digest=None, budget: UploadBudget | None = None, room: int | None = None
     ) -> tuple[Path, int]:
-        budget = self.max_bytes if budget is None else budget
+        """The body in a scratch file, refused (413) past the size limit, or past what `budget` can reserve; 507
+        past `room`, the storage budget left (None: no storage budget)."""
         tmp = self.root / "tmp" / secrets.token_hex(12)
         size = 0
         try:
             with open(tmp, "wb") as out:
                 async for chunk in chunks:
                     size += len(chunk)
-                    if size > budget:
+                    if size > self.max_bytes or (
+                        budget is not None and size > budget.reserved
+                        and not await run_in_threadpool(budget.reserve, size)
+                    ):
                         raise StorageError(413, f"the upload is larger than the limit of {self.max_bytes:,} bytes")
+                    self._check_room(size, room)
                     out.write(chunk)
                     if digest is not None:
                         digest.update(chunk)

@@ -11,7 +11,7 @@ and says so in its logs: a partly written video cannot be continued.
 
 from __future__ import annotations
 
-import base64
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +27,7 @@ from seedvr_local.server.fetch import FetchError, ImageFetcher
 from seedvr_local.server.fleet import WorkerRegistry
 from seedvr_local.server.jobs import Job, JobStore
 from seedvr_local.server.metrics import Metrics
+from seedvr_local.server.results import inline_output
 from seedvr_local.server.schema import SeedVRVideoInput
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.storage import FileStore
@@ -46,6 +47,16 @@ PROGRESS_PREFIX = "frames: "
 CLIPS_PREFIX = "clips: "
 #: What the first phase of every run of a video job logs (as "download: ..."): a rerun finds it.
 DOWNLOAD_MESSAGE = "fetching video_url"
+
+
+#: The scratch files of a running video job: its source and its output, named after the job (server/sweeper.py
+#: leaves those of a job that has not finished alone).
+SCRATCH_FILE = re.compile(r"^video-(?P<job_id>[0-9a-f-]{36})\.(?:source|output)$")
+
+
+def scratch_files(tmp_dir: Path, job_id: str) -> tuple[Path, Path]:
+    """Where a video job's source and output are, while it runs."""
+    return tmp_dir / f"video-{job_id}.source", tmp_dir / f"video-{job_id}.output"
 
 
 class Phases(Protocol):
@@ -105,9 +116,7 @@ class VideoJobRunner:
         """The job's output; raises FalError for what fails, or what `phases` raises to stop."""
         params = SeedVRVideoInput.model_validate(job.input)
         self._say_if_rerun(job)
-        scratch = self.files.tmp_dir
-        source_file = scratch / f"video-{job.id}.source"
-        output_file = scratch / f"video-{job.id}.output"
+        source_file, output_file = scratch_files(self.files.tmp_dir, job.id)
         try:
             phases.start("download", DOWNLOAD_MESSAGE)
             try:
@@ -144,11 +153,12 @@ class VideoJobRunner:
             file_name = f"seedvr_{job.id[:8]}{result.format.extension}"
             size = output_file.stat().st_size
             if params.sync_mode:
-                encoded = base64.b64encode(output_file.read_bytes()).decode("ascii")
-                url = f"data:{result.content_type};base64,{encoded}"
+                url = inline_output(
+                    output_file.read_bytes, size, result.content_type, self.settings.max_sync_result_bytes
+                )
             else:
-                stored = self.files.adopt(output_file, file_name, result.content_type)
-                url = self.files.public_url(stored, job.base_url)
+                stored = self.files.adopt(output_file, file_name, result.content_type, self.settings.max_storage_bytes)
+                url = self.files.output_url(stored)
             phases.stop()
         finally:
             source_file.unlink(missing_ok=True)

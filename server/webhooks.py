@@ -29,6 +29,7 @@ from seedvr_local.server.metrics import Metrics
 from seedvr_local.server.netguard import BlockedURLError, NetGuard
 from seedvr_local.server.settings import ServerSettings
 from seedvr_local.server.signing import WebhookSigner
+from seedvr_local.server.urls import absolute_urls
 
 log = logging.getLogger("seedvr_local.server")
 
@@ -38,11 +39,29 @@ _SENDER = "webhook-sender"  # a key no job has: notifying it wakes only the send
 _READY_AT = "(CASE WHEN claim_expires_at > next_attempt THEN claim_expires_at ELSE next_attempt END)"
 
 
-def webhook_body(request_id: str, completion) -> str:
-    """fal's webhook payload: status OK with the output, or ERROR with the error body."""
+#: The most bytes of a receiver's answer read (and discarded): only its status counts. A longer answer is cut off
+#: by closing the connection, so a receiver cannot make this process read (or hold) more.
+ANSWER_BYTES_READ = 64 * 1024
+
+
+async def _skim(response: httpx.Response) -> None:
+    """Read and drop at most ANSWER_BYTES_READ of the answer (a short one leaves the connection reusable). Raw
+    bytes: nothing is decompressed."""
+    if response.is_stream_consumed:  # an answer already in memory (a transport that is not the network)
+        return
+    read = 0
+    async for chunk in response.aiter_raw():
+        read += len(chunk)
+        if read >= ANSWER_BYTES_READ:
+            return
+
+
+def webhook_body(request_id: str, completion, base_url: str) -> str:
+    """fal's webhook payload: status OK with the output (its files' URLs on `base_url`: `--public-url`, else the
+    front-end that accepted the job), or ERROR with the error body."""
     body: dict = {"request_id": request_id, "gateway_request_id": request_id}
     if completion.outcome == "ok":
-        body.update(status="OK", payload=completion.body)
+        body.update(status="OK", payload=absolute_urls(completion.body, base_url))
     else:
         body.update(status="ERROR", error=f"Invalid status code: {completion.status_code}", payload=completion.body)
     return json.dumps(body)
@@ -158,9 +177,10 @@ class WebhookSender:
                     **self.signer.headers(row["job_id"], row["body"].encode()),  # signed at each try, as fal does
                     **target.headers,
                 }
-                response = await client.post(
-                    target.url, content=row["body"], headers=headers, extensions=target.extensions
-                )
+                async with client.stream(
+                    "POST", target.url, content=row["body"], headers=headers, extensions=target.extensions
+                ) as response:
+                    await _skim(response)
             if not 200 <= response.status_code < 300:
                 error = f"HTTP {response.status_code}"
         except BlockedURLError as exc:

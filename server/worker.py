@@ -15,7 +15,9 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from seedvr_local.server.db import is_connection_error
 from seedvr_local.server.engine import EngineHolder
+from seedvr_local.server.errors import request_error
 from seedvr_local.server.fleet import WorkerRegistry, device_memory, new_worker_id
 from seedvr_local.server.jobs import Completion, Job, JobStore
 from seedvr_local.server.processing import JobProcessor, ShuttingDown
@@ -139,17 +141,37 @@ class Worker:
             return
         finally:
             self.current_job = None
-        self._until_done(self.jobs.complete, job.id, completion)  # counted and logged by the store's on_completed
+        self._complete(job, completion)  # counted and logged by the store's on_completed
         self._safely(self.registry.job_done, self.id)
+
+    def _complete(self, job: Job, completion: Completion) -> None:
+        """Store how the job ended. A completion the database refuses (a data error: a value too long for its
+        column, say) would be refused again at every try: the job fails with that error instead, so it never holds
+        the queue."""
+        try:
+            self._until_done(self.jobs.complete, job.id, completion)
+        except SQLAlchemyError as exc:
+            if is_connection_error(exc):
+                raise
+            reason = _one_line(exc.orig if getattr(exc, "orig", None) is not None else exc)
+            log.error("job %s: the database refused its result (%s); the job fails", job.id, reason)
+            error = request_error(500, f"the result could not be stored: {reason}", "runner_server_error")
+            try:
+                self._until_done(self.jobs.complete, job.id, Completion.failure(error, None, completion.inference_time))
+            except SQLAlchemyError as again:
+                if is_connection_error(again):
+                    raise
+                # not even the error could be stored: the job's lease runs out, and it is rerun or failed then
+                log.exception("job %s: the database refused its failure too", job.id)
 
     def _until_done(self, call, *args):
         """A job's completion is retried while the database is away (a restart): losing it would run the job
-        again; stops trying when the worker is stopped."""
+        again; stops trying when the worker is stopped. Other database errors are raised at once."""
         while True:
             try:
                 return call(*args)
-            except SQLAlchemyError as exc:  # the database is unreachable (a restart, a network cut)
-                if self._stopping.is_set():
+            except SQLAlchemyError as exc:
+                if self._stopping.is_set() or not is_connection_error(exc):
                     raise
                 log.warning("the database is unavailable (%s); retrying", type(exc).__name__)
                 self._stopping.wait(1.0)
@@ -161,6 +183,10 @@ class Worker:
         except SQLAlchemyError as exc:
             log.warning("%s failed: %s", call.__name__, type(exc).__name__)
             return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:500] or type(exc).__name__
 
 
 def log_job(job: Job, completion: Completion) -> None:

@@ -110,9 +110,11 @@ def engine_for(args: argparse.Namespace, device_name: str | None):
 
     def load() -> Upscaler:
         upscaler = (
-            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels)
+            Upscaler.tiny(device=str(device), dtype=args.dtype, kernels=args.kernels, offload=args.offload)
             if weights_dir is None
-            else Upscaler.from_weights_dir(weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels)
+            else Upscaler.from_weights_dir(
+                weights_dir, device=str(device), dtype=args.dtype, kernels=args.kernels, offload=args.offload
+            )
         )
         # /readyz says "loading" until this is done, so no request pays for the device's one-time setup. Before
         # compiling: compiled graphs are per size, and no request has the warm-up's.
@@ -171,43 +173,25 @@ def parse_devices(text: str) -> list[str]:
     return devices
 
 
-class WorkerProcesses:
-    def __init__(self, processes: list[multiprocessing.Process]):
-        self.processes = processes
+def start_worker_processes(args: argparse.Namespace, settings: ServerSettings, devices: list[str]):
+    """One process per device (spawned: CUDA cannot be forked), each with its own model copy, restarted by a
+    supervisor when it exits (server/supervisor.py)."""
+    from seedvr_local.server.db import Database
+    from seedvr_local.server.supervisor import WorkerSupervisor
 
-    def stop(self, grace_s: float) -> None:
-        """SIGTERM to each (it finishes or requeues its job), then wait; a process past the grace is killed, and
-        its job comes back when its lease expires."""
-        for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-        for process in self.processes:
-            process.join(grace_s + 5)
-            if process.is_alive():
-                process.kill()
-                process.join()
-
-    def wait(self, stop: threading.Event, grace_s: float) -> int:
-        """Until every process ended, or `stop` is set (then stop them); the largest exit code."""
-        while any(process.is_alive() for process in self.processes):
-            if stop.wait(0.5):
-                self.stop(grace_s)
-                break
-        return max((abs(process.exitcode or 0) for process in self.processes), default=0)
-
-
-def start_worker_processes(args: argparse.Namespace, settings: ServerSettings, devices: list[str]) -> WorkerProcesses:
-    """One process per device (spawned: CUDA cannot be forked), each with its own model copy."""
     for device in dict.fromkeys(devices):
         engine_for(args, device)  # every device's checks, in one line each, before a process starts
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_worker_main, args=(args, settings, device, os.getpid()), name=f"seedvr-worker-{device}")
-        for device in devices
-    ]
-    for process in processes:
+
+    def start(device: str) -> multiprocessing.Process:
+        process = context.Process(
+            target=_worker_main, args=(args, settings, device, os.getpid()), name=f"seedvr-worker-{device}"
+        )
         process.start()
-    return WorkerProcesses(processes)
+        return process
+
+    db = Database(settings.database_url or settings.database_path)
+    return WorkerSupervisor(start, devices, db, settings.max_job_attempts).start()
 
 
 def _worker_main(args: argparse.Namespace, settings: ServerSettings, device: str, parent_pid: int) -> None:
@@ -249,6 +233,8 @@ def run_until_stopped(worker, grace_s: float, parent_pid: int | None = None) -> 
     feed.start()
     worker.start()
     log.info("worker %s started on %s", worker.id, worker.device)
+    # a worker on a host of its own has scratch files no API process sweeps
+    threading.Thread(target=_sweep_until, args=(worker, stopping), name="seedvr-sweeper", daemon=True).start()
     stopping.wait()
     log.info("worker %s stopping", worker.id)
     feed.stop()
@@ -282,6 +268,21 @@ def open_worker(settings: ServerSettings, device: str, load, description: str):
     engines = EngineHolder(load, description)
     processor = JobProcessor(jobs, files, fetcher, engines, settings, metrics)
     return Worker(jobs, processor, engines, WorkerRegistry(db), settings.lease_s, device, claim_without_model=False)
+
+
+def _sweep_until(worker, stopping: threading.Event) -> None:
+    """What killed processes left (server/sweeper.py): at start, then every retention interval, until stopped."""
+    from seedvr_local.server.sweeper import Sweeper
+
+    settings = worker.processor.settings
+    sweeper = Sweeper(worker.jobs.db, worker.processor.files, settings.orphan_files_after_s)
+    while True:
+        try:
+            sweeper.sweep()
+        except Exception:  # a full disk or an unreachable bucket: try again at the next sweep
+            log.exception("sweeping orphan files failed")
+        if stopping.wait(settings.retention_sweep_s):
+            return
 
 
 def _stop_with_parent(parent_pid: int, stopping: threading.Event) -> None:

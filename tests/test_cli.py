@@ -155,6 +155,19 @@ def test_a_file_without_output_is_upscaled_beside_it_and_never_overwritten(tmp_p
         assert out.format == "JPEG"
 
 
+def test_seamless_flag_runs_the_seamless_upscale(tmp_path):
+    from seedvr_local.upscaler import Upscaler, UpscaleOptions
+
+    source = _write_png(tmp_path / "texture.png", 12, 10)
+    assert _upscale(str(source), "--seamless", "-o", str(tmp_path / "out.png")) == 0
+    with Image.open(tmp_path / "out.png") as out, Image.open(source) as image:
+        got = np.asarray(out.convert("RGB"))
+        upscaler = Upscaler.tiny(device="cpu")
+        expected = np.asarray(upscaler.upscale(image, UpscaleOptions(seed=3, seamless=True)).image)
+        plain = np.asarray(upscaler.upscale(image, UpscaleOptions(seed=3)).image)
+    assert np.array_equal(got, expected) and not np.array_equal(got, plain)
+
+
 def test_an_input_no_format_writes_gets_a_png_beside_it(tmp_path):
     source = tmp_path / "scan.bmp"
     Image.new("RGB", (8, 8), "red").save(source)

@@ -9,7 +9,9 @@ import pytest
 
 from seedvr_local.weights import download as download_module
 from seedvr_local.weights.bundle import inspect_weights_dir
-from seedvr_local.weights.download import DownloadError, download, remote_files
+from seedvr_local.cli import main
+from seedvr_local.model_home import DOWNLOADABLE_MODELS
+from seedvr_local.weights.download import DownloadError, download, published_variants, remote_files
 
 
 def _content(repo_id: str, filename: str) -> bytes:
@@ -43,8 +45,8 @@ def hub(monkeypatch):
     # Digests of the fake contents, so that the checks pass for the files that have a known digest.
     known = {
         file.filename: hashlib.sha256(_content(file.repo_id, file.filename)).hexdigest()
-        for model in ("3b", "7b")
-        for variant in ("official", "fp16", "fp8")
+        for model in DOWNLOADABLE_MODELS
+        for variant in published_variants(model)
         for file in remote_files(model, variant)
         if file.filename in download_module.SHA256
     }
@@ -62,6 +64,14 @@ def hub(monkeypatch):
         ("3b", "fp8", "seedvr2_ema_3b_fp8_e4m3fn.safetensors", "ema_vae_fp16.safetensors", "numz/SeedVR2_comfyUI"),
         ("7b", "fp8", "seedvr2_ema_7b_fp8_e4m3fn_mixed_block35_fp16.safetensors", "ema_vae_fp16.safetensors",
          "AInVFX/SeedVR2_comfyUI"),
+        ("3b", "Q8_0", "seedvr2_ema_3b-Q8_0.gguf", "ema_vae_fp16.safetensors", "AInVFX/SeedVR2_comfyUI"),
+        ("3b", "Q4_K_M", "seedvr2_ema_3b-Q4_K_M.gguf", "ema_vae_fp16.safetensors", "AInVFX/SeedVR2_comfyUI"),
+        ("7b", "Q4_K_M", "seedvr2_ema_7b-Q4_K_M.gguf", "ema_vae_fp16.safetensors", "AInVFX/SeedVR2_comfyUI"),
+        ("7b-sharp", "official", "seedvr2_ema_7b_sharp.pth", "ema_vae.pth", "ByteDance-Seed/SeedVR2-7B"),
+        ("7b-sharp", "fp16", "seedvr2_ema_7b_sharp_fp16.safetensors", "ema_vae_fp16.safetensors",
+         "numz/SeedVR2_comfyUI"),
+        ("7b-sharp", "Q4_K_M", "seedvr2_ema_7b_sharp-Q4_K_M.gguf", "ema_vae_fp16.safetensors",
+         "AInVFX/SeedVR2_comfyUI"),
     ],
 )
 def test_download_writes_a_complete_weights_directory(tmp_path, hub, model, variant, dit, vae, dit_repo):
@@ -72,7 +82,8 @@ def test_download_writes_a_complete_weights_directory(tmp_path, hub, model, vari
     embeddings = {(repo, name) for repo, name, _ in hub.calls if name.endswith("_emb.pt")}
     assert embeddings == {("ByteDance-Seed/SeedVR2-3B", "pos_emb.pt"), ("ByteDance-Seed/SeedVR2-3B", "neg_emb.pt")}
     info = inspect_weights_dir(dest)
-    assert (info.variant, info.dit_path.name, info.vae_path.name) == (model, dit, vae)
+    assert (info.variant, info.dit_path.name, info.vae_path.name) == (model.removesuffix("-sharp"), dit, vae)
+    assert info.sharp == model.endswith("-sharp")
 
 
 def test_the_pinned_digests_are_the_published_ones():
@@ -81,6 +92,9 @@ def test_the_pinned_digests_are_the_published_ones():
     assert digests["neg_emb.pt"] == "6a43e5800ef2354f1c156d27535834da055cbec8248298b8923492bba2076581"
     assert digests["ema_vae_fp16.safetensors"].startswith("20678548")  # the prefix the spec quotes
     assert "seedvr2_ema_3b.pth" not in digests  # no published digest: not invented
+    # The GGUF files' digests as the numz node's registry publishes them (src/utils/model_registry.py, d38dc21).
+    assert digests["seedvr2_ema_3b-Q4_K_M.gguf"].startswith("e665e390")
+    assert digests["seedvr2_ema_7b_sharp-Q4_K_M.gguf"].startswith("7aed800a")
 
 
 def test_a_corrupt_file_is_detected_with_both_digests(tmp_path, hub, monkeypatch):
@@ -139,3 +153,23 @@ def test_bad_arguments():
         remote_files("13b")
     with pytest.raises(ValueError, match="variant must be"):
         remote_files("3b", "int4")
+
+
+def test_a_variant_that_is_not_published_is_one_clear_error(capsys, tmp_path):
+    assert "Q8_0" not in published_variants("7b")
+    with pytest.raises(ValueError, match=r"SeedVR2 7B is not published as Q8_0; its variants: official, fp16, fp8"):
+        remote_files("7b", "Q8_0")
+    assert main(["download", "--model", "7b", "--variant", "Q8_0", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not published as Q8_0" in err[0]
+
+
+def test_offline_gguf_download_is_the_same_one_line_error(tmp_path, monkeypatch, network_attempts, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["download", "--model", "7b-sharp", "--variant", "Q4_K_M", "--dir", str(tmp_path / "w")])
+    assert code == 2 and network_attempts == []
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "offline (HF_HUB_OFFLINE is set)" in err[0]
+    for part in ("seedvr2_ema_7b_sharp-Q4_K_M.gguf", "https://huggingface.co/AInVFX/SeedVR2_comfyUI",
+                 "ema_vae_fp16.safetensors", str(tmp_path / "w")):  # fmt: skip
+        assert part in err[0], err[0]

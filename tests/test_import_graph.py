@@ -161,6 +161,7 @@ LAYER_RULES = [
     ("the upscaler", (UPSCALER,), FRONT_ENDS),
     ("the server", (SERVER,), (CLI, CLI_UPSCALE, M + "cli_video")),
     ("the upscale command", (CLI_UPSCALE,), (SERVER, CLI)),
+    ("the evaluation", (M + "evaluation",), (*FRONT_ENDS, M + "cli_eval")),
 ]
 
 

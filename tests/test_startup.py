@@ -38,7 +38,7 @@ def _cli(*argv: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["upscale", "--help"], ["serve", "--help"], ["--version"]])
+@pytest.mark.parametrize("argv", [["--help"], ["upscale", "--help"], ["serve", "--help"], ["eval", "--help"], ["--version"]])
 def test_help_loads_nothing_heavy(argv):
     result = _cli(*argv)
     assert result["code"] == 0 and result["out"].strip()
@@ -57,6 +57,9 @@ def test_help_loads_nothing_heavy(argv):
         (["upscale", "missing.png", "-o", "out.png"], "no such file"),
         (["upscale", "in.png", "-o", "out.bmp"], "unknown image extension"),
         (["serve"], "serve needs --model or --weights-dir"),
+        (["eval", "set", "--out", "run", "--metrics", "psnr,vmaf"], "unknown metric 'vmaf'"),
+        (["eval", "missing-set", "--out", "run", "--model", "tiny"], "not a dataset folder"),
+        (["eval", "set", "--out", "run", "--model", "3b"], "no SeedVR2 3B weights"),
         (["serve", "--workers", "0", "--model", "tiny"], "serve --workers 0 runs no model"),
         (["serve", "--model", "tiny", "--max-video-clip-frames", "8"], "--max-video-clip-frames"),
         (["serve", "--model", "tiny", "--port", "70000"], "--port must be between"),

@@ -99,6 +99,7 @@ def test_two_cpu_devices_restore_one_video(tmp_path, capsys):
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--devices", "cpu,cpu", "--device", "cpu"],
          "--device or --devices"),
         (lambda d: [str(d / "ok.mp4"), "-o", str(d / "ok.mp4")], "would replace its input"),
+        (lambda d: [str(d / "ok.mp4"), "-o", str(d / "o.mp4"), "--seamless"], "--seamless is for images"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, make_args, message):

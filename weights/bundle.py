@@ -3,8 +3,10 @@
 Layout (the official file names, as `seedvr-local download` writes them)::
 
     DIR/seedvr2_ema_3b.pth        the DiT: seedvr2_ema_{3b,7b}[_sharp][_fp16|_bf16|_fp8_e4m3fn[_mixed_block35_fp16]]
-                                  .pth or .safetensors (the variant comes from the name)
-    DIR/ema_vae.pth               the VAE: ema_vae[_fp16|_bf16|_fp8_e4m3fn].pth or .safetensors
+                                  .pth or .safetensors, or seedvr2_ema_{3b,7b}[_sharp]-<GGML type>.gguf such as
+                                  seedvr2_ema_3b-Q4_K_M.gguf (the variant comes from the name)
+    DIR/ema_vae.pth               the VAE: ema_vae[_fp16|_bf16|_fp8_e4m3fn].pth or .safetensors, or
+                                  ema_vae-<GGML type>.gguf
     DIR/pos_emb.pt                the precomputed positive text embedding, [L, txt_in_dim]
     DIR/neg_emb.pt                optional (cfg scale 1.0 never uses it)
     DIR/config.json               optional: overrides the architecture and file names
@@ -16,7 +18,8 @@ with the official field names, replacing the official architecture), `scaling_fa
 `load_models` validates each checkpoint's keys and shapes before reading its data (against the shipped
 manifests, or against the model built from `config.json`), builds the models without allocating their
 parameters, loads the tensors cast to the target dtype with `assign=True` (so memory holds one copy), then moves
-them to the device in eval mode with gradients off.
+them to the device in eval mode with gradients off. Compact weights (GGUF blocks, fp8 and int8 weights) stay
+compact on the device and are dequantised per layer at use (`models.quantized`).
 """
 
 from __future__ import annotations
@@ -55,18 +58,22 @@ CONFIG_FILE = "config.json"
 POS_EMB_FILE = "pos_emb.pt"
 NEG_EMB_FILE = "neg_emb.pt"
 
-_PRECISION = r"(?:_(?P<precision>fp32|fp16|bf16|fp8_e4m3fn(?:_mixed_block35_fp16)?))?"
-_EXTENSION = r"\.(?:pth|pt|safetensors)"
+_PRECISION = (
+    r"(?:_(?P<precision>fp32|fp16|bf16|fp8_e4m3fn(?:_mixed_block35_fp16)?)"
+    r"|-(?P<gguf>Q(?P<bits>[2-8])_(?:0|1|K(?:_[SML])?)))?"
+)
+_EXTENSION = r"\.(?:pth|pt|safetensors|gguf)"
 DIT_FILE_PATTERN = re.compile(rf"^seedvr2_ema_(?P<variant>3b|7b)(?P<sharp>_sharp)?{_PRECISION}{_EXTENSION}$")
 VAE_FILE_PATTERN = re.compile(rf"^ema_vae{_PRECISION}{_EXTENSION}$")
 
-#: When a directory holds several conversions of one model, the most precise one is used.
+#: When a directory holds several conversions of one model, the most precise one is used (GGUF files come after
+#: these, more bits first).
 _PRECISION_PREFERENCE = (None, "fp32", "bf16", "fp16", "fp8_e4m3fn_mixed_block35_fp16", "fp8_e4m3fn")
 LOADABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 _EXPECTED_FILES_HINT = {
-    "dit": "the DiT (seedvr2_ema_3b.pth or seedvr2_ema_7b.pth, or a .safetensors conversion such as "
-    "seedvr2_ema_3b_fp16.safetensors)",
+    "dit": "the DiT (seedvr2_ema_3b.pth or seedvr2_ema_7b.pth, or a conversion such as "
+    "seedvr2_ema_3b_fp16.safetensors or seedvr2_ema_3b-Q4_K_M.gguf)",
     "vae": "the VAE (ema_vae.pth or ema_vae_fp16.safetensors)",
     "pos_emb": f"the text embedding {POS_EMB_FILE}",
 }
@@ -296,7 +303,9 @@ def _load_into(
     model: nn.Module, path: Path, what: str, device: torch.device | str, dtype: torch.dtype
 ) -> nn.Module:
     # The RoPE frequencies the model computed itself are kept; a file's (possibly fp8) copy is never read.
-    state_dict = read_state_dict(path, dtype, skip=is_rope_freqs, float32=_kept_in_float32(model))
+    state_dict = read_state_dict(
+        path, dtype, skip=is_rope_freqs, float32=_kept_in_float32(model), keep_quantized=True
+    )
     missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
     missing = [key for key in missing if not is_rope_freqs(key)]
     if missing or unexpected:  # validation ran first, so this means the model and its expectations disagree
@@ -368,11 +377,7 @@ def _find_dit(directory: Path) -> Path | None:
     # Prefer the regular model over "sharp", then the most precise format, then .pth over .safetensors.
     return min(
         candidates,
-        key=lambda item: (
-            bool(item[1]["sharp"]),
-            _PRECISION_PREFERENCE.index(item[1]["precision"]),
-            item[0].suffix != ".pth",
-        ),
+        key=lambda item: (bool(item[1]["sharp"]), _precision_rank(item[1]), item[0].suffix != ".pth"),
     )[0]
 
 
@@ -381,10 +386,14 @@ def _find_vae(directory: Path) -> Path | None:
     candidates = [(path, match) for path, match in candidates if match and path.is_file()]
     if not candidates:
         return None
-    return min(
-        candidates,
-        key=lambda item: (_PRECISION_PREFERENCE.index(item[1]["precision"]), item[0].suffix != ".pth"),
-    )[0]
+    return min(candidates, key=lambda item: (_precision_rank(item[1]), item[0].suffix != ".pth"))[0]
+
+
+def _precision_rank(match: re.Match) -> tuple[int, int]:
+    """Lower is more precise: the float formats in preference order, then GGUF files by bits per weight."""
+    if match["gguf"]:
+        return len(_PRECISION_PREFERENCE), -int(match["bits"])
+    return _PRECISION_PREFERENCE.index(match["precision"]), 0
 
 
 def _existing(path: Path) -> Path | None:

@@ -1,10 +1,14 @@
-"""Reading checkpoint files: `.pth`/`.pt` (torch.save state_dicts) and `.safetensors`.
+"""Reading checkpoint files: `.pth`/`.pt` (torch.save state_dicts), `.safetensors` and `.gguf`.
 
 Every reader returns the official key names: wrapper prefixes some converters add (``model.diffusion_model.``,
 ``module.``, ...) are stripped, and the VAE's deprecated diffusers attention names
 (``mid_block.attentions.0.query`` ...) become the current ones (``to_q`` ...). `read_shapes` reads only the
 metadata, so a 30 GB file is validated before its data is touched; `read_state_dict` reads the tensors and
 casts floating-point ones (fp32, fp16, bf16, fp8 e4m3fn/e5m2) to the requested dtype one at a time.
+
+Compact weights (GGUF blocks, see `weights.gguf_reader`; 8-bit fp8/int8 weights and their scales, see
+`weights.scaled`) are dequantised on reading, or with `keep_quantized=True` stay packed as
+`models.quantized.QuantizedTensor`s that dequantise per layer at use.
 """
 
 from __future__ import annotations
@@ -16,12 +20,21 @@ from typing import Callable, Iterable
 import torch
 from safetensors import SafetensorError, safe_open
 
+from seedvr_local.models.quantized import QuantizedTensor
 from seedvr_local.models.vae import current_attention_key
+from seedvr_local.weights import scaled
+from seedvr_local.weights.gguf_reader import (
+    GGUF_SUFFIXES,
+    GGUFFormatError,
+    gguf_shapes,
+    gguf_types,
+    read_gguf_state_dict,
+)
 from seedvr_local.weights.manifest import Shape
 
 PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 SAFETENSORS_SUFFIXES = (".safetensors",)
-CHECKPOINT_SUFFIXES = PTH_SUFFIXES + SAFETENSORS_SUFFIXES
+CHECKPOINT_SUFFIXES = PTH_SUFFIXES + SAFETENSORS_SUFFIXES + GGUF_SUFFIXES
 
 #: Prefixes that wrappers put in front of every key (ComfyUI/GGUF exports, DataParallel, torch.compile).
 WRAPPER_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "module.", "_orig_mod.")
@@ -44,18 +57,29 @@ def is_rope_freqs(key: str) -> bool:
 def read_shapes(path: str | Path) -> dict[str, Shape]:
     """Key -> shape of every tensor in the file, without reading the tensor data (official key names)."""
     path = Path(path)
+    if _is_gguf(path):
+        return _rename(_gguf(gguf_shapes, path))
     if _is_safetensors(path):
         with _open_safetensors(path) as file:
-            shapes = {key: tuple(file.get_slice(key).get_shape()) for key in file.keys()}
+            keys = list(file.keys())
+            formats = {key: file.get_tensor(key) for key in keys if key.endswith(".comfy_quant")}
+            shapes = {key: tuple(file.get_slice(key).get_shape()) for key in keys}
     else:
         # mmap: the tensors stay on disk; only the pickled metadata is read.
-        shapes = {key: tuple(tensor.shape) for key, tensor in _load_pth(path).items()}
-    return _rename(shapes)
+        tensors = _load_pth(path)
+        formats = {key: tensor for key, tensor in tensors.items() if key.endswith(".comfy_quant")}
+        shapes = {key: tuple(tensor.shape) for key, tensor in tensors.items()}
+    _check_scaled_formats(formats, path)
+    aux = scaled.aux_keys(shapes)  # scales and format records are not model weights
+    return _rename({key: shape for key, shape in shapes.items() if key not in aux})
 
 
-def read_dtypes(path: str | Path) -> dict[str, torch.dtype]:
-    """Key -> stored dtype of every tensor in the file, without reading the tensor data."""
+def read_dtypes(path: str | Path) -> dict[str, torch.dtype | str]:
+    """Key -> stored dtype (a GGML type name such as "Q4_K" for GGUF files) of every tensor in the file, without
+    reading the tensor data."""
     path = Path(path)
+    if _is_gguf(path):
+        return _rename(_gguf(gguf_types, path))
     if _is_safetensors(path):
         with _open_safetensors(path) as file:
             dtypes = {key: _SAFETENSORS_DTYPES.get(file.get_slice(key).get_dtype()) for key in file.keys()}
@@ -70,32 +94,73 @@ def read_state_dict(
     *,
     skip: Callable[[str], bool] | None = None,
     float32: Callable[[str], bool] | None = None,
+    keep_quantized: bool = False,
 ) -> dict[str, torch.Tensor]:
     """The file's tensors on the CPU with official key names.
 
     Floating-point tensors are cast to `dtype` (None keeps the stored dtypes, fp8 included) as each one is
     read, so peak memory stays near the size of the result; those for which `float32(official_key)` is true
     to float32 instead (a model's `_keep_in_fp32_modules`). Keys for which `skip(official_key)` is true are
-    not read.
+    not read. Compact weights (GGUF blocks, scaled 8-bit weights) are dequantised to that dtype (float32
+    without one), or with `keep_quantized` stay packed and dequantise to it at use.
     """
 
-    def cast(tensor: torch.Tensor, key: str) -> torch.Tensor:
-        return _cast(tensor, torch.float32 if dtype is not None and float32 and float32(key) else dtype)
+    def target(key: str) -> torch.dtype | None:
+        return torch.float32 if dtype is not None and float32 and float32(key) else dtype
 
     path = Path(path)
+    if _is_gguf(path):
+        return _gguf(read_gguf_state_dict, path, _official_names, target, skip=skip, keep_quantized=keep_quantized)
     if _is_safetensors(path):
         with _open_safetensors(path) as file:
-            names = _official_names(file.keys())
-            state_dict = {
-                new: cast(file.get_tensor(old), new)
-                for old, new in names.items()
-                if not (skip and skip(new))
-            }
+            stored = _read_cast(_official_names(file.keys()), file.get_tensor, target, skip)
     else:
         tensors = _load_pth(path)
-        names = _official_names(tensors.keys())
-        state_dict = {new: cast(tensors[old], new) for old, new in names.items() if not (skip and skip(new))}
-    return state_dict
+        stored = _read_cast(_official_names(tensors.keys()), tensors.__getitem__, target, skip)
+    if not any(_kept_raw(tensor, key) for key, tensor in stored.items()):
+        return stored
+    try:
+        folded = scaled.fold(stored, target, keep_quantized=keep_quantized, what=str(path))
+    except scaled.ScaledFormatError as exc:
+        raise CheckpointFormatError(str(exc)) from None
+    return {key: t if isinstance(t, QuantizedTensor) else _cast(t, target(key)) for key, t in folded.items()}
+
+
+def _kept_raw(tensor: torch.Tensor, key: str) -> bool:
+    """Tensors `_read_cast` keeps as stored, for `scaled.fold`: 8-bit ones, scales, format records."""
+    return tensor.dtype in scaled.EIGHT_BIT_DTYPES or bool(scaled.aux_keys([key]))
+
+
+def _read_cast(
+    names: dict[str, str],
+    get: Callable[[str], torch.Tensor],
+    target: Callable[[str], torch.dtype | None],
+    skip: Callable[[str], bool] | None,
+) -> dict[str, torch.Tensor]:
+    """Read each tensor and cast it at once (peak memory: the result plus one tensor), except 8-bit weights and
+    scales, which `scaled.fold` pairs up (an 8-bit weight means something only with its scale)."""
+    result = {}
+    for old, new in names.items():
+        if skip and skip(new):
+            continue
+        tensor = get(old)
+        result[new] = tensor if _kept_raw(tensor, new) else _cast(tensor, target(new))
+    return result
+
+
+def _check_scaled_formats(formats: dict[str, torch.Tensor], path: Path) -> None:
+    try:
+        scaled.check_formats(formats, str(path))
+    except scaled.ScaledFormatError as exc:
+        raise CheckpointFormatError(str(exc)) from None
+
+
+def _gguf(function: Callable, path: Path, *args, **kwargs):
+    """A gguf_reader function, with its format errors as this module's."""
+    try:
+        return function(path, *args, **kwargs)
+    except GGUFFormatError as exc:
+        raise CheckpointFormatError(str(exc)) from None
 
 
 def official_key_names(keys: Iterable[str]) -> dict[str, str]:
@@ -117,9 +182,12 @@ def strip_wrapper_prefixes(keys: Iterable[str]) -> dict[str, str]:
 
 
 def _official_names(keys: Iterable[str]) -> dict[str, str]:
-    names = strip_wrapper_prefixes(keys)
+    keys = list(keys)
+    # ComfyUI's scaled-fp8 marker sits outside the model's prefix: it must not keep the prefix from being stripped.
+    markers = {key: key for key in keys if key == scaled.MARKER_KEY}
+    names = strip_wrapper_prefixes(key for key in keys if key not in markers)
     renamed = _rename_deprecated_attention(list(names.values()))
-    return {old: renamed[new] for old, new in names.items()}
+    return {**{old: renamed[new] for old, new in names.items()}, **markers}
 
 
 def _rename(by_stored_key: dict[str, object]) -> dict:
@@ -149,6 +217,12 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
         # views are slow and give results that differ in the last bits from an aligned copy of the same values.
         return tensor.clone()
     return tensor
+
+
+def _is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return path.suffix in GGUF_SUFFIXES
 
 
 def _is_safetensors(path: Path) -> bool:

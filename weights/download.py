@@ -3,11 +3,13 @@
 Sources (pinned repo ids):
 
 - official: the fp32 ``.pth`` files of ``ByteDance-Seed/SeedVR2-3B`` / ``ByteDance-Seed/SeedVR2-7B``
-  (DiT and ``ema_vae.pth``);
-- fp16: ``numz/SeedVR2_comfyUI`` (``seedvr2_ema_{3b,7b}_fp16.safetensors``, ``ema_vae_fp16.safetensors``);
-- fp8: ``seedvr2_ema_3b_fp8_e4m3fn.safetensors`` from ``numz/SeedVR2_comfyUI``; for the 7B the
-  ``..._fp8_e4m3fn_mixed_block35_fp16`` conversion from ``AInVFX/SeedVR2_comfyUI`` (plain 7B fp8 shows
-  artifacts that keeping the last block in fp16 fixes; spec section 6, pitfall 2), with the fp16 VAE.
+  (DiT and ``ema_vae.pth``; the 7B repo also holds the "sharp" DiT);
+- fp16: ``numz/SeedVR2_comfyUI`` (``seedvr2_ema_{3b,7b,7b_sharp}_fp16.safetensors``, ``ema_vae_fp16.safetensors``);
+- fp8: ``seedvr2_ema_3b_fp8_e4m3fn.safetensors`` from ``numz/SeedVR2_comfyUI``; for the 7B models the
+  ``..._fp8_e4m3fn_mixed_block35_fp16`` conversions from ``AInVFX/SeedVR2_comfyUI`` (plain 7B fp8 shows
+  artifacts that keeping the last block in fp16 fixes; spec section 6, pitfall 2), with the fp16 VAE;
+- Q8_0, Q4_K_M: the GGUF conversions ``seedvr2_ema_{3b,7b,7b_sharp}-<type>.gguf`` from ``AInVFX/SeedVR2_comfyUI``
+  (mirrored from ``cmeka/SeedVR2-GGUF``), with the fp16 VAE. Q8_0 is published for the 3B only.
 
 Every variant also gets ``pos_emb.pt`` and ``neg_emb.pt`` from ``ByteDance-Seed/SeedVR2-3B`` (the same text
 embeddings serve both models), so the result is a complete weights directory.
@@ -24,7 +26,11 @@ from pathlib import Path
 
 from seedvr_local.model_home import DOWNLOADABLE_MODELS as MODELS, VARIANTS
 
-OFFICIAL_REPOS = {"3b": "ByteDance-Seed/SeedVR2-3B", "7b": "ByteDance-Seed/SeedVR2-7B"}
+OFFICIAL_REPOS = {
+    "3b": "ByteDance-Seed/SeedVR2-3B",
+    "7b": "ByteDance-Seed/SeedVR2-7B",
+    "7b-sharp": "ByteDance-Seed/SeedVR2-7B",  # the official 7B repo holds both 7B checkpoints
+}
 CONVERTED_REPO = "numz/SeedVR2_comfyUI"
 MIXED_FP8_REPO = "AInVFX/SeedVR2_comfyUI"
 
@@ -39,6 +45,7 @@ REVISIONS: dict[str, str | None] = {
 
 #: Known SHA-256 digests. The text embeddings' are quoted by the reference data's README; the conversions' are
 #: the ones the numz ComfyUI node publishes for these files (src/utils/model_registry.py, commit d38dc21).
+#: Files that registry lists without a digest have none here.
 #: The official .pth files have no published digest, so they are not checked.
 SHA256 = {
     "pos_emb.pt": "fa07a14844314772266b66c3b95deb0027696d8fe7065721263db5176f45d799",
@@ -50,6 +57,28 @@ SHA256 = {
         "3d68b5ec0b295ae28092e355c8cad870edd00b817b26587d0cb8f9dd2df19bb2"
     ),
     "ema_vae_fp16.safetensors": "20678548f420d98d26f11442d3528f8b8c94e57ee046ef93dbb7633da8612ca1",
+    "seedvr2_ema_7b_sharp_fp16.safetensors": "20a93e01ff24beaeebc5de4e4e5be924359606c356c9c51509fba245bd2d77dd",
+    "seedvr2_ema_7b_sharp_fp8_e4m3fn_mixed_block35_fp16.safetensors": (
+        "0d2c5b8be0fda94351149c5115da26aef4f4932a7a2a928c6f184dda9186e0be"
+    ),
+    "seedvr2_ema_3b-Q4_K_M.gguf": "e665e3909de1a8c88a69c609bca9d43ff5a134647face2ce4497640cc3597f0e",
+    "seedvr2_ema_3b-Q8_0.gguf": "be0d60083a2051a265eb4b77f28edf494e6db67ffc250216f32b72292e5cbd96",
+    "seedvr2_ema_7b-Q4_K_M.gguf": "db9cb2ad90ebd40d2e8c29da2b3fc6fd03ba87cd58cbadceccca13ad27162789",
+    "seedvr2_ema_7b_sharp-Q4_K_M.gguf": "7aed800ac4eb8e0d18569a954c0ff35f5a1caa3ed5d920e66cc31405f75b6e69",
+}
+
+#: (model, variant) -> the repo and file name of its DiT; the official files are named after the model.
+_CONVERTED_DITS: dict[tuple[str, str], tuple[str, str]] = {
+    ("3b", "fp16"): (CONVERTED_REPO, "seedvr2_ema_3b_fp16.safetensors"),
+    ("7b", "fp16"): (CONVERTED_REPO, "seedvr2_ema_7b_fp16.safetensors"),
+    ("7b-sharp", "fp16"): (CONVERTED_REPO, "seedvr2_ema_7b_sharp_fp16.safetensors"),
+    ("3b", "fp8"): (CONVERTED_REPO, "seedvr2_ema_3b_fp8_e4m3fn.safetensors"),
+    ("7b", "fp8"): (MIXED_FP8_REPO, "seedvr2_ema_7b_fp8_e4m3fn_mixed_block35_fp16.safetensors"),
+    ("7b-sharp", "fp8"): (MIXED_FP8_REPO, "seedvr2_ema_7b_sharp_fp8_e4m3fn_mixed_block35_fp16.safetensors"),
+    ("3b", "Q8_0"): (MIXED_FP8_REPO, "seedvr2_ema_3b-Q8_0.gguf"),
+    ("3b", "Q4_K_M"): (MIXED_FP8_REPO, "seedvr2_ema_3b-Q4_K_M.gguf"),
+    ("7b", "Q4_K_M"): (MIXED_FP8_REPO, "seedvr2_ema_7b-Q4_K_M.gguf"),
+    ("7b-sharp", "Q4_K_M"): (MIXED_FP8_REPO, "seedvr2_ema_7b_sharp-Q4_K_M.gguf"),
 }
 
 
@@ -75,22 +104,27 @@ class RemoteFile:
         return f"https://huggingface.co/{self.repo_id}/resolve/{self.revision or 'main'}/{self.filename}"
 
 
+def published_variants(model: str) -> tuple[str, ...]:
+    """The variants `model` can be downloaded in, most precise first."""
+    return tuple(v for v in VARIANTS if v == "official" or (model, v) in _CONVERTED_DITS)
+
+
 def remote_files(model: str, variant: str = "official") -> list[RemoteFile]:
-    """The files a complete weights directory of `model` ("3b"/"7b") in `variant` needs, in download order."""
+    """The files a complete weights directory of `model` ("3b", "7b", "7b-sharp") in `variant` needs, in
+    download order."""
     if model not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {model!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if variant not in published_variants(model):
+        raise ValueError(f"SeedVR2 {model.upper()} is not published as {variant}; its variants: "
+                         f"{', '.join(published_variants(model))}")  # fmt: skip
     official = OFFICIAL_REPOS[model]
     if variant == "official":
-        files = [RemoteFile(official, f"seedvr2_ema_{model}.pth"), RemoteFile(official, "ema_vae.pth")]
+        dit_name = f"seedvr2_ema_{model.replace('-', '_')}.pth"
+        files = [RemoteFile(official, dit_name), RemoteFile(official, "ema_vae.pth")]
     else:
-        if variant == "fp16":
-            dit = RemoteFile(CONVERTED_REPO, f"seedvr2_ema_{model}_fp16.safetensors")
-        elif model == "3b":
-            dit = RemoteFile(CONVERTED_REPO, "seedvr2_ema_3b_fp8_e4m3fn.safetensors")
-        else:
-            dit = RemoteFile(MIXED_FP8_REPO, "seedvr2_ema_7b_fp8_e4m3fn_mixed_block35_fp16.safetensors")
+        dit = RemoteFile(*_CONVERTED_DITS[model, variant])
         files = [dit, RemoteFile(CONVERTED_REPO, "ema_vae_fp16.safetensors")]
     embeddings_repo = OFFICIAL_REPOS["3b"]
     return files + [RemoteFile(embeddings_repo, "pos_emb.pt"), RemoteFile(embeddings_repo, "neg_emb.pt")]

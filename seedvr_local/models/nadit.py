@@ -350,12 +350,15 @@ class NaDiT(kernels.ModelBackends, ModelMixin, ConfigMixin):
         vid_shape: torch.Tensor,
         txt_shape: torch.Tensor,
         timestep: torch.Tensor | float,
+        periodic: bool = False,
     ) -> torch.Tensor:
         """The official NA-flattened call.
 
         vid `(L, vid_in_channels)`: each sample's latent tokens in (t, h, w) raster order, samples concatenated;
         txt `(Lt, txt_in_dim)`; vid_shape `(B, 3)` latent `(t, h, w)`; txt_shape `(B, 1)`; timestep `(B,)` raw
         (1000.0 for SeedVR2). Returns `(L, vid_out_channels)` in the same layout. Samples are independent.
+        `periodic`: each frame is one period of a tileable image; the attention windows wrap around its sides
+        (`windows.window_boxes`), the only place where the DiT sees positions.
         """
         cfg = self.config
         grids = [tuple(int(v) for v in row) for row in vid_shape.reshape(-1, 3).tolist()]
@@ -379,7 +382,7 @@ class NaDiT(kernels.ModelBackends, ModelMixin, ConfigMixin):
         emb = self.emb_in(self._timesteps(timestep, len(grids), vid.device))
         # "b (d l g)" -> (layer, {shift, scale, gate}, b, d) in fp32, once for all blocks.
         emb = emb.float().unflatten(-1, (-1, 2, 3)).permute(2, 3, 0, 1).contiguous()
-        layout = TokenLayout(patch_grids, txt_lens, vid.device, self.window_attention_backend)
+        layout = TokenLayout(patch_grids, txt_lens, vid.device, self.window_attention_backend, periodic)
         for block in self.blocks:
             vid, txt = block(vid, txt, layout, emb)
         if self.vid_out_norm is not None:
@@ -392,7 +395,11 @@ class NaDiT(kernels.ModelBackends, ModelMixin, ConfigMixin):
         return self.vid_out(vid.to(dtype), patch_grids)
 
     def forward_samples(
-        self, vids: Sequence[torch.Tensor], txts: Sequence[torch.Tensor], timestep: torch.Tensor | float
+        self,
+        vids: Sequence[torch.Tensor],
+        txts: Sequence[torch.Tensor],
+        timestep: torch.Tensor | float,
+        periodic: bool = False,
     ) -> list[torch.Tensor]:
         """Channels-first convenience: `vids[i] (33, t, h, w)`, `txts[i] (L_i, txt_in_dim)` ->
         `[(16, t, h, w)]`, one forward for the whole batch."""
@@ -403,7 +410,7 @@ class NaDiT(kernels.ModelBackends, ModelMixin, ConfigMixin):
         txt = torch.cat(list(txts))
         vid_shape = torch.tensor(shapes, dtype=torch.int64)
         txt_shape = torch.tensor([[t.shape[0]] for t in txts], dtype=torch.int64)
-        out = self.forward(vid, txt, vid_shape, txt_shape, timestep)
+        out = self.forward(vid, txt, vid_shape, txt_shape, timestep, periodic)
         return [
             o.view(t, h, w, -1).permute(3, 0, 1, 2)
             for o, (t, h, w) in zip(out.split([t * h * w for t, h, w in shapes]), shapes)

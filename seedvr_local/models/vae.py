@@ -14,9 +14,10 @@ pass, with far less memory. Runs in the dtype of its weights; GroupNorm is compu
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, FrozenDict, register_to_config
@@ -32,6 +33,7 @@ from seedvr_local.models.vae_blocks import (
     MidBlock3D,
     UpDecoderBlock3D,
     cat_frames,
+    wrap_space,
 )
 from seedvr_local.models.vae_tiling import (
     ALIGN,
@@ -332,11 +334,14 @@ class VideoAutoencoder(kernels.ModelBackends, ModelMixin, ConfigMixin):
     # ---- running
 
     @kernels.runs_kernels
-    def encode(self, x: torch.Tensor, tiling: VAETiling | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, x: torch.Tensor, tiling: VAETiling | None = None, periodic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`x (B, 3, T, H, W)` in [-1, 1] -> posterior `(mean, logvar)`, each `(B, 16, (T-1)/4 + 1, H/8, W/8)`.
 
         T must be 4n + 1 (1 for an image) and H, W multiples of 8. logvar is clamped to [-30, 20].
-        With `tiling`, the encoder runs in exact spatial tiles (`tiled_encode`): same result.
+        With `tiling`, the encoder runs in exact spatial tiles (`tiled_encode`): same result. `periodic`: the
+        frames are one period of a tileable image (a torus): every spatial padding wraps around (`wrap_space`).
         """
         _check_shape(x, "x", self.config.in_channels)
         frames, height, width = x.shape[2:]
@@ -348,35 +353,50 @@ class VideoAutoencoder(kernels.ModelBackends, ModelMixin, ConfigMixin):
         if height % self.spatial_factor or width % self.spatial_factor:
             raise ValueError(f"height and width must be multiples of {self.spatial_factor}, got {height}x{width}")
         x = self._prepare(x)
-        if tiling is not None:
-            moments = self.tiled_encode(x, tiling)
-        else:
-            moments = self._sliced(self._encode, x, self.config.slicing_sample_min_size)
+        with self._wrapping(periodic):
+            if tiling is not None:
+                moments = self.tiled_encode(x, tiling, periodic)
+            else:
+                moments = self._sliced(self._encode, x, self.config.slicing_sample_min_size)
         mean, logvar = moments.chunk(2, dim=1)
         return mean, logvar.clamp(*LOGVAR_RANGE)
 
     @kernels.runs_kernels
-    def decode(self, z: torch.Tensor, tiling: VAETiling | None = None) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, tiling: VAETiling | None = None, periodic: bool = False) -> torch.Tensor:
         """`z (B, 16, t, h, w)` (the unscaled latent) -> `(B, 3, 4(t-1) + 1, 8h, 8w)`, roughly in [-1, 1].
 
-        With `tiling`, the decoder runs in exact spatial tiles (`tiled_decode`): same result.
+        With `tiling`, the decoder runs in exact spatial tiles (`tiled_decode`): same result. `periodic`: as
+        `encode`'s.
         """
         _check_shape(z, "z", self.config.latent_channels)
         z = self._prepare(z)
-        if tiling is not None:
-            return self.tiled_decode(z, tiling)
-        split = self.config.slicing_sample_min_size // self.temporal_factor
-        return self._sliced(self._decode, z, split)
+        with self._wrapping(periodic):
+            if tiling is not None:
+                return self.tiled_decode(z, tiling, periodic)
+            split = self.config.slicing_sample_min_size // self.temporal_factor
+            return self._sliced(self._decode, z, split)
 
-    def tiled_encode(self, x: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+    def tiled_encode(self, x: torch.Tensor, tiling: VAETiling, periodic: bool = False) -> torch.Tensor:
         """The encoder's moments `(B, 32, t, H/8, W/8)` of `x (B, 3, T, H, W)` (on the VAE's device and dtype),
         computed in exact spatial tiles (`seedvr_local/models/vae_tiling.py`), all frames at once."""
-        return run_blocks(self.tile_blocks("encode"), x, tuple(x.shape[-2:]), tiling, x.device)
+        return run_blocks(self.tile_blocks("encode"), x, tuple(x.shape[-2:]), tiling, x.device, periodic)
 
-    def tiled_decode(self, z: torch.Tensor, tiling: VAETiling) -> torch.Tensor:
+    def tiled_decode(self, z: torch.Tensor, tiling: VAETiling, periodic: bool = False) -> torch.Tensor:
         """The decoded video `(B, 3, T, 8h, 8w)` of the latent `z (B, 16, t, h, w)`, in exact spatial tiles."""
         image_size = (z.shape[-2] * self.spatial_factor, z.shape[-1] * self.spatial_factor)
-        return run_blocks(self.tile_blocks("decode"), z, image_size, tiling, z.device)
+        return run_blocks(self.tile_blocks("decode"), z, image_size, tiling, z.device, periodic)
+
+    @contextlib.contextmanager
+    def _wrapping(self, periodic: bool) -> Iterator[None]:
+        """Spatial paddings that wrap around for the duration, when `periodic`."""
+        if not periodic:
+            yield
+            return
+        wrap_space(self, True)
+        try:
+            yield
+        finally:
+            wrap_space(self, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction through the posterior mean."""

@@ -51,8 +51,11 @@ class CausalConv3d(nn.Conv3d):
 
     The temporal padding `p_t` is taken out of the conv; instead `2 * p_t` copies of the first frame are put in
     front of the clip (or, for a continuation chunk, the previous chunk's last input frames), so a `k_t = 3`,
-    `p_t = 1`, stride 1 conv keeps the frame count. Spatial padding is the usual zero padding.
+    `p_t = 1`, stride 1 conv keeps the frame count. Spatial padding is the usual zero padding, or, while `wraps`
+    is set (`wrap_space`), the frame's opposite side: the frame as one period of a torus.
     """
+
+    wraps = False
 
     def __init__(
         self,
@@ -87,6 +90,8 @@ class CausalConv3d(nn.Conv3d):
             x = cat_frames([memory.tails[self], x])
         if memory is not None and self.tail_frames > 0:
             memory.tails[self] = x[:, :, x.shape[2] - self.tail_frames :].detach()
+        if self.wraps and any(self.halo):
+            return F.conv3d(_wrap_space(x, *self.halo), self.weight, self.bias, self.stride)
         return super().forward(x)
 
     def single_frame(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,8 +99,27 @@ class CausalConv3d(nn.Conv3d):
         # a 2-D conv with the taps summed (spec 3.7), a third of the work of the 3-D conv. Tiled inference passes
         # the summed `weight` it keeps.
         weight = self.weight.sum(dim=2) if weight is None else weight
-        out = F.conv2d(x[:, :, 0], weight, self.bias, self.stride[1:], self.padding[1:])
+        if self.wraps and any(self.halo):
+            out = F.conv2d(_wrap_space(x, *self.halo)[:, :, 0], weight, self.bias, self.stride[1:])
+        else:
+            out = F.conv2d(x[:, :, 0], weight, self.bias, self.stride[1:], self.padding[1:])
         return out.unsqueeze(2)
+
+
+def _wrap_space(x: torch.Tensor, rows: int, columns: int, after_only: bool = False) -> torch.Tensor:
+    """`x (B, C, T, H, W)` padded with `rows` and `columns` from the frame's opposite sides (before and after, or
+    only after: bottom and right)."""
+    before = 0 if after_only else 1
+    return F.pad(x, (columns * before, columns, rows * before, rows, 0, 0), mode="circular")
+
+
+def wrap_space(module: nn.Module, wraps: bool) -> None:
+    """Make every spatial padding of `module`'s VAE blocks wrap around the frame (a torus: what leaves the right
+    side enters on the left, the bottom continues into the top), or back to zeros. The convolutions' weights are
+    untouched: a tileable image is then encoded and decoded exactly as an endless plane of its tiles would be."""
+    for m in module.modules():
+        if isinstance(m, (CausalConv3d, Downsample3D)):
+            m.wraps = wraps
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -136,8 +160,11 @@ class ResnetBlock3D(nn.Module):
 class Downsample3D(nn.Module):
     """Zero-pad right and bottom by one, then a stride-2 causal conv (also stride 2 in time when temporal).
 
-    Spatial sizes halve (rounding up); in time `T -> (T - 1) / 2 + 1`.
+    Spatial sizes halve (rounding up); in time `T -> (T - 1) / 2 + 1`. While `wraps` is set (`wrap_space`) the
+    pad is the frame's first column and row instead of zeros.
     """
+
+    wraps = False
 
     def __init__(self, channels: int, temporal: bool):
         super().__init__()
@@ -150,6 +177,8 @@ class Downsample3D(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, memory: ChunkMemory | None = None) -> torch.Tensor:
+        if self.wraps:
+            return self.conv(_wrap_space(x, 1, 1, after_only=True), memory)
         return self.conv(F.pad(x, (0, 1, 0, 1)), memory)
 
     def frames_after(self, frames: int) -> int:

@@ -11,6 +11,9 @@ per-tile runs give seams and colour drift. Here instead:
   non-overlapping cores (`kernels.group_norm_moments`, merged with Chan's parallel variance) before any tile is
   normalised with them (`kernels.group_norm_silu`: one Triton pass per tile on a GPU).
 * **The attention** runs on the whole frame at the lowest resolution, a few query rows at a time.
+* **On a torus** (`periodic=True`, a tileable image: the convs' padding wraps around, `vae_blocks.wrap_space`)
+  no side is a frame border: every tile takes its halo from the opposite side where it runs off the frame, and
+  every conv drops the rows and columns its own padding reached on all four sides.
 
 Between two barriers every tile has to be computed, so the activations there are either kept for the whole frame
 or recomputed. The network is cut into *segments*: the output of a segment is a full-frame tensor (a "cut"), and
@@ -230,31 +233,41 @@ def segments(blocks: list[Block], size: Size, image_size: Size, store_scale: int
 # --------------------------------------------------------------------------------------------------- geometry
 
 
-def _grow(a: int, b: int, halo: int, n: int) -> tuple[int, int]:
-    return max(a - halo, 0), min(b + halo, n)
+def _grow(a: int, b: int, halo: int, n: int | None) -> tuple[int, int]:
+    """[a, b) grown by `halo`, within [0, n); on a torus (`n` None) it may run past either side."""
+    return (a - halo, b + halo) if n is None else (max(a - halo, 0), min(b + halo, n))
 
 
-def _input_region(op: Op, need: Region, size_in: Size) -> Region:
-    """The region of `op`'s input that its output region `need` depends on."""
+def _input_region(op: Op, need: Region, size_in: Size | None) -> Region:
+    """The region of `op`'s input that its output region `need` depends on, within a frame of `size_in`; on a
+    torus (`size_in` None) there are no bounds: coordinates past the frame stand for its opposite side."""
     r0, r1, c0, c1 = need
-    rows, cols = size_in
+    periodic = size_in is None
+    rows, cols = (None, None) if periodic else size_in
     if op.kind == "conv":
         ph, pw = op.module.halo
         return (*_grow(r0, r1, ph, rows), *_grow(c0, c1, pw, cols))
-    if op.kind == "down":  # output i reads rows 2i .. 2i + 2; row `rows` is the zero pad
-        return (2 * r0, min(2 * r1 + 1, rows), 2 * c0, min(2 * c1 + 1, cols))
+    if op.kind == "down":  # output i reads rows 2i .. 2i + 2; row `rows` is the pad
+        return (2 * r0, _end(2 * r1 + 1, rows), 2 * c0, _end(2 * c1 + 1, cols))
     if op.kind == "up":  # the conv at twice the size, then the pixel shuffle
         ph, pw = op.module.conv.halo
-        a0, a1, b0, b1 = (*_grow(r0, r1, ph, 2 * rows), *_grow(c0, c1, pw, 2 * cols))
+        doubled = (None, None) if periodic else (2 * rows, 2 * cols)
+        a0, a1, b0, b1 = (*_grow(r0, r1, ph, doubled[0]), *_grow(c0, c1, pw, doubled[1]))
         return (a0 // 2, -(-a1 // 2), b0 // 2, -(-b1 // 2))
     return need  # norm, push, add: pointwise
+
+
+def _end(stop: int, n: int | None) -> int:
+    return stop if n is None else min(stop, n)
 
 
 def _hull(a: Region, b: Region) -> Region:
     return (min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3]))
 
 
-def required_regions(ops: tuple[Op, ...], sizes: list[Size], target: Region) -> list[Region]:
+def required_regions(
+    ops: tuple[Op, ...], sizes: list[Size], target: Region, periodic: bool = False
+) -> list[Region]:
     """`regions[i]`: the region of `ops[i]`'s input needed to compute `target` at the end of `ops`
     (`regions[-1] == target`). A ResNet input must also cover what its residual connection adds."""
     regions: list[Region] = [target] * (len(ops) + 1)
@@ -268,7 +281,7 @@ def required_regions(ops: tuple[Op, ...], sizes: list[Size], target: Region) -> 
             if residuals:  # else its "add" lies beyond `ops` (a statistics pass that stops inside a ResNet)
                 need = _hull(need, residuals.pop())
         else:
-            need = _input_region(op, need, sizes[i])
+            need = _input_region(op, need, None if periodic else sizes[i])
         regions[i] = need
     return regions
 
@@ -303,19 +316,20 @@ def scaled_region(core: Region, image_size: Size, size: Size) -> Region:
 
 class _TileRun:
     """Runs a segment's ops on one tile, given the whole-frame statistics of the norms it passes. Keeps the summed
-    2-D weights of the single-frame conv shortcut for the segment's duration."""
+    2-D weights of the single-frame conv shortcut for the segment's duration. `periodic`: the frame is a torus."""
 
-    def __init__(self, segment: Segment, stats: dict[nn.Module, GroupStats]):
+    def __init__(self, segment: Segment, stats: dict[nn.Module, GroupStats], periodic: bool = False):
         self.segment = segment
         self.stats = stats
+        self.periodic = periodic
         self.image_weights: dict[nn.Module, torch.Tensor] = {}
 
     def __call__(self, source: torch.Tensor, stop: int, target: Region, device: torch.device) -> torch.Tensor:
         """`ops[:stop]` on `source` (the segment input, a whole frame), for `target` at the size after them."""
         ops, sizes = self.segment.ops[:stop], self.segment.sizes[: stop + 1]
-        regions = required_regions(ops, sizes, target)
-        r0, r1, c0, c1 = region = regions[0]
-        x = source[:, :, :, r0:r1, c0:c1].to(device)
+        regions = required_regions(ops, sizes, target, self.periodic)
+        region = regions[0]
+        x = _take(source, region).to(device)
         residuals: list[tuple[torch.Tensor, Region]] = []
         for i, op in enumerate(ops):
             if op.kind == "push":
@@ -341,21 +355,27 @@ class _TileRun:
         return x
 
     def conv(self, conv: CausalConv3d, x: torch.Tensor, region: Region, size: Size) -> tuple[torch.Tensor, Region]:
-        """A stride-1 conv with its own zero padding; the output rows and columns next to an inner tile side saw
-        zeros instead of their neighbours and are dropped, so the tile shrinks by the padding there."""
+        """A stride-1 conv with its own padding; the output rows and columns next to an inner tile side saw the
+        padding instead of their neighbours and are dropped, so the tile shrinks by the padding there. On a torus
+        every side is inner."""
         ph, pw = conv.halo
         r0, r1, c0, c1 = region
-        top, bottom, left, right = ph * (r0 > 0), ph * (r1 < size[0]), pw * (c0 > 0), pw * (c1 < size[1])
+        if self.periodic:
+            top = bottom = ph
+            left = right = pw
+        else:
+            top, bottom, left, right = ph * (r0 > 0), ph * (r1 < size[0]), pw * (c0 > 0), pw * (c1 < size[1])
         y = self.run_conv(conv, x)
         y = y[..., top : y.shape[-2] - bottom, left : y.shape[-1] - right]
         return y, (r0 + top, r1 - bottom, c0 + left, c1 - right)
 
     def down(self, down: Downsample3D, x: torch.Tensor, region: Region, size: Size) -> tuple[torch.Tensor, Region]:
-        """Downsample3D: the right/bottom zero pad only on the frame border, then the stride-2 conv."""
+        """Downsample3D: the right/bottom zero pad only on the frame border (none on a torus, where the tile
+        already holds the wrapped column and row), then the stride-2 conv."""
         r0, r1, c0, c1 = region
         if r0 % 2 or c0 % 2:
             raise AssertionError(f"a downsampler tile must start on even coordinates, got {region}")
-        right, bottom = int(c1 == size[1]), int(r1 == size[0])
+        right, bottom = (0, 0) if self.periodic else (int(c1 == size[1]), int(r1 == size[0]))
         y = self.run_conv(down.conv, F.pad(x, (0, right, 0, bottom)) if right or bottom else x)
         return y, (r0 // 2, r0 // 2 + y.shape[-2], c0 // 2, c0 // 2 + y.shape[-1])
 
@@ -368,6 +388,16 @@ class _TileRun:
         return conv(x)
 
 
+def _take(source: torch.Tensor, region: Region) -> torch.Tensor:
+    """`region` of the frames of `source (B, C, T, H, W)`; coordinates past the frame wrap around (a torus)."""
+    r0, r1, c0, c1 = region
+    rows, cols = source.shape[-2:]
+    if 0 <= r0 and r1 <= rows and 0 <= c0 and c1 <= cols:
+        return source[:, :, :, r0:r1, c0:c1]
+    source = source.index_select(-2, torch.arange(r0, r1, device=source.device) % rows)
+    return source.index_select(-1, torch.arange(c0, c1, device=source.device) % cols)
+
+
 def _crop(x: torch.Tensor, region: Region, want: Region) -> torch.Tensor:
     if region == want:
         return x
@@ -378,9 +408,15 @@ def _crop(x: torch.Tensor, region: Region, want: Region) -> torch.Tensor:
 
 
 def run_blocks(
-    blocks: list[Block], x: torch.Tensor, image_size: Size, tiling: VAETiling, device: torch.device
+    blocks: list[Block],
+    x: torch.Tensor,
+    image_size: Size,
+    tiling: VAETiling,
+    device: torch.device,
+    periodic: bool = False,
 ) -> torch.Tensor:
-    """Run `blocks` on `x (B, C, T, H, W)` tile by tile; the result is on `device`."""
+    """Run `blocks` on `x (B, C, T, H, W)` tile by tile; the result is on `device`. `periodic`: the frame is a
+    torus, and the blocks' convs wrap around (`vae_blocks.wrap_space`)."""
     store = torch.device("cpu") if tiling.offload else device
     cores = tile_grid(image_size, tiling.core)
     parts = segments(blocks, tuple(x.shape[-2:]), image_size, tiling.store_scale)
@@ -392,7 +428,7 @@ def run_blocks(
         elif len(cores) == 1:
             x = _whole(segment, x, device)
         else:
-            x = _tiled(segment, x, cores, image_size, device, where)
+            x = _tiled(segment, x, cores, image_size, device, where, periodic)
         x = x.to(where)
     return x
 
@@ -411,9 +447,10 @@ def _tiled(
     image_size: Size,
     device: torch.device,
     store: torch.device,
+    periodic: bool,
 ) -> torch.Tensor:
     stats: dict[nn.Module, GroupStats] = {}
-    run = _TileRun(segment, stats)
+    run = _TileRun(segment, stats, periodic)
     for j, op in enumerate(segment.ops):
         if op.kind != "norm":
             continue

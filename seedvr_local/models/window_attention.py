@@ -51,14 +51,18 @@ class WindowPlan:
 
 class TokenLayout:
     """Where each sample's tokens sit in the flat video/text token lists of one forward, and the attention
-    backend (a key of `ATTENTION_BACKENDS`, resolved by the model) that runs on them.
+    backend (a key of `ATTENTION_BACKENDS`, resolved by the model) that runs on them. `periodic`: every sample's
+    frame is one period of a tileable image, its windows laid out on a torus (`windows.window_boxes`).
 
     Built once per forward and shared by all blocks: it memoises the window plans of each layout method and the
     RoPE tables, so they are computed once per forward and never per block.
     """
 
-    def __init__(self, grids: list[Grid], txt_lens: list[int], device: torch.device, attention: str):
+    def __init__(
+        self, grids: list[Grid], txt_lens: list[int], device: torch.device, attention: str, periodic: bool = False
+    ):
         self.grids, self.txt_lens, self.device, self.attention = grids, txt_lens, device, attention
+        self.periodic = periodic
         self.vid_lens = [t * h * w for t, h, w in grids]
         self.vid_offsets = [sum(self.vid_lens[:i]) for i in range(len(grids))]
         self.txt_offsets = [sum(txt_lens[:i]) for i in range(len(grids))]
@@ -96,12 +100,14 @@ class TokenLayout:
         return self.cached(key, lambda: self._build_packed(method, tuple(num_windows)))
 
     def _window_rows(self, method: str, num_windows: tuple[int, int, int]):
-        """Every window in the official order: (sample, window shape, rows of its video tokens)."""
+        """Every window in the official order: (sample, window shape, rows of its video tokens). The rows of a
+        window are in raster order within the window, which on a torus may run past the grid into its other side:
+        its positions (and RoPE angles) are those of a window that does not wrap."""
         for sample, grid in enumerate(self.grids):
             _, h, w = grid
-            for (t0, t1), (h0, h1), (w0, w1) in window_boxes(grid, num_windows, method):
-                rows = (torch.arange(t0, t1)[:, None, None] * h + torch.arange(h0, h1)[None, :, None]) * w
-                rows = (rows + torch.arange(w0, w1)).flatten() + self.vid_offsets[sample]
+            for (t0, t1), (h0, h1), (w0, w1) in window_boxes(grid, num_windows, method, self.periodic):
+                rows = (torch.arange(t0, t1)[:, None, None] * h + torch.arange(h0, h1)[None, :, None] % h) * w
+                rows = (rows + torch.arange(w0, w1) % w).flatten() + self.vid_offsets[sample]
                 yield sample, (t1 - t0, h1 - h0, w1 - w0), rows
 
     def _build_plan(self, method: str, num_windows: tuple[int, int, int]) -> WindowPlan:

@@ -44,30 +44,60 @@ def _shifted_cuts(size: int, window: int) -> list[Interval]:
     return [(a, b) for a, b in cuts if b > a]
 
 
-def _boxes(grid: tuple[int, int, int], sizes: tuple[int, int, int], cut: Callable[[int, int], list[Interval]]):
-    t_cuts, h_cuts, w_cuts = (cut(n, ws) for n, ws in zip(grid, sizes))
+def _periodic_cuts(size: int, window: int) -> list[Interval]:
+    """The regular cuts of an axis that wraps around: `round(size / window)` windows (at least one) of nearly equal
+    size, the official ones when `window` divides `size`. No window is partial, so shifting the image by a window
+    maps the layout onto itself."""
+    count = max(1, round(size / window))
+    base, extra = divmod(size, count)
+    cuts, start = [], 0
+    for i in range(count):
+        stop = start + base + (i < extra)
+        cuts.append((start, stop))
+        start = stop
+    return cuts
+
+
+def _periodic_shifted_cuts(size: int, window: int) -> list[Interval]:
+    """The shifted cuts of an axis that wraps around: from the middle of each regular window to the middle of the
+    next, the last one running past `size` into the first (the cyclic shift of a periodic layout). Every boundary
+    of the regular layout, the wrap-around included, lies inside a shifted window."""
+    middles = [a + (b - a) // 2 for a, b in _periodic_cuts(size, window)]
+    return list(zip(middles, middles[1:] + [middles[0] + size]))
+
+
+def _boxes(
+    grid: tuple[int, int, int],
+    sizes: tuple[int, int, int],
+    cut: Callable[[int, int], list[Interval]],
+    cut_plane: Callable[[int, int], list[Interval]] | None = None,
+) -> list[Box]:
+    """Boxes of the cuts of every axis: `cut` in time, `cut_plane` (default `cut`) in height and width."""
+    cut_plane = cut_plane or cut
+    t_cuts = cut(grid[0], sizes[0])
+    h_cuts, w_cuts = (cut_plane(n, ws) for n, ws in zip(grid[1:], sizes[1:]))
     # Official enumeration order: w outermost, then h, then t innermost.
     return [(tc, hc, wc) for wc in w_cuts for hc in h_cuts for tc in t_cuts]
 
 
-def regular_windows(grid: tuple[int, int, int], num_windows: tuple[int, int, int]) -> list[Box]:
-    """`720pwin_by_size_bysize`: windows tiled from the origin, the last ones partial."""
-    return _boxes(grid, window_size(grid, num_windows), _regular_cuts)
-
-
-def shifted_windows(grid: tuple[int, int, int], num_windows: tuple[int, int, int]) -> list[Box]:
-    """`720pswin_by_size_bysize`: windows shifted by half a window on every axis that has more than one."""
-    return _boxes(grid, window_size(grid, num_windows), _shifted_cuts)
-
-
-WINDOW_METHODS: dict[str, Callable[[tuple[int, int, int], tuple[int, int, int]], list[Box]]] = {
-    "720pwin_by_size_bysize": regular_windows,
-    "720pswin_by_size_bysize": shifted_windows,
+#: Each layout method's cuts of an axis: as the official model makes them, and on a torus (`periodic`).
+_CUTS: dict[str, tuple[Callable[[int, int], list[Interval]], Callable[[int, int], list[Interval]]]] = {
+    "720pwin_by_size_bysize": (_regular_cuts, _periodic_cuts),  # windows tiled from the origin, the last partial
+    "720pswin_by_size_bysize": (_shifted_cuts, _periodic_shifted_cuts),  # shifted by half a window
 }
+WINDOW_METHODS = tuple(_CUTS)
 
 
-def window_boxes(grid: tuple[int, int, int], num_windows: tuple[int, int, int], method: str) -> list[Box]:
-    """The windows of one sample, in the official order, as `((t0, t1), (h0, h1), (w0, w1))` boxes."""
-    if method not in WINDOW_METHODS:
+def window_boxes(
+    grid: tuple[int, int, int], num_windows: tuple[int, int, int], method: str, periodic: bool = False
+) -> list[Box]:
+    """The windows of one sample, in the official order, as `((t0, t1), (h0, h1), (w0, w1))` boxes.
+
+    `periodic`: the frame is one period of a tileable image (a torus). Height and width are then cut into whole
+    windows only (`_periodic_cuts`), the shifted layout being their cyclic shift; a box may run past the grid,
+    its rows and columns there standing for the opposite side. Time is cut as usual."""
+    if method not in _CUTS:
         raise ValueError(f"unknown window method {method!r}; known: {', '.join(WINDOW_METHODS)}")
-    return WINDOW_METHODS[method](tuple(grid), tuple(num_windows))
+    plain, on_torus = _CUTS[method]
+    sizes = window_size(tuple(grid), tuple(num_windows))
+    return _boxes(tuple(grid), sizes, plain, on_torus if periodic else None)

@@ -25,6 +25,7 @@ from seedvr_local.preprocess import pad_to_multiple, resize_bicubic_antialias
 if TYPE_CHECKING:
     from seedvr_local.memory_planner import MemoryPlanner
     from seedvr_local.models.vae_tiling import VAETiling
+    from seedvr_local.offload_levels import OffloadLevel
 
 #: The longest clip the memory planner picks: beyond it, one clip's frames held on the host and the wait between
 #: progress reports grow for little more temporal context (the official model ran about 100 frames at a time).
@@ -117,10 +118,12 @@ class LocalClips:
         for task in tasks:
             yield self.restore(task)
 
-    def tiling(self, width: int, height: int, frames: int) -> "VAETiling | None":
+    def placement(self, width: int, height: int, frames: int) -> "tuple[VAETiling | None, OffloadLevel | None]":
+        """The VAE tiling and offload level to restore a clip with (no level: the weights stay where they are)."""
         if self.planner is None:
-            return self.vae_tiling
-        return self.planner.plan(width, height, frames, vae_tile=self.vae_tile).vae_tiling
+            return self.vae_tiling, None
+        plan = self.planner.plan(width, height, frames, vae_tile=self.vae_tile)
+        return plan.vae_tiling, plan.offload
 
     def restore(self, task: ClipTask) -> RestoredClip:
         """Exactly `RestorationPipeline.restore` of the resized, padded clip, split into own and shared frames."""
@@ -133,9 +136,11 @@ class LocalClips:
         padded, _ = pad_to_multiple(video, pipeline.size_multiple)
         latent_shape = pipeline.latent_shape(task.frames, padded.shape[-2], padded.shape[-1])
         noises = RestoreNoises.draw(latent_shape, task.seed)
+        tiling, offload = self.placement(task.width, task.height, task.frames)
+        placed = {} if offload is None else {"offload": offload}  # without a planner the weights stay as they are
         out = pipeline.restore(
             padded, noises, cond_noise_scale=task.noise_scale, color_fix=task.color_fix, on_phase=timer.start,
-            crop=(task.height, task.width), vae_tiling=self.tiling(task.width, task.height, task.frames),
+            crop=(task.height, task.width), vae_tiling=tiling, **placed,
         )  # fmt: skip
         restored = out.colorfixed  # [3, T, H, W] in [-1, 1]
         timer.start("blend")

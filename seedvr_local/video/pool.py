@@ -59,16 +59,17 @@ class ModelSpec:
     dtype: str | None = None
     kernels: str | None = None
     compile: bool = False
+    offload: str = "auto"  # as `Upscaler`'s
 
     def __call__(self, device: str) -> "Upscaler":
         from seedvr_local.compilation import compile_pipeline
         from seedvr_local.upscaler import Upscaler
 
         if self.weights_dir is None:
-            upscaler = Upscaler.tiny(device=device, dtype=self.dtype, kernels=self.kernels)
+            upscaler = Upscaler.tiny(device=device, dtype=self.dtype, kernels=self.kernels, offload=self.offload)
         else:
             upscaler = Upscaler.from_weights_dir(
-                self.weights_dir, device=device, dtype=self.dtype, kernels=self.kernels
+                self.weights_dir, device=device, dtype=self.dtype, kernels=self.kernels, offload=self.offload
             )
         if self.compile:
             compile_pipeline(upscaler.pipeline)

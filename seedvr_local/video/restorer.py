@@ -129,6 +129,8 @@ class VideoJob:
     height: int
     seed: int
     clips: tuple[Clip, ...]
+    #: The most pixels a decoded frame may have (`VideoLimits.max_input_pixels`): checked on every frame.
+    max_input_pixels: int = MAX_INPUT_PIXELS
 
     @property
     def frames(self) -> int:
@@ -198,7 +200,9 @@ class VideoRestorer:
         overlap = options.overlap_frames if options.overlap_frames is not None else default_overlap(clip_frames)
         clips = tuple(clip_schedule(info.frames, clip_frames, overlap))
         seed = options.seed if options.seed is not None else secrets.randbelow(MAX_SEED + 1)
-        return VideoJob(Path(source), info, options, options.format, width, height, seed, clips)
+        return VideoJob(
+            Path(source), info, options, options.format, width, height, seed, clips, limits.max_input_pixels
+        )
 
     def restore(
         self,
@@ -251,7 +255,7 @@ class VideoRestorer:
         `workers` gets the worker of each clip."""
         timer = timer or PhaseTimer()
         clips = list(job.clips)
-        decoded = decode_frames(job.source, job.info.has_alpha)
+        decoded = decode_frames(job.source, job.info.has_alpha, (job.info.width, job.info.height), job.max_input_pixels)
         sources: dict[int, SourceFrame] = {}  # decoded frames that a clip in flight needs or that are not yet out
         blended: dict[int, torch.Tensor] = {}  # weighted sums of frames that a later clip still adds to
         tasks = self._tasks(job, decoded, sources, timer)

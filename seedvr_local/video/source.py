@@ -1,9 +1,12 @@
 """Reading an untrusted video: check it from its header, count its frames, then decode one frame at a time.
 
 Only common containers and codecs are opened (FFmpeg can open far more, some of which read other files or
-URLs, like HLS playlists and concat lists, or go through rarely audited parsers). The frame size is checked
-from the header before any frame is decoded, so a file declaring a huge size never allocates it. Every
-failure is a `VideoError` with a one-line message.
+URLs, like HLS playlists and concat lists, or go through rarely audited parsers); the same goes for audio
+decoders. The frame size is checked from the header before any frame is decoded, so a file declaring a huge size
+never allocates it; then every decoded frame is checked again, since a stream may change its frame size after its
+first frame (FFmpeg's own `max_pixels` bounds what its decoder allocates meanwhile). The header's frame count and
+duration are never trusted: frames are counted by demuxing, and the audio kept is bounded by the video's frames
+(writer.py). Every failure is a `VideoError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -22,7 +25,12 @@ from seedvr_local.video.errors import InvalidVideoError, VideoTooLargeError
 DEMUXERS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "gif", "avi")
 #: Video decoders accepted.
 VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mpeg2video", "mjpeg", "prores", "gif", "png")
-#: Largest frame, in pixels, decoded (8K is 33 Mpx): checked from the header.
+#: Audio decoders accepted (the first audio stream is copied into the output, or decoded and re-encoded).
+AUDIO_CODECS = (
+    "aac", "mp3", "mp2", "opus", "vorbis", "flac", "alac", "ac3", "eac3",
+    "pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_f32le", "pcm_u8",
+)  # fmt: skip
+#: Largest frame, in pixels, decoded (8K is 33 Mpx): checked from the header, then on every decoded frame.
 MAX_INPUT_PIXELS = 8192 * 8192
 
 
@@ -89,6 +97,8 @@ def probe_video(path: str | Path, max_input_pixels: int = MAX_INPUT_PIXELS) -> V
                 f"the largest allowed is {max_input_pixels / 1e6:.1f} Mpx"
             )
         audio = container.streams.audio[0].codec_context.name if container.streams.audio else None
+        if audio is not None and audio not in AUDIO_CODECS:
+            raise InvalidVideoError(f"unsupported audio codec {audio!r} (supported: {', '.join(AUDIO_CODECS)})")
         duration = float(container.duration / av.time_base) if container.duration else None
         info = dict(
             width=width, height=height, time_base=Fraction(stream.time_base), codec=codec, has_alpha=_has_alpha(stream),
@@ -103,20 +113,50 @@ def probe_video(path: str | Path, max_input_pixels: int = MAX_INPUT_PIXELS) -> V
             raise InvalidVideoError(f"the video is damaged or truncated: {_one_line(exc)}") from None
     if frames == 0:
         raise InvalidVideoError("the video has no frames")
-    return VideoInfo(frames=frames, display_matrix=_first_display_matrix(path), **info)
+    matrix = _first_display_matrix(path, (width, height), max_input_pixels)
+    return VideoInfo(frames=frames, display_matrix=matrix, **info)
 
 
-def _first_display_matrix(path: str | Path) -> tuple[int, ...] | None:
+def _first_display_matrix(path: str | Path, size: tuple[int, int], max_pixels: int) -> tuple[int, ...] | None:
     """The display matrix FFmpeg attaches to the first frame (read once: `frame.side_data` holds a reference
     cycle, which would keep every frame's pixels alive until the garbage collector runs)."""
     with _open(path) as container:
+        stream = _bounded_video_stream(container, max_pixels)
         try:
-            frame = next(container.decode(_video_stream(container)), None)
+            frame = next(container.decode(stream), None)
         except av.FFmpegError as exc:
-            raise InvalidVideoError(f"the video is damaged or truncated: {_one_line(exc)}") from None
+            raise _undecodable(0, exc, max_pixels) from None
         if frame is None:
             raise InvalidVideoError("the video has no decodable frames")
+        check_frame_size(0, frame.width, frame.height, size, max_pixels)
         return _display_matrix(frame)
+
+
+def _bounded_video_stream(container: av.container.InputContainer, max_pixels: int) -> av.video.stream.VideoStream:
+    """The video stream, its decoder told to refuse frames much larger than `max_pixels` (FFmpeg's `max_pixels`
+    counts each row padded to its SIMD alignment, up to 64 pixels more: the margin keeps it from refusing a frame
+    within the limit; `check_frame_size` is the exact check)."""
+    stream = _video_stream(container)
+    stream.codec_context.options = {"max_pixels": str(2 * max_pixels + 64 * 4096)}
+    return stream
+
+
+def check_frame_size(index: int, width: int, height: int, size: tuple[int, int], max_pixels: int) -> None:
+    """A decoded frame has the size the header declared, within the limit; else an `InvalidVideoError` naming
+    the frame (counted from 0) and the limit (the stream lied about its frames: a damaged or crafted file)."""
+    if (width, height) == size and width * height <= max_pixels:
+        return
+    raise InvalidVideoError(
+        f"frame {index} is {width}x{height} ({width * height:,} pixels), not the {size[0]}x{size[1]} the video "
+        f"declares; every frame must have the declared size, at most {max_pixels:,} pixels"
+    )
+
+
+def _undecodable(index: int, exc: BaseException, max_pixels: int) -> InvalidVideoError:
+    return InvalidVideoError(
+        f"frame {index} cannot be decoded (damaged, truncated, or larger than the limit of {max_pixels:,} pixels): "
+        f"{_one_line(exc)}"
+    )
 
 
 def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
@@ -128,15 +168,22 @@ def _display_matrix(frame: av.VideoFrame) -> tuple[int, ...] | None:
     return None if matrix == identity else matrix
 
 
-def decode_frames(path: str | Path, alpha: bool) -> Iterator[SourceFrame]:
+def decode_frames(
+    path: str | Path, alpha: bool, size: tuple[int, int] | None = None, max_pixels: int = MAX_INPUT_PIXELS
+) -> Iterator[SourceFrame]:
     """The frames in presentation order, converted to RGB(A) with the matrix and range the stream is tagged with
-    (untagged YUV is read as BT.601, as FFmpeg does)."""
+    (untagged YUV is read as BT.601, as FFmpeg does). Each frame is checked before it is converted: it must be
+    `size` (the probed size; None: the first frame's) and at most `max_pixels`."""
     with _open(path) as container:
-        stream = _video_stream(container)
+        stream = _bounded_video_stream(container, max_pixels)
         stream.thread_type = "AUTO"
+        index = 0
         try:
             for frame in container.decode(stream):
+                size = size or (frame.width, frame.height)
+                check_frame_size(index, frame.width, frame.height, size, max_pixels)
                 pixels = frame.to_ndarray(format="rgba" if alpha else "rgb24", src_color_range=frame.color_range)
                 yield SourceFrame(pixels, frame.pts)
+                index += 1
         except av.FFmpegError as exc:
-            raise InvalidVideoError(f"the video is damaged or truncated: {_one_line(exc)}") from None
+            raise _undecodable(index, exc, max_pixels) from None

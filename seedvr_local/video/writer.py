@@ -4,7 +4,8 @@ The video keeps the source's timestamps (so its frame rate, variable or not, and
 matrix (rotation, flips) and is tagged BT.709 (the RGB -> YUV conversion uses that matrix, limited range). The
 first audio stream is copied packet by packet when the container takes its codec, else re-encoded (AAC for
 MP4/MOV, Opus for WebM); GIF has none. Audio is interleaved with the video as it is written, so neither is
-ever held whole in memory.
+ever held whole in memory, and it ends with the video: audio past the last frame (a file whose audio track is far
+longer than its frames) is dropped, so the output's length follows the frames, not what the audio track claims.
 
 GIF: each frame gets its own palette of up to `max_colors` colours made from that frame (FFmpeg's palettegen
 in single-frame mode, then paletteuse with dithering), which needs no pass over the whole video first.
@@ -54,6 +55,7 @@ class VideoWriter:
         self.padded = padded_size(*size, fmt)
         self.alpha = alpha and fmt.alpha_pixel_format is not None
         self.time_base = time_base
+        self.rate = rate
         self._last_pts: int | None = None
         self.container = av.open(str(path), "w", format=fmt.container, container_options=fmt.container_options)
         try:
@@ -121,9 +123,17 @@ class VideoWriter:
                     self._encode(out)
             self._encode(None)
             if self.audio is not None:
-                self.audio.write_until(None)
+                self.audio.write_until(self._video_end_s())
+                self.audio.finish()
         finally:
             self.abort()
+
+    def _video_end_s(self) -> float:
+        """When the video ends: its last frame's time plus one frame at the average rate (0 without frames)."""
+        if self._last_pts is None:
+            return 0.0
+        frame_s = float(1 / self.rate) if self.rate else 0.0
+        return float(self._last_pts * self.time_base) + frame_s
 
     def abort(self) -> None:
         """Close the files without finishing (after an error: the output is unusable)."""
@@ -215,23 +225,25 @@ class _AudioTrack:
         out_stream.layout = stream.codec_context.layout
         return cls(source, stream, output, out_stream, copy=False)
 
-    def write_until(self, seconds: float | None) -> None:
-        """Write the audio packets that start before `seconds`; None: all that are left, then flush."""
+    def write_until(self, seconds: float) -> None:
+        """Write the audio packets that start before `seconds`."""
         while True:
             if self.pending is None:
                 self.pending = next(self.packets, None)
                 if self.pending is None:
-                    break
+                    return
                 if self.pending.dts is None:  # the demuxer's final empty packet
                     self.pending = None
                     continue
             start = self.pending.pts if self.pending.pts is not None else self.pending.dts
-            if seconds is not None and float(start * self.pending.time_base) > seconds:
+            if float(start * self.pending.time_base) > seconds:
                 return
             packet, self.pending = self.pending, None
             self._write(packet)
-        if seconds is None:
-            self._flush()
+
+    def finish(self) -> None:
+        """Flush what the re-encoder holds; packets not written yet (past the video's end) are dropped."""
+        self._flush()
 
     def _write(self, packet: av.Packet) -> None:
         if self.copy:

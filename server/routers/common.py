@@ -14,6 +14,7 @@ from seedvr_local.server.errors import FalError
 from seedvr_local.server.jobs import COMPLETED, IN_QUEUE, PRIORITIES, Job, LogEntry
 from seedvr_local.server.schema import parse_input
 from seedvr_local.server.state import ServerState
+from seedvr_local.server.urls import absolute_urls
 
 
 def input_body(endpoint: Endpoint) -> dict[str, Any]:
@@ -79,9 +80,13 @@ def truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in TRUE_VALUES
 
 
-def status_body(state: ServerState, job: Job, with_logs: bool, logs: list[LogEntry] | None = None) -> dict[str, Any]:
-    """fal's status object: queue_position while queued; logs (null unless asked) after; metrics at the end."""
-    body: dict[str, Any] = {"status": job.status, "request_id": job.id, **request_urls(job.base_url, job.id)}
+def status_body(
+    state: ServerState, job: Job, with_logs: bool, logs: list[LogEntry] | None = None, base_url: str | None = None
+) -> dict[str, Any]:
+    """fal's status object: queue_position while queued; logs (null unless asked) after; metrics at the end. Its
+    URLs on `base_url`: the answering front-end's (default: the one that accepted the job)."""
+    urls = request_urls(base_url or job.base_url, job.id)
+    body: dict[str, Any] = {"status": job.status, "request_id": job.id, **urls}
     if job.status == IN_QUEUE:
         body["queue_position"] = state.jobs.queue_position(job)
         return body
@@ -98,10 +103,12 @@ def status_body(state: ServerState, job: Job, with_logs: bool, logs: list[LogEnt
     return body
 
 
-def result_response(job: Job) -> JSONResponse:
-    """What fal answers for a completed request: the output, or the error's own status, headers and body."""
+def result_response(job: Job, base_url: str) -> JSONResponse:
+    """What fal answers for a completed request: the output (its files' URLs on `base_url`, the answering
+    front-end's), or the error's own status, headers and body."""
     headers = {**job.response_headers, "x-fal-request-id": job.id}
-    return JSONResponse(job.response_body, status_code=job.response_status or 500, headers=headers)
+    body = absolute_urls(job.response_body, base_url)
+    return JSONResponse(body, status_code=job.response_status or 500, headers=headers)
 
 
 #: Request ids are the server's own: lowercase UUIDs. Anything else is no request of this server.
@@ -119,9 +126,10 @@ RequestIdPath = Annotated[
 ]
 
 
-def lookup_job(state: ServerState, request_id: str) -> Job | None:
-    """The job with this id, if it is one of the server's ids and the job exists."""
-    return state.jobs.get(request_id) if _REQUEST_ID.match(request_id) else None
+def lookup_job(state: ServerState, request_id: str, with_result: bool = True) -> Job | None:
+    """The job with this id, if it is one of the server's ids and the job exists (`with_result`: read its output,
+    which only the result route needs)."""
+    return state.jobs.get(request_id, with_result=with_result) if _REQUEST_ID.match(request_id) else None
 
 
 def request_not_found() -> FalError:
@@ -129,8 +137,8 @@ def request_not_found() -> FalError:
     return FalError(404, "No request with this request_id on this server", "request_not_found")
 
 
-def find_job(state: ServerState, request_id: str) -> Job:
-    job = lookup_job(state, request_id)
+def find_job(state: ServerState, request_id: str, with_result: bool = True) -> Job:
+    job = lookup_job(state, request_id, with_result)
     if job is None:
         raise request_not_found()
     return job

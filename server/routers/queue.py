@@ -114,7 +114,7 @@ for _endpoint in ENDPOINTS:
         operation_id=f"queue_submit{_endpoint.operation_suffix}",
         responses={
             200: {"description": "Queued (status IN_QUEUE)", "links": _SUBMIT_LINKS, "headers": _HEADER_ID},
-            **error_responses(413, 422),
+            **error_responses(413, 422, 429, 507),
         },
     )
 
@@ -143,33 +143,35 @@ class EventStreamResponse(StreamingResponse):
 LogsQuery = Annotated[str | None, Query(description="1 or true to include the request's logs")]
 
 
-def status(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> JSONResponse:
+def status(request: Request, request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> JSONResponse:
     """IN_QUEUE (202), IN_PROGRESS (202) or COMPLETED (200)."""
-    job = find_job(state, request_id)
-    body = status_body(state, job, truthy(logs))
+    job = find_job(state, request_id, with_result=False)
+    body = status_body(state, job, truthy(logs), base_url=state.base_url(request))
     return JSONResponse(body, status_code=200 if job.status == COMPLETED else 202, headers={"x-fal-request-id": job.id})
 
 
-async def status_stream(request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None) -> EventStreamResponse:
+async def status_stream(
+    request: Request, request_id: RequestIdPath, state: StateDep, logs: LogsQuery = None
+) -> EventStreamResponse:
     """Server-sent events: one `data:` status per change, closed after COMPLETED."""
-    job = await run_in_threadpool(find_job, state, request_id)
+    job = await run_in_threadpool(find_job, state, request_id, False)
     headers = {"x-fal-request-id": job.id, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return EventStreamResponse(_events(state, job.id, truthy(logs)), headers=headers)
+    return EventStreamResponse(_events(state, job.id, truthy(logs), state.base_url(request)), headers=headers)
 
 
-async def _events(state: ServerState, request_id: str, with_logs: bool) -> AsyncIterator[str]:
+async def _events(state: ServerState, request_id: str, with_logs: bool, base_url: str) -> AsyncIterator[str]:
     """Each event carries only the log entries new since the previous one: the JS client accumulates them."""
     last_log, last_sent = 0, None
     with state.notifier.subscribe(request_id) as changes:
         while True:
-            job = await run_in_threadpool(state.jobs.get, request_id)
+            job = await run_in_threadpool(state.jobs.get, request_id, False, False)
             if with_logs and job.status != IN_QUEUE:
                 new_logs = await run_in_threadpool(state.jobs.logs, request_id, last_log)
             else:
                 new_logs = []
             if new_logs:
                 last_log = new_logs[-1].seq
-            body = await run_in_threadpool(status_body, state, job, with_logs, new_logs)
+            body = await run_in_threadpool(status_body, state, job, with_logs, new_logs, base_url)
             fingerprint = {key: value for key, value in body.items() if key != "logs"}
             if new_logs or fingerprint != last_sent:
                 last_sent = fingerprint
@@ -180,17 +182,17 @@ async def _events(state: ServerState, request_id: str, with_logs: bool) -> Async
                 yield ": keep-alive\n\n"
 
 
-def result(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
+def result(request: Request, request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """The output (200), or the request's error with its own status and body (e.g. 422)."""
     job = find_job(state, request_id)
     if job.status != COMPLETED:
         raise FalError(400, "Request is still in progress", headers={"x-fal-request-id": job.id})
-    return result_response(job)
+    return result_response(job, state.base_url(request))
 
 
 def cancel(request_id: RequestIdPath, state: StateDep) -> JSONResponse:
     """202 CANCELLATION_REQUESTED (queued: never runs; running: stops at the next phase), 400 ALREADY_COMPLETED, 404."""
-    job = lookup_job(state, request_id)
+    job = lookup_job(state, request_id, with_result=False)
     outcome = state.jobs.request_cancel(job.id) if job is not None else "NOT_FOUND"
     if outcome == "NOT_FOUND":  # fal's outcome, in the body as the other outcomes are
         error = request_not_found()
@@ -273,7 +275,7 @@ _ROUTES = [
         {
             200: {"description": "The output", "headers": _HEADER_ID},
             400: {**error_responses(400)[400], "description": "Not completed yet (IN_QUEUE or IN_PROGRESS)"},
-            **error_responses(404, 422, 499, 500, 503, 504),
+            **error_responses(404, 422, 499, 500, 503, 504, 507),
         },
     ),
     _RequestRoute(

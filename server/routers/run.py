@@ -1,5 +1,5 @@
-"""Sync run: `POST /fal-ai/seedvr/upscale/image` and `/fal-ai/seedvr/upscale/video` (and `/run/...`, for
-FAL_RUN_HOST=host:port/run).
+"""Sync run: `POST /fal-ai/seedvr/upscale/image`, `/fal-ai/seedvr/upscale/image/seamless` and
+`/fal-ai/seedvr/upscale/video` (and `/run/...`, for FAL_RUN_HOST=host:port/run).
 
 The request joins the same queue as queued ones (one device, one worker) and the response is sent
 when it completes. A client that hangs up cancels its request.
@@ -31,7 +31,7 @@ router = APIRouter(tags=["run"], dependencies=[Depends(require_key)], responses=
 #: The request's own outcome, as its result call would answer it (a client that hangs up gets nothing).
 _RESPONSES = {
     200: {"headers": {"x-fal-request-id": {"description": "The request's id", "schema": {"type": "string"}}}},
-    **error_responses(413, 422, 499, 500, 503, 504),
+    **error_responses(413, 422, 429, 499, 500, 503, 504, 507),
 }
 
 
@@ -52,7 +52,7 @@ def _run_route(endpoint: Endpoint):
         done = await _wait(state, job, request)
         if done is None:  # the client has gone; nobody reads this
             return JSONResponse({"detail": "client disconnected"}, status_code=499)
-        return result_response(done)
+        return result_response(done, state.base_url(request))
 
     run.__doc__ = f"{endpoint.summary} and wait for the result."
     return run
@@ -61,9 +61,9 @@ def _run_route(endpoint: Endpoint):
 async def _wait(state: ServerState, job: Job, request: Request) -> Job | None:
     with state.notifier.subscribe(job.id) as changes:
         while True:
-            current = await run_in_threadpool(state.jobs.get, job.id)
-            if current.status == COMPLETED:
-                return current
+            current = await run_in_threadpool(state.jobs.get, job.id, False, False)
+            if current.status == COMPLETED:  # the result is read once, when there is one
+                return await run_in_threadpool(state.jobs.get, job.id)
             if await request.is_disconnected():
                 await run_in_threadpool(state.jobs.request_cancel, job.id)
                 return None

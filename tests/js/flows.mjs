@@ -120,6 +120,34 @@ const fields = subscribeError.fieldErrors.map((error) => error.loc.at(-1)).sort(
 check(JSON.stringify(fields) === JSON.stringify(["image_url", "output_format"]), `fields ${fields}`);
 summary.validation = fields;
 
+// the seamless endpoint, called as any fal endpoint: over SSE with a Blob, queued with a webhook, cancelled; its
+// output_format spells JPEG "jpeg" (the image endpoint's "jpg" is refused) and defaults to PNG
+const SEAMLESS_APP = "fal-ai/seedvr/upscale/image/seamless";
+const seamlessUpdates = [];
+const seamless = await fal.subscribe(SEAMLESS_APP, {
+  input: { image_url: new Blob([png], { type: "image/png" }), seed: 7 },
+  mode: "streaming",
+  logs: true,
+  onQueueUpdate: (update) => seamlessUpdates.push(update),
+});
+check(seamless.data.image.content_type === "image/png" && seamless.data.seed === 7, `seamless ${JSON.stringify(seamless.data)}`);
+check(seamless.data.image.width === 48 && seamlessUpdates.at(-1).status === "COMPLETED", "seamless subscribe");
+const seamlessQueued = await fal.queue.submit(SEAMLESS_APP, {
+  input: { image_url: imageUrl, output_format: "jpeg" },
+  webhookUrl: WEBHOOK_URL.replace(/hook$/, "seamless-hook"),
+});
+const seamlessDone = await fal.queue.subscribeToStatus(SEAMLESS_APP, { requestId: seamlessQueued.request_id, pollInterval: 50 });
+check(seamlessDone.status === "COMPLETED" && !seamlessDone.error, `seamless status ${JSON.stringify(seamlessDone)}`);
+const seamlessResult = await fal.queue.result(SEAMLESS_APP, { requestId: seamlessQueued.request_id });
+check(seamlessResult.data.image.content_type === "image/jpeg", `seamless jpeg ${JSON.stringify(seamlessResult.data)}`);
+const seamlessSlow = await fal.queue.submit(SEAMLESS_APP, { input: { image_url: imageUrl, seed: SLOW_SEED } });
+await fal.queue.cancel(SEAMLESS_APP, { requestId: seamlessSlow.request_id });
+const seamlessCancelled = await fal.queue.subscribeToStatus(SEAMLESS_APP, { requestId: seamlessSlow.request_id, pollInterval: 50 });
+check(seamlessCancelled.error_type === "client_cancelled", `seamless cancel ${JSON.stringify(seamlessCancelled)}`);
+const jpgError = await expectError(fal.run(SEAMLESS_APP, { input: { image_url: imageUrl, output_format: "jpg" } }), "seamless 422");
+check(jpgError instanceof ValidationError && jpgError.getFieldErrors("output_format").length === 1, `seamless 422 ${jpgError}`);
+summary.seamlessWebhookRequest = seamlessQueued.request_id;
+
 // video: a File in the input (auto-uploaded), subscribe with logs, fal's enum strings; the test reads the output
 // back with PyAV
 const videoFile = new File([readFileSync(VIDEO_PATH)], "input.mp4", { type: "video/mp4" });

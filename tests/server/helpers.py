@@ -160,7 +160,7 @@ class IdentityPipeline:
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, ...]:
         return (1, 1, 1, 1)  # the noises are drawn, and unused
 
-    def restore(self, video, noises, cond_noise_scale, color_fix, on_phase, crop, vae_tiling):
+    def restore(self, video, noises, cond_noise_scale, color_fix, on_phase, crop, vae_tiling, offload=None):
         self.clips.append(video.shape[1])
         self.engine.enter_dit(None)
         height, width = crop

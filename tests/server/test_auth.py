@@ -67,8 +67,11 @@ def test_files_and_health_stay_open(keyed):
     assert keyed.get(image_url).status_code == 200
     target = keyed.post("/storage/upload/initiate", json={}, headers=auth).json()
     assert keyed.put(target["upload_url"], content=b"x").status_code == 200  # the JS client sends no key here
-    for path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/docs", "/openapi.json"):
         assert keyed.get(path).status_code == 200, path
+    # /metrics names hosts, processes and the queue: behind the key when there are keys (docs/security.md)
+    assert keyed.get("/metrics").status_code == 401
+    assert keyed.get("/metrics", headers=auth).status_code == 200
 
 
 def test_upload_tokens_authorise_python_uploads(keyed):

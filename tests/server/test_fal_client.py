@@ -64,3 +64,4 @@ def test_fal_client_flows_over_tls(tmp_path, settings, flow_engine):
     assert (mp4["codec"], mp4["frames"], mp4["average_rate"], mp4["audio"]) == ("h264", 9, 12, "aac")
     seeds = [options.seed for _, _, options in engine.calls]
     assert seeds.count(SLOW_SEED) == 1  # the slow job started, and was cancelled, once
+    assert sum(options.seamless for _, _, options in engine.calls) == 3  # the seamless endpoint's three jobs

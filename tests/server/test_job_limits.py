@@ -47,7 +47,8 @@ def test_serve_flags_set_every_job_limit_and_worker_has_none():
 
     flags = {
         "max_input_pixels": "1000", "max_output_pixels": "2000", "max_video_frames": "30",
-        "max_video_pixel_frames": "40000", "max_video_clip_frames": "9",
+        "max_video_pixel_frames": "40000", "max_video_clip_frames": "9", "max_sync_result_bytes": "50000",
+        "max_storage_bytes": "60000",
     }  # fmt: skip
     assert set(flags) == set(JOB_LIMITS)
     argv = [item for name, v in flags.items() for item in (f"--{name.replace('_', '-')}", v)]

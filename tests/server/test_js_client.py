@@ -48,7 +48,8 @@ def test_js_client_flows_through_the_proxy(node, tmp_path, settings, flow_engine
     image.write_bytes(png_bytes(24, 16))
     video = make_video(tmp_path / "input.mp4", 32, 24, frames=9, fps=12, audio="aac")
     engine = flow_engine
-    with LocalHTTP({"/hook": (200, {}, b"")}) as receiver, LiveServer(settings, lambda: engine) as server:
+    hooks = {"/hook": (200, {}, b""), "/seamless-hook": (200, {}, b"")}
+    with LocalHTTP(hooks) as receiver, LiveServer(settings, lambda: engine) as server:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("FAL_")},
             "PROXY_URL": f"{server.url}/api/fal/proxy",
@@ -61,16 +62,18 @@ def test_js_client_flows_through_the_proxy(node, tmp_path, settings, flow_engine
         done = subprocess.run([node, "flows.mjs"], cwd=JS_DIR, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
         summary = json.loads(done.stdout.strip().splitlines()[-1])
-        [(_, _, _, body)] = receiver.wait_for(1)
+        bodies = {path: body for _, path, _, body in receiver.wait_for(2)}
         jobs = server.state.jobs
         assert jobs.get(summary["webhookRequest"]).priority == 1
         outputs = {}
         for name in ("url", "gif"):
             outputs[name] = tmp_path / f"output-{name}"
             outputs[name].write_bytes(httpx.get(summary["video"][name]).raise_for_status().content)
-    hook = json.loads(body)
+    hook, seamless_hook = json.loads(bodies["/hook"]), json.loads(bodies["/seamless-hook"])
     assert hook["status"] == "OK" and hook["request_id"] == summary["webhookRequest"]
     assert hook["payload"]["image"]["width"] == 48
+    assert seamless_hook["request_id"] == summary["seamlessWebhookRequest"]
+    assert seamless_hook["payload"]["image"]["content_type"] == "image/jpeg"
     assert summary["streaming"][-1] == "COMPLETED" and "IN_PROGRESS" in summary["streaming"]
     assert summary["validation"] == ["image_url", "output_format"]
     webm, gif = read_video(outputs["url"]), read_video(outputs["gif"])

@@ -151,6 +151,7 @@ def test_an_image_runs_to_a_comparison_and_a_download(browser, tiny_server, tmp_
     offered = [path.removeprefix("/queue/") for path, ops in document["paths"].items()
                if path.startswith("/queue/") and "{" not in path and "post" in ops]  # fmt: skip
     assert summary["endpoints"] == offered and IMAGE_ENDPOINT in offered
+    assert "fal-ai/seedvr/upscale/image/seamless" in offered
     run = summary["image"]
     assert run["state"] == "done" and run["error"] is None, run
     assert run["uploaded"].startswith(f"{url}/files/") and run["uploaded"].endswith("/input.png")

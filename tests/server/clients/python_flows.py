@@ -17,6 +17,7 @@ from PIL import Image
 
 APP = "fal-ai/seedvr/upscale/image"
 VIDEO_APP = "fal-ai/seedvr/upscale/video"
+SEAMLESS_APP = "fal-ai/seedvr/upscale/image/seamless"
 SLOW_SEED = int(os.environ["SLOW_SEED"])
 summary: dict = {}
 
@@ -128,7 +129,36 @@ def main() -> None:
     check(output["image"]["width"] == 48, "an uploaded file as image_url")
     summary["upload"] = uploaded
 
+    seamless_flows(image, image_url)
     video_flows()
+
+
+def seamless_flows(image: Image.Image, image_url: str) -> None:
+    """The seamless endpoint, called as any fal endpoint: its own output_format spelling ("jpeg"), PNG by default."""
+    output = fal_client.run(SEAMLESS_APP, {"image_url": image_url, "seed": 6, "output_format": "jpeg"})
+    check(output["image"]["content_type"] == "image/jpeg" and output["seed"] == 6, f"seamless run {output}")
+    check((output["image"]["width"], output["image"]["height"]) == (48, 32), f"seamless run size {output}")
+
+    updates = []
+    result = fal_client.subscribe(
+        SEAMLESS_APP, {"image_url": fal_client.upload_image(image, format="png"), "enable_safety_checker": False},
+        with_logs=True, on_queue_update=updates.append,
+    )  # fmt: skip
+    check(result["image"]["content_type"] == "image/png", f"seamless subscribe (PNG by default) {result}")
+    check(type(updates[-1]).__name__ == "Completed", f"seamless updates {updates}")
+
+    handle = fal_client.submit(SEAMLESS_APP, {"image_url": image_url, "upscale_factor": 1.5})
+    output = fal_client.result(SEAMLESS_APP, handle.request_id)
+    check(output["image"]["width"] == 36, f"seamless queue result {output}")
+    status = fal_client.status(SEAMLESS_APP, handle.request_id, with_logs=True)
+    check(type(status).__name__ == "Completed", f"seamless status {status}")
+    summary["seamless"] = [output["image"]["url"], result["image"]["url"]]
+
+    try:
+        fal_client.run(SEAMLESS_APP, {"image_url": image_url, "output_format": "jpg"})  # the image endpoint's spelling
+        raise AssertionError("'jpg' is not a format of the seamless endpoint")
+    except fal_client.FalClientHTTPError as exc:
+        check(exc.status_code == 422 and exc.message[0]["loc"][-1] == "output_format", f"seamless 422 {exc.message}")
 
 
 def video_flows() -> None:
