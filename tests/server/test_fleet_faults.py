@@ -28,10 +28,10 @@ from tests import requires
 from tests.server.helpers import LocalHTTP, data_uri, listening_url, png_bytes, wait_until
 
 ENDPOINT = "fal-ai/seedvr/upscale/image"
-# Enough jobs for every fault to strike while work is queued and running (the images are large enough that each
-# job takes a while on the tiny model); each one's output is checked pixel for pixel.
+# Enough jobs for every fault to strike while work is queued and running; each one's output is checked pixel for
+# pixel.
 QUEUED, SYNC = 10, 5
-SOURCE_SIZE = (96, 64)
+SOURCE_SIZE = (48, 32)
 
 
 @pytest.fixture
