@@ -4,7 +4,7 @@ expanded), start an API and a worker that serve a job with the tiny model and st
 
 systemd is not PID 1 on the test machines, so the units are not started by systemd itself: the test runs their
 command lines. Only the install paths are replaced (the package's prefix, the state directory, the environment
-file) and, so the test owns its socket, the address and port.
+file) and, so the test owns its socket, the address and port (port 0: the system picks a free one).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ import pytest
 from PIL import Image
 
 from tests import requires
+from tests.server.helpers import listening_url
 
 UNITS = Path(__file__).resolve().parents[1] / "deploy" / "systemd"
 API, WORKER = "seedvr-local-api.service", "seedvr-local-worker@.service"
@@ -74,13 +74,13 @@ def test_systemd_verify_is_strict_enough_to_catch_a_mistake(tmp_path):
 
 
 def test_the_units_command_lines_serve_a_job_and_stop_on_sigterm(tmp_path):
-    port = _free_port()
-    units = _installed(tmp_path, port)
+    units = _installed(tmp_path, 0)  # the system picks the port; the API prints it once it listens
     (tmp_path / "state").mkdir()  # StateDirectory= makes it
     (tmp_path / "seedvr-local.env").write_text("SEEDVR_MODEL_FLAGS=--model tiny\n")  # the admin's settings
     api = _start(units / API, None, tmp_path / "api.log")
     worker = _start(units / WORKER, "cpu", tmp_path / "worker.log")
     try:
+        port = int(listening_url(tmp_path / "api.log", api, timeout=180).rsplit(":", 1)[1])
         _wait_ready(port, [api, worker], tmp_path)
         status, body = _request(port, "POST", "/fal-ai/seedvr/upscale/image", {"image_url": _png_data_uri()})
         assert status == 200 and body["image"]["width"] == 64, body
@@ -189,9 +189,3 @@ def _png_data_uri() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 24), (200, 80, 40)).save(buffer, "PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

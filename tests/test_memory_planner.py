@@ -262,3 +262,33 @@ def test_a_dropped_planner_is_freed(planner):
     del dropped
     gc.collect()
     assert ref() is None
+
+
+def small_device_memory(planner: MemoryPlanner, budget: int) -> int:
+    """What `available_memory` would report on a device where `planner` has `budget` bytes to plan with: the real
+    planner then refuses at sizes the tiny model reaches in a second, on any machine."""
+    return int((budget + planner.reserve) / (1 - planner.margin)) + 1
+
+
+def test_the_cli_refuses_in_one_line_what_does_not_fit_and_the_size_it_names_runs(
+    tiny_upscaler, tiny_bundle, tmp_path, capsys, monkeypatch
+):
+    from seedvr_local.cli import main
+
+    memory = small_device_memory(tiny_upscaler.planner, 12 * 2**20)
+    monkeypatch.setattr(memory_planner, "available_memory", lambda device: memory)
+    source = tmp_path / "in.png"
+    Image.fromarray(np.full((100, 100, 3), 90, np.uint8)).save(source)
+    run = ["upscale", str(source), "--weights-dir", str(tiny_bundle), "--device", "cpu", "--seed", "1"]
+    assert main([*run, "-o", str(tmp_path / "big.png"), "--upscale-factor", "4"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()  # "loaded ...", then the one-line error
+    line = lines[-1]
+    assert [entry for entry in lines if "error" in entry] == [line] and "Traceback" not in "".join(lines)
+    assert line.startswith("seedvr-local: error: a 400x400 output needs about") and "the largest 1:1 output that fits is" in line
+    assert not (tmp_path / "big.png").exists()
+
+    width, height = map(int, line.rsplit(" ", 1)[1].split("x"))
+    assert width == height and 16 <= width < 400 and width % 16 == 0
+    Image.fromarray(np.full((height // 4, width // 4, 3), 90, np.uint8)).save(source)
+    assert main([*run, "-o", str(tmp_path / "fits.png"), "--upscale-factor", "4", "--overwrite"]) == 0
+    assert Image.open(tmp_path / "fits.png").size == (width, height)

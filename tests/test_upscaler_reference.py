@@ -118,20 +118,20 @@ def test_upscale_applies_the_other_colour_fixes_to_the_official_decode(monkeypat
 
 @pytest.mark.reference
 def test_upscale_noise_scale_is_the_condition_noise_of_the_core(monkeypatch, case_upscaler):
-    """No image case of the public reference has a non-zero condition noise (the 0.1 case is a video, which the
-    upscaler does not take). So with noise_scale 0.1 the upscaler is compared with the restoration core run at
-    cond_noise_scale 0.1 on the same input and noises: the core at 0.1 is checked against the reference by
-    `restore_3b_video_3_frames_cond_noise_0_1`, and the image cases above check everything around it."""
+    """Each case at its own condition noise is compared with its official image above, whatever that noise is.
+    Here the upscaler runs at another noise scale (0.1, or 0 for a case recorded at 0.1), which the official run
+    did not record: it is compared with the restoration core run at that scale on the same input and noises (the
+    core at 0.1 is itself checked against the reference by the video case at 0.1), and must differ from the
+    official image at the case's own scale."""
     case, upscaler = case_upscaler
-    noise_scale = 0.1
-    assert case.params["cond_noise_scale"] != noise_scale, "an image case at 0.1 is already compared above"
-    noises = case_noises(case)
-    core = upscaler.pipeline.restore(case.inputs["video"], noises, cond_noise_scale=noise_scale, color_fix="wavelet")
+    noise_scale = 0.0 if case.params["cond_noise_scale"] == 0.1 else 0.1
+    color_fix, noises = case_color_fix(case), case_noises(case)
+    core = upscaler.pipeline.restore(case.inputs["video"], noises, cond_noise_scale=noise_scale, color_fix=color_fix)
     expected = to_uint8_frames(core.colorfixed)[0]
-    pixels = _upscale_with_case_noises(monkeypatch, upscaler, case, noises, noise_scale=noise_scale, color_fix="wavelet")
+    pixels = _upscale_with_case_noises(monkeypatch, upscaler, case, noises, noise_scale=noise_scale, color_fix=color_fix)
     assert (pixels.int() - expected.int()).abs().max().item() <= 1
-    at_zero = case.expected["image_uint8"]
-    assert (pixels.int() - at_zero.int()).abs().max().item() > 1, "noise_scale 0.1 must change the image"
+    official = case.expected["image_uint8"]  # at the case's own noise scale, with the same colour fix
+    assert (pixels.int() - official.int()).abs().max().item() > 1, "the noise scale must change the image"
 
 
 # ------------------------------------------------------------------- every option changes the real engine

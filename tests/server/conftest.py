@@ -78,10 +78,32 @@ def fresh_postgres_database(admin_url: str):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=STORES)
+#: The modules whose behaviour depends on the job store: their tests run on every store in STORES. The others test
+#: what the store does not change (routes, schemas, files, clients, the model) and run on SQLite only.
+STORE_DEPENDENT_MODULES = {
+    "test_fleet_faults", "test_fleet_files", "test_fleet_processes", "test_fleet_store", "test_webhook_claims",
+    "test_shared_secrets", "test_durability", "test_queue", "test_webhooks", "test_metrics", "test_video_fleet",
+    "test_retention", "test_job_limits", "test_results", "test_bodies", "test_quotas", "test_sweeping",
+    "test_fleet_urls",
+}  # fmt: skip
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Every store for the tests of `STORE_DEPENDENT_MODULES` that do not choose their store themselves."""
+    if "store" not in metafunc.fixturenames or metafunc.module.__name__.rsplit(".", 1)[-1] not in STORE_DEPENDENT_MODULES:
+        return
+    chosen = hasattr(metafunc.module, "store") or any(  # the module's own fixture, or the test's parameter
+        "store" in str(mark.args[0]) for mark in metafunc.definition.iter_markers("parametrize")
+    )
+    if not chosen:
+        metafunc.parametrize("store", STORES, indirect=True)
+
+
+@pytest.fixture
 def store(request) -> str:
-    """The job store the server tests run on; a test of one store only parametrizes `store` itself."""
-    return request.param
+    """The job store the server tests run on: SQLite, or each of STORES where the module depends on the store (a
+    test of one store only parametrizes `store` itself)."""
+    return getattr(request, "param", "sqlite")
 
 
 @pytest.fixture

@@ -179,6 +179,17 @@ class FakePlanner:
         return RunPlan(width, height, frames, None, {"dit": 0}, 2**40)
 
 
+def open_when_stopping(worker, gate: threading.Event) -> None:
+    """Open `gate` once `worker` is told to stop (the app's shutdown has begun): a job held at the gate then ends
+    its phase with the shutdown under way, whatever the machine's speed."""
+
+    def opener() -> None:
+        worker._stopping.wait(60)
+        gate.set()
+
+    threading.Thread(target=opener, daemon=True).start()
+
+
 def allow_loopback_only() -> NetGuard:
     """Treats 127.0.0.1 (and only it) as a public address, so SSRF checks can be tested on loopback."""
     import ipaddress
@@ -187,11 +198,15 @@ def allow_loopback_only() -> NetGuard:
 
 
 class LiveServer:
-    """The app served by uvicorn in a thread of the test process, on a free loopback port."""
+    """The app served by uvicorn in a thread of the test process, on a loopback port the system picks (bound here,
+    so no other process can take it before the server listens)."""
 
     def __init__(self, settings: ServerSettings, engine_factory, ssl: tuple[Path, Path] | None = None, guard=None):
+        from seedvr_local.server.listening import bind_socket
+
         self.settings = settings
-        self.port = free_port()
+        self.socket = bind_socket("127.0.0.1", 0)
+        self.port = self.socket.getsockname()[1]
         scheme = "https" if ssl else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.app = create_app(settings, engine_factory, guard=guard)
@@ -206,7 +221,7 @@ class LiveServer:
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
 
     def __enter__(self) -> LiveServer:
         self.thread.start()
@@ -220,6 +235,7 @@ class LiveServer:
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
+        self.socket.close()
 
     @property
     def state(self):
@@ -325,6 +341,20 @@ def wait_until(condition, what: str, timeout: float = 10.0):
         if time.monotonic() > deadline:
             raise AssertionError(f"not after {timeout} s: {what}")
         time.sleep(0.02)
+
+
+LISTENING = re.compile(r"listening on (https?://\S+)")
+
+
+def listening_url(log: Path, process: subprocess.Popen, timeout: float = 120.0) -> str:
+    """The URL a `seedvr-local serve` started with `--port 0` prints in its log once it accepts connections."""
+
+    def printed():
+        assert process.poll() is None, f"the server exited: {log.read_text(errors='replace')[-2000:]}"
+        found = LISTENING.search(log.read_text(errors="replace")) if log.exists() else None
+        return found and found.group(1)
+
+    return wait_until(printed, f"the server logging to {log} listening", timeout)
 
 
 def wait_status(client, request_id: str, wanted: str = "COMPLETED", timeout: float = 10.0, logs: bool = False) -> dict:

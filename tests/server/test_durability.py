@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from seedvr_local.server import ServerSettings, create_app
 from seedvr_local.server.db import Database, DataDirInUse
 from seedvr_local.server.jobs import Completion, JobStore
-from tests.server.helpers import FakeEngine, data_uri, png_bytes, wait_status
+from tests.server.helpers import FakeEngine, data_uri, open_when_stopping, png_bytes, wait_status
 
 SUBMIT = "/queue/fal-ai/seedvr/upscale/image"
 
@@ -26,7 +26,7 @@ def test_graceful_restart_requeues_the_running_job_and_keeps_the_queue(settings)
         ids = [_submit(client) for _ in range(3)]
         assert gated.entered.wait(5)
         # shutting down: the running job stops at its next phase boundary and goes back to the queue
-        threading.Timer(0.2, gated.gate.set).start()
+        open_when_stopping(client.app.state.server.worker, gated.gate)
     fresh = FakeEngine()
     with TestClient(create_app(settings, lambda: fresh)) as client:
         statuses = [wait_status(client, request_id, logs=True) for request_id in ids]

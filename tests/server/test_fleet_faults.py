@@ -2,12 +2,15 @@
 worker processes, all real processes on loopback with the tiny model. Jobs go in through both front-ends (queued
 and sync) and are polled and streamed through the other; one worker is killed with SIGKILL in the middle of a
 job, one front-end in the middle of an SSE stream, and PostgreSQL restarts once. Every job completes exactly once
-with a correct result readable from the surviving front-end, and every webhook is delivered with its request id.
-The processes share only the database and the bucket, as on separate hosts: each has its own data dir.
+with the result the tiny model gives for its seed in this process (it is deterministic), read through every
+front-end (the killed one started again), and every webhook is delivered with its request id. The processes share
+only the database and the bucket, as on separate hosts: each has its own data dir.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import signal
 import subprocess
@@ -16,14 +19,19 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
+from PIL import Image
 
 from seedvr_local.server.db import Database
 from tests import requires
-from tests.server.helpers import LocalHTTP, data_uri, free_port, png_bytes, wait_until
+from tests.server.helpers import LocalHTTP, data_uri, listening_url, png_bytes, wait_until
 
 ENDPOINT = "fal-ai/seedvr/upscale/image"
-QUEUED, SYNC = 40, 20
+# Enough jobs for every fault to strike while work is queued and running; each one's output is checked pixel for
+# pixel.
+QUEUED, SYNC = 10, 5
+SOURCE_SIZE = (48, 32)
 
 
 @pytest.fixture
@@ -40,7 +48,35 @@ def _spawn(args: list[str], log) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "seedvr_local.cli", *args], stdout=log, stderr=subprocess.STDOUT)
 
 
-# Five processes each importing torch, and 60 jobs on 3 CPU workers: 3.5 minutes on a loaded 2-core machine.
+def _front_end(stores: list[str], tmp_path, name: str) -> tuple[subprocess.Popen, str]:
+    """An API-only `serve` on a port the system picks, and the URL it prints once it listens."""
+    log_path = tmp_path / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = _spawn(
+            ["serve", "--workers", "0", "--port", "0", "--allow-private-urls", *stores,
+             "--data-dir", str(tmp_path / name)], log,
+        )  # fmt: skip
+    return process, listening_url(log_path, process, timeout=120)
+
+
+def _expected(seeds: list[int]) -> dict[int, np.ndarray]:
+    """What the tiny model makes of the source for each seed, run in this process."""
+    from seedvr_local.image_io import decode_image
+    from seedvr_local.options import UpscaleOptions
+    from seedvr_local.upscaler import Upscaler
+
+    upscaler = Upscaler.tiny(device="cpu")
+    image = decode_image(png_bytes(*SOURCE_SIZE))
+    return {seed: upscaler.upscale(image, UpscaleOptions(seed=seed)).pixels.permute(1, 2, 0).numpy() for seed in seeds}
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
+
+
+# Five processes each importing torch (six with the restarted front-end), 15 jobs on 3 CPU workers.
 @pytest.mark.timeout(600)
 def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(settings, tmp_path):
     restart_postgres = requires.environment(
@@ -52,23 +88,19 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
         "--s3-endpoint-url", settings.s3_endpoint_url,
     ]  # fmt: skip
     log = (tmp_path / "fleet.log").open("ab")
-    ports = [free_port(), free_port()]
-    front_ends = [
-        _spawn(
-            ["serve", "--workers", "0", "--port", str(port), "--allow-private-urls", *stores,
-             "--data-dir", str(tmp_path / f"front-end-{n}")], log,
-        )  # fmt: skip
-        for n, port in enumerate(ports)
-    ]
+    front_ends, urls = [], []
     workers = [
         _spawn(["worker", "--model", "tiny", "--devices", "cpu", "--lease-seconds", "3", *stores,
                 "--data-dir", str(tmp_path / f"worker-{n}")], log)  # fmt: skip
         for n in range(3)
     ]
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
     db = Database(settings.database_url)
     hooks = LocalHTTP(routes={"/hook": (200, {}, b"ok")})
     try:
+        for n in range(2):
+            process, url = _front_end(stores, tmp_path, f"front-end-{n}")
+            front_ends.append(process)
+            urls.append(url)
         with hooks, httpx.Client(timeout=120) as http:
 
             def ready(url: str) -> bool:
@@ -80,7 +112,7 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
             for url in urls:
                 wait_until(lambda url=url: ready(url), f"{url} ready with 3 workers", timeout=240)
 
-            image = data_uri(png_bytes(32, 24))
+            image = data_uri(png_bytes(*SOURCE_SIZE))
             queued = []
             for n in range(QUEUED):  # through both front-ends
                 body = {"image_url": image, "seed": n, "output_format": "png"}
@@ -90,7 +122,8 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
                 queued.append(answer.json()["request_id"])
 
             def sync_run(n: int) -> httpx.Response:  # through the front-end that stays up
-                return http.post(f"{urls[0]}/{ENDPOINT}", json={"image_url": image, "seed": 1000 + n})
+                body = {"image_url": image, "seed": 1000 + n, "output_format": "png"}
+                return http.post(f"{urls[0]}/{ENDPOINT}", json=body)
 
             with ThreadPoolExecutor(SYNC) as pool:
                 sync_answers = [pool.submit(sync_run, n) for n in range(SYNC)]
@@ -133,13 +166,25 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
                 return rows[0][0] == 0
 
             wait_until(all_completed, "every job COMPLETED", timeout=240)
-            for request_id in queued:
-                result = http.get(f"{urls[0]}/queue/fal-ai/seedvr/requests/{request_id}")
-                assert result.status_code == 200, result.text
-                output = result.json()["image"]
-                assert (output["width"], output["height"]) == (64, 48)
-                served = http.get(f"{urls[0]}{urlsplit(output['url']).path}")
-                assert served.status_code == 200 and len(served.content) == output["file_size"]
+            expected = _expected([*range(QUEUED), *(1000 + n for n in range(SYNC))])
+            for n, answer in enumerate(sync_results):
+                body = answer.json()
+                assert body["seed"] == 1000 + n
+                served = _served(http, urls[0], body["image"]["url"])
+                assert np.array_equal(_pixels(served), expected[1000 + n]), f"sync job of seed {1000 + n}"
+
+            # the killed front-end started again: every front-end serves every job's own output
+            front_ends[1], urls[1] = _front_end(stores, tmp_path, "front-end-1-again")
+            for url in urls:
+                for n, request_id in enumerate(queued):
+                    result = http.get(f"{url}/queue/fal-ai/seedvr/requests/{request_id}")
+                    assert result.status_code == 200, result.text
+                    assert result.json()["seed"] == n
+                    output = result.json()["image"]
+                    assert (output["width"], output["height"]) == (2 * SOURCE_SIZE[0], 2 * SOURCE_SIZE[1])
+                    served = _served(http, url, output["url"])
+                    assert len(served) == output["file_size"]
+                    assert np.array_equal(_pixels(served), expected[n]), f"{request_id} (seed {n}) through {url}"
             # completed exactly once: one webhook row per queued job (written in the completing transaction)
             counts = db.query("SELECT job_id, COUNT(*) FROM webhooks GROUP BY job_id")
             assert sorted(row[0] for row in counts) == sorted(queued) and {row[1] for row in counts} == {1}
@@ -158,6 +203,15 @@ def test_jobs_survive_a_killed_worker_a_killed_front_end_and_a_database_restart(
                 process.kill()
         db.close()
         log.close()
+
+
+def _served(http: httpx.Client, base: str, url: str) -> bytes:
+    """The bytes behind an output URL: a data URI's, or the file the front-end at `base` serves at its path."""
+    if url.startswith("data:"):
+        return base64.b64decode(url.split(",", 1)[1])
+    served = http.get(f"{base}{urlsplit(url).path}")
+    assert served.status_code == 200, served.text
+    return served.content
 
 
 def _delivered(hooks: LocalHTTP) -> set[str]:

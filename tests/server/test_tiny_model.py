@@ -8,7 +8,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from seedvr_local.server import create_app
-from tests.server.helpers import data_uri, free_port, png_bytes, wait_status, wait_until
+from tests.server.helpers import data_uri, listening_url, png_bytes, wait_status, wait_until
 
 RUN = "/fal-ai/seedvr/upscale/image"
 
@@ -45,23 +45,17 @@ def test_real_model_behind_every_surface(settings, tiny_upscaler):
 
 def test_serve_model_tiny_answers_readyz_and_a_sync_upscale(tmp_path):
     """`seedvr-local serve --model tiny` from a bare clone: no weights, ready with a note, one real upscale."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--model", "tiny", "--port", str(port),
+    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--model", "tiny", "--port", "0",
                "--data-dir", str(tmp_path / "data"), "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "SEEDVR_HOME": str(tmp_path / "empty-home")}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, "the server did not get ready"
-            try:
-                ready = httpx.get(f"{base}/readyz")
-                if ready.status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        base = listening_url(log, server, timeout=120)
+        ready = wait_until(
+            lambda: (answer := httpx.get(f"{base}/readyz")).status_code == 200 and answer, "the server ready", 120
+        )
         assert ready.json()["notice"] == "random weights: output is noise; for trying the plumbing"
         assert "tiny" in ready.json()["model"]
         response = httpx.post(
@@ -72,46 +66,30 @@ def test_serve_model_tiny_answers_readyz_and_a_sync_upscale(tmp_path):
         assert (image["width"], image["height"]) == (40, 24) and image["url"].startswith("data:image/jpeg")
     finally:
         server.send_signal(signal.SIGTERM)
-        output = server.communicate(timeout=30)[0]
-    assert "random weights: output is noise" in output  # in the start-up log too
+        server.wait(30)
+    assert "random weights: output is noise" in log.read_text()  # in the start-up log too
 
 
 @pytest.mark.slow
 def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
     """The real `seedvr-local serve`, killed with SIGKILL mid-job and started again: every job completes."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    command = [
-        sys.executable,
-        "-m",
-        "seedvr_local.cli",
-        "serve",
-        "--weights-dir",
-        str(tiny_bundle),
-        "--port",
-        str(port),
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--device",
-        "cpu",
-    ]
+    command = [sys.executable, "-m", "seedvr_local.cli", "serve", "--weights-dir", str(tiny_bundle), "--port", "0",
+               "--data-dir", str(tmp_path / "data"), "--device", "cpu"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
-    def start() -> subprocess.Popen:
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    return process
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, process.stdout.read()
-            time.sleep(0.2)
-        process.kill()
-        raise AssertionError("the server did not get ready")
+    def start(name: str) -> tuple[subprocess.Popen, str, Path]:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            base = listening_url(log, process, timeout=120)
+            wait_until(lambda: httpx.get(f"{base}/readyz").status_code == 200, "the server ready", timeout=120)
+        except BaseException:
+            process.kill()
+            raise
+        return process, base, log
 
-    first = start()
+    first, base, _ = start("first")
     try:
         ids = [
             httpx.post(f"{base}/queue{RUN}", json={"image_url": data_uri(png_bytes(16, 16)), "seed": n}).json()[
@@ -128,7 +106,7 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
         first.send_signal(signal.SIGKILL)
         first.wait(30)
 
-    second = start()
+    second, base, second_log = start("second")
     try:
         for request_id in ids:
             status = wait_until(
@@ -140,8 +118,34 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
             )
             assert "error" not in status, status
             result = httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{request_id}")
-            assert result.status_code == 200 and httpx.get(result.json()["image"]["url"]).status_code == 200
+            # the URL names the first server's port (where the job was submitted): the file is read here
+            stored = httpx.get(base + httpx.URL(result.json()["image"]["url"]).path)
+            assert result.status_code == 200 and stored.status_code == 200
     finally:
         second.send_signal(signal.SIGTERM)
-        output = second.communicate(timeout=30)[0]
-    assert "recovered after restart" in output and output.count(" queue ok ") == 3
+        second.wait(30)
+    # every job, the one killed mid-run included, completed once, by the restarted server
+    output = second_log.read_text()
+    assert output.count(" queue ok ") == 3 and all(f"job {request_id} queue ok" in output for request_id in ids)
+
+
+def test_the_real_planner_refuses_through_the_api_and_the_size_it_names_runs(settings, tiny_upscaler, monkeypatch):
+    from seedvr_local import memory_planner
+    from tests.test_memory_planner import small_device_memory
+
+    memory = small_device_memory(tiny_upscaler.planner, 12 * 2**20)
+    monkeypatch.setattr(memory_planner, "available_memory", lambda device: memory)
+    with TestClient(create_app(settings, lambda: tiny_upscaler)) as client:
+        refused = client.post(RUN, json={"image_url": data_uri(png_bytes(100, 100)), "upscale_factor": 4})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"] == ["body", "upscale_factor"] and error["type"] == "image_too_large"
+        assert error["msg"].startswith("a 400x400 output needs about")
+        width, height = error["ctx"]["max_width"], error["ctx"]["max_height"]
+        assert f"the largest 1:1 output that fits is {width}x{height}" in error["msg"]
+        assert width == height and 16 <= width < 400
+
+        image_url = data_uri(png_bytes(width // 4, height // 4))
+        fits = client.post(RUN, json={"image_url": image_url, "upscale_factor": 4, "seed": 2})
+        assert fits.status_code == 200, fits.text
+        assert (fits.json()["image"]["width"], fits.json()["image"]["height"]) == (width, height)

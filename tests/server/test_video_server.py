@@ -22,7 +22,7 @@ from seedvr_local.server.jobs import JobStore
 from seedvr_local.server.retention import Retention
 from seedvr_local.video import OUTPUT_FORMATS
 from seedvr_local.video.samples import make_video
-from tests.server.helpers import FakeEngine, LocalHTTP, data_uri, png_bytes, wait_status, wait_until
+from tests.server.helpers import FakeEngine, LocalHTTP, data_uri, open_when_stopping, png_bytes, wait_status, wait_until
 from tests.video_helpers import read_video
 
 RUN = "/fal-ai/seedvr/upscale/video"
@@ -339,7 +339,7 @@ def test_a_graceful_shutdown_requeues_the_running_video(settings, tmp_path):
     with TestClient(create_app(settings, lambda: engine)) as client:
         request_id = client.post(SUBMIT, json={"video_url": _video_uri(source)}).json()["request_id"]
         assert engine.entered.wait(10)
-        threading.Timer(0.2, engine.gate.set).start()  # stops at the end of its first clip
+        open_when_stopping(client.app.state.server.worker, engine.gate)  # stops at the end of its first clip
     assert engine.pipeline.clips == [5]
     fresh = FakeEngine(max_clip_frames=5)
     with TestClient(create_app(settings, lambda: fresh)) as client:
