@@ -15,9 +15,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def reference_dir() -> Path:
-    """`$SEEDVR_REFERENCE_DIR`, else `../shared/reference` beside the repository."""
+    """`$SEEDVR_REFERENCE_DIR`, else `../shared/reference` beside the repository; absolute, so that tests which
+    copy the bundle or run pytest in another directory find the same cases."""
     env = os.environ.get("SEEDVR_REFERENCE_DIR")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "reference"
+    return Path(env).resolve() if env else REPO_ROOT.parent / "shared" / "reference"
 
 
 class ReferenceDataError(AssertionError):
