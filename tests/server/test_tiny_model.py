@@ -89,7 +89,7 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
             raise
         return process, base, log
 
-    first, base, _ = start("first")
+    first, base, first_log = start("first")
     try:
         ids = [
             httpx.post(f"{base}/queue{RUN}", json={"image_url": data_uri(png_bytes(16, 16)), "seed": n}).json()[
@@ -98,7 +98,8 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
             for n in range(3)
         ]
         wait_until(
-            lambda: httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{ids[0]}/status").json()["status"] == "IN_PROGRESS",
+            lambda: httpx.get(f"{base}/queue/fal-ai/seedvr/requests/{ids[0]}/status").json()["status"]
+            in ("IN_PROGRESS", "COMPLETED"),  # the tiny model's job may finish between two polls
             "the first job started",
             timeout=120,
         )
@@ -124,9 +125,10 @@ def test_cli_server_survives_kill_9_with_jobs_queued(tmp_path, tiny_bundle):
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(30)
-    # every job, the one killed mid-run included, completed once, by the restarted server
-    output = second_log.read_text()
-    assert output.count(" queue ok ") == 3 and all(f"job {request_id} queue ok" in output for request_id in ids)
+    # every job, the one killed mid-run included, completed exactly once: by the restarted server, or by the first
+    # server's worker process, which notices within a second that its parent is gone and stops after the job in hand
+    output = first_log.read_text() + second_log.read_text()
+    assert [output.count(f"job {request_id} queue ok") for request_id in ids] == [1, 1, 1], output
 
 
 def test_the_real_planner_refuses_through_the_api_and_the_size_it_names_runs(settings, tiny_upscaler, monkeypatch):
