@@ -45,7 +45,7 @@ from seedvr_local.server.db import Database
 from seedvr_local.server.engine import EngineHolder
 from seedvr_local.server.errors import request_error
 from seedvr_local.server.jobs import CHANGES_CHANNEL, IN_PROGRESS
-from seedvr_local.server.storage import FileStore
+from seedvr_local.server.storage import CLIP_BLOB_PREFIX, FileStore
 from seedvr_local.video.clips import ClipTask, LocalClips, RestoredClip
 from seedvr_local.video.pool import PER_WORKER
 
@@ -177,7 +177,7 @@ class ClipTaskQueue:
 
     def publish(self, run: ClipRun, task: ClipTask, vae_tiling: VAETiling | None) -> None:
         """Queue `task` for any worker."""
-        key = f"clips/{run.run_id}-{task.index}.task"
+        key = f"{CLIP_BLOB_PREFIX}{run.run_id}-{task.index}.task"
         self._put(key, task_to_bytes(task, vae_tiling))
         with self.db.transaction() as conn:
             conn.execute(
@@ -296,7 +296,7 @@ class ClipTaskQueue:
     def finish(self, claimed: ClaimedClip, worker_id: str, clip: RestoredClip) -> bool:
         """Store a restored clip; False (and nothing kept) when the clip is no longer this worker's (its run is
         over, or its lease expired and another worker took it)."""
-        key = f"clips/{claimed.run_id}-{claimed.index}-{secrets.token_hex(4)}.clip"  # each try its own
+        key = f"{CLIP_BLOB_PREFIX}{claimed.run_id}-{claimed.index}-{secrets.token_hex(4)}.clip"  # each try its own
         self._put(key, clip_to_bytes(clip))
         mine = self._settle(claimed, worker_id, "state = ?, output_key = ?", (DONE, key))
         if not mine:

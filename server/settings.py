@@ -21,8 +21,6 @@ JOB_LIMITS = (
     "max_sync_result_bytes",
     "max_storage_bytes",
 )  # fmt: skip
-#: The largest output returned inline (a data URI in the result) with sync_mode: 64 MiB.
-DEFAULT_MAX_SYNC_RESULT_BYTES = 64 * 1024 * 1024
 STORAGE_URL_ENV = "SEEDVR_STORAGE_URL"
 
 
@@ -116,7 +114,7 @@ class ServerSettings:
     max_video_clip_frames: int = 81
     #: The largest output (bytes before base64) a sync_mode request gets inline; a larger one fails with a 422
     #: before it is encoded, since the result is kept in the job database (use a file URL for larger outputs).
-    max_sync_result_bytes: int = DEFAULT_MAX_SYNC_RESULT_BYTES
+    max_sync_result_bytes: int = 64 * 1024 * 1024
 
     # Webhooks: up to `webhook_max_attempts` POSTs, waiting base * 2**n (capped) between them.
     webhook_max_attempts: int = 10

@@ -30,6 +30,8 @@ ID_PATTERN = "[A-Za-z0-9_-]{16,64}"
 _ID = re.compile(f"^{ID_PATTERN}$")
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_PARTS = 10_000
+#: Where the clips of a video shared by a fleet keep their blobs (server/clip_tasks.py; swept by server/sweeper.py).
+CLIP_BLOB_PREFIX = "clips/"
 
 
 class StorageError(Exception):

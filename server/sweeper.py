@@ -17,14 +17,10 @@ from dataclasses import dataclass
 
 from seedvr_local.server.db import Database
 from seedvr_local.server.jobs import COMPLETED
-from seedvr_local.server.storage import FileStore
+from seedvr_local.server.storage import CLIP_BLOB_PREFIX, FileStore
 from seedvr_local.server.video_processing import SCRATCH_FILE
 
 log = logging.getLogger("seedvr_local.server")
-
-#: Where a clip of a shared video keeps its blobs (server/clip_tasks.py).
-CLIPS_PREFIX = "clips/"
-
 
 @dataclass(frozen=True)
 class Swept:
@@ -73,7 +69,7 @@ class Sweeper:
         return row is not None and row[0] != COMPLETED
 
     def _orphan_clips(self, cutoff: float) -> list[str]:
-        old = [key for key, written in self.files.blobs.modified(CLIPS_PREFIX).items() if written < cutoff]
+        old = [key for key, written in self.files.blobs.modified(CLIP_BLOB_PREFIX).items() if written < cutoff]
         if not old:
             return []
         named = {
